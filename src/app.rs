@@ -1,0 +1,153 @@
+//! Wiring and lifecycle: migrate the catalog, check the tenant migrations,
+//! build the services, serve gRPC on a listener the caller bound, and shut
+//! down in order when asked.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::PgConnectOptions;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Server;
+
+use crate::catalog::{self, PoolSettings};
+use crate::grpc::{TenantApi, pb};
+use crate::tenant::{TenantMigrations, Tenants};
+
+/// Serializes tenant-migration registration between processes starting at
+/// once ("tenmig" in ASCII).
+const REGISTER_LOCK_KEY: i64 = 0x7465_6e6d_6967;
+
+/// What the app needs, already validated.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// The catalog database (also holds the tenant schemas).
+    pub database: PgConnectOptions,
+    pub catalog_pool: PoolSettings,
+    /// Replaces the embedded tenant migrations when set.
+    pub tenant_migrations: Option<PathBuf>,
+    pub shutdown_timeout: Duration,
+}
+
+/// A started server.
+pub struct Running {
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Cancelling it starts a graceful shutdown.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the server has stopped (after a shutdown or an error).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.handle.await.context("server task failed")?
+    }
+
+    /// Shuts down gracefully and waits for it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}
+
+/// Prepares the database and starts serving on `listener`.
+pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<Running> {
+    let local_addr = listener
+        .local_addr()
+        .context("read the listener's address")?;
+    catalog::migrate(&config.database).await?;
+    let migrations = match &config.tenant_migrations {
+        Some(dir) => TenantMigrations::from_dir(dir)?,
+        None => TenantMigrations::embedded()?,
+    };
+    let pool = catalog::connect(config.database.clone(), &config.catalog_pool).await?;
+    {
+        let mut tx = pool.begin().await.context("begin tenant migration check")?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(REGISTER_LOCK_KEY)
+            .execute(&mut *tx)
+            .await
+            .context("take the tenant migration registration lock")?;
+        migrations.register(&mut tx).await?;
+        tx.commit()
+            .await
+            .context("commit tenant migration registration")?;
+    }
+    let role_secret = catalog::settings::role_secret(&pool).await?;
+    tracing::info!(tenant_migrations = migrations.latest(), "catalog ready");
+
+    let tasks = TaskTracker::new();
+    let tenants = Tenants::new(pool.clone(), Arc::new(migrations), role_secret);
+    let tenant_api =
+        pb::tenant_service_server::TenantServiceServer::new(TenantApi::new(tenants, tasks.clone()));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::tenant_service_server::TenantServiceServer<TenantApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("build the reflection service")?;
+
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let router = Server::builder()
+        .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(tenant_api);
+    let shutdown_timeout = config.shutdown_timeout;
+    let handle = tokio::spawn(async move {
+        let signal = {
+            let health = health.clone();
+            async move {
+                stop.cancelled().await;
+                tracing::info!("shutting down: no new requests, finishing the ones in flight");
+                health
+                    .set_not_serving::<pb::tenant_service_server::TenantServiceServer<TenantApi>>()
+                    .await;
+                health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+        };
+        let served = router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+            .await
+            .context("serve gRPC");
+        tasks.close();
+        if tokio::time::timeout(shutdown_timeout, tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?shutdown_timeout,
+                "tenant changes still running at the shutdown deadline"
+            );
+        }
+        pool.close().await;
+        tracing::info!("stopped");
+        served
+    });
+    Ok(Running {
+        local_addr,
+        shutdown,
+        handle,
+    })
+}

@@ -1,0 +1,164 @@
+//! The tenantd server binary: parse the configuration, start telemetry,
+//! bring up the database (a private cluster when no URL is given), serve
+//! until SIGINT or SIGTERM, then shut down in order.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tenantd::app::{self, AppConfig};
+use tenantd::catalog::PoolSettings;
+use tenantd::config::{ServeArgs, parse_database_url};
+use tenantd::local_pg::LocalCluster;
+use tokio::net::TcpListener;
+
+/// gRPC control plane for schema-per-tenant PostgreSQL.
+#[derive(Parser)]
+#[command(name = "tenantd", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC server.
+    Serve(ServeArgs),
+}
+
+/// The database of the private cluster that holds the catalog.
+const LOCAL_DATABASE: &str = "tenantd";
+
+fn main() -> std::process::ExitCode {
+    let Cli {
+        command: Command::Serve(args),
+    } = Cli::parse();
+    tenantd::telemetry::init(args.log_format, &args.log_filter);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tenantd: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "tenantd stopped with an error");
+            eprintln!("tenantd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let (database, cluster) = match &args.database_url {
+        Some(url) => (parse_database_url(url)?, None),
+        None => {
+            let cluster = LocalCluster::new(&args.data_dir)?;
+            let c = cluster.clone();
+            tokio::task::spawn_blocking(move || c.ensure_running()).await??;
+            tracing::info!(
+                data_dir = %cluster.data_dir().display(),
+                url = %cluster.url(LOCAL_DATABASE),
+                "private PostgreSQL cluster running"
+            );
+            create_database_if_missing(&cluster, LOCAL_DATABASE).await?;
+            (cluster.connect_options(LOCAL_DATABASE), Some(cluster))
+        }
+    };
+    let result = run(&args, database).await;
+    if let Some(cluster) = cluster {
+        tracing::info!("stopping the private PostgreSQL cluster");
+        let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await?;
+        if let Err(e) = stopped {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "could not stop the private cluster"
+            );
+            return result.and(Err(e));
+        }
+    }
+    result
+}
+
+async fn run(args: &ServeArgs, database: sqlx::postgres::PgConnectOptions) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(args.listen_addr)
+        .await
+        .with_context(|| format!("listen on {}", args.listen_addr))?;
+    let config = AppConfig {
+        database,
+        catalog_pool: PoolSettings {
+            max_connections: args.catalog_pool_size,
+            acquire_timeout: args.catalog_acquire_timeout,
+        },
+        tenant_migrations: args.tenant_migrations.clone(),
+        shutdown_timeout: args.shutdown_timeout,
+    };
+    let running = app::start(config, listener).await?;
+    tracing::info!(addr = %running.local_addr(), "tenantd listening");
+    let token = running.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        token.cancel();
+    });
+    running.wait().await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops tenantd");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+async fn create_database_if_missing(cluster: &LocalCluster, name: &str) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let mut conn = connect_with_retry(cluster).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        // The name is a constant of this binary, not user input.
+        let created = sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await;
+        if let Err(e) = created {
+            // Another process may have won the race.
+            if tenantd::catalog::classify(&e) != tenantd::catalog::DbErrorKind::UniqueViolation {
+                return Err(e).context("create the catalog database");
+            }
+        }
+    }
+    conn.close().await?;
+    Ok(())
+}
+
+async fn connect_with_retry(cluster: &LocalCluster) -> anyhow::Result<sqlx::PgConnection> {
+    use sqlx::Connection;
+    let options = cluster.connect_options("postgres");
+    let mut attempt = 0;
+    loop {
+        match sqlx::PgConnection::connect_with(&options).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) if attempt < 20 => {
+                attempt += 1;
+                tracing::debug!(error = %e, "private cluster not accepting connections yet");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e).context("connect to the private cluster"),
+        }
+    }
+}

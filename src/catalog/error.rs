@@ -1,0 +1,40 @@
+//! Sorting database errors into the few kinds callers act on. The gRPC layer
+//! maps the kinds to status codes once; nothing else inspects SQLSTATEs.
+
+/// What a failed database call means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbErrorKind {
+    /// 23505: a unique constraint said no.
+    UniqueViolation,
+    /// 40001 / 40P01: serialization failure or deadlock; retrying may succeed.
+    Conflict,
+    /// 55P03 / 57014: a lock or statement time-out fired.
+    Timeout,
+    /// The pool or the connection failed: the database is unreachable,
+    /// restarting or out of connections.
+    Unavailable,
+    /// Anything else: a bug or a broken invariant.
+    Other,
+}
+
+pub fn classify(err: &sqlx::Error) -> DbErrorKind {
+    match err {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("23505") => DbErrorKind::UniqueViolation,
+            Some("40001" | "40P01") => DbErrorKind::Conflict,
+            Some("55P03" | "57014") => DbErrorKind::Timeout,
+            // Class 08: connection exception; 57P01-57P03: admin shutdown,
+            // crash shutdown, cannot connect now; 53300: too many connections.
+            Some(code) if code.starts_with("08") || code.starts_with("57P") || code == "53300" => {
+                DbErrorKind::Unavailable
+            }
+            _ => DbErrorKind::Other,
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => DbErrorKind::Unavailable,
+        _ => DbErrorKind::Other,
+    }
+}

@@ -1,0 +1,91 @@
+//! The global catalog: tenants, users, memberships, sessions, the tenant
+//! migration catalog and the audit chain, in the `tenantd` schema, through
+//! sqlx. Functions here take a connection or transaction from the caller, so
+//! a caller composes several of them into one transaction.
+
+pub mod audit;
+mod error;
+pub mod settings;
+pub mod tenants;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection};
+
+pub use error::{DbErrorKind, classify};
+
+/// The schema that holds the catalog. Never on a tenant's search path.
+pub const CATALOG_SCHEMA: &str = "tenantd";
+
+/// Serializes catalog migrations between tenantd processes starting at once.
+/// The value is arbitrary but fixed: "tenantd" in ASCII.
+const MIGRATE_LOCK_KEY: i64 = 0x0074_656e_616e_7464;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./global_sql");
+
+/// Runs a multi-statement batch in one round trip (simple query protocol).
+/// The text must not contain user input: it cannot take bind parameters.
+pub async fn execute_batch(conn: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Executor as _;
+    conn.execute(sqlx::raw_sql(sql)).await.map(drop)
+}
+
+/// Sizing of the catalog pool.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+/// Opens the catalog pool. Connections are retired after a while so that the
+/// per-backend catalog caches of a large fleet do not grow without bound.
+pub async fn connect(options: PgConnectOptions, settings: &PoolSettings) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .min_connections(1)
+        .acquire_timeout(settings.acquire_timeout)
+        .max_lifetime(Duration::from_secs(30 * 60))
+        .idle_timeout(Duration::from_secs(5 * 60))
+        .test_before_acquire(false)
+        .connect_with(options)
+        .await
+        .context("connect to the catalog database")
+}
+
+/// Creates the catalog schema and applies every pending migration in
+/// `global_sql/`, holding a session advisory lock so that several processes
+/// starting at once apply them exactly once and all come up.
+pub async fn migrate(options: &PgConnectOptions) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect_with(options)
+        .await
+        .context("connect to the catalog database to migrate it")?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATE_LOCK_KEY)
+        .execute(&mut conn)
+        .await
+        .context("take the catalog migration lock")?;
+    let result = async {
+        sqlx::raw_sql(
+            "CREATE SCHEMA IF NOT EXISTS tenantd; \
+             REVOKE ALL ON SCHEMA tenantd FROM PUBLIC; \
+             SET search_path TO tenantd",
+        )
+        .execute(&mut conn)
+        .await
+        .context("create the catalog schema")?;
+        MIGRATOR
+            .run_direct(&mut conn)
+            .await
+            .context("apply the catalog migrations in global_sql/")
+    }
+    .await;
+    // Closing the session releases the lock even if the unlock is not reached.
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATE_LOCK_KEY)
+        .execute(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    result
+}

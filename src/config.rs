@@ -1,0 +1,119 @@
+//! The server's configuration: one clap struct, every flag also readable
+//! from a `TENANTD_*` variable, durations in human form (`30s`, `5m`),
+//! secrets that never print, checked before anything starts.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use sqlx::postgres::PgConnectOptions;
+
+/// A value that must never reach a log line or an error message.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `tenantd serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address the gRPC server listens on (port 0 picks a free port).
+    #[arg(long, env = "TENANTD_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    pub listen_addr: SocketAddr,
+
+    /// PostgreSQL URL of the database that holds the catalog and the tenant
+    /// schemas, e.g. postgres://tenantd@db.internal/platform. Without it tenantd
+    /// runs a private PostgreSQL cluster under --data-dir.
+    #[arg(long, env = "TENANTD_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
+
+    /// Directory of the private PostgreSQL cluster used when no database URL
+    /// is given; created on first start and reused afterwards.
+    #[arg(long, env = "TENANTD_DATA_DIR", default_value = "tenantd-data")]
+    pub data_dir: PathBuf,
+
+    /// Log output: human-readable text or one JSON object per line.
+    #[arg(long, env = "TENANTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter in tracing's EnvFilter syntax, e.g. `info,tenantd=debug`.
+    #[arg(long, env = "TENANTD_LOG", default_value = "info")]
+    pub log_filter: String,
+
+    /// Maximum connections of the catalog pool (catalog reads and writes,
+    /// tenant provisioning).
+    #[arg(long, env = "TENANTD_CATALOG_POOL_SIZE", default_value_t = 16)]
+    pub catalog_pool_size: u32,
+
+    /// How long a request waits for a catalog connection before UNAVAILABLE.
+    #[arg(long, env = "TENANTD_CATALOG_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub catalog_acquire_timeout: Duration,
+
+    /// Directory of tenant migrations (NNNN_name.sql) that replaces the set
+    /// built into the binary.
+    #[arg(long, env = "TENANTD_TENANT_MIGRATIONS")]
+    pub tenant_migrations: Option<PathBuf>,
+
+    /// How long shutdown waits for in-flight requests and tenant changes.
+    #[arg(long, env = "TENANTD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl ServeArgs {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(1..=1000).contains(&self.catalog_pool_size) {
+            bail!(
+                "--catalog-pool-size must be between 1 and 1000, not {}",
+                self.catalog_pool_size
+            );
+        }
+        if self.catalog_acquire_timeout.is_zero() {
+            bail!("--catalog-acquire-timeout must be more than zero");
+        }
+        if let Some(dir) = &self.tenant_migrations {
+            if !dir.is_dir() {
+                bail!("--tenant-migrations {} is not a directory", dir.display());
+            }
+        }
+        if let Some(url) = &self.database_url {
+            parse_database_url(url)?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a database URL without echoing it: it may carry a password.
+pub fn parse_database_url(url: &Secret) -> anyhow::Result<PgConnectOptions> {
+    PgConnectOptions::from_str(url.expose()).ok().context(
+        "--database-url is not a valid PostgreSQL URL (postgres://user@host:port/database)",
+    )
+}

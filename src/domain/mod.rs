@@ -1,0 +1,14 @@
+//! Identifiers, names and validation rules of the tenant domain. Knows no SQL
+//! and no gRPC: everything here is checked once, at the edge, and the rest of
+//! the service only ever sees values that already passed.
+
+mod ids;
+mod tenant;
+mod validation;
+
+pub use ids::{RoleName, SchemaName, TenantId};
+pub use tenant::{
+    Country, LifecycleAction, NewTenant, Slug, Tenant, TenantName, TenantPatch, TenantStatus,
+    TextField,
+};
+pub use validation::{FieldViolation, ValidationError, Violations};

@@ -1,0 +1,210 @@
+//! `tenantd.v1.TenantService`: each handler validates, calls the tenant
+//! lifecycle, and maps the outcome.
+
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, UpdateTenant};
+use super::pb::{self, tenant_service_server::TenantService};
+use super::status;
+use crate::domain::{LifecycleAction, NewTenant, Slug, TenantId};
+use crate::tenant::Tenants;
+
+pub struct TenantApi {
+    tenants: Tenants,
+    /// Work that must not be torn in half runs here, outside the request
+    /// future, and shutdown waits for it.
+    tasks: TaskTracker,
+}
+
+impl TenantApi {
+    pub fn new(tenants: Tenants, tasks: TaskTracker) -> Self {
+        Self { tenants, tasks }
+    }
+
+    async fn lifecycle(
+        &self,
+        request: pb::TenantLifecycleRequest,
+        action: LifecycleAction,
+        actor: String,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let id = TenantId::parse("id", &request.id).map_err(status::invalid)?;
+        let expected = convert::expected_version("expected_version", request.expected_version)
+            .map_err(status::invalid)?;
+        let tenants = self.tenants.clone();
+        let tenant = self
+            .spawn(async move {
+                tenants
+                    .change_status(id, action, expected, &request.reason, &actor)
+                    .await
+            })
+            .await?;
+        Ok(Response::new(tenant.into()))
+    }
+
+    /// Runs a change to completion even if the caller goes away: a cancelled
+    /// request must not roll back half of it, or leave its outcome unknown.
+    async fn spawn<T, F>(&self, work: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, crate::tenant::TenantError>> + Send + 'static,
+    {
+        match self.tasks.spawn(work).await {
+            Ok(result) => result.map_err(status::tenant),
+            Err(join) => Err(status::internal("finish the tenant change", &join.into())),
+        }
+    }
+}
+
+/// Who the audit log names for a request. Callers do not authenticate yet, so
+/// this is the peer address.
+fn actor<T>(request: &Request<T>) -> String {
+    match request.remote_addr() {
+        Some(addr) => format!("unauthenticated@{addr}"),
+        None => "unauthenticated".to_owned(),
+    }
+}
+
+#[tonic::async_trait]
+impl TenantService for TenantApi {
+    async fn create_tenant(
+        &self,
+        request: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let actor = actor(&request);
+        let new = NewTenant::try_from(request.into_inner()).map_err(status::invalid)?;
+        let slug = new.slug.clone();
+        let tenants = self.tenants.clone();
+        let (tenant, created) = self
+            .spawn(async move { tenants.create(new, &actor).await })
+            .await?;
+        if created {
+            tracing::info!(tenant_id = %tenant.id, %slug, "tenant created");
+        }
+        Ok(Response::new(tenant.into()))
+    }
+
+    async fn get_tenant(
+        &self,
+        request: Request<pb::GetTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        use pb::get_tenant_request::Selector;
+        let tenant = match request.into_inner().selector {
+            Some(Selector::Id(id)) => {
+                let id = TenantId::parse("id", &id).map_err(status::invalid)?;
+                self.tenants.get(id).await
+            }
+            Some(Selector::Slug(slug)) => {
+                let slug = Slug::parse("slug", &slug).map_err(status::invalid)?;
+                self.tenants.get_by_slug(slug.as_str()).await
+            }
+            None => {
+                return Err(status::invalid(crate::domain::ValidationError::single(
+                    "selector",
+                    "set either id or slug",
+                )));
+            }
+        }
+        .map_err(status::tenant)?;
+        Ok(Response::new(tenant.into()))
+    }
+
+    async fn list_tenants(
+        &self,
+        request: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        let r = request.into_inner();
+        let mut v = crate::domain::Violations::new();
+        let size = v.check(convert::page_size(r.page_size));
+        let after = v.check(convert::decode_page_token(&r.page_token));
+        let filter = v.check(convert::status_filter("status", r.status));
+        v.finish().map_err(status::invalid)?;
+        let (Some(size), Some(after), Some(filter)) = (size, after, filter) else {
+            return Err(Status::invalid_argument("invalid request"));
+        };
+        let page = self
+            .tenants
+            .list(filter, after, size)
+            .await
+            .map_err(status::tenant)?;
+        Ok(Response::new(pb::ListTenantsResponse {
+            tenants: page.tenants.into_iter().map(Into::into).collect(),
+            next_page_token: page
+                .next_after
+                .map(convert::encode_page_token)
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn update_tenant(
+        &self,
+        request: Request<pb::UpdateTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let actor = actor(&request);
+        let UpdateTenant { id, patch } =
+            request.into_inner().try_into().map_err(status::invalid)?;
+        let tenants = self.tenants.clone();
+        let tenant = self
+            .spawn(async move { tenants.update(id, patch, &actor).await })
+            .await?;
+        Ok(Response::new(tenant.into()))
+    }
+
+    async fn suspend_tenant(
+        &self,
+        request: Request<pb::TenantLifecycleRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let actor = actor(&request);
+        self.lifecycle(request.into_inner(), LifecycleAction::Suspend, actor)
+            .await
+    }
+
+    async fn resume_tenant(
+        &self,
+        request: Request<pb::TenantLifecycleRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let actor = actor(&request);
+        self.lifecycle(request.into_inner(), LifecycleAction::Resume, actor)
+            .await
+    }
+
+    async fn archive_tenant(
+        &self,
+        request: Request<pb::TenantLifecycleRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let actor = actor(&request);
+        self.lifecycle(request.into_inner(), LifecycleAction::Archive, actor)
+            .await
+    }
+
+    async fn purge_tenant(
+        &self,
+        request: Request<pb::PurgeTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let actor = actor(&request);
+        let r = request.into_inner();
+        let mut v = crate::domain::Violations::new();
+        let id = v.check(TenantId::parse("id", &r.id));
+        if r.confirm_slug.is_empty() {
+            v.add("confirm_slug", "is required: repeat the tenant's slug");
+        }
+        let expected = v.check(convert::expected_version(
+            "expected_version",
+            r.expected_version,
+        ));
+        v.finish().map_err(status::invalid)?;
+        let (Some(id), Some(expected)) = (id, expected) else {
+            return Err(Status::invalid_argument("invalid request"));
+        };
+        let tenants = self.tenants.clone();
+        let tenant = self
+            .spawn(async move {
+                tenants
+                    .purge(id, &r.confirm_slug, expected, &r.reason, &actor)
+                    .await
+            })
+            .await?;
+        tracing::info!(tenant_id = %tenant.id, "tenant purged");
+        Ok(Response::new(tenant.into()))
+    }
+}

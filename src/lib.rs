@@ -1,0 +1,16 @@
+//! tenantd: the control plane of a schema-per-tenant PostgreSQL platform.
+//!
+//! Dependencies point one way: `app` → `grpc` → `tenant` → `catalog` →
+//! `domain`. `domain` knows no SQL and no gRPC; only `grpc` knows tonic and
+//! the generated types.
+
+pub mod app;
+pub mod catalog;
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod local_pg;
+pub mod telemetry;
+pub mod tenant;
+
+pub use grpc::pb;

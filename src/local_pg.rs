@@ -1,0 +1,302 @@
+//! A private PostgreSQL cluster for running without any setup: initialised in
+//! a data directory from the PostgreSQL binaries installed on the machine,
+//! reachable only through a Unix socket in a directory of its own, started
+//! when needed and stopped on request. As root the server runs as the
+//! `postgres` user, as PostgreSQL requires. Used by `tenantd serve` without a
+//! database URL, by the tests and by the benchmark.
+
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, bail};
+use sqlx::postgres::PgConnectOptions;
+
+/// The superuser the cluster is initialised with.
+const SUPERUSER: &str = "postgres";
+const PORT: u16 = 5432;
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no PostgreSQL server binaries (initdb, pg_ctl, postgres) found on PATH or under \
+     /usr/lib/postgresql/*/bin. Install them (Debian/Ubuntu: `apt-get install postgresql`; \
+     Fedora: `dnf install postgresql-server`; macOS: `brew install postgresql`), \
+     or pass --database-url to use an existing server"
+)]
+pub struct NoBinaries;
+
+/// A cluster in `data_dir`, possibly not running yet.
+#[derive(Debug, Clone)]
+pub struct LocalCluster {
+    bin_dir: PathBuf,
+    data_dir: PathBuf,
+    socket_dir: PathBuf,
+    /// The account the server runs as when this process is root.
+    run_as: Option<nix::unistd::User>,
+}
+
+impl LocalCluster {
+    /// Finds the binaries and works out the directories; touches nothing.
+    /// `dir` holds the cluster's files (`dir/pgdata`); as root, when the
+    /// `postgres` user could not reach `dir`, the files go under
+    /// `/var/lib/tenantd/` instead.
+    pub fn new(dir: &Path) -> anyhow::Result<Self> {
+        let bin_dir = find_binaries()?;
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("resolve {}", dir.display()))?;
+        let run_as = if nix::unistd::geteuid().is_root() {
+            Some(
+                nix::unistd::User::from_name(SUPERUSER)
+                    .context("look up the postgres user")?
+                    .context(
+                        "running as root, but there is no `postgres` user to run PostgreSQL as",
+                    )?,
+            )
+        } else {
+            None
+        };
+        let base = match &run_as {
+            Some(_) if !reachable_by_others(&dir) => {
+                let fallback = Path::new("/var/lib/tenantd").join(short_hash(&dir));
+                tracing::info!(
+                    requested = %dir.display(),
+                    using = %fallback.display(),
+                    "the postgres user cannot reach the data directory; keeping the cluster elsewhere"
+                );
+                fallback
+            }
+            _ => dir.clone(),
+        };
+        let data_dir = base.join("pgdata");
+        // Socket paths are limited to ~100 bytes; long directories get a
+        // short private one under /tmp.
+        let socket_dir = if base.join("run/.s.PGSQL.5432.lock").as_os_str().len() < 100 {
+            base.join("run")
+        } else {
+            PathBuf::from(format!("/tmp/tenantd-{}", short_hash(&base)))
+        };
+        Ok(Self {
+            bin_dir,
+            data_dir,
+            socket_dir,
+            run_as,
+        })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
+    /// Initialises the cluster if it has never been, and starts it unless
+    /// it is running already. Blocking: call from a blocking thread.
+    pub fn ensure_running(&self) -> anyhow::Result<()> {
+        for dir in [&self.data_dir, &self.socket_dir] {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            if let Some(user) = &self.run_as {
+                nix::unistd::chown(dir.as_path(), Some(user.uid), Some(user.gid))
+                    .with_context(|| format!("hand {} to the postgres user", dir.display()))?;
+            }
+        }
+        if !self.data_dir.join("PG_VERSION").exists() {
+            tracing::info!(dir = %self.data_dir.display(), "initialising a private PostgreSQL cluster");
+            self.run(
+                "initdb",
+                [
+                    OsStr::new("-D"),
+                    self.data_dir.as_os_str(),
+                    OsStr::new("-U"),
+                    OsStr::new(SUPERUSER),
+                    OsStr::new("--auth-local=trust"),
+                    OsStr::new("--auth-host=reject"),
+                    OsStr::new("--encoding=UTF8"),
+                    OsStr::new("--no-locale"),
+                    OsStr::new("--no-sync"),
+                ],
+            )?;
+            let conf = format!(
+                "\n# Written by tenantd: a private cluster reachable only via its socket.\n\
+                 listen_addresses = ''\n\
+                 port = {PORT}\n\
+                 unix_socket_directories = '{}'\n\
+                 unix_socket_permissions = 0700\n\
+                 max_connections = 300\n\
+                 shared_buffers = 256MB\n\
+                 log_min_messages = warning\n",
+                self.socket_dir.display()
+            );
+            let path = self.data_dir.join("postgresql.conf");
+            let mut current = std::fs::read_to_string(&path).context("read postgresql.conf")?;
+            current.push_str(&conf);
+            std::fs::write(&path, current).context("write postgresql.conf")?;
+        }
+        if self.is_running()? {
+            return Ok(());
+        }
+        let log = self.data_dir.join("server.log");
+        let started = self.run(
+            "pg_ctl",
+            [
+                OsStr::new("start"),
+                OsStr::new("-w"),
+                OsStr::new("-t"),
+                OsStr::new("60"),
+                OsStr::new("-D"),
+                self.data_dir.as_os_str(),
+                OsStr::new("-l"),
+                log.as_os_str(),
+            ],
+        );
+        if let Err(e) = started {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<_> = tail.lines().rev().take(10).collect();
+            let tail: Vec<_> = tail.into_iter().rev().collect();
+            bail!(
+                "{e:#}\nlast lines of {}:\n{}",
+                log.display(),
+                tail.join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    pub fn is_running(&self) -> anyhow::Result<bool> {
+        let out = self.command(
+            "pg_ctl",
+            [
+                OsStr::new("status"),
+                OsStr::new("-D"),
+                self.data_dir.as_os_str(),
+            ],
+        )?;
+        // 0: running; 3: not running; 4: no accessible data directory.
+        Ok(out.status.code() == Some(0))
+    }
+
+    /// Stops the server, waiting for it; a server that is not running is fine.
+    pub fn stop(&self) -> anyhow::Result<()> {
+        if !self.is_running()? {
+            return Ok(());
+        }
+        self.run(
+            "pg_ctl",
+            [
+                OsStr::new("stop"),
+                OsStr::new("-w"),
+                OsStr::new("-m"),
+                OsStr::new("fast"),
+                OsStr::new("-D"),
+                self.data_dir.as_os_str(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Connection options for `database` as the superuser, over the socket.
+    pub fn connect_options(&self, database: &str) -> PgConnectOptions {
+        PgConnectOptions::new()
+            .socket(&self.socket_dir)
+            .port(PORT)
+            .username(SUPERUSER)
+            .database(database)
+    }
+
+    /// A libpq-style URL for `database`, for tools such as psql and pgbench.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgresql://{SUPERUSER}@/{database}?host={}&port={PORT}",
+            self.socket_dir.display()
+        )
+    }
+
+    fn run<I, S>(&self, program: &str, args: I) -> anyhow::Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let out = self.command(program, args)?;
+        if !out.status.success() {
+            bail!(
+                "{program} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+        Ok(out)
+    }
+
+    fn command<I, S>(&self, program: &str, args: I) -> anyhow::Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new(self.bin_dir.join(program));
+        cmd.args(args).current_dir("/").env("LC_ALL", "C");
+        if let Some(user) = &self.run_as {
+            cmd.uid(user.uid.as_raw())
+                .gid(user.gid.as_raw())
+                .env("HOME", &user.dir);
+        }
+        cmd.output().with_context(|| format!("run {program}"))
+    }
+}
+
+/// The directory holding initdb, pg_ctl and postgres: on PATH, or the newest
+/// `/usr/lib/postgresql/<version>/bin`.
+pub fn find_binaries() -> Result<PathBuf, NoBinaries> {
+    let complete = |dir: &Path| {
+        ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|b| dir.join(b).is_file())
+    };
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if complete(&dir) {
+                return Ok(dir);
+            }
+            // A PATH entry may hold links to a versioned directory.
+            if let Ok(real) = dir.join("initdb").canonicalize() {
+                if let Some(parent) = real.parent() {
+                    if complete(parent) {
+                        return Ok(parent.to_path_buf());
+                    }
+                }
+            }
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            Some((version, e.path().join("bin")))
+        })
+        .filter(|(_, dir)| complete(dir))
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, dir)| dir).ok_or(NoBinaries)
+}
+
+/// Whether every ancestor of `dir` lets other users through.
+fn reachable_by_others(dir: &Path) -> bool {
+    dir.ancestors().all(|a| {
+        std::fs::metadata(a)
+            .map(|m| m.permissions().mode() & 0o001 != 0)
+            .unwrap_or(false)
+    })
+}
+
+fn short_hash(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(path.as_os_str().as_encoded_bytes())[..6])
+}

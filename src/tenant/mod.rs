@@ -1,0 +1,10 @@
+//! Tenant schemas: the tenant migration set, the DDL that provisions and
+//! purges a tenant, and the tenant lifecycle built on the catalog.
+
+mod ddl;
+pub mod migrations;
+mod service;
+
+pub use ddl::{create_tenant_ddl, purge_tenant_ddl, role_password};
+pub use migrations::{MigrationSetError, TenantMigration, TenantMigrations};
+pub use service::{TenantError, Tenants};
