@@ -107,6 +107,7 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
 
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
+    let drain = shutdown.clone();
     let router = Server::builder()
         .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
         .add_service(health_service)
@@ -127,10 +128,20 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
                     .await;
             }
         };
-        let served = router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
-            .await
-            .context("serve gRPC");
+        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        // A client that keeps a connection or a stream open must not hold
+        // shutdown up for ever: past the deadline the connections are dropped.
+        let deadline = async {
+            drain.cancelled().await;
+            tokio::time::sleep(shutdown_timeout).await;
+        };
+        let served = tokio::select! {
+            served = serve => served.context("serve gRPC"),
+            () = deadline => {
+                tracing::warn!(?shutdown_timeout, "connections still open at the shutdown deadline; closing them");
+                Ok(())
+            }
+        };
         tasks.close();
         if tokio::time::timeout(shutdown_timeout, tasks.wait())
             .await
