@@ -253,27 +253,31 @@ impl LocalCluster {
 /// The directory holding initdb, pg_ctl and postgres: on PATH, or the newest
 /// `/usr/lib/postgresql/<version>/bin`.
 pub fn find_binaries() -> Result<PathBuf, NoBinaries> {
+    find_binaries_in(std::env::var_os("PATH"), Path::new("/usr/lib/postgresql"))
+}
+
+fn find_binaries_in(
+    path: Option<std::ffi::OsString>,
+    versions_root: &Path,
+) -> Result<PathBuf, NoBinaries> {
     let complete = |dir: &Path| {
         ["initdb", "pg_ctl", "postgres"]
             .iter()
             .all(|b| dir.join(b).is_file())
     };
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            if complete(&dir) {
-                return Ok(dir);
-            }
-            // A PATH entry may hold links to a versioned directory.
-            if let Ok(real) = dir.join("initdb").canonicalize() {
-                if let Some(parent) = real.parent() {
-                    if complete(parent) {
-                        return Ok(parent.to_path_buf());
-                    }
-                }
+    for dir in path.iter().flat_map(std::env::split_paths) {
+        if complete(&dir) {
+            return Ok(dir);
+        }
+        // A PATH entry may hold links into a versioned directory.
+        let linked = dir.join("initdb").canonicalize().ok();
+        if let Some(parent) = linked.as_deref().and_then(Path::parent) {
+            if complete(parent) {
+                return Ok(parent.to_path_buf());
             }
         }
     }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(versions_root)
         .into_iter()
         .flatten()
         .flatten()
@@ -299,4 +303,41 @@ fn reachable_by_others(dir: &Path) -> bool {
 fn short_hash(path: &Path) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(&Sha256::digest(path.as_os_str().as_encoded_bytes())[..6])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_bin_dir(root: &Path) -> PathBuf {
+        std::fs::create_dir_all(root).unwrap();
+        for b in ["initdb", "pg_ctl", "postgres"] {
+            std::fs::write(root.join(b), "").unwrap();
+        }
+        root.to_path_buf()
+    }
+
+    #[test]
+    fn no_binaries_says_what_to_install() {
+        let empty = tempfile::tempdir().unwrap();
+        let err = find_binaries_in(Some(empty.path().into()), empty.path()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("apt-get install postgresql"), "{msg}");
+        assert!(msg.contains("--database-url"), "{msg}");
+    }
+
+    #[test]
+    fn path_first_then_the_newest_versioned_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let versions = root.path().join("lib");
+        fake_bin_dir(&versions.join("13/bin"));
+        let newest = fake_bin_dir(&versions.join("16/bin"));
+        std::fs::create_dir_all(versions.join("17/bin")).unwrap(); // incomplete
+        assert_eq!(find_binaries_in(None, &versions).unwrap(), newest);
+        let on_path = fake_bin_dir(&root.path().join("path"));
+        assert_eq!(
+            find_binaries_in(Some(on_path.clone().into()), &versions).unwrap(),
+            on_path
+        );
+    }
 }

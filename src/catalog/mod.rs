@@ -48,7 +48,6 @@ pub async fn connect(options: PgConnectOptions, settings: &PoolSettings) -> anyh
         .acquire_timeout(settings.acquire_timeout)
         .max_lifetime(Duration::from_secs(30 * 60))
         .idle_timeout(Duration::from_secs(5 * 60))
-        .test_before_acquire(false)
         .connect_with(options)
         .await
         .context("connect to the catalog database")

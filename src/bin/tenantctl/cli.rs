@@ -1,0 +1,86 @@
+//! The top of the command line: the global options every command shares and
+//! the command groups. Each group's own subcommands and arguments are defined
+//! in the group's module.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::output::OutputFormat;
+use crate::session::parse_endpoint;
+use crate::tenants::TenantsCommand;
+
+/// Operator CLI for tenantd, the schema-per-tenant PostgreSQL control plane.
+#[derive(Debug, Parser)]
+#[command(name = "tenantctl", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options accepted before or after any subcommand.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// gRPC address of tenantd: http://host:port, or just host:port.
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTD_ENDPOINT",
+        default_value = "http://127.0.0.1:50051",
+        value_parser = parse_endpoint
+    )]
+    pub endpoint: String,
+
+    /// Output format: human-readable tables or one JSON document.
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTCTL_OUTPUT",
+        value_enum,
+        default_value_t = OutputFormat::Table
+    )]
+    pub output: OutputFormat,
+
+    /// How long to wait for the connection and for each call, e.g. 30s, 2m.
+    #[arg(long, global = true, default_value = "30s", value_parser = parse_timeout)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, inspect, change and retire tenants.
+    Tenants {
+        #[command(subcommand)]
+        command: TenantsCommand,
+    },
+}
+
+/// A humantime duration that is not zero.
+fn parse_timeout(raw: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be greater than zero".to_owned());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn timeout_is_human_and_positive() {
+        assert_eq!(parse_timeout("1m30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_timeout("0s").is_err());
+        assert!(parse_timeout("soon").is_err());
+    }
+}

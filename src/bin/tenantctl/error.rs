@@ -1,0 +1,182 @@
+//! Every way a tenantctl command can fail, the exit code of each, and how it
+//! reads on stderr: gRPC statuses by code name with their field violations,
+//! an unreachable server with the address tried and how to start one.
+
+use std::fmt;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+/// Exit code of a failure the server or the connection reported.
+const EXIT_FAILURE: u8 = 1;
+/// Exit code of a command line that cannot be run (clap uses it too).
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug)]
+pub enum CliError {
+    /// The command line is well-formed for clap but still unusable.
+    Usage(String),
+    /// No connection to the server could be made or kept.
+    Unreachable { endpoint: String, reason: String },
+    /// The server or the connection did not answer in time.
+    Timeout { endpoint: String, after: Duration },
+    /// The server answered with an error status.
+    Rpc(Status),
+    /// Anything else that stopped the command.
+    Failed(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => EXIT_USAGE,
+            CliError::Unreachable { .. }
+            | CliError::Timeout { .. }
+            | CliError::Rpc(_)
+            | CliError::Failed(_) => EXIT_FAILURE,
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Usage(message) | CliError::Failed(message) => f.write_str(message),
+            CliError::Unreachable { endpoint, reason } => write!(
+                f,
+                "cannot reach tenantd at {endpoint}: {reason}\n  \
+                 start one with: tenantd serve\n  \
+                 or point --endpoint (or TENANTD_ENDPOINT) at a running tenantd"
+            ),
+            CliError::Timeout { endpoint, after } => write!(
+                f,
+                "no answer from tenantd at {endpoint} within {} (raise it with \
+                 --timeout); a change the command asked for may still have been applied",
+                humantime::format_duration(*after)
+            ),
+            CliError::Rpc(status) => write_status(f, status),
+        }
+    }
+}
+
+impl std::error::Error for CliError {}
+
+/// `CODE: message`, then one indented line per field violation or failed
+/// precondition the status carries in its details.
+fn write_status(f: &mut fmt::Formatter<'_>, status: &Status) -> fmt::Result {
+    f.write_str(code_name(status.code()))?;
+    if !status.message().is_empty() {
+        write!(f, ": {}", status.message())?;
+    }
+    let details = status.get_error_details();
+    if let Some(bad_request) = details.bad_request() {
+        for v in &bad_request.field_violations {
+            write!(f, "\n  field {}: {}", v.field, v.description)?;
+        }
+    }
+    if let Some(failure) = details.precondition_failure() {
+        for v in &failure.violations {
+            write!(f, "\n  {} {}: {}", v.r#type, v.subject, v.description)?;
+        }
+    }
+    Ok(())
+}
+
+/// The canonical upper-case name of a gRPC status code.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The most specific description of why a connection failed: the operating
+/// system's error when there is one ("Connection refused"), otherwise the
+/// whole cause chain.
+pub fn connection_failure(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.to_string();
+        }
+        let text = e.to_string();
+        if chain.last() != Some(&text) {
+            chain.push(text);
+        }
+        next = e.source();
+    }
+    chain.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::{ErrorDetails, FieldViolation};
+
+    #[test]
+    fn invalid_argument_lists_each_field() {
+        let status = Status::with_error_details(
+            Code::InvalidArgument,
+            "invalid request",
+            ErrorDetails::with_bad_request(vec![
+                FieldViolation::new("slug", "must be lower case"),
+                FieldViolation::new("country", "must be ISO 3166-1 alpha-2"),
+            ]),
+        );
+        let err = CliError::Rpc(status);
+        assert_eq!(
+            err.to_string(),
+            "INVALID_ARGUMENT: invalid request\n  \
+             field slug: must be lower case\n  \
+             field country: must be ISO 3166-1 alpha-2"
+        );
+        assert_eq!(err.exit_code(), 1);
+    }
+
+    #[test]
+    fn unreachable_names_address_and_remedy() {
+        let err = CliError::Unreachable {
+            endpoint: "http://127.0.0.1:9".into(),
+            reason: "Connection refused".into(),
+        };
+        let text = err.to_string();
+        assert!(text.contains("http://127.0.0.1:9"), "{text}");
+        assert!(text.contains("tenantd serve"), "{text}");
+        assert!(text.contains("TENANTD_ENDPOINT"), "{text}");
+    }
+
+    #[test]
+    fn connection_failure_prefers_the_os_error() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl fmt::Display for Outer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("transport error")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(connection_failure(&Outer(io)), "refused");
+    }
+}

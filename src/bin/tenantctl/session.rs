@@ -1,0 +1,173 @@
+//! The connection to tenantd: the endpoint as the operator wrote it turned
+//! into a gRPC address, one eagerly connected channel, and every call made
+//! through it under the `--timeout` deadline with transport failures reported
+//! as an unreachable server.
+
+use std::time::Duration;
+
+use tenantd::pb::tenant_service_client::TenantServiceClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+
+use crate::cli::GlobalArgs;
+use crate::error::{CliError, connection_failure};
+use crate::output::OutputFormat;
+
+/// A connected server and the options every command needs.
+pub struct Session {
+    channel: Channel,
+    endpoint: String,
+    timeout: Duration,
+    pub output: OutputFormat,
+}
+
+impl Session {
+    /// Connects now, so that a missing server is reported before any command
+    /// starts, with the address that was tried.
+    pub async fn connect(global: &GlobalArgs) -> Result<Session, CliError> {
+        let endpoint = Endpoint::from_shared(global.endpoint.clone())
+            .map_err(|e| {
+                CliError::Usage(format!(
+                    "invalid --endpoint {:?}: {}",
+                    global.endpoint,
+                    connection_failure(&e)
+                ))
+            })?
+            .connect_timeout(global.timeout);
+        let unreachable = |reason: String| CliError::Unreachable {
+            endpoint: global.endpoint.clone(),
+            reason,
+        };
+        let channel = match tokio::time::timeout(global.timeout, endpoint.connect()).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(e)) => return Err(unreachable(connection_failure(&e))),
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "no connection within {}",
+                    humantime::format_duration(global.timeout)
+                )));
+            }
+        };
+        Ok(Session {
+            channel,
+            endpoint: global.endpoint.clone(),
+            timeout: global.timeout,
+            output: global.output,
+        })
+    }
+
+    pub fn tenants(&self) -> TenantServiceClient<Channel> {
+        TenantServiceClient::new(self.channel.clone())
+    }
+
+    /// A request that tells the server the deadline too.
+    pub fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(self.timeout);
+        request
+    }
+
+    /// Awaits one call under the deadline.
+    pub async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<T, CliError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(self.status_error(status)),
+            Err(_) => Err(CliError::Timeout {
+                endpoint: self.endpoint.clone(),
+                after: self.timeout,
+            }),
+        }
+    }
+
+    /// Statuses the client made up itself carry their cause as a source: the
+    /// channel's deadline (from the request's grpc-timeout) is a timeout, a
+    /// failed connection an unreachable server. A status the server sent has
+    /// no source and is reported as it is.
+    fn status_error(&self, status: Status) -> CliError {
+        let Some(source) = std::error::Error::source(&status) else {
+            return CliError::Rpc(status);
+        };
+        let mut cause = Some(source);
+        while let Some(e) = cause {
+            if e.is::<tonic::TimeoutExpired>() {
+                return CliError::Timeout {
+                    endpoint: self.endpoint.clone(),
+                    after: self.timeout,
+                };
+            }
+            cause = e.source();
+        }
+        if status.code() == Code::Unavailable {
+            return CliError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                reason: connection_failure(source),
+            };
+        }
+        CliError::Rpc(status)
+    }
+}
+
+/// The `--endpoint` value: `host:port` gains `http://`; only plain HTTP/2
+/// (`http://`) is spoken, and the address must not carry a path.
+pub fn parse_endpoint(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    let url = if raw.contains("://") {
+        raw.to_owned()
+    } else {
+        format!("http://{raw}")
+    };
+    let endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|e| format!("{url} is not an address: {}", connection_failure(&e)))?;
+    let uri = endpoint.uri();
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err("https:// is not supported yet; use http://host:port".to_owned());
+        }
+        _ => return Err(format!("{url}: the scheme must be http://")),
+    }
+    let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
+        return Err(format!("{url} names no host"));
+    };
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("{url}: give only scheme, host and port"));
+    }
+    Ok(format!("http://{authority}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_gain_a_scheme_and_refuse_nonsense() {
+        assert_eq!(
+            parse_endpoint("127.0.0.1:50051").as_deref(),
+            Ok("http://127.0.0.1:50051")
+        );
+        assert_eq!(
+            parse_endpoint("http://tenantd.internal:7000/").as_deref(),
+            Ok("http://tenantd.internal:7000")
+        );
+        assert_eq!(
+            parse_endpoint("[::1]:50051").as_deref(),
+            Ok("http://[::1]:50051")
+        );
+        for bad in [
+            "",
+            "https://x:1",
+            "ftp://x:1",
+            "http://x:1/api",
+            "http://",
+            "a b:1",
+        ] {
+            assert!(parse_endpoint(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}

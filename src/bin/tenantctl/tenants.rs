@@ -1,0 +1,395 @@
+//! `tenantctl tenants …`: the subcommands and arguments of the tenant group,
+//! the TenantService calls they make, and how tenants print as tables and
+//! as JSON.
+
+use clap::{ArgGroup, Args, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use tenantd::pb::tenant_service_client::TenantServiceClient;
+use tenantd::pb::{self, get_tenant_request::Selector};
+use tonic::transport::Channel;
+
+use crate::error::CliError;
+use crate::output::{self, OutputFormat};
+use crate::session::Session;
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// Create a tenant: catalog row, PostgreSQL role and schema, migrations.
+    Create(CreateArgs),
+    /// Show one tenant, by id (a UUID) or by slug (anything else).
+    Get {
+        /// The tenant's id or slug.
+        #[arg(value_name = "ID_OR_SLUG")]
+        tenant: String,
+    },
+    /// List tenants in creation order, one page or (--all) every page.
+    List(ListArgs),
+    /// Change a tenant's name, industry, description or country.
+    Update(UpdateArgs),
+    /// ACTIVE -> SUSPENDED: keep the data but make the tenant unusable.
+    Suspend(LifecycleArgs),
+    /// SUSPENDED -> ACTIVE.
+    Resume(LifecycleArgs),
+    /// ACTIVE or SUSPENDED -> ARCHIVED: keep the schema, retire the tenant.
+    Archive(LifecycleArgs),
+    /// ARCHIVED -> PURGED: drop the schema and roles for good.
+    Purge(PurgeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Display name, 1-200 characters.
+    #[arg(long)]
+    name: String,
+    /// Unique handle: lower-case letters, digits and inner hyphens, 3-63 characters.
+    #[arg(long)]
+    slug: String,
+    #[arg(long, default_value = "")]
+    industry: String,
+    #[arg(long, default_value = "")]
+    description: String,
+    /// ISO 3166-1 alpha-2 country code, e.g. DE.
+    #[arg(long, default_value = "")]
+    country: String,
+    /// Id of the user who becomes the tenant's owner.
+    #[arg(long, default_value = "")]
+    owner_user_id: String,
+    /// Makes a retried create return the tenant the first attempt created.
+    #[arg(long, default_value = "")]
+    idempotency_key: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StatusFilter {
+    Active,
+    Suspended,
+    Archived,
+    Purged,
+    Provisioning,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only tenants in this status (default: every status but purged).
+    #[arg(long, value_enum)]
+    status: Option<StatusFilter>,
+    /// Tenants per page, 1-1000 (server default 100).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1000))]
+    page_size: Option<i32>,
+    /// Start at this page: the token a previous page printed.
+    #[arg(long, default_value = "")]
+    page_token: String,
+    /// Follow the page tokens to the last page and show everything.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("change")
+        .args(["name", "industry", "description", "country"])
+        .required(true)
+        .multiple(true)
+))]
+pub struct UpdateArgs {
+    /// The tenant's id.
+    id: String,
+    #[arg(long)]
+    name: Option<String>,
+    /// New industry; an empty value clears it.
+    #[arg(long)]
+    industry: Option<String>,
+    /// New description; an empty value clears it.
+    #[arg(long)]
+    description: Option<String>,
+    /// New ISO 3166-1 alpha-2 country; an empty value clears it.
+    #[arg(long)]
+    country: Option<String>,
+    /// Apply only if the tenant's version is still this one.
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    expected_version: Option<i64>,
+}
+
+#[derive(Debug, Args)]
+pub struct LifecycleArgs {
+    /// The tenant's id.
+    id: String,
+    /// Apply only if the tenant's version is still this one.
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    expected_version: Option<i64>,
+    /// Why; kept in the audit log.
+    #[arg(long, default_value = "")]
+    reason: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    #[command(flatten)]
+    lifecycle: LifecycleArgs,
+    /// The tenant's slug, repeated as a guard against purging the wrong one.
+    #[arg(long)]
+    confirm_slug: String,
+}
+
+pub async fn run(command: TenantsCommand, session: &Session) -> Result<(), CliError> {
+    let mut client = session.tenants();
+    let tenant = match command {
+        TenantsCommand::Create(a) => {
+            let request = pb::CreateTenantRequest {
+                name: a.name,
+                slug: a.slug,
+                industry: a.industry,
+                description: a.description,
+                country: a.country,
+                owner_user_id: a.owner_user_id,
+                idempotency_key: a.idempotency_key,
+            };
+            session
+                .call(client.create_tenant(session.request(request)))
+                .await?
+        }
+        TenantsCommand::Get { tenant } => {
+            let request = pb::GetTenantRequest {
+                selector: Some(selector(&tenant)),
+            };
+            session
+                .call(client.get_tenant(session.request(request)))
+                .await?
+        }
+        TenantsCommand::List(a) => return list(a, session, &mut client).await,
+        TenantsCommand::Update(a) => {
+            let request = pb::UpdateTenantRequest {
+                id: a.id,
+                name: a.name,
+                industry: a.industry,
+                description: a.description,
+                country: a.country,
+                expected_version: a.expected_version,
+            };
+            session
+                .call(client.update_tenant(session.request(request)))
+                .await?
+        }
+        TenantsCommand::Suspend(a) => {
+            let request = session.request(lifecycle_request(a));
+            session.call(client.suspend_tenant(request)).await?
+        }
+        TenantsCommand::Resume(a) => {
+            let request = session.request(lifecycle_request(a));
+            session.call(client.resume_tenant(request)).await?
+        }
+        TenantsCommand::Archive(a) => {
+            let request = session.request(lifecycle_request(a));
+            session.call(client.archive_tenant(request)).await?
+        }
+        TenantsCommand::Purge(a) => {
+            let request = pb::PurgeTenantRequest {
+                id: a.lifecycle.id,
+                confirm_slug: a.confirm_slug,
+                expected_version: a.lifecycle.expected_version,
+                reason: a.lifecycle.reason,
+            };
+            session
+                .call(client.purge_tenant(session.request(request)))
+                .await?
+        }
+    };
+    print_tenant(session.output, &tenant)
+}
+
+/// A UUID selects by id (sent in canonical form), anything else by slug.
+fn selector(tenant: &str) -> Selector {
+    match uuid::Uuid::parse_str(tenant.trim()) {
+        Ok(id) => Selector::Id(id.hyphenated().to_string()),
+        Err(_) => Selector::Slug(tenant.to_owned()),
+    }
+}
+
+fn lifecycle_request(a: LifecycleArgs) -> pb::TenantLifecycleRequest {
+    pb::TenantLifecycleRequest {
+        id: a.id,
+        expected_version: a.expected_version,
+        reason: a.reason,
+    }
+}
+
+/// One page, or with `--all` every page from `--page-token` on.
+async fn list(
+    a: ListArgs,
+    session: &Session,
+    client: &mut TenantServiceClient<Channel>,
+) -> Result<(), CliError> {
+    let status = a.status.map_or(pb::TenantStatus::Unspecified, status_to_pb);
+    let mut tenants = Vec::new();
+    let mut page_token = a.page_token;
+    loop {
+        let request = pb::ListTenantsRequest {
+            page_size: a.page_size.unwrap_or(0),
+            page_token: page_token.clone(),
+            status: status as i32,
+        };
+        let page = session
+            .call(client.list_tenants(session.request(request)))
+            .await?;
+        tenants.extend(page.tenants);
+        if !a.all || page.next_page_token.is_empty() {
+            page_token = page.next_page_token;
+            break;
+        }
+        if page.next_page_token == page_token {
+            return Err(CliError::Failed(
+                "the server returned the same page token twice; stopping".to_owned(),
+            ));
+        }
+        page_token = page.next_page_token;
+    }
+    print_list(session.output, &tenants, &page_token)
+}
+
+fn status_to_pb(s: StatusFilter) -> pb::TenantStatus {
+    match s {
+        StatusFilter::Active => pb::TenantStatus::Active,
+        StatusFilter::Suspended => pb::TenantStatus::Suspended,
+        StatusFilter::Archived => pb::TenantStatus::Archived,
+        StatusFilter::Purged => pb::TenantStatus::Purged,
+        StatusFilter::Provisioning => pb::TenantStatus::Provisioning,
+    }
+}
+
+/// The lower-case status word ("active"); unknown numbers stay visible.
+fn status_word(status: i32) -> String {
+    match pb::TenantStatus::try_from(status) {
+        Ok(s) => s
+            .as_str_name()
+            .trim_start_matches("TENANT_STATUS_")
+            .to_ascii_lowercase(),
+        Err(_) => format!("unknown({status})"),
+    }
+}
+
+/// A tenant as JSON with the proto's field names.
+fn tenant_json(t: &pb::Tenant) -> Value {
+    json!({
+        "id": t.id,
+        "slug": t.slug,
+        "name": t.name,
+        "industry": t.industry,
+        "description": t.description,
+        "country": t.country,
+        "status": status_word(t.status),
+        "schema_name": t.schema_name,
+        "schema_version": t.schema_version,
+        "version": t.version,
+        "created_at": output::rfc3339(t.created_at.as_ref()),
+        "updated_at": output::rfc3339(t.updated_at.as_ref()),
+    })
+}
+
+fn print_tenant(format: OutputFormat, t: &pb::Tenant) -> Result<(), CliError> {
+    match format {
+        OutputFormat::Json => output::print_json(&tenant_json(t)),
+        OutputFormat::Table => {
+            let table = output::key_value_table(vec![
+                ("id", t.id.clone()),
+                ("slug", t.slug.clone()),
+                ("name", t.name.clone()),
+                ("industry", t.industry.clone()),
+                ("description", t.description.clone()),
+                ("country", t.country.clone()),
+                ("status", status_word(t.status)),
+                ("schema_name", t.schema_name.clone()),
+                ("schema_version", t.schema_version.to_string()),
+                ("version", t.version.to_string()),
+                ("created_at", output::rfc3339_seconds(t.created_at.as_ref())),
+                ("updated_at", output::rfc3339_seconds(t.updated_at.as_ref())),
+            ]);
+            output::print_text(&table.to_string())
+        }
+    }
+}
+
+fn print_list(
+    format: OutputFormat,
+    tenants: &[pb::Tenant],
+    next_page_token: &str,
+) -> Result<(), CliError> {
+    match format {
+        OutputFormat::Json => output::print_json(&json!({
+            "tenants": tenants.iter().map(tenant_json).collect::<Vec<_>>(),
+            "next_page_token": next_page_token,
+        })),
+        OutputFormat::Table => {
+            if tenants.is_empty() {
+                output::print_text("no tenants")?;
+            } else {
+                let mut table = output::table(Some(&[
+                    "ID",
+                    "SLUG",
+                    "NAME",
+                    "STATUS",
+                    "SCHEMA VERSION",
+                    "VERSION",
+                    "CREATED",
+                ]));
+                for t in tenants {
+                    table.add_row(vec![
+                        t.id.clone(),
+                        t.slug.clone(),
+                        t.name.clone(),
+                        status_word(t.status),
+                        t.schema_version.to_string(),
+                        t.version.to_string(),
+                        output::rfc3339_seconds(t.created_at.as_ref()),
+                    ]);
+                }
+                output::print_text(&table.to_string())?;
+            }
+            if next_page_token.is_empty() {
+                Ok(())
+            } else {
+                output::print_text(&format!(
+                    "next page token: {next_page_token}\n  \
+                     (pass --page-token {next_page_token} for the next page, or --all)"
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_select_by_id_and_the_rest_by_slug() {
+        let id = "0190a6f2-7d4b-7cc3-9f00-7d0f6b1d2e3a";
+        assert!(matches!(selector(id), Selector::Id(s) if s == id));
+        assert!(matches!(
+            selector("0190A6F27D4B7CC39F007D0F6B1D2E3A"),
+            Selector::Id(s) if s == id
+        ));
+        assert!(matches!(selector("acme-gmbh"), Selector::Slug(s) if s == "acme-gmbh"));
+    }
+
+    #[test]
+    fn json_uses_proto_names_and_status_words() {
+        let t = pb::Tenant {
+            id: "id-1".into(),
+            slug: "acme".into(),
+            status: pb::TenantStatus::Suspended as i32,
+            version: 3,
+            created_at: Some(prost_types::Timestamp {
+                seconds: 0,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let v = tenant_json(&t);
+        assert_eq!(v["status"], "suspended");
+        assert_eq!(v["version"], 3);
+        assert_eq!(v["schema_version"], 0);
+        assert_eq!(v["created_at"], "1970-01-01T00:00:00Z");
+        assert_eq!(v["updated_at"], Value::Null);
+        assert_eq!(status_word(99), "unknown(99)");
+    }
+}
