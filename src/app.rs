@@ -11,6 +11,7 @@ use anyhow::Context;
 use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -128,7 +129,14 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
                     .await;
             }
         };
-        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        // Small request/response frames must not wait for Nagle's algorithm.
+        let incoming = TcpListenerStream::new(listener).map(|conn| {
+            conn.and_then(|c| {
+                c.set_nodelay(true)?;
+                Ok(c)
+            })
+        });
+        let serve = router.serve_with_incoming_shutdown(incoming, signal);
         // A client that keeps a connection or a stream open must not hold
         // shutdown up for ever: past the deadline the connections are dropped.
         let deadline = async {

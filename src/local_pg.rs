@@ -133,6 +133,12 @@ impl LocalCluster {
                  log_min_messages = warning\n",
                 self.socket_dir.display()
             );
+            // The superuser trusts the 0700 socket directory; every other
+            // role, tenant roles included, proves its password (SCRAM).
+            let hba = "# Written by tenantd.\n\
+                       local all postgres trust\n\
+                       local all all scram-sha-256\n";
+            std::fs::write(self.data_dir.join("pg_hba.conf"), hba).context("write pg_hba.conf")?;
             let path = self.data_dir.join("postgresql.conf");
             let mut current = std::fs::read_to_string(&path).context("read postgresql.conf")?;
             current.push_str(&conf);

@@ -145,7 +145,32 @@ async fn tenant_roles_log_in_with_their_own_schema_on_the_search_path() {
             .unwrap();
     assert!(password.unwrap().starts_with("SCRAM-SHA-256$"));
 
-    let options = server.db.options().username(&a.schema_name);
+    // It logs in with the password tenantd derives for it (SCRAM on the
+    // test cluster), and no other.
+    let secret: Vec<u8> =
+        sqlx::query_scalar("SELECT value FROM tenantd.settings WHERE key = 'tenant_role_secret'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    let id = tenantd::domain::TenantId::parse("id", &a.id).unwrap();
+    let password = tenantd::tenant::role_password(&secret, id);
+    let wrong = server
+        .db
+        .options()
+        .username(&a.schema_name)
+        .password("not-the-password");
+    if std::env::var_os("TENANTD_TEST_DATABASE_URL").is_none() {
+        assert!(
+            <PgConnection as sqlx::Connection>::connect_with(&wrong)
+                .await
+                .is_err()
+        );
+    }
+    let options = server
+        .db
+        .options()
+        .username(&a.schema_name)
+        .password(&password);
     let mut conn = <PgConnection as sqlx::Connection>::connect_with(&options)
         .await
         .unwrap();

@@ -48,6 +48,10 @@ pub async fn connect(options: PgConnectOptions, settings: &PoolSettings) -> anyh
         .acquire_timeout(settings.acquire_timeout)
         .max_lifetime(Duration::from_secs(30 * 60))
         .idle_timeout(Duration::from_secs(5 * 60))
+        // No ping before every checkout: it would add a round trip to each
+        // request. A connection broken by a database restart fails its next
+        // query, is discarded by the pool, and the request gets UNAVAILABLE.
+        .test_before_acquire(false)
         .connect_with(options)
         .await
         .context("connect to the catalog database")

@@ -5,6 +5,9 @@ mod ddl;
 pub mod migrations;
 mod service;
 
-pub use ddl::{create_tenant_ddl, purge_tenant_ddl, role_password};
+pub use ddl::{
+    ROLE_SCRAM_ITERATIONS, create_tenant_ddl, purge_tenant_ddl, role_password, role_verifier,
+    scram_verifier,
+};
 pub use migrations::{MigrationSetError, TenantMigration, TenantMigrations};
 pub use service::{TenantError, Tenants};

@@ -8,7 +8,7 @@ use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{TenantMigrations, create_tenant_ddl, purge_tenant_ddl, role_password};
+use super::{TenantMigrations, create_tenant_ddl, purge_tenant_ddl, role_verifier};
 use crate::catalog::{self, DbErrorKind, audit, tenants};
 use crate::domain::{LifecycleAction, NewTenant, Tenant, TenantId, TenantPatch, TenantStatus};
 
@@ -62,7 +62,7 @@ impl TenantError {
 pub struct Tenants {
     pool: PgPool,
     migrations: Arc<TenantMigrations>,
-    /// Key of the per-tenant role passwords; see [`role_password`].
+    /// Key of the per-tenant role passwords; see [`super::role_password`].
     role_secret: Arc<[u8]>,
 }
 
@@ -93,8 +93,7 @@ impl Tenants {
     /// replay of an earlier request with the same key).
     pub async fn create(&self, new: NewTenant, actor: &str) -> Result<(Tenant, bool), TenantError> {
         let id = TenantId::new();
-        let password = role_password(&self.role_secret, id);
-        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        let verifier = role_verifier(&self.role_secret, id);
         let ddl = create_tenant_ddl(id, &verifier, &self.migrations);
 
         let mut tx = self

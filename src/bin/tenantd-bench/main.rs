@@ -1,0 +1,83 @@
+//! `tenantd-bench`: measures tenantd against the physical limit of the same
+//! work done with raw SQL, both in the same run, so that only their ratio has
+//! to be trusted on a noisy machine.
+//!
+//! Each run gets a database of its own (`tenantd_bench_<random>`) on a server
+//! given by URL or on a private cluster (`tenantd::local_pg`), and drops it
+//! afterwards together with every tenant role the run created. The tenantd
+//! side is the real server binary in a process of its own, driven over gRPC;
+//! the raw side sends the same transaction with no service in between.
+//!
+//! One module per operation (`create`: CreateTenant latency and throughput);
+//! the harness they share is operation-neutral: `pg` (the server and the
+//! run's database), `server` (the tenantd process), `measure` (client loops
+//! and statistics). A fleet upgrade would be one more module beside `create`.
+
+mod create;
+mod measure;
+mod pg;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tenantd::config::Secret;
+
+/// Benchmarks of tenantd against the raw-SQL limit on the same database.
+#[derive(Parser)]
+#[command(name = "tenantd-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// CreateTenant p50/p95 latency and tenants/s through gRPC, next to the
+    /// same transaction sent as raw SQL.
+    Create(create::CreateArgs),
+}
+
+/// Where the benchmark runs; shared by every subcommand.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Server-level PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/postgres.
+    /// The run creates and drops a database of its own there. Without it a
+    /// private cluster runs under --data-dir for the length of the run.
+    #[arg(long)]
+    pub database_url: Option<Secret>,
+
+    /// Directory of the private cluster used without --database-url.
+    #[arg(long, default_value = "target/bench-pg")]
+    pub data_dir: PathBuf,
+
+    /// The tenantd server binary [default: `tenantd` next to this binary].
+    #[arg(long)]
+    pub tenantd: Option<PathBuf>,
+
+    /// Also print a markdown table for BENCHMARKS.md.
+    #[arg(long)]
+    pub markdown: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tenantd-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Create(args) => runtime.block_on(create::run(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tenantd-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The tenantd server under test: the real binary in a process of its own,
+//! on a free loopback port, ready once its gRPC health check says SERVING,
+//! stopped with SIGTERM. Its log goes to a file that is removed after a
+//! clean run and kept (and named) after a failure.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use tenantd::config::Secret;
+use tonic::transport::Endpoint;
+
+/// How long tenantd may take to migrate the catalog and report SERVING.
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long tenantd may take to stop after SIGTERM before it is killed.
+const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `tenantd serve` in a process of its own, on a free loopback port, logging
+/// to a file that is removed after a clean run.
+pub struct TenantdServer {
+    child: tokio::process::Child,
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+/// The tenantd binary: the one given, or the one built next to this binary.
+pub fn tenantd_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = match given {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_exe()
+            .context("find this binary's path")?
+            .with_file_name("tenantd"),
+    };
+    ensure!(
+        path.is_file(),
+        "no tenantd binary at {}: build it with the bench (`cargo build --release --bin tenantd \
+         --bin tenantd-bench`) or pass --tenantd",
+        path.display()
+    );
+    Ok(path)
+}
+
+impl TenantdServer {
+    pub async fn start(binary: &Path, database_url: &Secret, tag: &str) -> anyhow::Result<Self> {
+        let addr = free_port().await?;
+        let log = std::env::temp_dir().join(format!("{tag}-tenantd.log"));
+        let out = std::fs::File::create(&log)
+            .with_context(|| format!("create the tenantd log {}", log.display()))?;
+        let err = out
+            .try_clone()
+            .context("open the tenantd log a second time")?;
+        let child = tokio::process::Command::new(binary)
+            .arg("serve")
+            .arg("--listen-addr")
+            .arg(addr.to_string())
+            // Through the environment, so a password in the URL does not
+            // show in the process list.
+            .env("TENANTD_DATABASE_URL", database_url.expose())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            // Its own process group: Ctrl-C reaches only the bench, which
+            // stops the server in order.
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start {}", binary.display()))?;
+        let mut server = Self { child, addr, log };
+        if let Err(e) = server.wait_serving().await {
+            let _ = server.child.kill().await;
+            return Err(e.context(format!("start tenantd (its log: {})", server.log.display())));
+        }
+        Ok(server)
+    }
+
+    /// Polls the gRPC health check (service "") until it says SERVING.
+    async fn wait_serving(&mut self) -> anyhow::Result<()> {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+        let endpoint = endpoint(self.addr)?.connect_timeout(Duration::from_secs(1));
+        let deadline = Instant::now() + SERVER_START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().context("check on tenantd")? {
+                bail!(
+                    "tenantd exited ({status}) before serving:\n{}",
+                    log_tail(&self.log)
+                );
+            }
+            if let Ok(channel) = endpoint.connect().await {
+                let answer = HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await;
+                if answer.is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "tenantd did not report SERVING within {SERVER_START_TIMEOUT:?}:\n{}",
+                    log_tail(&self.log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, then waits for the graceful shutdown; kills it past the
+    /// deadline.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+
+        let Some(pid) = self.child.id() else {
+            return Ok(()); // already reaped
+        };
+        let pid = Pid::from_raw(i32::try_from(pid).context("tenantd's pid")?);
+        match kill(pid, Signal::SIGTERM) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => return Err(e).context("send SIGTERM to tenantd"),
+        }
+        match tokio::time::timeout(SERVER_STOP_TIMEOUT, self.child.wait()).await {
+            Ok(status) => {
+                let status = status.context("wait for tenantd to stop")?;
+                ensure!(
+                    status.success(),
+                    "tenantd stopped with {status}; log: {}",
+                    self.log.display()
+                );
+                Ok(())
+            }
+            Err(_) => {
+                let _ = self.child.kill().await;
+                bail!(
+                    "tenantd did not stop within {SERVER_STOP_TIMEOUT:?} of SIGTERM and was killed; log: {}",
+                    self.log.display()
+                )
+            }
+        }
+    }
+
+    pub fn remove_log(&self) {
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A loopback address with a port that was free a moment ago.
+async fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("find a free port on 127.0.0.1")?;
+    listener.local_addr().context("read the free port")
+}
+
+pub fn endpoint(addr: SocketAddr) -> anyhow::Result<Endpoint> {
+    Endpoint::from_shared(format!("http://{addr}")).context("make the gRPC endpoint")
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
