@@ -6,7 +6,10 @@ use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let protos = ["proto/tenantd/v1/tenants.proto"];
+    let protos = [
+        "proto/tenantd/v1/tenants.proto",
+        "proto/tenantd/v1/migrations.proto",
+    ];
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure()

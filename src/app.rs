@@ -18,7 +18,8 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
 
 use crate::catalog::{self, PoolSettings};
-use crate::grpc::{TenantApi, pb};
+use crate::fleet::{self, RunnerSettings, Upgrades};
+use crate::grpc::{MigrationApi, TenantApi, pb};
 use crate::tenant::{TenantMigrations, Tenants};
 
 /// Serializes tenant-migration registration between processes starting at
@@ -34,6 +35,8 @@ pub struct AppConfig {
     /// Replaces the embedded tenant migrations when set.
     pub tenant_migrations: Option<PathBuf>,
     pub shutdown_timeout: Duration,
+    /// This process's fleet-upgrade workers.
+    pub runner: RunnerSettings,
 }
 
 /// A started server.
@@ -92,13 +95,31 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
     tracing::info!(tenant_migrations = migrations.latest(), "catalog ready");
 
     let tasks = TaskTracker::new();
-    let tenants = Tenants::new(pool.clone(), Arc::new(migrations), role_secret);
+    let shutdown = CancellationToken::new();
+    let migrations = Arc::new(migrations);
+    let tenants = Tenants::new(pool.clone(), migrations.clone(), role_secret);
     let tenant_api =
         pb::tenant_service_server::TenantServiceServer::new(TenantApi::new(tenants, tasks.clone()));
+    let upgrades = Upgrades::new(pool.clone(), migrations.clone());
+    let migration_api = pb::migration_service_server::MigrationServiceServer::new(
+        MigrationApi::new(upgrades, shutdown.clone()),
+    );
+    let owner = fleet::runner::spawn(
+        pool.clone(),
+        config.database.clone(),
+        migrations,
+        config.runner.clone(),
+        shutdown.child_token(),
+        &tasks,
+    );
+    tracing::info!(workers = config.runner.workers, %owner, "fleet upgrade workers started");
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<pb::tenant_service_server::TenantServiceServer<TenantApi>>()
+        .await;
+    health
+        .set_serving::<pb::migration_service_server::MigrationServiceServer<MigrationApi>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -106,14 +127,14 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
         .build_v1()
         .context("build the reflection service")?;
 
-    let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     let drain = shutdown.clone();
     let router = Server::builder()
         .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(tenant_api);
+        .add_service(tenant_api)
+        .add_service(migration_api);
     let shutdown_timeout = config.shutdown_timeout;
     let handle = tokio::spawn(async move {
         let signal = {
@@ -124,6 +145,7 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
                 health
                     .set_not_serving::<pb::tenant_service_server::TenantServiceServer<TenantApi>>()
                     .await;
+                health.set_not_serving::<pb::migration_service_server::MigrationServiceServer<MigrationApi>>().await;
                 health
                     .set_service_status("", tonic_health::ServingStatus::NotServing)
                     .await;

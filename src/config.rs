@@ -82,6 +82,16 @@ pub struct ServeArgs {
     #[arg(long, env = "TENANTD_TENANT_MIGRATIONS")]
     pub tenant_migrations: Option<PathBuf>,
 
+    /// Fleet-upgrade workers in this process: each can upgrade one tenant at
+    /// a time, for whichever run has a free slot (0: this replica runs none).
+    #[arg(long, env = "TENANTD_UPGRADE_WORKERS", default_value_t = 4)]
+    pub upgrade_workers: usize,
+
+    /// How long a worker's claim on a tenant or a run slot lasts without a
+    /// heartbeat; after a crash other replicas take the work over then.
+    #[arg(long, env = "TENANTD_UPGRADE_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub upgrade_lease: Duration,
+
     /// How long shutdown waits for in-flight requests and tenant changes.
     #[arg(long, env = "TENANTD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -98,6 +108,15 @@ impl ServeArgs {
         }
         if self.catalog_acquire_timeout.is_zero() {
             bail!("--catalog-acquire-timeout must be more than zero");
+        }
+        if self.upgrade_workers > 64 {
+            bail!(
+                "--upgrade-workers must be at most 64, not {}",
+                self.upgrade_workers
+            );
+        }
+        if self.upgrade_lease < Duration::from_secs(1) {
+            bail!("--upgrade-lease must be at least 1s");
         }
         if let Some(dir) = &self.tenant_migrations {
             if !dir.is_dir() {

@@ -8,6 +8,7 @@ pub mod app;
 pub mod catalog;
 pub mod config;
 pub mod domain;
+pub mod fleet;
 pub mod grpc;
 pub mod local_pg;
 pub mod telemetry;

@@ -95,6 +95,11 @@ async fn run(args: &ServeArgs, database: sqlx::postgres::PgConnectOptions) -> an
         },
         tenant_migrations: args.tenant_migrations.clone(),
         shutdown_timeout: args.shutdown_timeout,
+        runner: tenantd::fleet::RunnerSettings {
+            workers: args.upgrade_workers,
+            lease: args.upgrade_lease,
+            ..Default::default()
+        },
     };
     let running = app::start(config, listener).await?;
     tracing::info!(addr = %running.local_addr(), "tenantd listening");

@@ -38,3 +38,36 @@ pub fn classify(err: &sqlx::Error) -> DbErrorKind {
         _ => DbErrorKind::Other,
     }
 }
+
+/// A database failure as an operation's error carries it: what the caller can
+/// do about it, with the cause kept for the log.
+#[derive(Debug, thiserror::Error)]
+pub enum DbFailure {
+    #[error("concurrent change, try again")]
+    Conflict(#[source] sqlx::Error),
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("{context}")]
+    Internal {
+        context: &'static str,
+        #[source]
+        source: anyhow::Error,
+    },
+}
+
+impl DbFailure {
+    /// `map_err(DbFailure::of("verb phrase"))`: sorts a sqlx error, naming
+    /// what was being done for the log.
+    pub fn of<E: From<DbFailure>>(context: &'static str) -> impl FnOnce(sqlx::Error) -> E {
+        move |e| {
+            E::from(match classify(&e) {
+                DbErrorKind::Unavailable | DbErrorKind::Timeout => DbFailure::Unavailable(e),
+                DbErrorKind::Conflict => DbFailure::Conflict(e),
+                DbErrorKind::UniqueViolation | DbErrorKind::Other => DbFailure::Internal {
+                    context,
+                    source: e.into(),
+                },
+            })
+        }
+    }
+}

@@ -7,6 +7,7 @@ pub mod audit;
 mod error;
 pub mod settings;
 pub mod tenants;
+pub mod upgrades;
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 
-pub use error::{DbErrorKind, classify};
+pub use error::{DbErrorKind, DbFailure, classify};
 
 /// The schema that holds the catalog. Never on a tenant's search path.
 pub const CATALOG_SCHEMA: &str = "tenantd";

@@ -4,6 +4,7 @@
 
 mod ids;
 mod tenant;
+pub mod upgrade;
 mod validation;
 
 pub use ids::{RoleName, SchemaName, TenantId};

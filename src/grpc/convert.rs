@@ -182,7 +182,7 @@ pub fn decode_page_token(token: &str) -> Result<Option<TenantId>, ValidationErro
     Ok(Some(TenantId::from_uuid(id)))
 }
 
-fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,

@@ -3,9 +3,11 @@
 //! module sees a generated type or a `tonic::Status`.
 
 mod convert;
+mod migrations;
 mod status;
 mod tenants;
 
+pub use migrations::MigrationApi;
 pub use tenants::TenantApi;
 
 /// Generated protobuf and gRPC types of package `tenantd.v1`.

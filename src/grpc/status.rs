@@ -5,6 +5,7 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::catalog::DbFailure;
 use crate::domain::ValidationError;
 use crate::tenant::TenantError;
 
@@ -44,15 +45,21 @@ pub fn tenant(err: TenantError) -> Status {
             "confirm_slug",
             "must equal the tenant's slug",
         )),
-        TenantError::Conflict(source) => {
+        TenantError::Db(failure) => db(failure),
+    }
+}
+
+pub fn db(failure: DbFailure) -> Status {
+    match failure {
+        DbFailure::Conflict(source) => {
             tracing::info!(error = %source, "concurrent change");
             Status::aborted("concurrent change, try again")
         }
-        TenantError::Unavailable(source) => {
+        DbFailure::Unavailable(source) => {
             tracing::warn!(error = %source, "database unavailable");
             Status::unavailable("database unavailable, try again")
         }
-        TenantError::Internal { context, source } => internal(context, &source),
+        DbFailure::Internal { context, source } => internal(context, &source),
     }
 }
 

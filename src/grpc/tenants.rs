@@ -58,7 +58,7 @@ impl TenantApi {
 
 /// Who the audit log names for a request. Callers do not authenticate yet, so
 /// this is the peer address.
-fn actor<T>(request: &Request<T>) -> String {
+pub fn actor<T>(request: &Request<T>) -> String {
     match request.remote_addr() {
         Some(addr) => format!("unauthenticated@{addr}"),
         None => "unauthenticated".to_owned(),

@@ -82,7 +82,7 @@ pub fn create_tenant_ddl(
          SET LOCAL search_path TO {schema};\n"
     );
     for m in migrations.all() {
-        let _ = writeln!(sql, "-- {}\n{}\n;", m.name, m.sql);
+        let _ = writeln!(sql, "-- {}\n{}\n;", m.name, m.sql_for_new_tenant());
     }
     sql.push_str("INSERT INTO ");
     sql.push_str(&schema);

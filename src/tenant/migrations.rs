@@ -19,6 +19,40 @@ pub struct TenantMigration {
     pub name: String,
     pub sql: String,
     pub checksum: [u8; 32],
+    /// False when the file starts with `-- tenantd:no-transaction`: it then
+    /// holds one statement that cannot run in a transaction block (such as
+    /// `CREATE INDEX CONCURRENTLY`), which must be idempotent because a crash
+    /// between running it and recording it runs it again.
+    pub transactional: bool,
+}
+
+/// The first line of a migration that must run outside a transaction.
+pub const NO_TRANSACTION: &str = "-- tenantd:no-transaction";
+
+impl TenantMigration {
+    /// The text to run when a brand-new tenant is created. Everything runs
+    /// in the create transaction there, so `CONCURRENTLY` (pointless on empty
+    /// tables, and refused inside a transaction) is left out.
+    pub fn sql_for_new_tenant(&self) -> std::borrow::Cow<'_, str> {
+        if self.transactional {
+            return self.sql.as_str().into();
+        }
+        let mut out = String::with_capacity(self.sql.len());
+        let mut rest = self.sql.as_str();
+        while let Some(at) = find_ascii_ci(rest, " concurrently") {
+            out.push_str(&rest[..at]);
+            rest = &rest[at + " concurrently".len()..];
+        }
+        out.push_str(rest);
+        out.into()
+    }
+}
+
+fn find_ascii_ci(haystack: &str, needle: &str) -> Option<usize> {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .position(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// A complete, gap-free set of tenant migrations, ordered by version.
@@ -104,11 +138,13 @@ impl TenantMigrations {
                 _ => return Err(MigrationSetError::BadName(file)),
             };
             let checksum: [u8; 32] = Sha256::digest(sql.as_bytes()).into();
+            let transactional = !sql.trim_start().starts_with(NO_TRANSACTION);
             list.push(TenantMigration {
                 version,
                 name: stem.to_owned(),
                 sql,
                 checksum,
+                transactional,
             });
         }
         list.sort_by_key(|m| m.version);
@@ -129,6 +165,17 @@ impl TenantMigrations {
 
     pub fn all(&self) -> &[TenantMigration] {
         &self.list
+    }
+
+    /// The migrations after `version` up to and including `target`.
+    pub fn between(&self, version: i64, target: i64) -> &[TenantMigration] {
+        let from = version.clamp(0, self.latest()) as usize;
+        let to = target.clamp(0, self.latest()) as usize;
+        if from >= to {
+            &[]
+        } else {
+            &self.list[from..to]
+        }
     }
 
     /// The version every new tenant is created at.
@@ -169,12 +216,13 @@ impl TenantMigrations {
         }
         for m in &self.list[known.len()..] {
             sqlx::query(
-                "INSERT INTO tenantd.tenant_migrations (version, name, checksum) VALUES ($1, $2, $3) \
-                 ON CONFLICT (version) DO NOTHING",
+                "INSERT INTO tenantd.tenant_migrations (version, name, checksum, transactional) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (version) DO NOTHING",
             )
             .bind(m.version)
             .bind(&m.name)
             .bind(m.checksum.as_slice())
+            .bind(m.transactional)
             .execute(&mut *conn)
             .await
             .with_context(|| format!("register tenant migration {}", m.name))?;
@@ -228,6 +276,32 @@ mod tests {
             TenantMigrations::from_files(Vec::new()).unwrap_err(),
             MigrationSetError::Empty
         ));
+    }
+
+    #[test]
+    fn non_transactional_migrations_are_marked_and_made_plain_for_new_tenants() {
+        let set = TenantMigrations::from_files(vec![
+            (
+                "0001_a.sql".to_owned(),
+                "CREATE TABLE t (x int);".to_owned(),
+            ),
+            (
+                "0002_b.sql".to_owned(),
+                format!("{NO_TRANSACTION}\nCREATE INDEX CONCURRENTLY IF NOT EXISTS t_x ON t (x);"),
+            ),
+        ])
+        .unwrap();
+        assert!(set.all()[0].transactional);
+        assert!(!set.all()[1].transactional);
+        assert!(
+            set.all()[1]
+                .sql_for_new_tenant()
+                .contains("CREATE INDEX IF NOT EXISTS t_x")
+        );
+        assert_eq!(set.between(0, 2).len(), 2);
+        assert_eq!(set.between(1, 2)[0].version, 2);
+        assert!(set.between(2, 2).is_empty());
+        assert!(set.between(2, 1).is_empty());
     }
 
     #[test]

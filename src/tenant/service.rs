@@ -9,7 +9,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{TenantMigrations, create_tenant_ddl, purge_tenant_ddl, role_verifier};
-use crate::catalog::{self, DbErrorKind, audit, tenants};
+use crate::catalog::{self, DbFailure, audit, tenants};
 use crate::domain::{LifecycleAction, NewTenant, Tenant, TenantId, TenantPatch, TenantStatus};
 
 /// Why a tenant operation failed. The gRPC layer maps each variant to a status.
@@ -32,28 +32,13 @@ pub enum TenantError {
     },
     #[error("confirm_slug does not match the tenant's slug")]
     ConfirmationMismatch,
-    #[error("concurrent change, try again")]
-    Conflict(#[source] sqlx::Error),
-    #[error("database unavailable")]
-    Unavailable(#[source] sqlx::Error),
-    #[error("{context}")]
-    Internal {
-        context: &'static str,
-        #[source]
-        source: anyhow::Error,
-    },
+    #[error(transparent)]
+    Db(#[from] DbFailure),
 }
 
 impl TenantError {
     fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> TenantError {
-        move |e| match catalog::classify(&e) {
-            DbErrorKind::Unavailable | DbErrorKind::Timeout => TenantError::Unavailable(e),
-            DbErrorKind::Conflict => TenantError::Conflict(e),
-            DbErrorKind::UniqueViolation | DbErrorKind::Other => TenantError::Internal {
-                context,
-                source: e.into(),
-            },
-        }
+        DbFailure::of(context)
     }
 }
 

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod fleet;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -193,6 +195,17 @@ impl TestServer {
         app::start(config, listener).await
     }
 
+    /// Stops the server gracefully and starts a new one over the same
+    /// database with an adjusted configuration (e.g. newer migrations).
+    pub async fn restart_with(&mut self, adjust: impl FnOnce(&mut AppConfig)) {
+        self.stop().await.expect("graceful stop");
+        let mut config = test_config(&self.db);
+        adjust(&mut config);
+        let running = Self::run(config).await.expect("restart tenantd");
+        self.addr = running.local_addr();
+        self.running = Some(running);
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -237,6 +250,12 @@ pub fn test_config(db: &TestDb) -> AppConfig {
         },
         tenant_migrations: None,
         shutdown_timeout: Duration::from_secs(10),
+        runner: tenantd::fleet::RunnerSettings {
+            workers: 4,
+            lease: Duration::from_secs(3),
+            poll_interval: Duration::from_millis(100),
+            ..Default::default()
+        },
     }
 }
 

@@ -1,0 +1,282 @@
+//! Upgrading one tenant: under a per-tenant advisory lock, with lock and
+//! statement time-outs, every migration between its ledger's version and the
+//! target, its ledger rows, the catalog's copy of its version and the run
+//! item's outcome — in one transaction, so a crash at any point leaves the
+//! tenant either untouched or upgraded and recorded. The ledger decides what
+//! is pending, so a tenant is never upgraded twice, even when two workers
+//! race for it after a lease expired.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use sqlx::{PgConnection, Row};
+
+use crate::catalog::execute_batch;
+use crate::domain::TenantId;
+use crate::domain::upgrade::RunId;
+use crate::tenant::{TenantMigration, TenantMigrations};
+
+/// What happened to a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Moved from `from` to `to`.
+    Upgraded { from: i64, to: i64 },
+    /// Already at or past the target (by its ledger); recorded as done.
+    AlreadyCurrent { version: i64 },
+    /// Purged or gone since the run was planned; recorded as skipped.
+    Gone,
+}
+
+/// The advisory lock key of one tenant: any 64 bits of its id will do, a
+/// collision only makes two tenants wait for each other.
+fn lock_key(tenant: TenantId) -> i64 {
+    let b = tenant.as_uuid().as_bytes();
+    i64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]])
+}
+
+fn timeouts(lock_timeout: Duration, statement_timeout: Duration, scope: &str) -> String {
+    format!(
+        "SET {scope} lock_timeout = '{}ms'; SET {scope} statement_timeout = '{}ms';",
+        lock_timeout.as_millis().max(1),
+        statement_timeout.as_millis().max(1)
+    )
+}
+
+/// Upgrades `tenant` to `target` for `run`. On error the transaction has been
+/// rolled back and nothing changed; the caller records the failure.
+pub async fn upgrade_tenant(
+    conn: &mut PgConnection,
+    migrations: &TenantMigrations,
+    run: RunId,
+    tenant: TenantId,
+    target: i64,
+    lock_timeout: Duration,
+    statement_timeout: Duration,
+) -> Result<Applied, sqlx::Error> {
+    let result = upgrade_in_transaction(
+        conn,
+        migrations,
+        run,
+        tenant,
+        target,
+        lock_timeout,
+        statement_timeout,
+    )
+    .await;
+    if result.is_err() {
+        // The batch may have stopped anywhere inside the transaction.
+        let _ = execute_batch(&mut *conn, "ROLLBACK").await;
+    }
+    result
+}
+
+async fn upgrade_in_transaction(
+    conn: &mut PgConnection,
+    migrations: &TenantMigrations,
+    run: RunId,
+    tenant: TenantId,
+    target: i64,
+    lock_timeout: Duration,
+    statement_timeout: Duration,
+) -> Result<Applied, sqlx::Error> {
+    let id = tenant.as_uuid();
+    let schema = tenant.schema_name().quoted();
+    // Round trip 1: open the transaction, lock the tenant, read catalog and ledger.
+    let open = format!(
+        "BEGIN; {} SELECT pg_advisory_xact_lock({}); \
+         SELECT status, schema_version, tenantd.ledger_version(schema_name) \
+         FROM tenantd.tenants WHERE id = '{id}' FOR UPDATE",
+        timeouts(lock_timeout, statement_timeout, "LOCAL"),
+        lock_key(tenant)
+    );
+    let rows = sqlx::Executor::fetch_all(&mut *conn, sqlx::raw_sql(&open)).await?;
+    let state = rows.last().filter(|r| r.columns().len() == 3).map(|r| {
+        (
+            r.try_get::<String, _>(0).unwrap_or_default(),
+            r.try_get::<i64, _>(1).unwrap_or(0),
+            r.try_get::<Option<i64>, _>(2).unwrap_or(None),
+        )
+    });
+    let item = format!("run_id = '{}' AND tenant_id = '{id}'", run.0);
+    let (status, catalog_version, ledger) = match state {
+        Some((status, catalog, Some(ledger))) if status != "purged" => (status, catalog, ledger),
+        _ => {
+            let sql = format!(
+                "UPDATE tenantd.upgrade_items SET status = 'skipped', finished_at = now(), lease_owner = NULL, \
+                     last_error = 'tenant has no schema any more' WHERE {item}; COMMIT"
+            );
+            execute_batch(&mut *conn, &sql).await?;
+            return Ok(Applied::Gone);
+        }
+    };
+    let _ = status;
+    let pending = migrations.between(ledger, target);
+    if pending.iter().any(|m| !m.transactional) {
+        execute_batch(&mut *conn, "COMMIT").await?;
+        return upgrade_step_by_step(
+            conn,
+            pending,
+            run,
+            tenant,
+            ledger,
+            lock_timeout,
+            statement_timeout,
+        )
+        .await;
+    }
+    let to = ledger.max(pending.last().map_or(ledger, |m| m.version));
+    // Round trip 2: everything else, ending in COMMIT.
+    let mut sql = String::with_capacity(4096);
+    if !pending.is_empty() {
+        let _ = writeln!(sql, "SET LOCAL search_path TO {schema};");
+        for m in pending {
+            let _ = writeln!(sql, "-- {}\n{}\n;", m.name, m.sql);
+        }
+        let _ = writeln!(sql, "SET LOCAL search_path TO DEFAULT;");
+        ledger_rows(&mut sql, &schema, pending);
+    }
+    if catalog_version != to || !pending.is_empty() {
+        let _ = writeln!(
+            sql,
+            "UPDATE tenantd.tenants SET schema_version = {to}, updated_at = now() WHERE id = '{id}';"
+        );
+    }
+    let _ = write!(
+        sql,
+        "UPDATE tenantd.upgrade_items SET status = 'done', to_version = {to}, finished_at = now(), \
+             lease_owner = NULL, lease_expires_at = NULL, last_sqlstate = NULL, last_error = NULL WHERE {item};\n\
+         COMMIT"
+    );
+    execute_batch(&mut *conn, &sql).await?;
+    Ok(if pending.is_empty() {
+        Applied::AlreadyCurrent { version: ledger }
+    } else {
+        Applied::Upgraded { from: ledger, to }
+    })
+}
+
+fn ledger_rows(sql: &mut String, schema: &str, applied: &[TenantMigration]) {
+    let _ = write!(
+        sql,
+        "INSERT INTO {schema}.schema_migrations (version, name, checksum) VALUES "
+    );
+    for (i, m) in applied.iter().enumerate() {
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(
+            sql,
+            "{sep}({}, '{}', decode('{}', 'hex'))",
+            m.version,
+            m.name,
+            hex::encode(m.checksum)
+        );
+    }
+    sql.push_str(";\n");
+}
+
+/// The path for a pending set that holds a migration which cannot run in a
+/// transaction: each migration on its own, under a session-level advisory
+/// lock. A transactional one commits with its ledger row; a
+/// non-transactional one runs alone, then its ledger row commits (a crash in
+/// between runs it again, which is why such migrations must be idempotent).
+async fn upgrade_step_by_step(
+    conn: &mut PgConnection,
+    pending: &[TenantMigration],
+    run: RunId,
+    tenant: TenantId,
+    from: i64,
+    lock_timeout: Duration,
+    statement_timeout: Duration,
+) -> Result<Applied, sqlx::Error> {
+    let id = tenant.as_uuid();
+    let schema = tenant.schema_name().quoted();
+    let key = lock_key(tenant);
+    execute_batch(
+        &mut *conn,
+        &format!(
+            "{} SELECT pg_advisory_lock({key})",
+            timeouts(lock_timeout, statement_timeout, "SESSION")
+        ),
+    )
+    .await?;
+    let result = async {
+        // Another worker may have moved the ledger since the first read.
+        let ledger: Option<i64> = sqlx::query_scalar("SELECT tenantd.ledger_version($1)")
+            .bind(tenant.schema_name().as_str())
+            .fetch_one(&mut *conn)
+            .await?;
+        let ledger = ledger.unwrap_or(from);
+        let mut to = ledger;
+        for m in pending.iter().filter(|m| m.version > ledger) {
+            let mut record = String::new();
+            ledger_rows(&mut record, &schema, std::slice::from_ref(m));
+            let _ = write!(
+                record,
+                "UPDATE tenantd.tenants SET schema_version = {}, updated_at = now() WHERE id = '{id}';",
+                m.version
+            );
+            if m.transactional {
+                let sql = format!(
+                    "BEGIN; SET LOCAL search_path TO {schema};\n{}\n;\nSET LOCAL search_path TO DEFAULT;\n{record}\nCOMMIT",
+                    m.sql
+                );
+                if let Err(e) = execute_batch(&mut *conn, &sql).await {
+                    let _ = execute_batch(&mut *conn, "ROLLBACK").await;
+                    return Err(e);
+                }
+            } else {
+                execute_batch(&mut *conn, &format!("SET search_path TO {schema}")).await?;
+                let ran = execute_batch(&mut *conn, &m.sql).await;
+                execute_batch(&mut *conn, "RESET search_path").await?;
+                ran?;
+                execute_batch(&mut *conn, &format!("BEGIN; {record} COMMIT")).await?;
+            }
+            to = m.version;
+        }
+        execute_batch(&mut *conn, &format!(
+            "UPDATE tenantd.upgrade_items SET status = 'done', to_version = {to}, finished_at = now(), \
+                 lease_owner = NULL, lease_expires_at = NULL, last_sqlstate = NULL, last_error = NULL \
+             WHERE run_id = '{}' AND tenant_id = '{id}'",
+            run.0
+        )).await?;
+        Ok(if to == ledger { Applied::AlreadyCurrent { version: to } } else { Applied::Upgraded { from: ledger, to } })
+    }
+    .await;
+    let _ = execute_batch(
+        &mut *conn,
+        &format!("SELECT pg_advisory_unlock({key}); RESET lock_timeout; RESET statement_timeout"),
+    )
+    .await;
+    result
+}
+
+/// Whether trying again may help: lock and statement time-outs, deadlocks,
+/// serialization failures and lost connections. Errors in the data or in the
+/// SQL itself fail the same way every time.
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some(code) => {
+                matches!(code, "40001" | "40P01" | "55P03" | "57014" | "53300")
+                    || code.starts_with("08")
+                    || code.starts_with("57P")
+            }
+            None => false,
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Protocol(_) => true,
+        _ => false,
+    }
+}
+
+/// SQLSTATE and a message for the record (never SQL text of ours).
+pub fn describe(err: &sqlx::Error) -> (String, String) {
+    match err {
+        sqlx::Error::Database(db) => (
+            db.code().map(|c| c.into_owned()).unwrap_or_default(),
+            db.message().to_owned(),
+        ),
+        other => (String::new(), other.to_string()),
+    }
+}

@@ -1,0 +1,379 @@
+//! Operator actions on upgrade runs: plan, start (or dry-run), read, list,
+//! pause, resume, cancel, retry failed tenants, and the events a watcher sees.
+//! Every state change is one transaction with its audit event.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::catalog::{DbFailure, audit, upgrades};
+use crate::domain::TenantId;
+use crate::domain::ValidationError;
+use crate::domain::upgrade::{
+    Drift, Outcome, Plan, PlanFailure, Run, RunId, RunSettingsInput, RunStatus, TenantSelector,
+    Totals,
+};
+use crate::tenant::TenantMigrations;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("upgrade run not found")]
+    NotFound,
+    #[error("cannot {action} a run that is {status}")]
+    InvalidTransition {
+        action: &'static str,
+        status: RunStatus,
+    },
+    #[error(transparent)]
+    Db(#[from] DbFailure),
+}
+
+fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> UpgradeError {
+    DbFailure::of(context)
+}
+
+/// An operator action on a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunAction {
+    Pause,
+    Resume,
+    Cancel,
+    RetryFailed,
+}
+
+impl RunAction {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::Cancel => "cancel",
+            Self::RetryFailed => "retry",
+        }
+    }
+
+    /// The status the action leads to from `from`; `Ok(None)`: nothing to do.
+    fn after(self, from: RunStatus) -> Result<Option<RunStatus>, ()> {
+        use RunStatus as S;
+        match (self, from) {
+            (Self::Pause, S::Running) => Ok(Some(S::Paused)),
+            (Self::Pause, S::Paused) => Ok(None),
+            (Self::Resume, S::Paused | S::Halted) => Ok(Some(S::Running)),
+            (Self::Resume, S::Running) => Ok(None),
+            (Self::Cancel, S::Running | S::Paused | S::Halted) => Ok(Some(S::Cancelled)),
+            (Self::Cancel, S::Cancelled) => Ok(None),
+            (Self::RetryFailed, S::Running | S::Paused | S::Halted | S::Failed) => {
+                Ok(Some(S::Running))
+            }
+            _ => Err(()),
+        }
+    }
+}
+
+/// What a watcher is told.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Tenant(Outcome),
+    Progress(Run),
+}
+
+/// Fleet upgrades over the catalog pool.
+#[derive(Clone)]
+pub struct Upgrades {
+    pool: PgPool,
+    migrations: Arc<TenantMigrations>,
+}
+
+impl Upgrades {
+    pub fn new(pool: PgPool, migrations: Arc<TenantMigrations>) -> Self {
+        Self { pool, migrations }
+    }
+
+    pub fn latest_version(&self) -> i64 {
+        self.migrations.latest()
+    }
+
+    fn target(&self, target: Option<i64>) -> Result<i64, UpgradeError> {
+        let latest = self.migrations.latest();
+        let target = target.unwrap_or(latest);
+        if target < 1 || target > latest {
+            return Err(ValidationError::single(
+                "target_version",
+                format!("must be between 1 and the latest tenant migration, {latest}"),
+            )
+            .into());
+        }
+        Ok(target)
+    }
+
+    /// The fleet by schema version, who is behind, who failed before, and
+    /// (when asked) who drifted. Catalog reads only, unless drift is checked.
+    pub async fn plan(
+        &self,
+        target: Option<i64>,
+        selector: &TenantSelector,
+        sample: i64,
+        check_drift: bool,
+    ) -> Result<Plan, UpgradeError> {
+        let target = self.target(target)?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db("acquire catalog connection"))?;
+        let versions = upgrades::version_counts(&mut conn, selector)
+            .await
+            .map_err(db("count tenants by version"))?;
+        let behind_sample = upgrades::behind_sample(&mut conn, selector, target, sample)
+            .await
+            .map_err(db("sample tenants behind"))?;
+        let (failed_before, failed) = upgrades::failed_before(&mut conn, selector, target, sample)
+            .await
+            .map_err(db("find failed tenants"))?;
+        let drifted = if check_drift {
+            upgrades::drifted(&mut conn, selector)
+                .await
+                .map_err(db("compare ledgers with the catalog"))?
+        } else {
+            Vec::new()
+        };
+        Ok(Plan {
+            target_version: target,
+            latest_version: self.migrations.latest(),
+            total_tenants: versions.iter().map(|(_, n)| n).sum(),
+            behind: versions
+                .iter()
+                .filter(|(v, _)| *v < target)
+                .map(|(_, n)| n)
+                .sum(),
+            versions,
+            failed_before,
+            behind_sample: behind_sample.into_iter().map(TenantId::from_uuid).collect(),
+            failed_sample: failed
+                .into_iter()
+                .map(|(t, r, sqlstate, message, version)| PlanFailure {
+                    tenant_id: TenantId::from_uuid(t),
+                    run_id: RunId(r),
+                    sqlstate,
+                    message,
+                    version,
+                })
+                .collect(),
+            drifted: drifted
+                .into_iter()
+                .map(|(t, catalog_version, ledger)| Drift {
+                    tenant_id: TenantId::from_uuid(t),
+                    catalog_version,
+                    ledger_version: ledger.unwrap_or(-1),
+                })
+                .collect(),
+            drift_checked: check_drift,
+        })
+    }
+
+    /// Creates a run (or, dry, says what it would hold).
+    pub async fn start(
+        &self,
+        input: RunSettingsInput,
+        selector: TenantSelector,
+        dry_run: bool,
+        actor: &str,
+    ) -> Result<Run, UpgradeError> {
+        let settings = input.validate(self.migrations.latest())?;
+        let id = RunId::new();
+        let mut tx = self.pool.begin().await.map_err(db("begin start upgrade"))?;
+        if dry_run {
+            let behind = upgrades::count_behind(&mut tx, &selector, settings.target_version)
+                .await
+                .map_err(db("count tenants behind"))?;
+            let now = Utc::now();
+            return Ok(Run {
+                id,
+                settings,
+                status: RunStatus::Planned,
+                status_reason: "dry run: nothing was created".into(),
+                totals: Totals {
+                    total: behind,
+                    pending: behind,
+                    ..Totals::default()
+                },
+                created_at: now,
+                updated_at: now,
+                finished_at: None,
+            });
+        }
+        let items = upgrades::create_run(&mut tx, id, &settings, &selector, actor)
+            .await
+            .map_err(db("create upgrade run"))?;
+        if items == 0 {
+            upgrades::set_status(
+                &mut tx,
+                id,
+                RunStatus::Succeeded,
+                "no tenant was behind the target",
+            )
+            .await
+            .map_err(db("finish empty run"))?;
+        }
+        let details = json!({
+            "target_version": settings.target_version,
+            "tenants": items,
+            "concurrency": settings.concurrency,
+            "canary_count": settings.canary_count,
+            "max_failures": settings.max_failures,
+            "selector": selector,
+        });
+        audit::append(
+            &mut tx,
+            actor,
+            "upgrade.start",
+            &format!("upgrade:{id}"),
+            &details,
+        )
+        .await
+        .map_err(db("audit upgrade start"))?;
+        let run = upgrades::get_run(&mut tx, id)
+            .await
+            .map_err(db("read the new run"))?
+            .ok_or(UpgradeError::NotFound)?;
+        tx.commit().await.map_err(db("commit start upgrade"))?;
+        tracing::info!(run = %id, tenants = items, target = settings.target_version, "upgrade run started");
+        Ok(run)
+    }
+
+    pub async fn get(&self, id: RunId) -> Result<Run, UpgradeError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db("acquire catalog connection"))?;
+        upgrades::get_run(&mut conn, id)
+            .await
+            .map_err(db("read upgrade run"))?
+            .ok_or(UpgradeError::NotFound)
+    }
+
+    /// Newest first; the next page starts before the last run returned.
+    pub async fn list(
+        &self,
+        before: Option<RunId>,
+        limit: usize,
+    ) -> Result<(Vec<Run>, Option<RunId>), UpgradeError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db("acquire catalog connection"))?;
+        let mut runs = upgrades::list_runs(&mut conn, before, limit as i64 + 1)
+            .await
+            .map_err(db("list upgrade runs"))?;
+        let next = if runs.len() > limit {
+            runs.truncate(limit);
+            runs.last().map(|r| r.id)
+        } else {
+            None
+        };
+        Ok((runs, next))
+    }
+
+    /// Pause, resume, cancel or retry the failed tenants of a run.
+    pub async fn act(
+        &self,
+        id: RunId,
+        action: RunAction,
+        reason: &str,
+        actor: &str,
+    ) -> Result<Run, UpgradeError> {
+        let mut tx = self.pool.begin().await.map_err(db("begin run change"))?;
+        let status = upgrades::lock_run(&mut tx, id)
+            .await
+            .map_err(db("lock upgrade run"))?
+            .ok_or(UpgradeError::NotFound)?;
+        let next = action
+            .after(status)
+            .map_err(|()| UpgradeError::InvalidTransition {
+                action: action.as_str(),
+                status,
+            })?;
+        let mut changed = 0;
+        match action {
+            RunAction::Cancel if next.is_some() => {
+                changed = upgrades::skip_pending(&mut tx, id)
+                    .await
+                    .map_err(db("skip pending tenants"))?;
+            }
+            RunAction::RetryFailed => {
+                changed = upgrades::retry_failed(&mut tx, id)
+                    .await
+                    .map_err(db("requeue failed tenants"))?;
+            }
+            _ => {}
+        }
+        if let Some(next) = next {
+            if action != RunAction::RetryFailed || changed > 0 || status != RunStatus::Failed {
+                upgrades::set_status(&mut tx, id, next, reason)
+                    .await
+                    .map_err(db("change run status"))?;
+            }
+            let details = json!({ "from": status.as_str(), "to": next.as_str(), "reason": reason, "tenants": changed });
+            audit::append(
+                &mut tx,
+                actor,
+                &format!("upgrade.{}", action.as_str()),
+                &format!("upgrade:{id}"),
+                &details,
+            )
+            .await
+            .map_err(db("audit run change"))?;
+        }
+        let run = upgrades::get_run(&mut tx, id)
+            .await
+            .map_err(db("read upgrade run"))?
+            .ok_or(UpgradeError::NotFound)?;
+        tx.commit().await.map_err(db("commit run change"))?;
+        Ok(run)
+    }
+
+    /// The cursor of the newest outcome so far (a watcher's starting point).
+    pub async fn latest_outcome(
+        &self,
+        id: RunId,
+    ) -> Result<Option<(DateTime<Utc>, Uuid)>, UpgradeError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db("acquire catalog connection"))?;
+        upgrades::latest_outcome(&mut conn, id)
+            .await
+            .map_err(db("read the latest outcome"))
+    }
+
+    /// Outcomes finished after `cursor`, and the cursor after them.
+    pub async fn outcomes(
+        &self,
+        id: RunId,
+        cursor: Option<(DateTime<Utc>, Uuid)>,
+        limit: i64,
+    ) -> Result<(Vec<Outcome>, Option<(DateTime<Utc>, Uuid)>), UpgradeError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db("acquire catalog connection"))?;
+        let outcomes = upgrades::outcomes_after(&mut conn, id, cursor, limit)
+            .await
+            .map_err(db("read tenant outcomes"))?;
+        let next = outcomes
+            .last()
+            .map(|o| (o.finished_at, *o.tenant_id.as_uuid()))
+            .or(cursor);
+        Ok((outcomes, next))
+    }
+}
+
+pub use RunAction as Action;
