@@ -46,8 +46,9 @@ CREATE INDEX upgrade_items_claim_idx ON tenantd.upgrade_items (run_id, canary DE
 -- Watchers read outcomes in the order they finished.
 CREATE INDEX upgrade_items_finished_idx ON tenantd.upgrade_items (run_id, finished_at)
     WHERE finished_at IS NOT NULL;
--- PlanUpgrade's "failed before".
-CREATE INDEX upgrade_items_failed_idx ON tenantd.upgrade_items (tenant_id) WHERE status = 'failed';
+-- PlanUpgrade's "failed before": failed items, and each tenant's latest item.
+CREATE INDEX upgrade_items_failed_idx ON tenantd.upgrade_items (tenant_id, run_id) WHERE status = 'failed';
+CREATE INDEX upgrade_items_tenant_idx ON tenantd.upgrade_items (tenant_id, run_id);
 
 -- A run's concurrency is its number of slots: a worker upgrades a run's
 -- tenants only while it holds one of the run's slots, on whichever replica.

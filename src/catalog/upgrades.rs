@@ -69,15 +69,17 @@ pub async fn failed_before(
     limit: i64,
 ) -> Result<(i64, Vec<(Uuid, Uuid, String, String, i64)>), sqlx::Error> {
     let (ids, slugs) = selector_params(selector);
+    // Starts from the (few) failed items, newest per tenant, and keeps
+    // those that are the tenant's latest item of any run.
     let rows: Vec<(i64, Uuid, Uuid, String, String, i64)> = sqlx::query_as(&format!(
         "SELECT count(*) OVER (), t.id, f.run_id, coalesce(f.last_sqlstate, ''), coalesce(f.last_error, ''), \
                 t.schema_version \
-         FROM tenantd.tenants t \
-         CROSS JOIN LATERAL ( \
-             SELECT i.run_id, i.status, i.last_sqlstate, i.last_error FROM tenantd.upgrade_items i \
-             WHERE i.tenant_id = t.id ORDER BY i.run_id DESC LIMIT 1) f \
-         WHERE {SELECTED} AND t.schema_version < $4 AND f.status = 'failed' \
-           AND EXISTS (SELECT FROM tenantd.upgrade_items x WHERE x.tenant_id = t.id AND x.status = 'failed') \
+         FROM (SELECT DISTINCT ON (tenant_id) tenant_id, run_id, last_sqlstate, last_error \
+               FROM tenantd.upgrade_items WHERE status = 'failed' ORDER BY tenant_id, run_id DESC) f \
+         JOIN tenantd.tenants t ON t.id = f.tenant_id \
+         WHERE {SELECTED} AND t.schema_version < $4 \
+           AND NOT EXISTS (SELECT FROM tenantd.upgrade_items later \
+                           WHERE later.tenant_id = f.tenant_id AND later.run_id > f.run_id) \
          ORDER BY t.id LIMIT $5"
     ))
     .bind(ids)
