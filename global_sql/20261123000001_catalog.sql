@@ -15,6 +15,7 @@ CREATE TABLE tenantd.users (
     phone         text,
     password_hash text,
     status        text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'deactivated')),
+    deactivated_at timestamptz,
     version       bigint NOT NULL DEFAULT 1,
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
@@ -57,24 +58,42 @@ CREATE TABLE tenantd.user_tenants (
 );
 CREATE INDEX user_tenants_user_idx ON tenantd.user_tenants (user_id);
 
+-- A login. Its refresh tokens rotate; the access tokens it issues carry its id.
 CREATE TABLE tenantd.sessions (
-    id                 uuid PRIMARY KEY,
-    user_id            uuid NOT NULL REFERENCES tenantd.users (id),
-    tenant_id          uuid REFERENCES tenantd.tenants (id),
-    -- SHA-256 of the current refresh token; the token itself is never stored.
-    refresh_token_hash bytea NOT NULL UNIQUE,
-    -- Hashes of refresh tokens already rotated away: presenting one revokes
-    -- the session.
-    rotated_hashes     bytea[] NOT NULL DEFAULT '{}',
-    device             text,
-    client_ip          inet,
-    expires_at         timestamptz NOT NULL,
-    revoked_at         timestamptz,
-    revoke_reason      text,
-    created_at         timestamptz NOT NULL DEFAULT now(),
-    last_used_at       timestamptz NOT NULL DEFAULT now()
+    id            uuid PRIMARY KEY,
+    user_id       uuid NOT NULL REFERENCES tenantd.users (id),
+    tenant_id     uuid REFERENCES tenantd.tenants (id),
+    device        text NOT NULL DEFAULT '',
+    client_ip     inet,
+    expires_at    timestamptz NOT NULL,
+    revoked_at    timestamptz,
+    revoke_reason text,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    last_used_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX sessions_user_idx ON tenantd.sessions (user_id);
+CREATE INDEX sessions_revoked_idx ON tenantd.sessions (revoked_at) WHERE revoked_at IS NOT NULL;
+
+-- Refresh tokens by SHA-256 (the token itself is never stored). The current
+-- one of a session has rotated_at NULL; presenting a rotated one means it
+-- was stolen or replayed, and revokes the session.
+CREATE TABLE tenantd.refresh_tokens (
+    token_hash bytea PRIMARY KEY,
+    session_id uuid NOT NULL REFERENCES tenantd.sessions (id),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    rotated_at timestamptz
+);
+CREATE INDEX refresh_tokens_session_idx ON tenantd.refresh_tokens (session_id);
+
+-- Service keys: `tdk_<id>_<secret>`; only SHA-256 of the secret is kept.
+CREATE TABLE tenantd.service_keys (
+    id          text PRIMARY KEY,
+    name        text NOT NULL,
+    secret_hash bytea NOT NULL,
+    scopes      text[] NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    revoked_at  timestamptz
+);
 
 -- Every tenant migration ever shipped. A shipped migration never changes.
 CREATE TABLE tenantd.tenant_migrations (

@@ -10,6 +10,7 @@ pub mod config;
 pub mod domain;
 pub mod fleet;
 pub mod grpc;
+pub mod identity;
 pub mod local_pg;
 pub mod telemetry;
 pub mod tenant;

@@ -5,6 +5,7 @@
 
 pub mod audit;
 mod error;
+pub mod identity;
 pub mod settings;
 pub mod tenants;
 pub mod upgrades;

@@ -2,6 +2,7 @@
 //! and no gRPC: everything here is checked once, at the edge, and the rest of
 //! the service only ever sees values that already passed.
 
+pub mod identity;
 mod ids;
 mod tenant;
 pub mod upgrade;

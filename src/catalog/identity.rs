@@ -1,0 +1,414 @@
+//! Users, memberships, sessions and refresh tokens in the catalog. Each
+//! function is one statement on the caller's connection.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::identity::Role;
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct UserRow {
+    pub id: Uuid,
+    pub first_name: String,
+    pub last_name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub status: String,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const USER_COLUMNS: &str =
+    "id, first_name, last_name, email, phone, status, version, created_at, updated_at";
+
+pub struct NewUser<'a> {
+    pub id: Uuid,
+    pub first_name: &'a str,
+    pub last_name: &'a str,
+    pub email: Option<&'a str>,
+    pub phone: Option<&'a str>,
+    pub password_hash: &'a str,
+}
+
+/// `None` when the e-mail (case-insensitively) or the phone is taken.
+pub async fn insert_user(
+    conn: &mut PgConnection,
+    u: &NewUser<'_>,
+) -> Result<Option<UserRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "INSERT INTO tenantd.users (id, first_name, last_name, email, phone, password_hash) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING {USER_COLUMNS}"
+    ))
+    .bind(u.id)
+    .bind(u.first_name)
+    .bind(u.last_name)
+    .bind(u.email)
+    .bind(u.phone)
+    .bind(u.password_hash)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn get_user(conn: &mut PgConnection, id: Uuid) -> Result<Option<UserRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {USER_COLUMNS} FROM tenantd.users WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn lock_user(conn: &mut PgConnection, id: Uuid) -> Result<Option<UserRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {USER_COLUMNS} FROM tenantd.users WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// The user a login names, with the password hash.
+pub async fn find_login(
+    conn: &mut PgConnection,
+    email: Option<&str>,
+    phone: Option<&str>,
+) -> Result<Option<(UserRow, Option<String>)>, sqlx::Error> {
+    let row: Option<(Uuid, Option<String>)> = sqlx::query_as(
+        "SELECT id, password_hash FROM tenantd.users \
+         WHERE ($1::text IS NOT NULL AND lower(email) = lower($1)) OR ($2::text IS NOT NULL AND phone = $2)",
+    )
+    .bind(email)
+    .bind(phone)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match row {
+        Some((id, hash)) => Ok(get_user(conn, id).await?.map(|u| (u, hash))),
+        None => Ok(None),
+    }
+}
+
+pub async fn password_hash(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT password_hash FROM tenantd.users WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+        .map(Option::flatten)
+}
+
+/// Applies the given fields (`None`: unchanged; for e-mail and phone
+/// `Some(None)` clears). Fails with 23505 when e-mail or phone is taken, 23514
+/// when neither would remain.
+pub async fn update_user(
+    conn: &mut PgConnection,
+    id: Uuid,
+    first_name: Option<&str>,
+    last_name: Option<&str>,
+    email: Option<Option<&str>>,
+    phone: Option<Option<&str>>,
+) -> Result<UserRow, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE tenantd.users SET first_name = coalesce($2, first_name), last_name = coalesce($3, last_name), \
+             email = CASE WHEN $4 THEN $5 ELSE email END, phone = CASE WHEN $6 THEN $7 ELSE phone END, \
+             version = version + 1, updated_at = now() \
+         WHERE id = $1 RETURNING {USER_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(first_name)
+    .bind(last_name)
+    .bind(email.is_some())
+    .bind(email.flatten())
+    .bind(phone.is_some())
+    .bind(phone.flatten())
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn set_password(
+    conn: &mut PgConnection,
+    id: Uuid,
+    hash: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE tenantd.users SET password_hash = $2, version = version + 1, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(hash)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+pub async fn deactivate_user(conn: &mut PgConnection, id: Uuid) -> Result<UserRow, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE tenantd.users SET status = 'deactivated', deactivated_at = now(), version = version + 1, \
+             updated_at = now() WHERE id = $1 RETURNING {USER_COLUMNS}"
+    ))
+    .bind(id)
+    .fetch_one(conn)
+    .await
+}
+
+// ---- memberships ----
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct MemberRow {
+    pub tenant_id: Uuid,
+    pub user_id: Uuid,
+    pub role: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl MemberRow {
+    pub fn role(&self) -> Option<Role> {
+        self.role.parse().ok()
+    }
+}
+
+const MEMBER_COLUMNS: &str = "tenant_id, user_id, role, created_at, updated_at";
+
+/// `None` when the user is a member already.
+pub async fn insert_member(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    user: Uuid,
+    role: Role,
+) -> Result<Option<MemberRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "INSERT INTO tenantd.user_tenants (tenant_id, user_id, role) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING RETURNING {MEMBER_COLUMNS}"
+    ))
+    .bind(tenant)
+    .bind(user)
+    .bind(role.as_str())
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn get_member(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    user: Uuid,
+) -> Result<Option<MemberRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {MEMBER_COLUMNS} FROM tenantd.user_tenants WHERE tenant_id = $1 AND user_id = $2"
+    ))
+    .bind(tenant)
+    .bind(user)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Locks every OWNER row of the tenant (so two demotions cannot both see
+/// another owner) and returns how many there are.
+pub async fn lock_owners(conn: &mut PgConnection, tenant: Uuid) -> Result<i64, sqlx::Error> {
+    let owners: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT user_id FROM tenantd.user_tenants WHERE tenant_id = $1 AND role = 'OWNER' FOR UPDATE",
+    )
+    .bind(tenant)
+    .fetch_all(conn)
+    .await?;
+    Ok(owners.len() as i64)
+}
+
+pub async fn set_role(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    user: Uuid,
+    role: Role,
+) -> Result<Option<MemberRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE tenantd.user_tenants SET role = $3, updated_at = now() WHERE tenant_id = $1 AND user_id = $2 \
+         RETURNING {MEMBER_COLUMNS}"
+    ))
+    .bind(tenant)
+    .bind(user)
+    .bind(role.as_str())
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn delete_member(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    user: Uuid,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query("DELETE FROM tenantd.user_tenants WHERE tenant_id = $1 AND user_id = $2")
+        .bind(tenant)
+        .bind(user)
+        .execute(conn)
+        .await
+        .map(|r| r.rows_affected() == 1)
+}
+
+/// Members of a tenant in user-id order after `after`.
+pub async fn list_members(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<MemberRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {MEMBER_COLUMNS} FROM tenantd.user_tenants WHERE tenant_id = $1 AND ($2::uuid IS NULL OR user_id > $2) \
+         ORDER BY user_id LIMIT $3"
+    ))
+    .bind(tenant)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// A user's memberships in tenants that still exist.
+pub async fn user_tenants(
+    conn: &mut PgConnection,
+    user: Uuid,
+) -> Result<Vec<MemberRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT m.tenant_id, m.user_id, m.role, m.created_at, m.updated_at FROM tenantd.user_tenants m \
+         JOIN tenantd.tenants t ON t.id = m.tenant_id WHERE m.user_id = $1 AND t.status <> 'purged' ORDER BY m.tenant_id",
+    )
+    .bind(user)
+    .fetch_all(conn)
+    .await
+}
+
+// ---- sessions ----
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct SessionRow {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub tenant_id: Option<Uuid>,
+    pub device: String,
+    pub client_ip: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+}
+
+const SESSION_COLUMNS: &str = "id, user_id, tenant_id, device, host(client_ip) AS client_ip, expires_at, revoked_at, created_at, last_used_at";
+
+pub struct NewSession<'a> {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub tenant_id: Option<Uuid>,
+    pub device: &'a str,
+    pub client_ip: Option<&'a str>,
+    pub expires_at: DateTime<Utc>,
+    pub refresh_hash: &'a [u8],
+}
+
+pub async fn insert_session(
+    conn: &mut PgConnection,
+    s: &NewSession<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH s AS (INSERT INTO tenantd.sessions (id, user_id, tenant_id, device, client_ip, expires_at) \
+                    VALUES ($1, $2, $3, $4, $5::inet, $6)) \
+         INSERT INTO tenantd.refresh_tokens (token_hash, session_id) VALUES ($7, $1)",
+    )
+    .bind(s.id)
+    .bind(s.user_id)
+    .bind(s.tenant_id)
+    .bind(s.device)
+    .bind(s.client_ip)
+    .bind(s.expires_at)
+    .bind(s.refresh_hash)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// A refresh token's session, locked, and whether the token was already rotated.
+pub async fn lock_refresh(
+    conn: &mut PgConnection,
+    hash: &[u8],
+) -> Result<Option<(SessionRow, bool)>, sqlx::Error> {
+    let row: Option<(Uuid, bool)> = sqlx::query_as(
+        "SELECT session_id, rotated_at IS NOT NULL FROM tenantd.refresh_tokens WHERE token_hash = $1 FOR UPDATE",
+    )
+    .bind(hash)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((session, rotated)) = row else {
+        return Ok(None);
+    };
+    let s: Option<SessionRow> = sqlx::query_as(&format!(
+        "SELECT {SESSION_COLUMNS} FROM tenantd.sessions WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(session)
+    .fetch_optional(conn)
+    .await?;
+    Ok(s.map(|s| (s, rotated)))
+}
+
+/// Marks `old` rotated and stores `new` for the same session.
+pub async fn rotate_refresh(
+    conn: &mut PgConnection,
+    session: Uuid,
+    old: &[u8],
+    new: &[u8],
+    client_ip: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH r AS (UPDATE tenantd.refresh_tokens SET rotated_at = now() WHERE token_hash = $2), \
+              s AS (UPDATE tenantd.sessions SET last_used_at = now(), client_ip = coalesce($4::inet, client_ip) WHERE id = $1) \
+         INSERT INTO tenantd.refresh_tokens (token_hash, session_id) VALUES ($3, $1)",
+    )
+    .bind(session)
+    .bind(old)
+    .bind(new)
+    .bind(client_ip)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+pub async fn get_session(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<SessionRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {SESSION_COLUMNS} FROM tenantd.sessions WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Revokes sessions (one, or every live one of a user); returns their ids.
+pub async fn revoke_sessions(
+    conn: &mut PgConnection,
+    session: Option<Uuid>,
+    user: Option<Uuid>,
+    reason: &str,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE tenantd.sessions SET revoked_at = now(), revoke_reason = $3 \
+         WHERE revoked_at IS NULL AND ($1::uuid IS NULL OR id = $1) AND ($2::uuid IS NULL OR user_id = $2) \
+           AND ($1::uuid IS NOT NULL OR $2::uuid IS NOT NULL) RETURNING id",
+    )
+    .bind(session)
+    .bind(user)
+    .bind(reason)
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn list_sessions(
+    conn: &mut PgConnection,
+    user: Uuid,
+) -> Result<Vec<SessionRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {SESSION_COLUMNS} FROM tenantd.sessions WHERE user_id = $1 AND expires_at > now() - interval '1 day' \
+         ORDER BY created_at DESC LIMIT 200"
+    ))
+    .bind(user)
+    .fetch_all(conn)
+    .await
+}
