@@ -2,11 +2,14 @@
 //! errors to statuses, and the service implementations. Nothing below this
 //! module sees a generated type or a `tonic::Status`.
 
+pub mod auth;
 mod convert;
+pub mod identity;
 mod migrations;
 mod status;
 mod tenants;
 
+pub use identity::{SessionApi, UserApi};
 pub use migrations::MigrationApi;
 pub use tenants::TenantApi;
 

@@ -9,5 +9,5 @@ mod service;
 pub mod tokens;
 
 pub use service::{
-    Identity, IdentityError, IdentitySettings, LoginInput, Principal, Session, UserPatch,
+    Identity, IdentityError, IdentitySettings, Issued, LoginInput, Principal, Session, UserPatch,
 };

@@ -1,0 +1,146 @@
+//! Who is calling, and may they. Every API call carries
+//! `authorization: Bearer <credential>`: a service key (`tdk_…`, with scopes)
+//! or a user's access token. The interceptor authenticates it from memory
+//! (no database) and leaves a [`Caller`] in the request; each handler then
+//! states what it needs: a scope, or a permission in a tenant.
+
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+use uuid::Uuid;
+
+use crate::domain::identity::{Permission, Scope};
+use crate::identity::keys::ServiceKey;
+use crate::identity::{Identity, Principal};
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    Service(ServiceKey),
+    User(Principal),
+}
+
+impl Caller {
+    /// How the audit log names this caller.
+    pub fn actor(&self) -> String {
+        match self {
+            Caller::Service(k) => format!("service:{}", k.name),
+            Caller::User(p) => format!("user:{}", p.user_id),
+        }
+    }
+
+    pub fn user_id(&self) -> Option<Uuid> {
+        match self {
+            Caller::User(p) => Some(p.user_id),
+            Caller::Service(_) => None,
+        }
+    }
+}
+
+/// Authenticates every call of the services it wraps.
+#[derive(Clone)]
+pub struct Authenticator {
+    identity: Identity,
+}
+
+impl Authenticator {
+    pub fn new(identity: Identity) -> Self {
+        Self { identity }
+    }
+}
+
+impl Interceptor for Authenticator {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let header = request.metadata().get("authorization").ok_or_else(|| {
+            Status::unauthenticated(
+                "missing credentials: send `authorization: Bearer <service key or access token>`",
+            )
+        })?;
+        let credential = header
+            .to_str()
+            .ok()
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or_else(|| {
+                Status::unauthenticated("the authorization header must be `Bearer <credential>`")
+            })?;
+        let caller = if credential.starts_with("tdk_") {
+            self.identity.keys.verify(credential).map(Caller::Service)
+        } else {
+            self.identity.validate(credential).ok().map(Caller::User)
+        };
+        let caller = caller
+            .ok_or_else(|| Status::unauthenticated("invalid, expired or revoked credentials"))?;
+        request.extensions_mut().insert(caller);
+        Ok(request)
+    }
+}
+
+/// The caller the interceptor authenticated.
+pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("missing credentials"))
+}
+
+fn denied(what: &str) -> Status {
+    Status::permission_denied(what.to_owned())
+}
+
+/// A service key with `scope`; user tokens are refused.
+pub fn require_scope(caller: &Caller, scope: Scope) -> Result<(), Status> {
+    match caller {
+        Caller::Service(k) if k.has(scope) => Ok(()),
+        Caller::Service(k) => Err(denied(&format!(
+            "service key {:?} lacks the scope {scope}",
+            k.name
+        ))),
+        Caller::User(_) => Err(denied(&format!(
+            "this call needs a service key with the scope {scope}"
+        ))),
+    }
+}
+
+/// A service key with `scope`, or a user whose role in `tenant` grants
+/// `permission` (from the token when it is bound to that tenant, otherwise
+/// from the catalog).
+pub async fn require_in_tenant(
+    identity: &Identity,
+    caller: &Caller,
+    scope: Scope,
+    tenant: Uuid,
+    permission: Permission,
+) -> Result<(), Status> {
+    match caller {
+        Caller::Service(_) => require_scope(caller, scope),
+        Caller::User(p) => {
+            let role = match p.tenant {
+                Some((t, role)) if t == tenant => Some(role),
+                _ => identity
+                    .role_in(tenant, p.user_id)
+                    .await
+                    .map_err(super::identity::identity_status)?,
+            };
+            match role {
+                Some(role) if role.grants(permission) => Ok(()),
+                Some(role) => Err(denied(&format!(
+                    "role {role} does not grant {permission} in this tenant"
+                ))),
+                None => Err(denied("not a member of this tenant")),
+            }
+        }
+    }
+}
+
+/// A service key with `scope`, or the user `user` themself.
+pub fn require_self_or(caller: &Caller, scope: Scope, user: Uuid) -> Result<(), Status> {
+    match caller {
+        Caller::User(p) if p.user_id == user => Ok(()),
+        Caller::User(_) => Err(denied("users may only do this for themselves")),
+        Caller::Service(_) => require_scope(caller, scope),
+    }
+}
