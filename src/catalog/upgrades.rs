@@ -662,6 +662,10 @@ pub async fn finish_if_complete(
         "UPDATE tenantd.upgrade_runs r SET \
              status = CASE WHEN EXISTS (SELECT FROM tenantd.upgrade_items WHERE run_id = $1 AND status = 'failed') \
                            THEN 'failed' ELSE 'succeeded' END, \
+             status_reason = coalesce(( \
+                 SELECT format('%s of %s tenants failed', count(*) FILTER (WHERE status = 'failed'), count(*)) \
+                 FROM tenantd.upgrade_items WHERE run_id = $1 \
+                 HAVING count(*) FILTER (WHERE status = 'failed') > 0), ''), \
              finished_at = now(), updated_at = now() \
          WHERE r.id = $1 AND r.status = 'running' \
            AND NOT EXISTS (SELECT FROM tenantd.upgrade_items WHERE run_id = $1 AND status IN ('pending', 'running')) \

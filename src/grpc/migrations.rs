@@ -101,7 +101,8 @@ fn status_to_pb(s: RunStatus) -> pb::UpgradeStatus {
 }
 
 pub fn run_to_pb(r: Run) -> pb::UpgradeRun {
-    let eta = r.totals.eta();
+    // An ETA only means something while the run moves.
+    let eta = if r.status == RunStatus::Running { r.totals.eta() } else { None };
     pb::UpgradeRun {
         id: r.id.to_string(),
         target_version: r.settings.target_version,

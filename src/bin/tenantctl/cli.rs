@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::output::OutputFormat;
 use crate::session::parse_endpoint;
 use crate::tenants::TenantsCommand;
+use crate::upgrade::UpgradeCommand;
 
 /// Operator CLI for tenantd, the schema-per-tenant PostgreSQL control plane.
 #[derive(Debug, Parser)]
@@ -55,6 +56,11 @@ pub enum Command {
     Tenants {
         #[command(subcommand)]
         command: TenantsCommand,
+    },
+    /// Plan, run, watch and steer fleet-wide tenant schema upgrades.
+    Upgrade {
+        #[command(subcommand)]
+        command: UpgradeCommand,
     },
 }
 

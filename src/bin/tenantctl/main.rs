@@ -2,7 +2,7 @@
 //! to the server, hand the command to its group's module, and turn any
 //! failure into one `tenantctl: …` report on stderr and an exit code.
 //!
-//! Each command group (`tenants`, later `users`, `upgrade`, …) lives in a
+//! Each command group (`tenants`, `upgrade`, later `users`, …) lives in a
 //! module of its own that owns its arguments, its calls and its output.
 
 mod cli;
@@ -10,6 +10,7 @@ mod error;
 mod output;
 mod session;
 mod tenants;
+mod upgrade;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -45,5 +46,6 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let session = Session::connect(&cli.global).await?;
     match cli.command {
         Command::Tenants { command } => tenants::run(command, &session).await,
+        Command::Upgrade { command } => upgrade::run(command, &session).await,
     }
 }

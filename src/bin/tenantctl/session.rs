@@ -1,13 +1,15 @@
 //! The connection to tenantd: the endpoint as the operator wrote it turned
 //! into a gRPC address, one eagerly connected channel, and every call made
 //! through it under the `--timeout` deadline with transport failures reported
-//! as an unreachable server.
+//! as an unreachable server. Server streams get no overall deadline: each of
+//! their messages must arrive within a bound the caller gives.
 
 use std::time::Duration;
 
+use tenantd::pb::migration_service_client::MigrationServiceClient;
 use tenantd::pb::tenant_service_client::TenantServiceClient;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::cli::GlobalArgs;
 use crate::error::{CliError, connection_failure};
@@ -58,6 +60,39 @@ impl Session {
 
     pub fn tenants(&self) -> TenantServiceClient<Channel> {
         TenantServiceClient::new(self.channel.clone())
+    }
+
+    pub fn migrations(&self) -> MigrationServiceClient<Channel> {
+        MigrationServiceClient::new(self.channel.clone())
+    }
+
+    /// The `--timeout` every call is bounded by.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A request that opens a server stream: no grpc-timeout, which would end
+    /// the stream after `--timeout` however healthy it is. Opening it is still
+    /// bounded when it goes through [`Session::call`].
+    pub fn stream_request<T>(&self, message: T) -> Request<T> {
+        Request::new(message)
+    }
+
+    /// The next message of a server stream, `None` when it ended; a
+    /// [`CliError::Timeout`] when none arrived `within`.
+    pub async fn next_message<T>(
+        &self,
+        stream: &mut Streaming<T>,
+        within: Duration,
+    ) -> Result<Option<T>, CliError> {
+        match tokio::time::timeout(within, stream.message()).await {
+            Ok(Ok(message)) => Ok(message),
+            Ok(Err(status)) => Err(self.status_error(status)),
+            Err(_) => Err(CliError::Timeout {
+                endpoint: self.endpoint.clone(),
+                after: within,
+            }),
+        }
     }
 
     /// A request that tells the server the deadline too.
