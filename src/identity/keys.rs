@@ -41,34 +41,43 @@ fn hash(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-/// Makes a key and stores its hash; returns the plain key (shown once).
-pub async fn create(
-    conn: &mut PgConnection,
-    name: &str,
-    scopes: &[Scope],
-) -> Result<(String, ServiceKey), sqlx::Error> {
+/// A fresh plain key: `tdk_` + 12 hex digits of id + `_` + 256 random bits.
+pub fn generate() -> String {
     let mut id = [0u8; 6];
     let mut secret = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut id);
     rand::thread_rng().fill_bytes(&mut secret);
-    let id = hex::encode(id);
-    let secret = URL_SAFE_NO_PAD.encode(secret);
+    format!("{PREFIX}{}_{}", hex::encode(id), URL_SAFE_NO_PAD.encode(secret))
+}
+
+/// Whether `plain` has the shape of a service key.
+pub fn is_well_formed(plain: &str) -> bool {
+    split(plain).is_some()
+}
+
+/// Stores the hash of `plain` under its id unless that id exists already;
+/// returns the key as stored.
+pub async fn ensure(conn: &mut PgConnection, plain: &str, name: &str, scopes: &[Scope]) -> Result<Option<ServiceKey>, sqlx::Error> {
+    let Some((id, secret)) = split(plain) else { return Ok(None) };
     let scope_names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
     sqlx::query(
-        "INSERT INTO tenantd.service_keys (id, name, secret_hash, scopes) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO tenantd.service_keys (id, name, secret_hash, scopes) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (id) DO NOTHING",
     )
-    .bind(&id)
+    .bind(id)
     .bind(name)
-    .bind(hash(&secret).as_slice())
+    .bind(hash(secret).as_slice())
     .bind(&scope_names)
     .execute(conn)
     .await?;
-    let key = ServiceKey {
-        id: id.clone(),
-        name: name.to_owned(),
-        scopes: scopes.to_vec(),
-    };
-    Ok((format!("{PREFIX}{id}_{secret}"), key))
+    Ok(Some(ServiceKey { id: id.to_owned(), name: name.to_owned(), scopes: scopes.to_vec() }))
+}
+
+/// Makes a key and stores its hash; returns the plain key (shown once).
+pub async fn create(conn: &mut PgConnection, name: &str, scopes: &[Scope]) -> Result<(String, ServiceKey), sqlx::Error> {
+    let plain = generate();
+    let key = ensure(conn, &plain, name, scopes).await?.expect("a generated key is well formed");
+    Ok((plain, key))
 }
 
 /// id → (SHA-256 of the secret, key).
