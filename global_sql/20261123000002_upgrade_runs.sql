@@ -38,14 +38,21 @@ CREATE TABLE tenantd.upgrade_items (
     last_error       text,
     started_at       timestamptz,
     finished_at      timestamptz,
+    -- The transaction that finished the item. Watchers read outcomes in this
+    -- order, only below the oldest transaction still running, so an outcome
+    -- that commits late is never skipped.
+    finished_xid     xid8,
     PRIMARY KEY (run_id, tenant_id)
 );
 -- What workers look for: claimable items of a run, canaries first.
 CREATE INDEX upgrade_items_claim_idx ON tenantd.upgrade_items (run_id, canary DESC, next_attempt_at)
     WHERE status IN ('pending', 'running');
+-- Claims ask "is any canary of this run still to run?" on every call.
+CREATE INDEX upgrade_items_canary_idx ON tenantd.upgrade_items (run_id)
+    WHERE canary AND status IN ('pending', 'running');
 -- Watchers read outcomes in the order they finished.
-CREATE INDEX upgrade_items_finished_idx ON tenantd.upgrade_items (run_id, finished_at)
-    WHERE finished_at IS NOT NULL;
+CREATE INDEX upgrade_items_finished_idx ON tenantd.upgrade_items (run_id, finished_xid)
+    WHERE finished_xid IS NOT NULL;
 -- PlanUpgrade's "failed before": failed items, and each tenant's latest item.
 CREATE INDEX upgrade_items_failed_idx ON tenantd.upgrade_items (tenant_id, run_id) WHERE status = 'failed';
 CREATE INDEX upgrade_items_tenant_idx ON tenantd.upgrade_items (tenant_id, run_id);

@@ -100,7 +100,8 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
     let tenants = Tenants::new(pool.clone(), migrations.clone(), role_secret);
     let tenant_api =
         pb::tenant_service_server::TenantServiceServer::new(TenantApi::new(tenants, tasks.clone()));
-    let upgrades = Upgrades::new(pool.clone(), migrations.clone());
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let upgrades = Upgrades::new(pool.clone(), migrations.clone(), wake.clone());
     let migration_api = pb::migration_service_server::MigrationServiceServer::new(
         MigrationApi::new(upgrades, shutdown.clone()),
     );
@@ -109,6 +110,7 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
         config.database.clone(),
         migrations,
         config.runner.clone(),
+        wake,
         shutdown.child_token(),
         &tasks,
     );

@@ -10,12 +10,14 @@ use sqlx::PgPool;
 async fn secret(pool: &PgPool, key: &str) -> anyhow::Result<Vec<u8>> {
     let mut fresh = vec![0u8; 32];
     rand::thread_rng().fill_bytes(&mut fresh);
-    sqlx::query("INSERT INTO tenantd.settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
-        .bind(key)
-        .bind(&fresh)
-        .execute(pool)
-        .await
-        .with_context(|| format!("store the {key}"))?;
+    sqlx::query(
+        "INSERT INTO tenantd.settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(key)
+    .bind(&fresh)
+    .execute(pool)
+    .await
+    .with_context(|| format!("store the {key}"))?;
     sqlx::query_scalar("SELECT value FROM tenantd.settings WHERE key = $1")
         .bind(key)
         .fetch_one(pool)

@@ -349,7 +349,8 @@ pub async fn set_status(
 /// Cancelling: pending items will not run.
 pub async fn skip_pending(conn: &mut PgConnection, id: RunId) -> Result<u64, sqlx::Error> {
     sqlx::query(
-        "UPDATE tenantd.upgrade_items SET status = 'skipped', finished_at = now(), last_error = 'run cancelled' \
+        "UPDATE tenantd.upgrade_items SET status = 'skipped', finished_at = now(), finished_xid = pg_current_xact_id(), \
+             last_error = 'run cancelled' \
          WHERE run_id = $1 AND status = 'pending'",
     )
     .bind(id.0)
@@ -362,7 +363,7 @@ pub async fn skip_pending(conn: &mut PgConnection, id: RunId) -> Result<u64, sql
 pub async fn retry_failed(conn: &mut PgConnection, id: RunId) -> Result<u64, sqlx::Error> {
     sqlx::query(
         "UPDATE tenantd.upgrade_items SET status = 'pending', attempts = 0, next_attempt_at = now(), \
-             finished_at = NULL, lease_owner = NULL, lease_expires_at = NULL \
+             finished_at = NULL, finished_xid = NULL, lease_owner = NULL, lease_expires_at = NULL \
          WHERE run_id = $1 AND status = 'failed'",
     )
     .bind(id.0)
@@ -371,7 +372,7 @@ pub async fn retry_failed(conn: &mut PgConnection, id: RunId) -> Result<u64, sql
     .map(|r| r.rows_affected())
 }
 
-/// tenant, status, from, to, attempts, sqlstate, error, finished_at
+/// tenant, status, from, to, attempts, sqlstate, error, finished_at, finished_xid
 type OutcomeRow = (
     Uuid,
     String,
@@ -381,63 +382,60 @@ type OutcomeRow = (
     Option<String>,
     Option<String>,
     DateTime<Utc>,
+    i64,
 );
 
-/// Outcomes that finished after `after` (finished_at, tenant id), in order.
+/// Outcomes finished by transactions after `after` (a transaction id), in
+/// transaction order, each with its transaction id, and the oldest
+/// transaction id still running anywhere in the cluster. Transactions below
+/// that one have all ended, so a reader may move its cursor up to it; rows at
+/// or above it can still be joined by late commits and are read again.
 pub async fn outcomes_after(
     conn: &mut PgConnection,
     id: RunId,
-    after: Option<(DateTime<Utc>, Uuid)>,
+    after: Option<i64>,
     limit: i64,
-) -> Result<Vec<Outcome>, sqlx::Error> {
-    let (at, tenant) = after.unzip();
-    let rows: Vec<OutcomeRow> =
-        sqlx::query_as(
-            "SELECT tenant_id, status, from_version, to_version, attempts, last_sqlstate, last_error, finished_at \
-             FROM tenantd.upgrade_items \
-             WHERE run_id = $1 AND finished_at IS NOT NULL AND status IN ('done', 'failed') \
-               AND ($2::timestamptz IS NULL OR (finished_at, tenant_id) > ($2, $3)) \
-             ORDER BY finished_at, tenant_id LIMIT $4",
-        )
-        .bind(id.0)
-        .bind(at)
-        .bind(tenant)
-        .bind(limit)
-        .fetch_all(conn)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(tenant, status, from, to, attempts, sqlstate, error, finished_at)| Outcome {
-                tenant_id: TenantId::from_uuid(tenant),
-                ok: status == "done",
-                from_version: from,
-                to_version: to.unwrap_or(from),
-                attempts,
-                sqlstate: sqlstate.unwrap_or_default(),
-                message: if status == "done" {
-                    String::new()
-                } else {
-                    error.unwrap_or_default()
-                },
-                finished_at,
-            },
-        )
-        .collect())
-}
-
-/// Where a watcher that wants only new outcomes starts.
-pub async fn latest_outcome(
-    conn: &mut PgConnection,
-    id: RunId,
-) -> Result<Option<(DateTime<Utc>, Uuid)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT finished_at, tenant_id FROM tenantd.upgrade_items \
-         WHERE run_id = $1 AND finished_at IS NOT NULL ORDER BY finished_at DESC, tenant_id DESC LIMIT 1",
+) -> Result<(Vec<(Outcome, i64)>, i64), sqlx::Error> {
+    let xmin: i64 =
+        sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            .fetch_one(&mut *conn)
+            .await?;
+    let rows: Vec<OutcomeRow> = sqlx::query_as(
+        "SELECT tenant_id, status, from_version, to_version, attempts, last_sqlstate, last_error, finished_at, \
+                finished_xid::text::bigint \
+         FROM tenantd.upgrade_items \
+         WHERE run_id = $1 AND finished_xid IS NOT NULL AND status IN ('done', 'failed') \
+           AND ($2::bigint IS NULL OR finished_xid > $2::text::xid8) \
+         ORDER BY finished_xid, tenant_id LIMIT $3",
     )
     .bind(id.0)
-    .fetch_optional(conn)
-    .await
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    let outcomes = rows
+        .into_iter()
+        .map(
+            |(tenant, status, from, to, attempts, sqlstate, error, finished_at, xid)| {
+                let outcome = Outcome {
+                    tenant_id: TenantId::from_uuid(tenant),
+                    ok: status == "done",
+                    from_version: from,
+                    to_version: to.unwrap_or(from),
+                    attempts,
+                    sqlstate: sqlstate.unwrap_or_default(),
+                    message: if status == "done" {
+                        String::new()
+                    } else {
+                        error.unwrap_or_default()
+                    },
+                    finished_at,
+                };
+                (outcome, xid)
+            },
+        )
+        .collect();
+    Ok((outcomes, xmin))
 }
 
 // ---- worker side ----
@@ -449,13 +447,16 @@ pub async fn claim_slot(
     lease: Duration,
 ) -> Result<Option<(RunId, i32)>, sqlx::Error> {
     let row: Option<(Uuid, i32)> = sqlx::query_as(
-        "UPDATE tenantd.upgrade_slots s SET owner = $1, lease_expires_at = now() + $2 \
-         FROM ( \
+        // MATERIALIZED: evaluated once, so the LIMIT holds whatever plan
+        // PostgreSQL picks for the join (it could otherwise re-run the
+        // subquery per row and claim more than asked).
+        "WITH free AS MATERIALIZED ( \
              SELECT s.run_id, s.slot FROM tenantd.upgrade_slots s \
              JOIN tenantd.upgrade_runs r ON r.id = s.run_id \
              WHERE r.status = 'running' AND (s.owner IS NULL OR s.lease_expires_at < now()) \
-             ORDER BY r.id, s.slot LIMIT 1 FOR UPDATE OF s SKIP LOCKED) free \
-         WHERE s.run_id = free.run_id AND s.slot = free.slot \
+             ORDER BY r.id, s.slot LIMIT 1 FOR UPDATE OF s SKIP LOCKED) \
+         UPDATE tenantd.upgrade_slots s SET owner = $1, lease_expires_at = now() + $2 \
+         FROM free WHERE s.run_id = free.run_id AND s.slot = free.slot \
          RETURNING s.run_id, s.slot",
     )
     .bind(owner)
@@ -510,7 +511,8 @@ pub struct Claimed {
 
 /// Claims up to `batch` claimable items of `run`: pending ones whose backoff
 /// is over and running ones whose lease expired (their worker died).
-/// Canaries first; other tenants only once every canary is done. Nothing
+/// Canaries first; other tenants only once no canary is left to run (a
+/// failed canary has paused the run; an operator who resumes it goes on). Nothing
 /// once the run is no longer running (paused, halted, cancelled).
 pub async fn claim_items(
     conn: &mut PgConnection,
@@ -520,10 +522,8 @@ pub async fn claim_items(
     batch: i64,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     let rows: Vec<(Uuid, i32, bool)> = sqlx::query_as(
-        "UPDATE tenantd.upgrade_items i \
-         SET status = 'running', lease_owner = $2, lease_expires_at = now() + $3, attempts = i.attempts + 1, \
-             started_at = coalesce(i.started_at, now()) \
-         FROM ( \
+        // MATERIALIZED: see claim_slot; the batch size must hold.
+        "WITH free AS MATERIALIZED ( \
              SELECT tenant_id FROM tenantd.upgrade_items c \
              WHERE c.run_id = $1 \
                AND EXISTS (SELECT FROM tenantd.upgrade_runs r WHERE r.id = $1 AND r.status = 'running') \
@@ -531,10 +531,13 @@ pub async fn claim_items(
                     OR c.status = 'running' AND c.lease_expires_at < now()) \
                AND (c.canary OR NOT EXISTS ( \
                     SELECT FROM tenantd.upgrade_items k \
-                    WHERE k.run_id = $1 AND k.canary AND k.status <> 'done')) \
+                    WHERE k.run_id = $1 AND k.canary AND k.status IN ('pending', 'running'))) \
              ORDER BY c.canary DESC, c.next_attempt_at \
-             LIMIT $4 FOR UPDATE SKIP LOCKED) free \
-         WHERE i.run_id = $1 AND i.tenant_id = free.tenant_id \
+             LIMIT $4 FOR UPDATE SKIP LOCKED) \
+         UPDATE tenantd.upgrade_items i \
+         SET status = 'running', lease_owner = $2, lease_expires_at = now() + $3, attempts = i.attempts + 1, \
+             started_at = coalesce(i.started_at, now()) \
+         FROM free WHERE i.run_id = $1 AND i.tenant_id = free.tenant_id \
          RETURNING i.tenant_id, i.attempts, i.canary",
     )
     .bind(run.0)
@@ -602,6 +605,7 @@ pub async fn record_failure(
              status = CASE WHEN $5::interval IS NULL THEN 'failed' ELSE 'pending' END, \
              next_attempt_at = now() + coalesce($5::interval, interval '0'), \
              finished_at = CASE WHEN $5::interval IS NULL THEN now() END, \
+             finished_xid = CASE WHEN $5::interval IS NULL THEN pg_current_xact_id() END, \
              lease_owner = NULL, lease_expires_at = NULL, last_sqlstate = $3, last_error = $4 \
          WHERE run_id = $1 AND tenant_id = $2 RETURNING canary",
     )

@@ -25,6 +25,8 @@ pub enum Applied {
     AlreadyCurrent { version: i64 },
     /// Purged or gone since the run was planned; recorded as skipped.
     Gone,
+    /// The run is no longer running; nothing was done or recorded.
+    RunStopped,
 }
 
 /// The advisory lock key of one tenant: any 64 bits of its id will do, a
@@ -84,25 +86,35 @@ async fn upgrade_in_transaction(
     // Round trip 1: open the transaction, lock the tenant, read catalog and ledger.
     let open = format!(
         "BEGIN; {} SELECT pg_advisory_xact_lock({}); \
-         SELECT status, schema_version, tenantd.ledger_version(schema_name) \
-         FROM tenantd.tenants WHERE id = '{id}' FOR UPDATE",
+         SELECT t.status, t.schema_version, tenantd.ledger_version(t.schema_name), \
+                (SELECT r.status FROM tenantd.upgrade_runs r WHERE r.id = '{run}') \
+         FROM tenantd.tenants t WHERE t.id = '{id}' FOR UPDATE OF t",
         timeouts(lock_timeout, statement_timeout, "LOCAL"),
-        lock_key(tenant)
+        lock_key(tenant),
+        run = run.0,
     );
     let rows = sqlx::Executor::fetch_all(&mut *conn, sqlx::raw_sql(&open)).await?;
-    let state = rows.last().filter(|r| r.columns().len() == 3).map(|r| {
+    let state = rows.last().filter(|r| r.columns().len() == 4).map(|r| {
         (
             r.try_get::<String, _>(0).unwrap_or_default(),
             r.try_get::<i64, _>(1).unwrap_or(0),
             r.try_get::<Option<i64>, _>(2).unwrap_or(None),
+            r.try_get::<Option<String>, _>(3).unwrap_or(None),
         )
     });
+    // Paused, halted or cancelled since the claim: leave the tenant alone.
+    if let Some((.., run_status)) = &state {
+        if run_status.as_deref() != Some("running") {
+            execute_batch(&mut *conn, "ROLLBACK").await?;
+            return Ok(Applied::RunStopped);
+        }
+    }
     let item = format!("run_id = '{}' AND tenant_id = '{id}'", run.0);
     let (status, catalog_version, ledger) = match state {
-        Some((status, catalog, Some(ledger))) if status != "purged" => (status, catalog, ledger),
+        Some((status, catalog, Some(ledger), _)) if status != "purged" => (status, catalog, ledger),
         _ => {
             let sql = format!(
-                "UPDATE tenantd.upgrade_items SET status = 'skipped', finished_at = now(), lease_owner = NULL, \
+                "UPDATE tenantd.upgrade_items SET status = 'skipped', finished_at = now(), finished_xid = pg_current_xact_id(), lease_owner = NULL, \
                      last_error = 'tenant has no schema any more' WHERE {item}; COMMIT"
             );
             execute_batch(&mut *conn, &sql).await?;
@@ -143,7 +155,7 @@ async fn upgrade_in_transaction(
     }
     let _ = write!(
         sql,
-        "UPDATE tenantd.upgrade_items SET status = 'done', to_version = {to}, finished_at = now(), \
+        "UPDATE tenantd.upgrade_items SET status = 'done', to_version = {to}, finished_at = now(), finished_xid = pg_current_xact_id(), \
              lease_owner = NULL, lease_expires_at = NULL, last_sqlstate = NULL, last_error = NULL WHERE {item};\n\
          COMMIT"
     );
@@ -233,7 +245,7 @@ async fn upgrade_step_by_step(
             to = m.version;
         }
         execute_batch(&mut *conn, &format!(
-            "UPDATE tenantd.upgrade_items SET status = 'done', to_version = {to}, finished_at = now(), \
+            "UPDATE tenantd.upgrade_items SET status = 'done', to_version = {to}, finished_at = now(), finished_xid = pg_current_xact_id(), \
                  lease_owner = NULL, lease_expires_at = NULL, last_sqlstate = NULL, last_error = NULL \
              WHERE run_id = '{}' AND tenant_id = '{id}'",
             run.0

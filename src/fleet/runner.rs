@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -54,6 +55,7 @@ pub fn spawn(
     database: PgConnectOptions,
     migrations: Arc<TenantMigrations>,
     settings: RunnerSettings,
+    wake: Arc<Notify>,
     stop: CancellationToken,
     tasks: &TaskTracker,
 ) -> String {
@@ -72,6 +74,7 @@ pub fn spawn(
         migrations,
         settings,
         owner: owner.clone(),
+        wake,
         stop,
     });
     for n in 0..shared.settings.workers {
@@ -92,6 +95,9 @@ struct Shared {
     settings: RunnerSettings,
     /// Identifies this process's leases.
     owner: String,
+    /// Signalled when this process starts, resumes or retries a run, so idle
+    /// workers need not wait for their next poll.
+    wake: Arc<Notify>,
     stop: CancellationToken,
 }
 
@@ -151,6 +157,7 @@ impl Shared {
                 tokio::select! {
                     () = self.stop.cancelled() => break,
                     () = tokio::time::sleep(self.settings.poll_interval) => {}
+                    () = self.wake.notified() => {}
                 }
             }
         }
@@ -180,17 +187,21 @@ impl Shared {
             }
         };
         let mut worked = false;
+        // One tenant at a time while canaries may be left, so they spread
+        // over the workers and a failure pauses the run early.
+        let mut size = if settings.canary_count > 0 {
+            1
+        } else {
+            self.settings.batch
+        };
         loop {
             let batch = {
                 let mut c = self.pool.acquire().await?;
-                let canaries_pending = settings.canary_count > 0;
-                let size = if canaries_pending {
-                    1
-                } else {
-                    self.settings.batch
-                };
                 upgrades::claim_items(&mut c, run, &self.owner, self.settings.lease, size).await?
             };
+            if !batch.iter().any(|c| c.canary) {
+                size = self.settings.batch;
+            }
             if batch.is_empty() {
                 let mut c = self.pool.acquire().await?;
                 if let Some(status) = upgrades::finish_if_complete(&mut c, run).await? {
@@ -200,13 +211,16 @@ impl Shared {
             }
             worked = true;
             for (i, item) in batch.iter().enumerate() {
-                if self.stop.is_cancelled() {
+                // Between tenants: stop on shutdown. (A pause, halt or cancel
+                // is seen inside each tenant's transaction.)
+                let keep_going = !self.stop.is_cancelled()
+                    && self.upgrade_one(run, &settings, *item, conn).await?;
+                if !keep_going {
                     let rest: Vec<_> = batch[i..].iter().map(|c| *c.tenant.as_uuid()).collect();
                     let mut c = self.pool.acquire().await?;
                     upgrades::release_items(&mut c, run, &self.owner, &rest).await?;
                     return Ok(worked);
                 }
-                self.upgrade_one(run, &settings, *item, conn).await?;
             }
         }
     }
@@ -217,7 +231,7 @@ impl Shared {
         settings: &crate::domain::upgrade::RunSettings,
         item: Claimed,
         conn: &mut UpgradeConn,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         if conn.conn.is_none() || conn.used >= self.settings.retire_after {
             if let Some(old) = conn.conn.take() {
                 let _ = old.close().await;
@@ -230,7 +244,7 @@ impl Shared {
             conn.used = 0;
         }
         let Some(c) = conn.conn.as_mut() else {
-            return Ok(());
+            return Ok(true);
         };
         conn.used += 1;
         let result = apply::upgrade_tenant(
@@ -250,6 +264,7 @@ impl Shared {
             Ok(Applied::AlreadyCurrent { version }) => {
                 tracing::debug!(%run, tenant = %item.tenant, version, "tenant already current");
             }
+            Ok(Applied::RunStopped) => return Ok(false),
             Ok(Applied::Gone) => {
                 tracing::info!(%run, tenant = %item.tenant, "tenant gone; skipped")
             }
@@ -287,9 +302,11 @@ impl Shared {
                         tracing::warn!(%run, tenant = %item.tenant, %sqlstate, %message, "failure budget spent; run halted")
                     }
                 }
+                // The failure may have paused or halted the run; the next
+                // tenant's transaction sees it.
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -4,10 +4,9 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::json;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::catalog::{DbFailure, audit, upgrades};
 use crate::domain::TenantId;
@@ -86,11 +85,21 @@ pub enum Event {
 pub struct Upgrades {
     pool: PgPool,
     migrations: Arc<TenantMigrations>,
+    /// Wakes this process's idle workers when a run becomes runnable.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Upgrades {
-    pub fn new(pool: PgPool, migrations: Arc<TenantMigrations>) -> Self {
-        Self { pool, migrations }
+    pub fn new(
+        pool: PgPool,
+        migrations: Arc<TenantMigrations>,
+        wake: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        Self {
+            pool,
+            migrations,
+            wake,
+        }
     }
 
     pub fn latest_version(&self) -> i64 {
@@ -242,6 +251,7 @@ impl Upgrades {
             .ok_or(UpgradeError::NotFound)?;
         tx.commit().await.map_err(db("commit start upgrade"))?;
         tracing::info!(run = %id, tenants = items, target = settings.target_version, "upgrade run started");
+        self.wake.notify_waiters();
         Ok(run)
     }
 
@@ -335,44 +345,53 @@ impl Upgrades {
             .map_err(db("read upgrade run"))?
             .ok_or(UpgradeError::NotFound)?;
         tx.commit().await.map_err(db("commit run change"))?;
+        if run.status == RunStatus::Running {
+            self.wake.notify_waiters();
+        }
         Ok(run)
     }
 
-    /// The cursor of the newest outcome so far (a watcher's starting point).
-    pub async fn latest_outcome(
+    /// Every outcome a watcher has not seen yet, in order, for a watcher
+    /// that keeps `cursor` (all transactions up to it are done and were read)
+    /// and `seen` (outcomes read above the cursor). Never skips an outcome
+    /// whose transaction commits late; never repeats one.
+    pub async fn new_outcomes(
         &self,
         id: RunId,
-    ) -> Result<Option<(DateTime<Utc>, Uuid)>, UpgradeError> {
+        cursor: &mut Option<i64>,
+        seen: &mut std::collections::HashSet<(TenantId, i64)>,
+    ) -> Result<Vec<Outcome>, UpgradeError> {
+        const PAGE: i64 = 1000;
         let mut conn = self
             .pool
             .acquire()
             .await
             .map_err(db("acquire catalog connection"))?;
-        upgrades::latest_outcome(&mut conn, id)
-            .await
-            .map_err(db("read the latest outcome"))
-    }
-
-    /// Outcomes finished after `cursor`, and the cursor after them.
-    pub async fn outcomes(
-        &self,
-        id: RunId,
-        cursor: Option<(DateTime<Utc>, Uuid)>,
-        limit: i64,
-    ) -> Result<(Vec<Outcome>, Option<(DateTime<Utc>, Uuid)>), UpgradeError> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(db("acquire catalog connection"))?;
-        let outcomes = upgrades::outcomes_after(&mut conn, id, cursor, limit)
-            .await
-            .map_err(db("read tenant outcomes"))?;
-        let next = outcomes
-            .last()
-            .map(|o| (o.finished_at, *o.tenant_id.as_uuid()))
-            .or(cursor);
-        Ok((outcomes, next))
+        let mut fresh = Vec::new();
+        let mut after = *cursor;
+        let xmin = loop {
+            let (page, xmin) = upgrades::outcomes_after(&mut conn, id, after, PAGE)
+                .await
+                .map_err(db("read tenant outcomes"))?;
+            let full = page.len() as i64 == PAGE;
+            for (outcome, xid) in page {
+                after = Some(xid);
+                if seen.insert((outcome.tenant_id, xid)) {
+                    fresh.push(outcome);
+                }
+            }
+            if !full {
+                break xmin;
+            }
+        };
+        // Everything below the oldest running transaction is final.
+        let settled = xmin - 1;
+        if cursor.is_none_or(|c| c < settled) {
+            *cursor = Some(settled);
+        }
+        let floor = cursor.unwrap_or(i64::MIN);
+        seen.retain(|(_, xid)| *xid > floor);
+        Ok(fresh)
     }
 }
 

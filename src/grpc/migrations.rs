@@ -102,7 +102,11 @@ fn status_to_pb(s: RunStatus) -> pb::UpgradeStatus {
 
 pub fn run_to_pb(r: Run) -> pb::UpgradeRun {
     // An ETA only means something while the run moves.
-    let eta = if r.status == RunStatus::Running { r.totals.eta() } else { None };
+    let eta = if r.status == RunStatus::Running {
+        r.totals.eta()
+    } else {
+        None
+    };
     pb::UpgradeRun {
         id: r.id.to_string(),
         target_version: r.settings.target_version,
@@ -260,14 +264,17 @@ impl MigrationService for MigrationApi {
         };
         // Fails fast for an unknown run.
         self.upgrades.get(id).await.map_err(upgrade_status)?;
-        let mut cursor = if r.from_start {
-            None
-        } else {
+        let mut cursor = None;
+        // Outcomes sent whose transactions are above the cursor.
+        let mut seen = std::collections::HashSet::new();
+        if !r.from_start {
+            // Count everything committed so far as seen: only what finishes
+            // from now on is sent.
             self.upgrades
-                .latest_outcome(id)
+                .new_outcomes(id, &mut cursor, &mut seen)
                 .await
-                .map_err(upgrade_status)?
-        };
+                .map_err(upgrade_status)?;
+        }
         let (tx, rx) = mpsc::channel(256);
         let upgrades = self.upgrades.clone();
         let shutdown = self.shutdown.clone();
@@ -275,23 +282,18 @@ impl MigrationService for MigrationApi {
             loop {
                 // Every outcome since the last look, then the totals.
                 let step = async {
-                    loop {
-                        let (outcomes, next) = upgrades.outcomes(id, cursor, 500).await?;
-                        cursor = next;
-                        let n = outcomes.len();
-                        for o in outcomes {
-                            let event = pb::UpgradeEvent {
-                                event: Some(pb::upgrade_event::Event::Tenant(outcome_to_pb(o))),
-                            };
-                            if tx.send(Ok(event)).await.is_err() {
-                                return Ok(None);
-                            }
-                        }
-                        if n < 500 {
-                            break;
+                    // The run first: every outcome committed before it ended
+                    // is then visible to the read below, so the last
+                    // progress event comes after the last outcome.
+                    let run = upgrades.get(id).await?;
+                    for o in upgrades.new_outcomes(id, &mut cursor, &mut seen).await? {
+                        let event = pb::UpgradeEvent {
+                            event: Some(pb::upgrade_event::Event::Tenant(outcome_to_pb(o))),
+                        };
+                        if tx.send(Ok(event)).await.is_err() {
+                            return Ok(None);
                         }
                     }
-                    let run = upgrades.get(id).await?;
                     let ended = run.status.is_final() || run.status == RunStatus::Halted;
                     let event = pb::UpgradeEvent {
                         event: Some(pb::upgrade_event::Event::Progress(run_to_pb(run))),

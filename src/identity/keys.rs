@@ -47,7 +47,11 @@ pub fn generate() -> String {
     let mut secret = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut id);
     rand::thread_rng().fill_bytes(&mut secret);
-    format!("{PREFIX}{}_{}", hex::encode(id), URL_SAFE_NO_PAD.encode(secret))
+    format!(
+        "{PREFIX}{}_{}",
+        hex::encode(id),
+        URL_SAFE_NO_PAD.encode(secret)
+    )
 }
 
 /// Whether `plain` has the shape of a service key.
@@ -57,8 +61,15 @@ pub fn is_well_formed(plain: &str) -> bool {
 
 /// Stores the hash of `plain` under its id unless that id exists already;
 /// returns the key as stored.
-pub async fn ensure(conn: &mut PgConnection, plain: &str, name: &str, scopes: &[Scope]) -> Result<Option<ServiceKey>, sqlx::Error> {
-    let Some((id, secret)) = split(plain) else { return Ok(None) };
+pub async fn ensure(
+    conn: &mut PgConnection,
+    plain: &str,
+    name: &str,
+    scopes: &[Scope],
+) -> Result<Option<ServiceKey>, sqlx::Error> {
+    let Some((id, secret)) = split(plain) else {
+        return Ok(None);
+    };
     let scope_names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
     sqlx::query(
         "INSERT INTO tenantd.service_keys (id, name, secret_hash, scopes) VALUES ($1, $2, $3, $4) \
@@ -70,13 +81,23 @@ pub async fn ensure(conn: &mut PgConnection, plain: &str, name: &str, scopes: &[
     .bind(&scope_names)
     .execute(conn)
     .await?;
-    Ok(Some(ServiceKey { id: id.to_owned(), name: name.to_owned(), scopes: scopes.to_vec() }))
+    Ok(Some(ServiceKey {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        scopes: scopes.to_vec(),
+    }))
 }
 
 /// Makes a key and stores its hash; returns the plain key (shown once).
-pub async fn create(conn: &mut PgConnection, name: &str, scopes: &[Scope]) -> Result<(String, ServiceKey), sqlx::Error> {
+pub async fn create(
+    conn: &mut PgConnection,
+    name: &str,
+    scopes: &[Scope],
+) -> Result<(String, ServiceKey), sqlx::Error> {
     let plain = generate();
-    let key = ensure(conn, &plain, name, scopes).await?.expect("a generated key is well formed");
+    let key = ensure(conn, &plain, name, scopes)
+        .await?
+        .expect("a generated key is well formed");
     Ok((plain, key))
 }
 

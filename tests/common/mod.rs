@@ -284,3 +284,45 @@ pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
         .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
         .unwrap_or_default()
 }
+
+/// A URL of this test's database for a child process (`--database-url`):
+/// TENANTD_TEST_DATABASE_URL with the database name replaced when it is set,
+/// else a URL of the shared private test cluster's socket.
+pub fn database_url(db: &TestDb) -> String {
+    match std::env::var("TENANTD_TEST_DATABASE_URL") {
+        Ok(url) => with_database(&url, &db.name),
+        Err(_) => {
+            // `LocalCluster::url` has an empty host (`postgresql://postgres@/db?host=…`),
+            // which libpq takes but sqlx (and so `--database-url`) refuses.
+            let o = shared_cluster().connect_options(&db.name);
+            let socket = o
+                .get_socket()
+                .expect("the test cluster listens on a Unix socket");
+            format!(
+                "postgres://{}@localhost:{}/{}?host={}",
+                o.get_username(),
+                o.get_port(),
+                db.name,
+                socket.display()
+            )
+        }
+    }
+}
+
+/// `url` with its path (the database name) replaced by `name`; the query
+/// string is kept.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let authority_at = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_at..].find('/') {
+        Some(slash) => &base[..authority_at + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}

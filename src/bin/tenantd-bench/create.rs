@@ -13,16 +13,16 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use clap::Args;
-use serde_json::json;
 use sqlx::{Connection, PgConnection};
 use tenantd::domain::TenantId;
 use tenantd::pb::tenant_service_client::TenantServiceClient;
-use tenantd::tenant::{TenantMigrations, create_tenant_ddl};
+use tenantd::tenant::TenantMigrations;
 use tonic::transport::Channel;
 
 use crate::Target;
 use crate::measure::{Check, Limit, PhaseResult, Side, Window, Worker, measure, ms};
 use crate::pg::{BenchDatabase, PgServer, with_bench_database};
+use crate::raw;
 use crate::server::{TenantdServer, endpoint, tenantd_binary};
 
 #[derive(Debug, Args)]
@@ -46,8 +46,6 @@ pub struct CreateArgs {
 /// Targets, as ratios tenantd / raw measured in the same run.
 const MAX_P50_RATIO_ONE_CLIENT: f64 = 1.2;
 const MIN_THROUGHPUT_RATIO_FOUR_CLIENTS: f64 = 0.9;
-/// The actor the raw side writes into the audit log.
-const RAW_ACTOR: &str = "tenantd-bench@raw";
 
 /// Runs the benchmark and prints its results.
 pub async fn run(args: CreateArgs) -> anyhow::Result<()> {
@@ -90,7 +88,7 @@ async fn run_phases(
     tenantd_bin: &Path,
     db: &BenchDatabase,
 ) -> anyhow::Result<Vec<PhaseResult>> {
-    let mut server = TenantdServer::start(tenantd_bin, &db.url, &db.name).await?;
+    let mut server = TenantdServer::start(tenantd_bin, &db.url, &db.name, &[]).await?;
     let run = async {
         eprintln!("tenantd-bench: tenantd serving on {}", server.addr);
         // tenantd has migrated the catalog; the raw side needs the very same
@@ -215,11 +213,10 @@ impl RawCreate {
             let conn = PgConnection::connect_with(&db.options)
                 .await
                 .context("open a raw-SQL connection to the bench database")?;
-            let password = hex::encode(rand::random::<[u8; 32]>());
             workers.push(Self {
                 conn,
                 migrations: Arc::clone(migrations),
-                verifier: postgres_protocol::password::scram_sha_256(password.as_bytes()),
+                verifier: raw::shared_verifier(),
                 prefix: format!("raw-p{phase}-c{client}"),
             });
         }
@@ -231,7 +228,7 @@ impl Worker for RawCreate {
     type Request = String;
 
     fn prepare(&mut self, seq: u64) -> String {
-        raw_create_sql(
+        raw::create_tenant_sql(
             TenantId::new(),
             &format!("{}-{seq}", self.prefix),
             &self.verifier,
@@ -245,50 +242,6 @@ impl Worker for RawCreate {
             .await
             .context("run the raw create-tenant batch")
     }
-}
-
-/// `BEGIN; INSERT …; <tenant DDL>; SELECT tenantd.append_audit(…); COMMIT;`
-/// with every value a literal. `slug` doubles as the name and must be
-/// bench-made (`[a-z0-9-]`), like everything else in the text.
-fn raw_create_sql(
-    id: TenantId,
-    slug: &str,
-    verifier: &str,
-    migrations: &TenantMigrations,
-) -> String {
-    debug_assert!(
-        slug.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    );
-    let schema = id.schema_name();
-    let version = migrations.latest();
-    let details = json!({
-        "slug": slug,
-        "name": slug,
-        "schema": schema.as_str(),
-        "schema_version": version,
-        "owner_user_id": null,
-    })
-    .to_string();
-    let ddl = create_tenant_ddl(id, verifier, migrations);
-    let mut sql = String::with_capacity(ddl.len() + 1024);
-    let _ = write!(
-        sql,
-        "BEGIN;\n\
-         INSERT INTO tenantd.tenants (id, slug, name, industry, description, country, status, \
-                                      schema_name, schema_version) \
-         VALUES ('{id}', '{slug}', '{slug}', '', '', NULL, 'active', '{schema}', {version});\n\
-         {ddl}\
-         SELECT tenantd.append_audit('{RAW_ACTOR}', 'tenant.create', 'tenant:{id}', {});\n\
-         COMMIT;\n",
-        literal(&details)
-    );
-    sql
-}
-
-/// A SQL string literal of bench-made text.
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 fn report(args: &CreateArgs, window: Window, server: &PgServer, results: &[PhaseResult]) {
@@ -355,23 +308,10 @@ fn markdown(
         };
         let _ = writeln!(md, "| {} {} | {value} | {verdict} |", c.markdown, c.limit);
     }
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let profile = if cfg!(debug_assertions) {
-        "debug build (not for publishing)"
-    } else {
-        "release build"
-    };
     let _ = writeln!(
         md,
-        "\n{} ({}, {}); {cores} cores; {}; {profile}; {:?} measured per phase after {:?} warm-up.",
-        server.version,
-        if server.cluster.is_some() {
-            "private cluster"
-        } else {
-            "server from --database-url"
-        },
-        server.durability,
-        chrono::Utc::now().format("%Y-%m-%d"),
+        "\n{}; {:?} measured per phase after {:?} warm-up.",
+        server.setting(),
         window.measure,
         window.warmup,
     );

@@ -8,15 +8,18 @@
 //! side is the real server binary in a process of its own, driven over gRPC;
 //! the raw side sends the same transaction with no service in between.
 //!
-//! One module per operation (`create`: CreateTenant latency and throughput);
-//! the harness they share is operation-neutral: `pg` (the server and the
-//! run's database), `server` (the tenantd process), `measure` (client loops
-//! and statistics). A fleet upgrade would be one more module beside `create`.
+//! One module per operation (`create`: CreateTenant latency and throughput;
+//! `upgrade`: a fleet upgrade's tenants/s, PlanUpgrade latency and tenantd's
+//! memory); the harness they share is operation-neutral: `pg` (the server
+//! and the run's database), `server` (the tenantd process), `measure` (client
+//! loops and statistics), `raw` (the raw create-tenant transaction).
 
 mod create;
 mod measure;
 mod pg;
+mod raw;
 mod server;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +40,10 @@ enum Command {
     /// CreateTenant p50/p95 latency and tenants/s through gRPC, next to the
     /// same transaction sent as raw SQL.
     Create(create::CreateArgs),
+    /// A fleet upgrade of N tenants (one column, one index) through tenantd,
+    /// next to the raw-SQL fleet upgrade; PlanUpgrade latency at that size;
+    /// tenantd's memory over the run.
+    Upgrade(upgrade::UpgradeArgs),
 }
 
 /// Where the benchmark runs; shared by every subcommand.
@@ -72,6 +79,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Create(args) => runtime.block_on(create::run(args)),
+        Command::Upgrade(args) => runtime.block_on(upgrade::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -118,7 +118,7 @@ impl PhaseResult {
 }
 
 /// Nearest-rank percentile of a sorted, non-empty sample.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = (p * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }

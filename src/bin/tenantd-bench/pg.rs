@@ -127,6 +127,28 @@ impl PgServer {
         }
     }
 
+    /// Where a run ran, for the footnote of a markdown table: server
+    /// version, cluster and durability, cores, date and build profile.
+    pub fn setting(&self) -> String {
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let profile = if cfg!(debug_assertions) {
+            "debug build (not for publishing)"
+        } else {
+            "release build"
+        };
+        format!(
+            "{} ({}, {}); {cores} cores; {}; {profile}",
+            self.version,
+            if self.cluster.is_some() {
+                "private cluster"
+            } else {
+                "server from --database-url"
+            },
+            self.durability,
+            chrono::Utc::now().format("%Y-%m-%d"),
+        )
+    }
+
     /// Stops the private cluster if this run started it.
     async fn close(self) -> anyhow::Result<()> {
         let Some(cluster) = self.cluster.filter(|_| self.started) else {

@@ -3,6 +3,7 @@
 //! stopped with SIGTERM. Its log goes to a file that is removed after a
 //! clean run and kept (and named) after a failure.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -43,7 +44,14 @@ pub fn tenantd_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 impl TenantdServer {
-    pub async fn start(binary: &Path, database_url: &Secret, tag: &str) -> anyhow::Result<Self> {
+    /// Starts `tenantd serve` with `args` after its listen address; `tag`
+    /// names its log file.
+    pub async fn start(
+        binary: &Path,
+        database_url: &Secret,
+        tag: &str,
+        args: &[&OsStr],
+    ) -> anyhow::Result<Self> {
         let addr = free_port().await?;
         let log = std::env::temp_dir().join(format!("{tag}-tenantd.log"));
         let out = std::fs::File::create(&log)
@@ -55,6 +63,7 @@ impl TenantdServer {
             .arg("serve")
             .arg("--listen-addr")
             .arg(addr.to_string())
+            .args(args)
             // Through the environment, so a password in the URL does not
             // show in the process list.
             .env("TENANTD_DATABASE_URL", database_url.expose())
@@ -141,6 +150,11 @@ impl TenantdServer {
                 )
             }
         }
+    }
+
+    /// The process id, while it has not been reaped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     pub fn remove_log(&self) {

@@ -1,0 +1,921 @@
+//! `tenantd-bench upgrade`: a fleet upgrade of N tenants by a migration of
+//! one column and one index, through tenantd (StartUpgrade, its own workers)
+//! next to the raw-SQL limit of the same work in the same run: per tenant one
+//! transaction — ALTER TABLE, CREATE INDEX, ledger row, catalog version — as
+//! one simple-query batch, the connections splitting the fleet between them.
+//! Also PlanUpgrade's latency at that fleet size, and tenantd's resident
+//! memory over its part of the run.
+//!
+//! The phases, on one fresh database:
+//! 1. fleet (not timed): tenantd with migration 1 only migrates the catalog
+//!    and registers it; the fleet is then created with the raw create-tenant
+//!    transaction that `create` measures;
+//! 2. raw (timed): the raw upgrade of every tenant;
+//! 3. undo (not timed): every tenant back to version 1;
+//! 4. tenantd (timed): tenantd with migrations 1 and 2; PlanUpgrade
+//!    latency, then StartUpgrade, watched until the run ends.
+//!
+//! Before each timed phase the catalogs are vacuumed, autovacuum is waited
+//! for and a checkpoint taken, so that neither side pays for the fleet's
+//! creation, the other side's dead rows or dirty buffers.
+
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use clap::Args;
+use sqlx::{Connection, PgConnection};
+use tenantd::domain::TenantId;
+use tenantd::pb;
+use tenantd::pb::migration_service_client::MigrationServiceClient;
+use tenantd::tenant::{TenantMigration, TenantMigrations};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::Target;
+use crate::measure::{Check, Limit, ms, percentile};
+use crate::pg::{BenchDatabase, PgServer, with_bench_database};
+use crate::raw;
+use crate::server::{TenantdServer, endpoint, tenantd_binary};
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// Tenants in the fleet.
+    #[arg(long, default_value_t = 10_000)]
+    tenants: usize,
+
+    /// Raw-SQL connections; also tenantd's --upgrade-workers and the run's
+    /// concurrency, so that both sides upgrade as many tenants at once.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Targets.
+const MIN_THROUGHPUT_RATIO: f64 = 0.8;
+const MAX_PLAN_P50_MS: f64 = 20.0;
+const MAX_RSS_GROWTH_MB: f64 = 50.0;
+/// The fleet size the targets are stated for.
+const GOAL_TENANTS: usize = 10_000;
+
+/// PlanUpgrade calls: unrecorded first, then measured.
+const PLAN_WARMUP_CALLS: usize = 5;
+const PLAN_CALLS: usize = 50;
+/// How often tenantd's VmRSS is read.
+const RSS_EVERY: Duration = Duration::from_millis(500);
+/// Progress lines every so many tenants.
+const PROGRESS_EVERY: usize = 1000;
+/// How long a timed phase waits for autovacuum to finish on the database.
+const AUTOVACUUM_WAIT: Duration = Duration::from_secs(60);
+/// A run whose watch stream is silent this long is given up.
+const WATCH_SILENCE: Duration = Duration::from_secs(120);
+
+/// The migration the fleet is upgraded by.
+const V2_FILE: &str = "0002_add_timezone.sql";
+const V2_SQL: &str = "ALTER TABLE locations ADD COLUMN timezone text;\n\
+                      CREATE INDEX inventory_items_sku_idx ON inventory_items (sku);\n";
+/// The first migration, under the name tenantd gives it.
+const V1_FILE: &str = "0001_default_tables.sql";
+
+/// Runs the benchmark and prints its results.
+pub async fn run(args: UpgradeArgs) -> anyhow::Result<()> {
+    ensure!(args.tenants >= 1, "--tenants must be at least 1");
+    ensure!(
+        (1..=64).contains(&args.connections),
+        "--connections must be between 1 and 64"
+    );
+    let tenantd_bin = &tenantd_binary(args.target.tenantd.as_deref())?;
+    let args = &args;
+    with_bench_database(&args.target, |server, db| async move {
+        let results = run_phases(args, tenantd_bin, &db).await?;
+        report(args, &server, &results);
+        Ok(())
+    })
+    .await
+}
+
+/// What the phases measured.
+struct Results {
+    tenants: usize,
+    connections: usize,
+    fleet: Duration,
+    raw: Duration,
+    tenantd: TenantdUpgrade,
+    plan: PlanLatency,
+    rss: Rss,
+}
+
+async fn run_phases(
+    args: &UpgradeArgs,
+    tenantd_bin: &Path,
+    db: &BenchDatabase,
+) -> anyhow::Result<Results> {
+    let n = args.tenants;
+    let connections = args.connections;
+    let dirs = MigrationDirs::write(&db.name)?;
+
+    let fleet = create_fleet(tenantd_bin, db, &dirs, n, connections).await?;
+    println!(
+        "{}",
+        rate_line("fleet", connections, n, fleet, "raw create, not timed")
+    );
+    let tenants = tenant_ids(db).await?;
+    ensure!(
+        tenants.len() == n,
+        "the catalog holds {} tenants, not {n}",
+        tenants.len()
+    );
+    expect_state(db, n, Version::One).await?;
+
+    settle(db).await?;
+    eprintln!("tenantd-bench: raw upgrade of {n} tenants over {connections} connections");
+    let v2 = dirs.v2_set.all()[1].clone();
+    let raw = per_tenant(db, tenants.clone(), connections, "raw upgrade", move |id| {
+        raw_upgrade_sql(*id, &v2)
+    })
+    .await?;
+    println!("{}", rate_line("raw", connections, n, raw, ""));
+    expect_state(db, n, Version::Two).await?;
+
+    eprintln!("tenantd-bench: undoing the raw upgrade");
+    per_tenant(db, tenants, connections, "undo", |id| undo_sql(*id)).await?;
+    expect_state(db, n, Version::One).await?;
+
+    settle(db).await?;
+    let (tenantd, plan, rss) = tenantd_phase(tenantd_bin, db, &dirs, n, connections).await?;
+    println!(
+        "{} first_claim_ms={:.0} claims={} largest_claim={} wall_s={:.2} run={}",
+        rate_line("tenantd", connections, n, tenantd.elapsed, ""),
+        ms(tenantd.first_claim),
+        tenantd.claims,
+        tenantd.largest_claim,
+        tenantd.wall.as_secs_f64(),
+        tenantd.run_id,
+    );
+    if let Some(warning) = tenantd.claim_warning() {
+        println!("{warning}");
+    }
+    println!(
+        "plan     tenants={n} calls={} p50_ms={:.1} p95_ms={:.1}",
+        PLAN_CALLS,
+        ms(plan.p50),
+        ms(plan.p95)
+    );
+    println!("{}", rss.line());
+    expect_state(db, n, Version::Two).await?;
+
+    Ok(Results {
+        tenants: n,
+        connections,
+        fleet,
+        raw,
+        tenantd,
+        plan,
+        rss,
+    })
+}
+
+fn rate_line(label: &str, connections: usize, n: usize, took: Duration, note: &str) -> String {
+    let mut line = format!(
+        "{label:<8} connections={connections} tenants={n} seconds={:.2} tenants_per_s={:.1}",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
+    if !note.is_empty() {
+        let _ = write!(line, " ({note})");
+    }
+    line
+}
+
+/// Two tenant migration directories in the temp dir, removed on drop: `v1`
+/// with the embedded first migration, `v2` with it and [`V2_SQL`].
+struct MigrationDirs {
+    root: PathBuf,
+    v1: PathBuf,
+    v2: PathBuf,
+    v1_set: TenantMigrations,
+    v2_set: TenantMigrations,
+}
+
+impl MigrationDirs {
+    fn write(tag: &str) -> anyhow::Result<Self> {
+        let root = std::env::temp_dir().join(format!("{tag}-migrations"));
+        let (v1, v2) = (root.join("v1"), root.join("v2"));
+        // From here on, drop removes whatever was written.
+        let mut dirs = Self {
+            root,
+            v1,
+            v2,
+            v1_set: TenantMigrations::embedded()?,
+            v2_set: TenantMigrations::embedded()?,
+        };
+        let first = &dirs.v1_set.all()[0];
+        ensure!(
+            format!("{}.sql", first.name) == V1_FILE,
+            "the first embedded tenant migration is {}, not {V1_FILE}",
+            first.name
+        );
+        let first = first.sql.clone();
+        for dir in [&dirs.v1, &dirs.v2] {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+            std::fs::write(dir.join(V1_FILE), &first)
+                .with_context(|| format!("write {}", dir.display()))?;
+        }
+        std::fs::write(dirs.v2.join(V2_FILE), V2_SQL)
+            .with_context(|| format!("write {}", dirs.v2.display()))?;
+        dirs.v1_set = TenantMigrations::from_dir(&dirs.v1)?;
+        dirs.v2_set = TenantMigrations::from_dir(&dirs.v2)?;
+        ensure!(
+            dirs.v2_set.latest() == 2,
+            "the v2 directory is not versions 1 and 2"
+        );
+        Ok(dirs)
+    }
+}
+
+impl Drop for MigrationDirs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Starts tenantd on the v1 directory (which migrates the catalog and
+/// registers version 1), creates the fleet with the raw create-tenant
+/// transaction, and stops tenantd. The time the creation took.
+async fn create_fleet(
+    tenantd_bin: &Path,
+    db: &BenchDatabase,
+    dirs: &MigrationDirs,
+    n: usize,
+    connections: usize,
+) -> anyhow::Result<Duration> {
+    let args = [OsStr::new("--tenant-migrations"), dirs.v1.as_os_str()];
+    let tag = format!("{}-fleet", db.name);
+    let mut server = TenantdServer::start(tenantd_bin, &db.url, &tag, &args).await?;
+    let created = async {
+        db.check_same_migrations(&dirs.v1_set).await?;
+        eprintln!(
+            "tenantd-bench: creating {n} tenants at version 1 over {connections} connections"
+        );
+        let migrations = Arc::new(dirs.v1_set.clone());
+        let verifier = raw::shared_verifier();
+        let slugs: Vec<usize> = (0..n).collect();
+        per_tenant(db, slugs, connections, "fleet", move |i| {
+            raw::create_tenant_sql(
+                TenantId::new(),
+                &format!("fleet-{i}"),
+                &verifier,
+                &migrations,
+            )
+        })
+        .await
+    }
+    .await;
+    let stopped = server.stop().await;
+    let created = created?;
+    stopped?;
+    server.remove_log();
+    Ok(created)
+}
+
+/// Every tenant id in the catalog, in id (creation) order.
+async fn tenant_ids(db: &BenchDatabase) -> anyhow::Result<Vec<TenantId>> {
+    let mut conn = connect(db).await?;
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM tenantd.tenants ORDER BY id")
+        .fetch_all(&mut conn)
+        .await
+        .context("read the tenant ids")?;
+    let _ = conn.close().await;
+    Ok(ids.into_iter().map(TenantId::from_uuid).collect())
+}
+
+async fn connect(db: &BenchDatabase) -> anyhow::Result<PgConnection> {
+    PgConnection::connect_with(&db.options)
+        .await
+        .context("connect to the bench database")
+}
+
+/// Runs one simple-query batch per item, `connections` connections each
+/// taking a contiguous share of `items` (opened before the clock starts).
+/// The time from the first batch to the last one's end.
+async fn per_tenant<T, F>(
+    db: &BenchDatabase,
+    items: Vec<T>,
+    connections: usize,
+    what: &'static str,
+    sql: F,
+) -> anyhow::Result<Duration>
+where
+    T: std::fmt::Display + Send + Sync + 'static,
+    F: Fn(&T) -> String + Send + Sync + 'static,
+{
+    let total = items.len();
+    let mut conns = Vec::with_capacity(connections);
+    for _ in 0..connections.min(total).max(1) {
+        conns.push(connect(db).await?);
+    }
+    let share = total.div_ceil(conns.len());
+    let items = Arc::new(items);
+    let sql = Arc::new(sql);
+    let done = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    for (i, mut conn) in conns.into_iter().enumerate() {
+        let (items, sql, done) = (Arc::clone(&items), Arc::clone(&sql), Arc::clone(&done));
+        tasks.spawn(async move {
+            let range = (i * share).min(total)..((i + 1) * share).min(total);
+            for item in &items[range] {
+                let text = sql(item);
+                tenantd::catalog::execute_batch(&mut conn, &text)
+                    .await
+                    .with_context(|| format!("{what}: the batch of {item}"))?;
+                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if n % PROGRESS_EVERY == 0 {
+                    eprintln!(
+                        "tenantd-bench: {what}: {n}/{total} after {:.1} s",
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+            }
+            let end = Instant::now();
+            let _ = conn.close().await;
+            anyhow::Ok(end)
+        });
+    }
+    let mut end = start;
+    // Returning early drops the set, which aborts the other connections.
+    while let Some(joined) = tasks.join_next().await {
+        end = end.max(joined.context("a raw-SQL client panicked")??);
+    }
+    Ok(end - start)
+}
+
+/// The raw fleet upgrade of one tenant: migration 2 with names qualified by
+/// the schema, its ledger row and the catalog's copy of the version, in one
+/// transaction and one round trip.
+fn raw_upgrade_sql(id: TenantId, v2: &TenantMigration) -> String {
+    let s = id.schema_name().quoted();
+    format!(
+        "BEGIN; \
+         ALTER TABLE {s}.locations ADD COLUMN timezone text; \
+         CREATE INDEX inventory_items_sku_idx ON {s}.inventory_items (sku); \
+         INSERT INTO {s}.schema_migrations (version, name, checksum) \
+         VALUES ({v}, '{name}', decode('{sum}','hex')); \
+         UPDATE tenantd.tenants SET schema_version = {v} WHERE id = '{id}'; \
+         COMMIT;",
+        v = v2.version,
+        name = v2.name,
+        sum = hex::encode(v2.checksum),
+    )
+}
+
+/// Takes one tenant back to version 1.
+fn undo_sql(id: TenantId) -> String {
+    let s = id.schema_name().quoted();
+    format!(
+        "BEGIN; \
+         DROP INDEX {s}.inventory_items_sku_idx; \
+         ALTER TABLE {s}.locations DROP COLUMN timezone; \
+         DELETE FROM {s}.schema_migrations WHERE version = 2; \
+         UPDATE tenantd.tenants SET schema_version = 1 WHERE id = '{id}'; \
+         COMMIT;"
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    One,
+    Two,
+}
+
+/// Fails unless all `n` tenants are wholly at `version`: catalog copy,
+/// ledger, column and index.
+async fn expect_state(db: &BenchDatabase, n: usize, version: Version) -> anyhow::Result<()> {
+    let mut conn = connect(db).await?;
+    let (total, at_one, at_two): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), \
+                count(*) FILTER (WHERE schema_version = 1 AND ledger = 1 AND NOT has_index AND NOT has_column), \
+                count(*) FILTER (WHERE schema_version = 2 AND ledger = 2 AND has_index AND has_column) \
+         FROM ( \
+             SELECT t.schema_version, \
+                    tenantd.ledger_version(t.schema_name) AS ledger, \
+                    to_regclass(format('%I.inventory_items_sku_idx', t.schema_name)) IS NOT NULL AS has_index, \
+                    EXISTS (SELECT FROM pg_catalog.pg_attribute a \
+                            WHERE a.attrelid = to_regclass(format('%I.locations', t.schema_name)) \
+                              AND a.attname = 'timezone' AND NOT a.attisdropped) AS has_column \
+             FROM tenantd.tenants t) s",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .context("read the fleet's schema versions")?;
+    let _ = conn.close().await;
+    let wanted = match version {
+        Version::One => at_one,
+        Version::Two => at_two,
+    };
+    ensure!(
+        total == n as i64 && wanted == total,
+        "expected all {n} tenants wholly at version {}: {total} tenants, {at_one} at 1, {at_two} at 2 \
+         (catalog, ledger, column and index agreeing)",
+        match version {
+            Version::One => 1,
+            Version::Two => 2,
+        }
+    );
+    Ok(())
+}
+
+/// Makes a timed phase start on a quiet database: vacuums and analyzes every
+/// table of the system catalogs and of tenantd's catalog (creating the fleet
+/// and undoing an upgrade leave a great many new and dead rows there, which
+/// autovacuum would otherwise go after during the phase), waits for this
+/// database's autovacuum workers to finish, and takes a checkpoint. Without
+/// superuser rights some of it is skipped and the phase runs anyway.
+///
+/// The `upgrade_*` tables are left as a catalog that never ran an upgrade
+/// has them, never analyzed: analyzed while empty, they lead the planner to
+/// a claim plan that ignores the workers' batch size (see `largest_claim`).
+async fn settle(db: &BenchDatabase) -> anyhow::Result<()> {
+    let mut conn = connect(db).await?;
+    let tables: String = sqlx::query_scalar(
+        "SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ') \
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'r' AND n.nspname IN ('pg_catalog', 'tenantd') \
+           AND NOT (n.nspname = 'tenantd' AND c.relname LIKE 'upgrade\\_%')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .context("list the catalog tables")?;
+    let started = Instant::now();
+    tenantd::catalog::execute_batch(&mut conn, &format!("VACUUM (ANALYZE) {tables}"))
+        .await
+        .context("vacuum the catalogs before a timed phase")?;
+    let vacuumed = Instant::now();
+    let deadline = vacuumed + AUTOVACUUM_WAIT;
+    loop {
+        let busy: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_catalog.pg_stat_activity \
+             WHERE backend_type = 'autovacuum worker' AND datname = current_database()",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .context("look for autovacuum workers")?;
+        if busy == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "tenantd-bench: {busy} autovacuum workers still busy after {AUTOVACUUM_WAIT:?}; \
+                 timing anyway"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let quiet = Instant::now();
+    if let Err(e) = tenantd::catalog::execute_batch(&mut conn, "CHECKPOINT").await {
+        eprintln!("tenantd-bench: no checkpoint before the phase ({e})");
+    }
+    eprintln!(
+        "tenantd-bench: settled: vacuum {:.1} s, waiting for autovacuum {:.1} s, checkpoint {:.1} s",
+        (vacuumed - started).as_secs_f64(),
+        (quiet - vacuumed).as_secs_f64(),
+        quiet.elapsed().as_secs_f64()
+    );
+    let _ = conn.close().await;
+    Ok(())
+}
+
+struct TenantdUpgrade {
+    run_id: String,
+    /// From the run's created_at to its finished_at (the database's clock).
+    elapsed: Duration,
+    /// From sending StartUpgrade to the watch stream's end.
+    wall: Duration,
+    /// From the run's created_at to the first tenant a worker claimed (idle
+    /// workers look for work every 500 ms); part of `elapsed`.
+    first_claim: Duration,
+    /// How many claims the workers made, and the most tenants one claim
+    /// took: more than the workers' batch means one worker took them all.
+    claims: i64,
+    largest_claim: i64,
+}
+
+impl TenantdUpgrade {
+    /// Set when one claim took more tenants than a worker's batch: then one
+    /// worker upgraded them while the others had nothing to claim, and the
+    /// figure is not that of the run's concurrency.
+    fn claim_warning(&self) -> Option<String> {
+        let batch = tenantd::fleet::RunnerSettings::default().batch;
+        (self.largest_claim > batch).then(|| {
+            format!(
+                "warning: one claim took {} tenants, more than a worker's batch of {batch}: \
+                 the run was not spread over the workers",
+                self.largest_claim
+            )
+        })
+    }
+}
+
+struct PlanLatency {
+    p50: Duration,
+    p95: Duration,
+}
+
+/// tenantd on the v2 directory with `connections` upgrade workers: PlanUpgrade
+/// latency, then the fleet upgrade, with VmRSS sampled from start to end.
+async fn tenantd_phase(
+    tenantd_bin: &Path,
+    db: &BenchDatabase,
+    dirs: &MigrationDirs,
+    n: usize,
+    connections: usize,
+) -> anyhow::Result<(TenantdUpgrade, PlanLatency, Rss)> {
+    let workers = connections.to_string();
+    let args = [
+        OsStr::new("--tenant-migrations"),
+        dirs.v2.as_os_str(),
+        OsStr::new("--upgrade-workers"),
+        OsStr::new(&workers),
+    ];
+    let tag = format!("{}-upgrade", db.name);
+    let mut server = TenantdServer::start(tenantd_bin, &db.url, &tag, &args).await?;
+    eprintln!("tenantd-bench: tenantd serving on {}", server.addr);
+    let pid = server.pid().context("tenantd has no process id")?;
+    let sampling = CancellationToken::new();
+    let run = async {
+        // Ends the sampling however this ends.
+        let _sampling = sampling.clone().drop_guard();
+        db.check_same_migrations(&dirs.v2_set).await?;
+        let channel = endpoint(server.addr)?
+            .connect()
+            .await
+            .with_context(|| format!("connect a gRPC client to tenantd at {}", server.addr))?;
+        let mut client = MigrationServiceClient::new(channel);
+        let plan = plan_latency(&mut client, n).await?;
+        let upgrade = upgrade_fleet(&mut client, n, connections).await?;
+        anyhow::Ok((upgrade, plan))
+    };
+    let (rss, ran) = tokio::join!(sample_rss(pid, sampling.clone()), run);
+    let stopped = server.stop().await;
+    let (mut upgrade, plan) = ran?;
+    stopped?;
+    (upgrade.first_claim, upgrade.claims, upgrade.largest_claim) =
+        claims(db, &upgrade.run_id).await?;
+    server.remove_log();
+    Ok((upgrade, plan, rss))
+}
+
+fn grpc(what: &'static str) -> impl FnOnce(tonic::Status) -> anyhow::Error {
+    move |s| anyhow::anyhow!("{what}: {:?}: {}", s.code(), s.message())
+}
+
+/// PlanUpgrade as an operator sends it (default target, selector and
+/// sample), one call at a time.
+async fn plan_latency(
+    client: &mut MigrationServiceClient<Channel>,
+    n: usize,
+) -> anyhow::Result<PlanLatency> {
+    eprintln!(
+        "tenantd-bench: PlanUpgrade at {n} tenants: {PLAN_WARMUP_CALLS} unrecorded calls, {PLAN_CALLS} measured"
+    );
+    let mut latencies = Vec::with_capacity(PLAN_CALLS);
+    for call in 0..PLAN_WARMUP_CALLS + PLAN_CALLS {
+        let sent = Instant::now();
+        let plan = client
+            .plan_upgrade(pb::PlanUpgradeRequest::default())
+            .await
+            .map_err(grpc("PlanUpgrade"))?
+            .into_inner();
+        let took = sent.elapsed();
+        ensure!(
+            plan.target_version == 2 && plan.total_tenants == n as i64 && plan.behind == n as i64,
+            "PlanUpgrade: target {}, {} tenants, {} behind; expected 2, {n}, {n}",
+            plan.target_version,
+            plan.total_tenants,
+            plan.behind
+        );
+        if call >= PLAN_WARMUP_CALLS {
+            latencies.push(took);
+        }
+    }
+    latencies.sort_unstable();
+    Ok(PlanLatency {
+        p50: percentile(&latencies, 0.50),
+        p95: percentile(&latencies, 0.95),
+    })
+}
+
+/// StartUpgrade with `concurrency`, then WatchUpgrade (every outcome, from
+/// the start) until the run ends; fails unless it succeeded for all `n`.
+async fn upgrade_fleet(
+    client: &mut MigrationServiceClient<Channel>,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<TenantdUpgrade> {
+    eprintln!("tenantd-bench: tenantd fleet upgrade of {n} tenants, concurrency {concurrency}");
+    let sent = Instant::now();
+    let run = client
+        .start_upgrade(pb::StartUpgradeRequest {
+            concurrency: i32::try_from(concurrency)?,
+            ..Default::default()
+        })
+        .await
+        .map_err(grpc("StartUpgrade"))?
+        .into_inner();
+    let total = run.totals.as_ref().map_or(0, |t| t.total);
+    ensure!(
+        total == n as i64,
+        "StartUpgrade created a run of {total} tenants, not {n}"
+    );
+    let mut events = client
+        .watch_upgrade(pb::WatchUpgradeRequest {
+            run_id: run.id.clone(),
+            interval: None,
+            from_start: true,
+        })
+        .await
+        .map_err(grpc("WatchUpgrade"))?
+        .into_inner();
+    let (mut upgraded, mut failed) = (0usize, 0usize);
+    let mut first_failure = None;
+    let mut reported = 0;
+    loop {
+        let event = tokio::time::timeout(WATCH_SILENCE, events.message())
+            .await
+            .map_err(|_| anyhow::anyhow!("WatchUpgrade: nothing for {WATCH_SILENCE:?}"))?
+            .map_err(grpc("WatchUpgrade"))?;
+        let Some(event) = event else { break };
+        match event.event {
+            Some(pb::upgrade_event::Event::Tenant(o)) if o.ok && o.to_version == 2 => upgraded += 1,
+            Some(pb::upgrade_event::Event::Tenant(o)) => {
+                failed += 1;
+                first_failure.get_or_insert(format!(
+                    "tenant {} to {}: {} {}",
+                    o.tenant_id, o.to_version, o.sqlstate, o.message
+                ));
+            }
+            Some(pb::upgrade_event::Event::Progress(r)) => {
+                let done = r.totals.as_ref().map_or(0, |t| t.done) as usize;
+                if done / PROGRESS_EVERY > reported / PROGRESS_EVERY {
+                    eprintln!(
+                        "tenantd-bench: tenantd upgrade: {done}/{n} after {:.1} s",
+                        sent.elapsed().as_secs_f64()
+                    );
+                }
+                reported = done;
+            }
+            None => {}
+        }
+    }
+    let wall = sent.elapsed();
+    let run = client
+        .get_upgrade(pb::GetUpgradeRequest {
+            run_id: run.id.clone(),
+        })
+        .await
+        .map_err(grpc("GetUpgrade"))?
+        .into_inner();
+    let status = pb::UpgradeStatus::try_from(run.status)
+        .map_or("UNKNOWN", |s| s.as_str_name())
+        .to_owned();
+    if run.status != pb::UpgradeStatus::Succeeded as i32 || failed > 0 {
+        bail!(
+            "upgrade run {} ended {status} ({}); {failed} tenants failed{}",
+            run.id,
+            run.status_reason,
+            first_failure.map_or(String::new(), |f| format!(", first: {f}"))
+        );
+    }
+    let done = run.totals.as_ref().map_or(0, |t| t.done);
+    ensure!(
+        done == n as i64 && upgraded == n,
+        "upgrade run {} succeeded with {done} tenants done and {upgraded} watched to version 2, not {n}",
+        run.id
+    );
+    let (Some(created), Some(finished)) = (&run.created_at, &run.finished_at) else {
+        bail!("upgrade run {} has no created_at or finished_at", run.id);
+    };
+    let seconds = seconds(finished) - seconds(created);
+    ensure!(
+        seconds > 0.0,
+        "upgrade run {} finished {seconds} s after it was created",
+        run.id
+    );
+    Ok(TenantdUpgrade {
+        run_id: run.id,
+        elapsed: Duration::from_secs_f64(seconds),
+        wall,
+        first_claim: Duration::ZERO,
+        claims: 0,
+        largest_claim: 0,
+    })
+}
+
+/// How long after its creation the run's first tenant was claimed, how many
+/// claims there were and the most tenants one took (a claim stamps its
+/// tenants' started_at with its transaction's time).
+async fn claims(db: &BenchDatabase, run_id: &str) -> anyhow::Result<(Duration, i64, i64)> {
+    let mut conn = connect(db).await?;
+    let (first, claims, largest): (f64, i64, i64) = sqlx::query_as(
+        "SELECT extract(epoch FROM min(c.at) - r.created_at)::float8, count(*), max(c.tenants) \
+         FROM tenantd.upgrade_runs r \
+         CROSS JOIN (SELECT started_at AS at, count(*) AS tenants FROM tenantd.upgrade_items \
+                     WHERE run_id = $1::uuid GROUP BY started_at) c \
+         WHERE r.id = $1::uuid GROUP BY r.created_at",
+    )
+    .bind(run_id)
+    .fetch_one(&mut conn)
+    .await
+    .context("read the run's claims")?;
+    let _ = conn.close().await;
+    Ok((Duration::from_secs_f64(first.max(0.0)), claims, largest))
+}
+
+fn seconds(t: &prost_types::Timestamp) -> f64 {
+    t.seconds as f64 + f64::from(t.nanos) * 1e-9
+}
+
+/// tenantd's VmRSS: the first sample, the highest, the last (taken when
+/// sampling stops), in kB.
+#[derive(Debug, Default)]
+struct Rss {
+    start: Option<u64>,
+    peak: Option<u64>,
+    end: Option<u64>,
+    samples: usize,
+}
+
+impl Rss {
+    fn record(&mut self, kb: Option<u64>) {
+        let Some(kb) = kb else { return };
+        self.start.get_or_insert(kb);
+        self.peak = Some(self.peak.map_or(kb, |p| p.max(kb)));
+        self.end = Some(kb);
+        self.samples += 1;
+    }
+
+    /// Peak over start, MB.
+    fn growth_mb(&self) -> Option<f64> {
+        Some(mb(self.peak?) - mb(self.start?))
+    }
+
+    fn line(&self) -> String {
+        let show = |kb: Option<u64>| kb.map_or("n/a".to_owned(), |kb| format!("{:.1}", mb(kb)));
+        format!(
+            "rss      start_mb={} peak_mb={} end_mb={} samples={}",
+            show(self.start),
+            show(self.peak),
+            show(self.end),
+            self.samples
+        )
+    }
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+/// Samples `pid`'s VmRSS every [`RSS_EVERY`], from now until `stop`, and
+/// once more then.
+async fn sample_rss(pid: u32, stop: CancellationToken) -> Rss {
+    let mut rss = Rss::default();
+    let mut every = tokio::time::interval(RSS_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => {
+                rss.record(vm_rss_kb(pid));
+                return rss;
+            }
+            _ = every.tick() => rss.record(vm_rss_kb(pid)),
+        }
+    }
+}
+
+/// `VmRSS` of /proc/<pid>/status, in kB.
+fn vm_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn report(args: &UpgradeArgs, server: &PgServer, r: &Results) {
+    let checks = checks(r);
+    for check in &checks {
+        println!("{}", check.line());
+    }
+    if r.tenants != GOAL_TENANTS {
+        println!(
+            "note: the targets are stated for {GOAL_TENANTS} tenants; this run had {}",
+            r.tenants
+        );
+    }
+    if args.target.markdown {
+        println!();
+        print!("{}", markdown(server, r, &checks));
+    }
+}
+
+fn checks(r: &Results) -> [Check; 3] {
+    let raw_rate = r.tenants as f64 / r.raw.as_secs_f64();
+    let tenantd_rate = r.tenants as f64 / r.tenantd.elapsed.as_secs_f64();
+    [
+        Check {
+            label: "throughput ratio tenantd/raw",
+            markdown: "fleet upgrade tenants/s, tenantd / raw",
+            value: Some(tenantd_rate / raw_rate),
+            limit: Limit::AtLeast(MIN_THROUGHPUT_RATIO),
+            missing: "",
+        },
+        Check {
+            label: "PlanUpgrade p50 ms",
+            markdown: "PlanUpgrade p50, ms",
+            value: Some(ms(r.plan.p50)),
+            limit: Limit::AtMost(MAX_PLAN_P50_MS),
+            missing: "",
+        },
+        Check {
+            label: "tenantd RSS peak - start, MB",
+            markdown: "tenantd RSS peak − start, MB",
+            value: r.rss.growth_mb(),
+            limit: Limit::AtMost(MAX_RSS_GROWTH_MB),
+            missing: "no VmRSS sample of the tenantd process",
+        },
+    ]
+}
+
+fn markdown(server: &PgServer, r: &Results, checks: &[Check]) -> String {
+    let n = r.tenants;
+    let c = r.connections;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "| Fleet upgrade, {n} tenants, 1 column + 1 index | connections | seconds | tenants/s |"
+    );
+    md.push_str("|---|---:|---:|---:|\n");
+    for (path, took) in [
+        ("raw SQL, one batch per tenant", r.raw),
+        (
+            "tenantd StartUpgrade (run created → finished)",
+            r.tenantd.elapsed,
+        ),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {path} | {c} | {:.1} | {:.1} |",
+            took.as_secs_f64(),
+            n as f64 / took.as_secs_f64()
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n| PlanUpgrade, {n} tenants | calls | p50 ms | p95 ms |\n|---|---:|---:|---:|\n\
+         | tenantd gRPC | {PLAN_CALLS} | {:.1} | {:.1} |",
+        ms(r.plan.p50),
+        ms(r.plan.p95)
+    );
+    let show = |kb: Option<u64>| kb.map_or("n/a".to_owned(), |kb| format!("{:.1}", mb(kb)));
+    let _ = writeln!(
+        md,
+        "\n| tenantd VmRSS during PlanUpgrade and the run | start MB | peak MB | end MB |\n\
+         |---|---:|---:|---:|\n| {} samples, every {RSS_EVERY:?} | {} | {} | {} |",
+        r.rss.samples,
+        show(r.rss.start),
+        show(r.rss.peak),
+        show(r.rss.end)
+    );
+    md.push_str("\n| target | value | result |\n|---|---:|---|\n");
+    for check in checks {
+        let (value, verdict) = match check.value {
+            Some(v) => (format!("{v:.2}"), check.verdict(v).to_owned()),
+            None => ("n/a".to_owned(), check.missing.to_owned()),
+        };
+        let _ = writeln!(
+            md,
+            "| {} {} | {value} | {verdict} |",
+            check.markdown, check.limit
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n{}; {n} tenants, created at version 1 in {:.0} s (raw, not timed); {c} connections, \
+         {c} upgrade workers, run concurrency {c}; tenantd's time includes {:.0} ms from the run's \
+         creation to its first claim.",
+        server.setting(),
+        r.fleet.as_secs_f64(),
+        ms(r.tenantd.first_claim),
+    );
+    if let Some(warning) = r.tenantd.claim_warning() {
+        let _ = writeln!(md, "\n{warning}.");
+    }
+    md
+}
