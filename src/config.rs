@@ -20,6 +20,10 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    pub fn new(s: &str) -> Self {
+        Self(s.to_owned())
+    }
 }
 
 impl fmt::Debug for Secret {

@@ -217,8 +217,10 @@ impl LocalCluster {
 
     /// A libpq-style URL for `database`, for tools such as psql and pgbench.
     pub fn url(&self, database: &str) -> String {
+        // A host name is required by some parsers (sqlx among them); `host=`
+        // in the query then points every client at the socket directory.
         format!(
-            "postgresql://{SUPERUSER}@/{database}?host={}&port={PORT}",
+            "postgres://{SUPERUSER}@localhost:{PORT}/{database}?host={}",
             self.socket_dir.display()
         )
     }
@@ -314,6 +316,22 @@ fn short_hash(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_is_accepted_as_a_database_url() {
+        let cluster = LocalCluster {
+            bin_dir: PathBuf::from("/bin"),
+            data_dir: PathBuf::from("/tmp/x/pgdata"),
+            socket_dir: PathBuf::from("/tmp/x/run"),
+            run_as: None,
+        };
+        let url = crate::config::Secret::new(&cluster.url("tenantd"));
+        assert!(
+            crate::config::parse_database_url(&url).is_ok(),
+            "{}",
+            cluster.url("tenantd")
+        );
+    }
 
     fn fake_bin_dir(root: &Path) -> PathBuf {
         std::fs::create_dir_all(root).unwrap();

@@ -441,10 +441,14 @@ pub async fn outcomes_after(
 // ---- worker side ----
 
 /// Takes a free or expired slot of the oldest running run.
+///
+/// Only runs whose target this process knows (`known_latest`): during a
+/// rolling deploy an older replica must leave a newer run to newer replicas.
 pub async fn claim_slot(
     conn: &mut PgConnection,
     owner: &str,
     lease: Duration,
+    known_latest: i64,
 ) -> Result<Option<(RunId, i32)>, sqlx::Error> {
     let row: Option<(Uuid, i32)> = sqlx::query_as(
         // MATERIALIZED: evaluated once, so the LIMIT holds whatever plan
@@ -453,7 +457,8 @@ pub async fn claim_slot(
         "WITH free AS MATERIALIZED ( \
              SELECT s.run_id, s.slot FROM tenantd.upgrade_slots s \
              JOIN tenantd.upgrade_runs r ON r.id = s.run_id \
-             WHERE r.status = 'running' AND (s.owner IS NULL OR s.lease_expires_at < now()) \
+             WHERE r.status = 'running' AND r.target_version <= $3 \
+               AND (s.owner IS NULL OR s.lease_expires_at < now()) \
              ORDER BY r.id, s.slot LIMIT 1 FOR UPDATE OF s SKIP LOCKED) \
          UPDATE tenantd.upgrade_slots s SET owner = $1, lease_expires_at = now() + $2 \
          FROM free WHERE s.run_id = free.run_id AND s.slot = free.slot \
@@ -461,6 +466,7 @@ pub async fn claim_slot(
     )
     .bind(owner)
     .bind(lease)
+    .bind(known_latest)
     .fetch_optional(conn)
     .await?;
     Ok(row.map(|(r, s)| (RunId(r), s)))

@@ -168,7 +168,13 @@ impl Shared {
 
     async fn claim_slot(&self) -> Result<Option<(RunId, i32)>, sqlx::Error> {
         let mut c = self.pool.acquire().await?;
-        upgrades::claim_slot(&mut c, &self.owner, self.settings.lease).await
+        upgrades::claim_slot(
+            &mut c,
+            &self.owner,
+            self.settings.lease,
+            self.migrations.latest(),
+        )
+        .await
     }
 
     async fn release_slot(&self, run: RunId, slot: i32) -> Result<(), sqlx::Error> {
