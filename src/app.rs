@@ -18,8 +18,12 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
 
 use crate::catalog::{self, PoolSettings};
+use crate::config::Secret;
+use crate::domain::identity::Scope;
 use crate::fleet::{self, RunnerSettings, Upgrades};
-use crate::grpc::{MigrationApi, TenantApi, pb};
+use crate::grpc::auth::Authenticator;
+use crate::grpc::{MigrationApi, SessionApi, TenantApi, UserApi, pb};
+use crate::identity::{Identity, IdentitySettings, keys};
 use crate::tenant::{TenantMigrations, Tenants};
 
 /// Serializes tenant-migration registration between processes starting at
@@ -37,7 +41,20 @@ pub struct AppConfig {
     pub shutdown_timeout: Duration,
     /// This process's fleet-upgrade workers.
     pub runner: RunnerSettings,
+    pub identity: IdentitySettings,
+    /// A service key with every scope that must exist (stored from this
+    /// plain key if missing): the bootstrap credential of a deployment.
+    pub admin_key: Option<Secret>,
 }
+
+/// The services health reports on ("" is the server as a whole).
+const SERVICES: [&str; 5] = [
+    "",
+    pb::tenant_service_server::SERVICE_NAME,
+    pb::migration_service_server::SERVICE_NAME,
+    pb::user_service_server::SERVICE_NAME,
+    pb::session_service_server::SERVICE_NAME,
+];
 
 /// A started server.
 pub struct Running {
@@ -97,13 +114,46 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
     let tasks = TaskTracker::new();
     let shutdown = CancellationToken::new();
     let migrations = Arc::new(migrations);
+
+    let signing_key = catalog::settings::token_signing_key(&pool).await?;
+    let identity = Identity::new(pool.clone(), &signing_key, config.identity.clone());
+    if let Some(admin) = &config.admin_key {
+        let mut conn = pool
+            .acquire()
+            .await
+            .context("acquire a catalog connection")?;
+        keys::ensure(&mut conn, admin.expose(), "admin", &Scope::ALL)
+            .await
+            .context("store the bootstrap admin key")?
+            .context("the bootstrap admin key is not a tdk_… service key")?;
+    }
+    identity
+        .refresh_caches()
+        .await
+        .context("load service keys and revoked sessions")?;
+    tasks.spawn(identity.clone().refresh_loop(shutdown.child_token()));
+    // Every API service authenticates its callers; health and reflection
+    // stay open for probes and tooling.
+    let auth = Authenticator::new(identity.clone());
+
     let tenants = Tenants::new(pool.clone(), migrations.clone(), role_secret);
-    let tenant_api =
-        pb::tenant_service_server::TenantServiceServer::new(TenantApi::new(tenants, tasks.clone()));
+    let tenant_api = pb::tenant_service_server::TenantServiceServer::with_interceptor(
+        TenantApi::new(tenants, identity.clone(), tasks.clone()),
+        auth.clone(),
+    );
     let wake = Arc::new(tokio::sync::Notify::new());
     let upgrades = Upgrades::new(pool.clone(), migrations.clone(), wake.clone());
-    let migration_api = pb::migration_service_server::MigrationServiceServer::new(
+    let migration_api = pb::migration_service_server::MigrationServiceServer::with_interceptor(
         MigrationApi::new(upgrades, shutdown.clone()),
+        auth.clone(),
+    );
+    let user_api = pb::user_service_server::UserServiceServer::with_interceptor(
+        UserApi::new(identity.clone()),
+        auth.clone(),
+    );
+    let session_api = pb::session_service_server::SessionServiceServer::with_interceptor(
+        SessionApi::new(identity),
+        auth,
     );
     let owner = fleet::runner::spawn(
         pool.clone(),
@@ -117,12 +167,11 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
     tracing::info!(workers = config.runner.workers, %owner, "fleet upgrade workers started");
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<pb::tenant_service_server::TenantServiceServer<TenantApi>>()
-        .await;
-    health
-        .set_serving::<pb::migration_service_server::MigrationServiceServer<MigrationApi>>()
-        .await;
+    for name in SERVICES {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -136,7 +185,9 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
         .add_service(health_service)
         .add_service(reflection)
         .add_service(tenant_api)
-        .add_service(migration_api);
+        .add_service(migration_api)
+        .add_service(user_api)
+        .add_service(session_api);
     let shutdown_timeout = config.shutdown_timeout;
     let handle = tokio::spawn(async move {
         let signal = {
@@ -144,13 +195,11 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
             async move {
                 stop.cancelled().await;
                 tracing::info!("shutting down: no new requests, finishing the ones in flight");
-                health
-                    .set_not_serving::<pb::tenant_service_server::TenantServiceServer<TenantApi>>()
-                    .await;
-                health.set_not_serving::<pb::migration_service_server::MigrationServiceServer<MigrationApi>>().await;
-                health
-                    .set_service_status("", tonic_health::ServingStatus::NotServing)
-                    .await;
+                for name in SERVICES {
+                    health
+                        .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                        .await;
+                }
             }
         };
         // Small request/response frames must not wait for Nagle's algorithm.

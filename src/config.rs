@@ -96,6 +96,22 @@ pub struct ServeArgs {
     #[arg(long, env = "TENANTD_UPGRADE_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub upgrade_lease: Duration,
 
+    /// File holding the bootstrap admin service key (every scope). Created
+    /// with a fresh key (mode 0600) when missing; the key is stored (hashed)
+    /// in the catalog if it is not there yet. Defaults to <data-dir>/admin.key
+    /// when tenantd runs its private cluster; otherwise no bootstrap key.
+    #[arg(long, env = "TENANTD_ADMIN_KEY_FILE")]
+    pub admin_key_file: Option<PathBuf>,
+
+    /// Lifetime of access tokens. Revocation reaches every replica within 5s
+    /// regardless.
+    #[arg(long, env = "TENANTD_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub access_token_ttl: Duration,
+
+    /// Lifetime of a session (its refresh tokens).
+    #[arg(long, env = "TENANTD_REFRESH_TOKEN_TTL", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub refresh_token_ttl: Duration,
+
     /// How long shutdown waits for in-flight requests and tenant changes.
     #[arg(long, env = "TENANTD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -112,6 +128,14 @@ impl ServeArgs {
         }
         if self.catalog_acquire_timeout.is_zero() {
             bail!("--catalog-acquire-timeout must be more than zero");
+        }
+        if self.access_token_ttl < Duration::from_secs(10)
+            || self.access_token_ttl > Duration::from_secs(24 * 3600)
+        {
+            bail!("--access-token-ttl must be between 10s and 24h");
+        }
+        if self.refresh_token_ttl < self.access_token_ttl {
+            bail!("--refresh-token-ttl must be at least --access-token-ttl");
         }
         if self.upgrade_workers > 64 {
             bail!(
@@ -139,4 +163,36 @@ pub fn parse_database_url(url: &Secret) -> anyhow::Result<PgConnectOptions> {
     PgConnectOptions::from_str(url.expose()).ok().context(
         "--database-url is not a valid PostgreSQL URL (postgres://user@host:port/database)",
     )
+}
+
+/// Reads the bootstrap admin key from `path`, or creates the file with a
+/// fresh key (readable by the owner only) when it does not exist.
+pub fn load_or_create_admin_key(path: &std::path::Path) -> anyhow::Result<(Secret, bool)> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let key = text.trim().to_owned();
+            if !crate::identity::keys::is_well_formed(&key) {
+                bail!("{} does not hold a tdk_… service key", path.display());
+            }
+            Ok((Secret(key), false))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("create {}", dir.display()))?;
+            }
+            let key = crate::identity::keys::generate();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("create {}", path.display()))?;
+            writeln!(file, "{key}").with_context(|| format!("write {}", path.display()))?;
+            Ok((Secret(key), true))
+        }
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
 }

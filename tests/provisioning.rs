@@ -199,12 +199,7 @@ async fn two_processes_starting_at_once_against_one_database_both_come_up() {
         b.expect("second server starts"),
     );
     for running in [&a, &b] {
-        let mut client = tenantd::pb::tenant_service_client::TenantServiceClient::connect(format!(
-            "http://{}",
-            running.local_addr()
-        ))
-        .await
-        .unwrap();
+        let mut client = common::tenant_client(&format!("http://{}", running.local_addr())).await;
         client.create_tenant(new_tenant("twin")).await.unwrap();
     }
     let mut conn = db.connect().await;

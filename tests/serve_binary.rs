@@ -81,6 +81,21 @@ async fn channel(addr: &str) -> tonic::transport::Channel {
         .unwrap()
 }
 
+async fn api_client(
+    addr: &str,
+    key: &str,
+) -> TenantServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        tenantd::grpc::auth::Bearer,
+    >,
+> {
+    TenantServiceClient::with_interceptor(
+        channel(addr).await,
+        tenantd::grpc::auth::Bearer::new(key).unwrap(),
+    )
+}
+
 async fn serving(addr: &str) -> i32 {
     let mut health = HealthClient::new(channel(addr).await);
     health
@@ -102,9 +117,22 @@ async fn private_cluster_starts_serves_stops_and_is_reused() {
 
     let server = start(&data_dir);
     assert_eq!(serving(&server.addr).await, ServingStatus::Serving as i32);
-    let mut client = TenantServiceClient::connect(format!("http://{}", server.addr))
+    // Dev mode wrote an admin key for tenantctl and friends, readable by the
+    // owner only; without a credential the API refuses.
+    let key_file = data_dir.join("admin.key");
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the key file is private");
+    let key = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut anonymous = TenantServiceClient::new(channel(&server.addr).await);
+    let err = anonymous
+        .list_tenants(pb::ListTenantsRequest::default())
         .await
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let mut client = api_client(&server.addr, &key).await;
     let created = client
         .create_tenant(pb::CreateTenantRequest {
             name: "Private Cluster GmbH".into(),
@@ -152,9 +180,7 @@ async fn private_cluster_starts_serves_stops_and_is_reused() {
 
     // Second start: same cluster, same data.
     let server = start(&data_dir);
-    let mut client = TenantServiceClient::connect(format!("http://{}", server.addr))
-        .await
-        .unwrap();
+    let mut client = api_client(&server.addr, &key).await;
     let again = client
         .get_tenant(pb::GetTenantRequest {
             selector: Some(pb::get_tenant_request::Selector::Slug(

@@ -31,6 +31,7 @@ impl Ctl {
             .args(args)
             .env_remove("TENANTD_ENDPOINT")
             .env_remove("TENANTCTL_OUTPUT")
+            .env("TENANTD_KEY", common::admin_key())
             .kill_on_drop(true)
             .output();
         // The server runs on this test's runtime, so the child is awaited,

@@ -52,6 +52,7 @@ fn command(server: &TestServer, args: &[&str]) -> tokio::process::Command {
         .args(args)
         .env_remove("TENANTD_ENDPOINT")
         .env_remove("TENANTCTL_OUTPUT")
+        .env("TENANTD_KEY", common::admin_key())
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     command

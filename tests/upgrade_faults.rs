@@ -165,11 +165,16 @@ async fn a_replica_that_does_not_know_the_target_does_not_finish_tenants_short_o
 struct Tenantd {
     child: Child,
     addr: String,
+    /// Holds the admin key the binary is started with.
+    _key_file: tempfile::NamedTempFile,
 }
 
 impl Tenantd {
     /// Starts the binary over `database_url` and waits until it listens.
     fn start(database_url: &str, migrations: &Path) -> Tenantd {
+        let key = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(key.path(), common::admin_key()).unwrap();
+        let key_file = key.path().to_path_buf();
         let child = Command::new(env!("CARGO_BIN_EXE_tenantd"))
             .args([
                 "serve",
@@ -182,6 +187,8 @@ impl Tenantd {
             ])
             .arg("--database-url")
             .arg(database_url)
+            .arg("--admin-key-file")
+            .arg(&key_file)
             .arg("--tenant-migrations")
             .arg(migrations)
             .env_remove("TENANTD_UPGRADE_WORKERS")
@@ -193,6 +200,7 @@ impl Tenantd {
         let mut server = Tenantd {
             child,
             addr: String::new(),
+            _key_file: key,
         };
         let stderr = server.child.stderr.take().unwrap();
         let pid = server.child.id();

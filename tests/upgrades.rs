@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::fleet::{self, ADD_TIMEZONE};
 use common::{TestServer, new_tenant};
 use tenantd::app::AppConfig;
-use tenantd::pb::{self, tenant_service_client::TenantServiceClient};
+use tenantd::pb;
 use tonic::Code;
 
 /// Creates `n` tenants on a server that knows only version 1 (eight
@@ -102,9 +102,7 @@ async fn plan_then_upgrade_every_tenant_and_a_second_run_is_a_no_op() {
     assert!(column);
 
     // New tenants are created at the latest version.
-    let mut tc = TenantServiceClient::connect(server.endpoint())
-        .await
-        .unwrap();
+    let mut tc = common::tenant_client(&server.endpoint()).await;
     let fresh = tc
         .create_tenant(new_tenant("fresh"))
         .await
@@ -856,9 +854,7 @@ async fn a_non_transactional_migration_upgrades_the_fleet_and_new_tenants() {
     .unwrap();
     assert_eq!(locks, 0, "advisory locks left behind");
 
-    let mut tc = TenantServiceClient::connect(server.endpoint())
-        .await
-        .unwrap();
+    let mut tc = common::tenant_client(&server.endpoint()).await;
     let fresh = tc
         .create_tenant(new_tenant("fresh"))
         .await

@@ -68,7 +68,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (cluster.connect_options(LOCAL_DATABASE), Some(cluster))
         }
     };
-    let result = run(&args, database).await;
+    let admin_key_file = args
+        .admin_key_file
+        .clone()
+        .or_else(|| cluster.as_ref().map(|_| args.data_dir.join("admin.key")));
+    let admin_key = match &admin_key_file {
+        Some(path) => {
+            let (key, created) = tenantd::config::load_or_create_admin_key(path)?;
+            if created {
+                tracing::info!(file = %path.display(), "wrote a new admin service key; tenantctl reads it from there (or pass --key)");
+            }
+            Some(key)
+        }
+        None => None,
+    };
+    let result = run(&args, database, admin_key).await;
     if let Some(cluster) = cluster {
         tracing::info!("stopping the private PostgreSQL cluster");
         let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await?;
@@ -83,7 +97,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn run(args: &ServeArgs, database: sqlx::postgres::PgConnectOptions) -> anyhow::Result<()> {
+async fn run(
+    args: &ServeArgs,
+    database: sqlx::postgres::PgConnectOptions,
+    admin_key: Option<tenantd::config::Secret>,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen_addr)
         .await
         .with_context(|| format!("listen on {}", args.listen_addr))?;
@@ -100,6 +118,12 @@ async fn run(args: &ServeArgs, database: sqlx::postgres::PgConnectOptions) -> an
             lease: args.upgrade_lease,
             ..Default::default()
         },
+        identity: tenantd::identity::IdentitySettings {
+            access_ttl: args.access_token_ttl,
+            refresh_ttl: args.refresh_token_ttl,
+            ..Default::default()
+        },
+        admin_key,
     };
     let running = app::start(config, listener).await?;
     tracing::info!(addr = %running.local_addr(), "tenantd listening");

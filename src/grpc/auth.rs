@@ -144,3 +144,26 @@ pub fn require_self_or(caller: &Caller, scope: Scope, user: Uuid) -> Result<(), 
         Caller::Service(_) => require_scope(caller, scope),
     }
 }
+
+/// Client side: adds `authorization: Bearer <credential>` to every call
+/// (`XServiceClient::with_interceptor(channel, Bearer::new(key)?)`).
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl Bearer {
+    pub fn new(credential: &str) -> Result<Self, Status> {
+        format!("Bearer {credential}")
+            .parse()
+            .map(Self)
+            .map_err(|_| Status::invalid_argument("the credential is not valid header text"))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}

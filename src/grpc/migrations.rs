@@ -7,9 +7,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::auth::{caller, require_scope};
 use super::convert::timestamp;
 use super::pb::{self, migration_service_server::MigrationService};
 use super::status;
+use crate::domain::identity::Scope;
 use crate::domain::upgrade::{Outcome, Run, RunId, RunSettingsInput, RunStatus, TenantSelector};
 use crate::domain::{Slug, TenantId, ValidationError, Violations};
 use crate::fleet::{Action, UpgradeError, Upgrades};
@@ -30,7 +32,9 @@ impl MigrationApi {
         request: Request<pb::UpgradeRunRequest>,
         action: Action,
     ) -> Result<Response<pb::UpgradeRun>, Status> {
-        let actor = super::tenants::actor(&request);
+        let who = caller(&request)?;
+        require_scope(&who, Scope::UpgradesRun)?;
+        let actor = who.actor();
         let r = request.into_inner();
         let id = RunId::parse("run_id", &r.run_id).map_err(status::invalid)?;
         let run = self
@@ -157,6 +161,7 @@ impl MigrationService for MigrationApi {
         &self,
         request: Request<pb::PlanUpgradeRequest>,
     ) -> Result<Response<pb::UpgradePlan>, Status> {
+        require_scope(&caller(&request)?, Scope::UpgradesRun)?;
         let r = request.into_inner();
         let mut v = Violations::new();
         let sel = v.check(selector(r.selector));
@@ -218,7 +223,9 @@ impl MigrationService for MigrationApi {
         &self,
         request: Request<pb::StartUpgradeRequest>,
     ) -> Result<Response<pb::UpgradeRun>, Status> {
-        let actor = super::tenants::actor(&request);
+        let who = caller(&request)?;
+        require_scope(&who, Scope::UpgradesRun)?;
+        let actor = who.actor();
         let r = request.into_inner();
         let mut v = Violations::new();
         let sel = v.check(selector(r.selector));
@@ -250,6 +257,7 @@ impl MigrationService for MigrationApi {
         &self,
         request: Request<pb::WatchUpgradeRequest>,
     ) -> Result<Response<WatchStream>, Status> {
+        require_scope(&caller(&request)?, Scope::UpgradesRun)?;
         let r = request.into_inner();
         let id = RunId::parse("run_id", &r.run_id).map_err(status::invalid)?;
         let interval = match duration("interval", r.interval).map_err(status::invalid)? {
@@ -329,6 +337,7 @@ impl MigrationService for MigrationApi {
         &self,
         request: Request<pb::GetUpgradeRequest>,
     ) -> Result<Response<pb::UpgradeRun>, Status> {
+        require_scope(&caller(&request)?, Scope::UpgradesRun)?;
         let id = RunId::parse("run_id", &request.into_inner().run_id).map_err(status::invalid)?;
         let run = self.upgrades.get(id).await.map_err(upgrade_status)?;
         Ok(Response::new(run_to_pb(run)))
@@ -338,6 +347,7 @@ impl MigrationService for MigrationApi {
         &self,
         request: Request<pb::ListUpgradesRequest>,
     ) -> Result<Response<pb::ListUpgradesResponse>, Status> {
+        require_scope(&caller(&request)?, Scope::UpgradesRun)?;
         let r = request.into_inner();
         let mut v = Violations::new();
         let limit = match r.page_size {

@@ -4,33 +4,62 @@
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
+use super::auth::{Caller, caller, require_in_tenant, require_scope};
 use super::convert::{self, UpdateTenant};
 use super::pb::{self, tenant_service_server::TenantService};
 use super::status;
+use crate::domain::identity::{Permission, Scope};
 use crate::domain::{LifecycleAction, NewTenant, Slug, TenantId};
+use crate::identity::Identity;
 use crate::tenant::Tenants;
 
 pub struct TenantApi {
     tenants: Tenants,
+    /// For callers' roles in tenants.
+    identity: Identity,
     /// Work that must not be torn in half runs here, outside the request
     /// future, and shutdown waits for it.
     tasks: TaskTracker,
 }
 
 impl TenantApi {
-    pub fn new(tenants: Tenants, tasks: TaskTracker) -> Self {
-        Self { tenants, tasks }
+    pub fn new(tenants: Tenants, identity: Identity, tasks: TaskTracker) -> Self {
+        Self {
+            tenants,
+            identity,
+            tasks,
+        }
+    }
+
+    /// A service key with `scope`, or a user whose role in tenant `id`
+    /// grants `permission`.
+    async fn allow(
+        &self,
+        who: &Caller,
+        scope: Scope,
+        id: TenantId,
+        permission: Permission,
+    ) -> Result<(), Status> {
+        require_in_tenant(&self.identity, who, scope, *id.as_uuid(), permission).await
     }
 
     async fn lifecycle(
         &self,
-        request: pb::TenantLifecycleRequest,
+        request: Request<pb::TenantLifecycleRequest>,
         action: LifecycleAction,
-        actor: String,
     ) -> Result<Response<pb::Tenant>, Status> {
+        let who = caller(&request)?;
+        let actor = who.actor();
+        let request = request.into_inner();
         let id = TenantId::parse("id", &request.id).map_err(status::invalid)?;
         let expected = convert::expected_version("expected_version", request.expected_version)
             .map_err(status::invalid)?;
+        let permission = match action {
+            LifecycleAction::Archive | LifecycleAction::Purge => Permission::TenantDelete,
+            _ => Permission::TenantUpdate,
+        };
+        self.allow(&who, Scope::TenantsWrite, id, permission)
+            .await?;
         let tenants = self.tenants.clone();
         let tenant = self
             .spawn(async move {
@@ -56,22 +85,15 @@ impl TenantApi {
     }
 }
 
-/// Who the audit log names for a request. Callers do not authenticate yet, so
-/// this is the peer address.
-pub fn actor<T>(request: &Request<T>) -> String {
-    match request.remote_addr() {
-        Some(addr) => format!("unauthenticated@{addr}"),
-        None => "unauthenticated".to_owned(),
-    }
-}
-
 #[tonic::async_trait]
 impl TenantService for TenantApi {
     async fn create_tenant(
         &self,
         request: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let actor = actor(&request);
+        let who = caller(&request)?;
+        require_scope(&who, Scope::TenantsWrite)?;
+        let actor = who.actor();
         let new = NewTenant::try_from(request.into_inner()).map_err(status::invalid)?;
         let slug = new.slug.clone();
         let tenants = self.tenants.clone();
@@ -89,6 +111,7 @@ impl TenantService for TenantApi {
         request: Request<pb::GetTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
         use pb::get_tenant_request::Selector;
+        let who = caller(&request)?;
         let tenant = match request.into_inner().selector {
             Some(Selector::Id(id)) => {
                 let id = TenantId::parse("id", &id).map_err(status::invalid)?;
@@ -106,6 +129,8 @@ impl TenantService for TenantApi {
             }
         }
         .map_err(status::tenant)?;
+        self.allow(&who, Scope::TenantsRead, tenant.id, Permission::TenantRead)
+            .await?;
         Ok(Response::new(tenant.into()))
     }
 
@@ -113,6 +138,7 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::ListTenantsRequest>,
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        require_scope(&caller(&request)?, Scope::TenantsRead)?;
         let r = request.into_inner();
         let mut v = crate::domain::Violations::new();
         let size = v.check(convert::page_size(r.page_size));
@@ -140,9 +166,12 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::UpdateTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let actor = actor(&request);
+        let who = caller(&request)?;
+        let actor = who.actor();
         let UpdateTenant { id, patch } =
             request.into_inner().try_into().map_err(status::invalid)?;
+        self.allow(&who, Scope::TenantsWrite, id, Permission::TenantUpdate)
+            .await?;
         let tenants = self.tenants.clone();
         let tenant = self
             .spawn(async move { tenants.update(id, patch, &actor).await })
@@ -154,34 +183,29 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::TenantLifecycleRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let actor = actor(&request);
-        self.lifecycle(request.into_inner(), LifecycleAction::Suspend, actor)
-            .await
+        self.lifecycle(request, LifecycleAction::Suspend).await
     }
 
     async fn resume_tenant(
         &self,
         request: Request<pb::TenantLifecycleRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let actor = actor(&request);
-        self.lifecycle(request.into_inner(), LifecycleAction::Resume, actor)
-            .await
+        self.lifecycle(request, LifecycleAction::Resume).await
     }
 
     async fn archive_tenant(
         &self,
         request: Request<pb::TenantLifecycleRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let actor = actor(&request);
-        self.lifecycle(request.into_inner(), LifecycleAction::Archive, actor)
-            .await
+        self.lifecycle(request, LifecycleAction::Archive).await
     }
 
     async fn purge_tenant(
         &self,
         request: Request<pb::PurgeTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let actor = actor(&request);
+        let who = caller(&request)?;
+        let actor = who.actor();
         let r = request.into_inner();
         let mut v = crate::domain::Violations::new();
         let id = v.check(TenantId::parse("id", &r.id));

@@ -10,11 +10,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgConnection;
 use tenantd::app::{AppConfig, Running};
-use tenantd::pb::{
-    self, migration_service_client::MigrationServiceClient,
-    tenant_service_client::TenantServiceClient,
-};
-use tonic::transport::Channel;
+use tenantd::pb::{self, migration_service_client::MigrationServiceClient};
 
 pub const DEFAULT_TABLES: &str = include_str!("../../tenant_sql/0001_default_tables.sql");
 
@@ -31,7 +27,7 @@ pub fn migrations(extra: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
-pub type MigrationClient = MigrationServiceClient<Channel>;
+pub type MigrationClient = MigrationServiceClient<super::Authed>;
 
 pub fn path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().to_path_buf()
@@ -41,13 +37,13 @@ pub fn write(dir: &Path, name: &str, sql: &str) {
     std::fs::write(dir.join(name), sql).unwrap();
 }
 
-pub async fn migration_client(endpoint: String) -> MigrationServiceClient<Channel> {
-    MigrationServiceClient::connect(endpoint).await.unwrap()
+pub async fn migration_client(endpoint: String) -> MigrationClient {
+    MigrationServiceClient::new(super::authed_channel(&endpoint, super::admin_key()).await)
 }
 
 /// Polls GetUpgrade until the run is no longer RUNNING (or `timeout`).
 pub async fn wait_for_end(
-    client: &mut MigrationServiceClient<Channel>,
+    client: &mut MigrationClient,
     run_id: &str,
     timeout: Duration,
 ) -> pb::UpgradeRun {
@@ -118,9 +114,7 @@ pub async fn create_tenants(
         let endpoint = endpoint.to_owned();
         let prefix = prefix.to_owned();
         tasks.spawn(async move {
-            let mut client = TenantServiceClient::connect(endpoint)
-                .await
-                .expect("connect to tenantd");
+            let mut client = super::tenant_client(&endpoint).await;
             let mut made = Vec::with_capacity(count);
             for i in 0..count {
                 let request = super::new_tenant(&format!("{prefix}{c}-{i}"));
@@ -143,7 +137,7 @@ pub async fn create_tenants(
     all
 }
 
-pub async fn get_run(client: &mut MigrationServiceClient<Channel>, run_id: &str) -> pb::UpgradeRun {
+pub async fn get_run(client: &mut MigrationClient, run_id: &str) -> pb::UpgradeRun {
     client
         .get_upgrade(pb::GetUpgradeRequest {
             run_id: run_id.to_owned(),
@@ -203,7 +197,7 @@ pub struct Watched {
 
 /// Reads a WatchUpgrade stream until the server ends it; panics after `timeout`.
 pub async fn watch(
-    client: &mut MigrationServiceClient<Channel>,
+    client: &mut MigrationClient,
     run_id: &str,
     from_start: bool,
     timeout: Duration,

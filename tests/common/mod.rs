@@ -164,6 +164,35 @@ impl Drop for TestDb {
     }
 }
 
+/// The bootstrap admin key every test server is started with (each test has
+/// its own database, so one key serves them all).
+pub fn admin_key() -> &'static str {
+    static KEY: OnceLock<String> = OnceLock::new();
+    KEY.get_or_init(tenantd::identity::keys::generate)
+}
+
+/// A channel whose calls carry the admin key.
+pub type Authed =
+    tonic::service::interceptor::InterceptedService<Channel, tenantd::grpc::auth::Bearer>;
+
+/// Connects to `endpoint` with `credential` on every call.
+pub async fn authed_channel(endpoint: &str, credential: &str) -> Authed {
+    let channel = Channel::from_shared(endpoint.to_owned())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to tenantd");
+    tonic::service::interceptor::InterceptedService::new(
+        channel,
+        tenantd::grpc::auth::Bearer::new(credential).expect("credential"),
+    )
+}
+
+/// A TenantService client with the admin key.
+pub async fn tenant_client(endpoint: &str) -> TenantServiceClient<Authed> {
+    TenantServiceClient::new(authed_channel(endpoint, admin_key()).await)
+}
+
 /// The real server on port 0 against a fresh database.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -210,10 +239,8 @@ impl TestServer {
         format!("http://{}", self.addr)
     }
 
-    pub async fn client(&self) -> TenantServiceClient<Channel> {
-        TenantServiceClient::connect(self.endpoint())
-            .await
-            .expect("connect to tenantd")
+    pub async fn client(&self) -> TenantServiceClient<Authed> {
+        tenant_client(&self.endpoint()).await
     }
 
     pub async fn channel(&self) -> Channel {
@@ -250,6 +277,8 @@ pub fn test_config(db: &TestDb) -> AppConfig {
         },
         tenant_migrations: None,
         shutdown_timeout: Duration::from_secs(10),
+        identity: tenantd::identity::IdentitySettings::default(),
+        admin_key: Some(tenantd::config::Secret::new(admin_key())),
         runner: tenantd::fleet::RunnerSettings {
             workers: 4,
             lease: Duration::from_secs(3),

@@ -45,6 +45,16 @@ pub struct GlobalArgs {
     )]
     pub output: OutputFormat,
 
+    /// Service key (tdk_…) or access token sent as `authorization: Bearer`.
+    #[arg(long, global = true, env = "TENANTD_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+
+    /// File holding the service key; without --key and --key-file, tenantctl
+    /// reads tenantd-data/admin.key (written by `tenantd serve` in dev mode)
+    /// when it exists.
+    #[arg(long, global = true, env = "TENANTD_KEY_FILE")]
+    pub key_file: Option<std::path::PathBuf>,
+
     /// How long to wait for the connection and for each call, e.g. 30s, 2m.
     #[arg(long, global = true, default_value = "30s", value_parser = parse_timeout)]
     pub timeout: Duration,

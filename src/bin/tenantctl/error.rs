@@ -69,6 +69,12 @@ fn write_status(f: &mut fmt::Formatter<'_>, status: &Status) -> fmt::Result {
     if !status.message().is_empty() {
         write!(f, ": {}", status.message())?;
     }
+    if status.code() == tonic::Code::Unauthenticated {
+        f.write_str(
+            "\n  pass a service key with --key or TENANTD_KEY (or --key-file); a tenantd running \
+             its private cluster writes one to tenantd-data/admin.key",
+        )?;
+    }
     let details = status.get_error_details();
     if let Some(bad_request) = details.bad_request() {
         for v in &bad_request.field_violations {

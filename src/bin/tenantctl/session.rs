@@ -18,6 +18,8 @@ use crate::output::OutputFormat;
 /// A connected server and the options every command needs.
 pub struct Session {
     channel: Channel,
+    /// `Bearer <key>`, sent with every call when a key was found.
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     endpoint: String,
     timeout: Duration,
     pub output: OutputFormat,
@@ -50,8 +52,15 @@ impl Session {
                 )));
             }
         };
+        let authorization = match resolve_key(global)? {
+            Some(key) => Some(format!("Bearer {key}").parse().map_err(|_| {
+                CliError::Usage("the service key contains characters a header cannot carry".into())
+            })?),
+            None => None,
+        };
         Ok(Session {
             channel,
+            authorization,
             endpoint: global.endpoint.clone(),
             timeout: global.timeout,
             output: global.output,
@@ -75,7 +84,16 @@ impl Session {
     /// the stream after `--timeout` however healthy it is. Opening it is still
     /// bounded when it goes through [`Session::call`].
     pub fn stream_request<T>(&self, message: T) -> Request<T> {
-        Request::new(message)
+        self.authorize(Request::new(message))
+    }
+
+    fn authorize<T>(&self, mut request: Request<T>) -> Request<T> {
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        request
     }
 
     /// The next message of a server stream, `None` when it ended; a
@@ -97,7 +115,7 @@ impl Session {
 
     /// A request that tells the server the deadline too.
     pub fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
+        let mut request = self.authorize(Request::new(message));
         request.set_timeout(self.timeout);
         request
     }
@@ -174,6 +192,27 @@ pub fn parse_endpoint(raw: &str) -> Result<String, String> {
         return Err(format!("{url}: give only scheme, host and port"));
     }
     Ok(format!("http://{authority}"))
+}
+
+/// Where the service key comes from: `--key` (`TENANTD_KEY`), else the file
+/// named by `--key-file` (`TENANTD_KEY_FILE`), else the key a tenantd running
+/// its private cluster wrote to `tenantd-data/admin.key`, if that exists here.
+fn resolve_key(global: &GlobalArgs) -> Result<Option<String>, CliError> {
+    if let Some(key) = &global.key {
+        return Ok(Some(key.trim().to_owned()));
+    }
+    let (path, must_exist) = match &global.key_file {
+        Some(path) => (path.clone(), true),
+        None => (std::path::PathBuf::from("tenantd-data/admin.key"), false),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text.trim().to_owned())),
+        Err(e) if !must_exist && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CliError::Usage(format!(
+            "cannot read the key file {}: {e}",
+            path.display()
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@
 //! of the ratio.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +16,12 @@ use sqlx::{Connection, PgConnection};
 use tenantd::domain::TenantId;
 use tenantd::pb::tenant_service_client::TenantServiceClient;
 use tenantd::tenant::TenantMigrations;
-use tonic::transport::Channel;
 
 use crate::Target;
 use crate::measure::{Check, Limit, PhaseResult, Side, Window, Worker, measure, ms};
 use crate::pg::{BenchDatabase, PgServer, with_bench_database};
 use crate::raw;
-use crate::server::{TenantdServer, endpoint, tenantd_binary};
+use crate::server::{Authed, TenantdServer, endpoint, tenantd_binary};
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
@@ -100,7 +98,7 @@ async fn run_phases(
             let phase = 2 * i;
             let workers = RawCreate::open_all(db, &migrations, clients, phase).await?;
             results.push(run_phase(Side::Raw, clients, window, workers).await?);
-            let workers = GrpcCreate::open_all(server.addr, clients, phase + 1).await?;
+            let workers = GrpcCreate::open_all(&server, clients, phase + 1).await?;
             results.push(run_phase(Side::Tenantd, clients, window, workers).await?);
         }
         anyhow::Ok(results)
@@ -136,12 +134,17 @@ async fn run_phase<W: Worker>(
 /// A CreateTenant over gRPC to the tenantd process, each client on its own
 /// channel (its own HTTP/2 connection).
 struct GrpcCreate {
-    client: TenantServiceClient<Channel>,
+    client: TenantServiceClient<Authed>,
     prefix: String,
 }
 
 impl GrpcCreate {
-    async fn open_all(addr: SocketAddr, clients: usize, phase: usize) -> anyhow::Result<Vec<Self>> {
+    async fn open_all(
+        server: &TenantdServer,
+        clients: usize,
+        phase: usize,
+    ) -> anyhow::Result<Vec<Self>> {
+        let addr = server.addr;
         let endpoint = endpoint(addr)?;
         let mut workers = Vec::with_capacity(clients);
         for client in 0..clients {
@@ -150,7 +153,7 @@ impl GrpcCreate {
                 .await
                 .with_context(|| format!("connect a gRPC client to tenantd at {addr}"))?;
             workers.push(Self {
-                client: TenantServiceClient::new(channel),
+                client: TenantServiceClient::new(server.authed(channel)?),
                 prefix: format!("grpc-p{phase}-c{client}"),
             });
         }

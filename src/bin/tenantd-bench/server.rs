@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use tenantd::config::Secret;
+use tenantd::grpc::auth::Bearer;
 use tonic::transport::Endpoint;
 
 /// How long tenantd may take to migrate the catalog and report SERVING.
@@ -24,7 +25,13 @@ pub struct TenantdServer {
     child: tokio::process::Child,
     pub addr: SocketAddr,
     log: PathBuf,
+    /// The admin service key the server was started with.
+    key: String,
 }
+
+/// A channel whose calls carry the bench's service key.
+pub type Authed =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
 
 /// The tenantd binary: the one given, or the one built next to this binary.
 pub fn tenantd_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -59,8 +66,14 @@ impl TenantdServer {
         let err = out
             .try_clone()
             .context("open the tenantd log a second time")?;
+        // The server stores this key (hashed) as its bootstrap admin key.
+        let key = tenantd::identity::keys::generate();
+        let key_file = std::env::temp_dir().join(format!("{tag}-admin.key"));
+        std::fs::write(&key_file, &key).with_context(|| format!("write {}", key_file.display()))?;
         let child = tokio::process::Command::new(binary)
             .arg("serve")
+            .arg("--admin-key-file")
+            .arg(&key_file)
             .arg("--listen-addr")
             .arg(addr.to_string())
             .args(args)
@@ -76,12 +89,25 @@ impl TenantdServer {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("start {}", binary.display()))?;
-        let mut server = Self { child, addr, log };
+        let mut server = Self {
+            child,
+            addr,
+            log,
+            key,
+        };
         if let Err(e) = server.wait_serving().await {
             let _ = server.child.kill().await;
             return Err(e.context(format!("start tenantd (its log: {})", server.log.display())));
         }
         Ok(server)
+    }
+
+    /// `channel` with the bench's credentials on every call.
+    pub fn authed(&self, channel: tonic::transport::Channel) -> anyhow::Result<Authed> {
+        let bearer = Bearer::new(&self.key).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(tonic::service::interceptor::InterceptedService::new(
+            channel, bearer,
+        ))
     }
 
     /// Polls the gRPC health check (service "") until it says SERVING.

@@ -35,13 +35,12 @@ use tenantd::pb::migration_service_client::MigrationServiceClient;
 use tenantd::tenant::{TenantMigration, TenantMigrations};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::Target;
 use crate::measure::{Check, Limit, ms, percentile};
 use crate::pg::{BenchDatabase, PgServer, with_bench_database};
 use crate::raw;
-use crate::server::{TenantdServer, endpoint, tenantd_binary};
+use crate::server::{Authed, TenantdServer, endpoint, tenantd_binary};
 
 #[derive(Debug, Args)]
 pub struct UpgradeArgs {
@@ -558,7 +557,7 @@ async fn tenantd_phase(
             .connect()
             .await
             .with_context(|| format!("connect a gRPC client to tenantd at {}", server.addr))?;
-        let mut client = MigrationServiceClient::new(channel);
+        let mut client = MigrationServiceClient::new(server.authed(channel)?);
         let plan = plan_latency(&mut client, n).await?;
         let upgrade = upgrade_fleet(&mut client, n, connections).await?;
         anyhow::Ok((upgrade, plan))
@@ -580,7 +579,7 @@ fn grpc(what: &'static str) -> impl FnOnce(tonic::Status) -> anyhow::Error {
 /// PlanUpgrade as an operator sends it (default target, selector and
 /// sample), one call at a time.
 async fn plan_latency(
-    client: &mut MigrationServiceClient<Channel>,
+    client: &mut MigrationServiceClient<Authed>,
     n: usize,
 ) -> anyhow::Result<PlanLatency> {
     eprintln!(
@@ -616,7 +615,7 @@ async fn plan_latency(
 /// StartUpgrade with `concurrency`, then WatchUpgrade (every outcome, from
 /// the start) until the run ends; fails unless it succeeded for all `n`.
 async fn upgrade_fleet(
-    client: &mut MigrationServiceClient<Channel>,
+    client: &mut MigrationServiceClient<Authed>,
     n: usize,
     concurrency: usize,
 ) -> anyhow::Result<TenantdUpgrade> {
