@@ -86,3 +86,16 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION tenantd.ledger_version(text) FROM PUBLIC;
+
+-- Raised by a worker's one-round-trip upgrade batch when the tenant is not
+-- as the claim expected (upgraded meanwhile, purged, run no longer running):
+-- the batch rolls back and the worker takes the careful path.
+CREATE FUNCTION tenantd.stale_upgrade()
+RETURNS integer
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION 'tenant or run changed since the claim' USING ERRCODE = 'TD001';
+END
+$$;
+REVOKE ALL ON FUNCTION tenantd.stale_upgrade() FROM PUBLIC;

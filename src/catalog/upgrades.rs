@@ -513,6 +513,8 @@ pub struct Claimed {
     pub tenant: TenantId,
     pub attempts: i32,
     pub canary: bool,
+    /// The tenant's version when the run was planned.
+    pub from_version: i64,
 }
 
 /// Claims up to `batch` claimable items of `run`: pending ones whose backoff
@@ -527,7 +529,7 @@ pub async fn claim_items(
     lease: Duration,
     batch: i64,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let rows: Vec<(Uuid, i32, bool)> = sqlx::query_as(
+    let rows: Vec<(Uuid, i32, bool, i64)> = sqlx::query_as(
         // MATERIALIZED: see claim_slot; the batch size must hold.
         "WITH free AS MATERIALIZED ( \
              SELECT tenant_id FROM tenantd.upgrade_items c \
@@ -544,7 +546,7 @@ pub async fn claim_items(
          SET status = 'running', lease_owner = $2, lease_expires_at = now() + $3, attempts = i.attempts + 1, \
              started_at = coalesce(i.started_at, now()) \
          FROM free WHERE i.run_id = $1 AND i.tenant_id = free.tenant_id \
-         RETURNING i.tenant_id, i.attempts, i.canary",
+         RETURNING i.tenant_id, i.attempts, i.canary, i.from_version",
     )
     .bind(run.0)
     .bind(owner)
@@ -554,10 +556,11 @@ pub async fn claim_items(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(t, attempts, canary)| Claimed {
+        .map(|(t, attempts, canary, from_version)| Claimed {
             tenant: TenantId::from_uuid(t),
             attempts,
             canary,
+            from_version,
         })
         .collect())
 }

@@ -46,15 +46,52 @@ fn timeouts(lock_timeout: Duration, statement_timeout: Duration, scope: &str) ->
 
 /// Upgrades `tenant` to `target` for `run`. On error the transaction has been
 /// rolled back and nothing changed; the caller records the failure.
+///
+/// `expected_from` is the version the run planned the tenant at. When it still
+/// holds (almost always), the whole upgrade is one round trip whose first
+/// statement checks it under the row lock; otherwise that batch rolls back and
+/// the careful path reads the tenant first.
+#[allow(clippy::too_many_arguments)]
 pub async fn upgrade_tenant(
     conn: &mut PgConnection,
     migrations: &TenantMigrations,
     run: RunId,
     tenant: TenantId,
+    expected_from: i64,
     target: i64,
     lock_timeout: Duration,
     statement_timeout: Duration,
 ) -> Result<Applied, sqlx::Error> {
+    let pending = migrations.between(expected_from, target);
+    let fast = expected_from < target
+        && target <= migrations.latest()
+        && pending.iter().all(|m| m.transactional);
+    if fast {
+        let sql = one_round_trip(
+            run,
+            tenant,
+            expected_from,
+            target,
+            pending,
+            lock_timeout,
+            statement_timeout,
+        );
+        match execute_batch(&mut *conn, &sql).await {
+            Ok(()) => {
+                return Ok(Applied::Upgraded {
+                    from: expected_from,
+                    to: target,
+                });
+            }
+            Err(e) => {
+                let _ = execute_batch(&mut *conn, "ROLLBACK").await;
+                let stale = e.as_database_error().and_then(|d| d.code()).as_deref() == Some(STALE);
+                if !stale {
+                    return Err(e);
+                }
+            }
+        }
+    }
     let result = upgrade_in_transaction(
         conn,
         migrations,
@@ -70,6 +107,55 @@ pub async fn upgrade_tenant(
         let _ = execute_batch(&mut *conn, "ROLLBACK").await;
     }
     result
+}
+
+/// SQLSTATE of `tenantd.stale_upgrade()`.
+const STALE: &str = "TD001";
+
+/// The common case in one batch: lock, check the tenant is still at `from`
+/// and the run still running (else `tenantd.stale_upgrade()` raises), apply,
+/// record, commit.
+fn one_round_trip(
+    run: RunId,
+    tenant: TenantId,
+    from: i64,
+    to: i64,
+    pending: &[TenantMigration],
+    lock_timeout: Duration,
+    statement_timeout: Duration,
+) -> String {
+    let id = tenant.as_uuid();
+    let schema = tenant.schema_name().quoted();
+    let mut sql = String::with_capacity(4096);
+    let _ = writeln!(
+        sql,
+        "BEGIN; {} SELECT pg_advisory_xact_lock({});\n\
+         SELECT CASE WHEN t.status <> 'purged' AND t.schema_version = {from} \
+                      AND (SELECT r.status FROM tenantd.upgrade_runs r WHERE r.id = '{run}') = 'running' \
+                     THEN 0 ELSE tenantd.stale_upgrade() END \
+         FROM tenantd.tenants t WHERE t.id = '{id}' FOR UPDATE OF t;\n\
+         SET LOCAL search_path TO {schema};",
+        timeouts(lock_timeout, statement_timeout, "LOCAL"),
+        lock_key(tenant),
+        run = run.0,
+    );
+    for m in pending {
+        let _ = writeln!(sql, "-- {}\n{}\n;", m.name, m.sql);
+    }
+    let _ = writeln!(sql, "SET LOCAL search_path TO DEFAULT;");
+    // The ledger's primary key refuses a version twice: a ledger ahead of the
+    // catalog fails here instead of being applied again.
+    ledger_rows(&mut sql, &schema, pending);
+    let _ = write!(
+        sql,
+        "UPDATE tenantd.tenants SET schema_version = {to}, updated_at = now() WHERE id = '{id}';\n\
+         UPDATE tenantd.upgrade_items SET status = 'done', to_version = {to}, finished_at = now(), \
+             finished_xid = pg_current_xact_id(), lease_owner = NULL, lease_expires_at = NULL, \
+             last_sqlstate = NULL, last_error = NULL WHERE run_id = '{run}' AND tenant_id = '{id}';\n\
+         COMMIT",
+        run = run.0,
+    );
+    sql
 }
 
 async fn upgrade_in_transaction(

@@ -258,6 +258,7 @@ impl Shared {
             &self.migrations,
             run,
             item.tenant,
+            item.from_version,
             settings.target_version,
             settings.lock_timeout,
             settings.statement_timeout,

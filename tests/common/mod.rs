@@ -193,6 +193,14 @@ pub async fn tenant_client(endpoint: &str) -> TenantServiceClient<Authed> {
     TenantServiceClient::new(authed_channel(endpoint, admin_key()).await)
 }
 
+/// A client of each service, all on one channel with one credential.
+pub struct Clients {
+    pub tenants: TenantServiceClient<Authed>,
+    pub migrations: tenantd::pb::migration_service_client::MigrationServiceClient<Authed>,
+    pub users: tenantd::pb::user_service_client::UserServiceClient<Authed>,
+    pub sessions: tenantd::pb::session_service_client::SessionServiceClient<Authed>,
+}
+
 /// The real server on port 0 against a fresh database.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -241,6 +249,24 @@ impl TestServer {
 
     pub async fn client(&self) -> TenantServiceClient<Authed> {
         tenant_client(&self.endpoint()).await
+    }
+
+    /// Clients of every service with `credential` (a key or access token).
+    pub async fn clients_as(&self, credential: &str) -> Clients {
+        let ch = authed_channel(&self.endpoint(), credential).await;
+        Clients {
+            tenants: TenantServiceClient::new(ch.clone()),
+            migrations: tenantd::pb::migration_service_client::MigrationServiceClient::new(
+                ch.clone(),
+            ),
+            users: tenantd::pb::user_service_client::UserServiceClient::new(ch.clone()),
+            sessions: tenantd::pb::session_service_client::SessionServiceClient::new(ch),
+        }
+    }
+
+    /// Clients of every service with the admin key.
+    pub async fn clients(&self) -> Clients {
+        self.clients_as(admin_key()).await
     }
 
     pub async fn channel(&self) -> Channel {

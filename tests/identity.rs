@@ -1,0 +1,1039 @@
+//! Users, memberships, sessions and caller authentication end to end.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Clients, TestServer, bad_fields, new_tenant};
+use tenantd::pb::{self, login_request::Identifier};
+use tonic::Code;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn user(first: &str, email: &str) -> pb::CreateUserRequest {
+    pb::CreateUserRequest {
+        first_name: first.into(),
+        last_name: "Tester".into(),
+        email: email.into(),
+        phone: String::new(),
+        password: PASSWORD.into(),
+    }
+}
+
+fn login(email: &str, password: &str, tenant: &str) -> pb::LoginRequest {
+    pb::LoginRequest {
+        identifier: Some(Identifier::Email(email.into())),
+        password: password.into(),
+        tenant_id: tenant.into(),
+        device: "test".into(),
+        client_ip: "192.0.2.10".into(),
+    }
+}
+
+async fn validate(c: &mut Clients, token: &str) -> Result<pb::Principal, tonic::Status> {
+    c.sessions
+        .validate_token(pb::ValidateTokenRequest {
+            access_token: token.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Validation is answered from a cache reloaded every 5 s: wait for a
+/// revocation to arrive (it is immediate on the replica that revoked).
+async fn eventually_invalid(c: &mut Clients, token: &str) {
+    for _ in 0..70 {
+        if validate(c, token).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("token still valid after 7 s");
+}
+
+#[tokio::test]
+async fn users_are_created_validated_and_unique_by_email_in_any_case() {
+    let server = TestServer::start().await;
+    let mut c = server.clients().await;
+    let ada = c
+        .users
+        .create_user(user("Ada", "Ada.Lovelace@Example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ada.email, "Ada.Lovelace@Example.com");
+    assert_eq!(ada.status, pb::UserStatus::Active as i32);
+    let got = c
+        .users
+        .get_user(pb::GetUserRequest { id: ada.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, ada);
+
+    let err = c
+        .users
+        .create_user(user("Other", "ada.lovelace@example.COM"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+
+    let updated = c
+        .users
+        .update_user(pb::UpdateUserRequest {
+            id: ada.id.clone(),
+            last_name: Some("King".into()),
+            phone: Some("+44 20 7946 0000".into()),
+            expected_version: Some(ada.version),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.last_name, "King");
+    assert_eq!(updated.phone, "+442079460000");
+    let stale = c
+        .users
+        .update_user(pb::UpdateUserRequest {
+            id: ada.id.clone(),
+            first_name: Some("Augusta".into()),
+            expected_version: Some(ada.version),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted);
+
+    let cases: Vec<(&str, pb::CreateUserRequest)> = vec![
+        (
+            "first_name",
+            pb::CreateUserRequest {
+                first_name: String::new(),
+                ..user("x", "x1@example.com")
+            },
+        ),
+        (
+            "email",
+            pb::CreateUserRequest {
+                email: "not-an-email".into(),
+                ..user("x", "")
+            },
+        ),
+        (
+            "email",
+            pb::CreateUserRequest {
+                email: String::new(),
+                phone: String::new(),
+                ..user("x", "")
+            },
+        ),
+        (
+            "phone",
+            pb::CreateUserRequest {
+                phone: "12".into(),
+                ..user("x", "x2@example.com")
+            },
+        ),
+        (
+            "password",
+            pb::CreateUserRequest {
+                password: "short".into(),
+                ..user("x", "x3@example.com")
+            },
+        ),
+        (
+            "password",
+            pb::CreateUserRequest {
+                password: "password password".into(),
+                ..user("x", "x4@example.com")
+            },
+        ),
+    ];
+    for (field, request) in cases {
+        let err = c.users.create_user(request).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(bad_fields(&err), [field]);
+    }
+    // Passwords are stored as argon2id hashes only.
+    let mut db = server.db.connect().await;
+    let hash: String =
+        sqlx::query_scalar("SELECT password_hash FROM tenantd.users WHERE id = $1::uuid")
+            .bind(&ada.id)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert!(hash.starts_with("$argon2id$") && !hash.contains(PASSWORD));
+}
+
+#[tokio::test]
+async fn login_failures_look_the_same_and_are_rate_limited() {
+    let server = TestServer::start().await;
+    let mut c = server.clients().await;
+    c.users
+        .create_user(user("Grace", "grace@example.com"))
+        .await
+        .unwrap();
+    let unknown = c
+        .sessions
+        .login(login("nobody@example.com", PASSWORD, ""))
+        .await
+        .unwrap_err();
+    let wrong = c
+        .sessions
+        .login(login("grace@example.com", "wrong horse battery staple", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::Unauthenticated);
+    assert_eq!(wrong.code(), unknown.code());
+    assert_eq!(wrong.message(), unknown.message());
+
+    let ok = c
+        .sessions
+        .login(login("GRACE@example.com", PASSWORD, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let principal = validate(&mut c, &ok.access_token).await.unwrap();
+    assert_eq!(principal.session_id, ok.session_id);
+
+    // Ten attempts a minute per account: the rest are refused, even with the right password.
+    let mut limited = false;
+    for _ in 0..12 {
+        let r = c
+            .sessions
+            .login(login("grace@example.com", "wrong horse battery staple", ""))
+            .await;
+        if let Err(s) = r {
+            if s.code() == Code::ResourceExhausted {
+                limited = true;
+                break;
+            }
+        }
+    }
+    assert!(limited, "repeated failures are rate-limited");
+    let err = c
+        .sessions
+        .login(login("grace@example.com", PASSWORD, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_a_reused_refresh_token_revokes_the_session() {
+    let server = TestServer::start().await;
+    let mut c = server.clients().await;
+    c.users
+        .create_user(user("Linus", "linus@example.com"))
+        .await
+        .unwrap();
+    let first = c
+        .sessions
+        .login(login("linus@example.com", PASSWORD, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = c
+        .sessions
+        .refresh(pb::RefreshRequest {
+            refresh_token: first.refresh_token.clone(),
+            client_ip: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(second.refresh_token, first.refresh_token);
+    assert_eq!(second.session_id, first.session_id);
+    validate(&mut c, &second.access_token).await.unwrap();
+
+    // The rotated-away token comes back: stolen. The whole session ends.
+    let err = c
+        .sessions
+        .refresh(pb::RefreshRequest {
+            refresh_token: first.refresh_token.clone(),
+            client_ip: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = c
+        .sessions
+        .refresh(pb::RefreshRequest {
+            refresh_token: second.refresh_token.clone(),
+            client_ip: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unauthenticated,
+        "the newest refresh token dies with the session"
+    );
+    eventually_invalid(&mut c, &second.access_token).await;
+    eventually_invalid(&mut c, &first.access_token).await;
+}
+
+#[tokio::test]
+async fn logout_revocation_and_deactivation_stop_tokens() {
+    let server = TestServer::start().await;
+    let mut c = server.clients().await;
+    let u = c
+        .users
+        .create_user(user("Barbara", "barbara@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    let a = c
+        .sessions
+        .login(login("barbara@example.com", PASSWORD, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let b = c
+        .sessions
+        .login(login("barbara@example.com", PASSWORD, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = c
+        .sessions
+        .list_sessions(pb::ListSessionsRequest {
+            user_id: u.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.sessions.len(), 2);
+
+    // The user logs out of one session with its own token.
+    let mut own = server.clients_as(&a.access_token).await;
+    own.sessions
+        .logout(pb::LogoutRequest {
+            access_token: String::new(),
+        })
+        .await
+        .unwrap();
+    eventually_invalid(&mut c, &a.access_token).await;
+    validate(&mut c, &b.access_token).await.unwrap();
+
+    let revoked = c
+        .sessions
+        .revoke_all_sessions(pb::RevokeAllSessionsRequest {
+            user_id: u.id.clone(),
+            reason: "lost laptop".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(revoked.sessions_revoked, 1);
+    eventually_invalid(&mut c, &b.access_token).await;
+
+    let again = c
+        .sessions
+        .login(login("barbara@example.com", PASSWORD, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    c.users
+        .deactivate_user(pb::DeactivateUserRequest {
+            id: u.id.clone(),
+            reason: "left".into(),
+        })
+        .await
+        .unwrap();
+    eventually_invalid(&mut c, &again.access_token).await;
+    let err = c
+        .sessions
+        .login(login("barbara@example.com", PASSWORD, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unauthenticated,
+        "a deactivated user cannot log in"
+    );
+}
+
+#[tokio::test]
+async fn memberships_roles_and_the_last_owner() {
+    let server = TestServer::start().await;
+    let mut c = server.clients().await;
+    let owner = c
+        .users
+        .create_user(user("Olive", "olive@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    let staff = c
+        .users
+        .create_user(user("Sam", "sam@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut request = new_tenant("members");
+    request.owner_user_id = owner.id.clone();
+    let t = c.tenants.create_tenant(request).await.unwrap().into_inner();
+
+    let members = c
+        .users
+        .list_members(pb::ListMembersRequest {
+            tenant_id: t.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(members.members.len(), 1);
+    assert_eq!(
+        members.members[0].role,
+        pb::MemberRole::Owner as i32,
+        "CreateTenant made the owner"
+    );
+
+    c.users
+        .add_member(pb::AddMemberRequest {
+            tenant_id: t.id.clone(),
+            user_id: staff.id.clone(),
+            role: pb::MemberRole::Employee as i32,
+        })
+        .await
+        .unwrap();
+    let err = c
+        .users
+        .change_role(pb::ChangeRoleRequest {
+            tenant_id: t.id.clone(),
+            user_id: owner.id.clone(),
+            role: pb::MemberRole::Admin as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::FailedPrecondition,
+        "the last owner cannot be demoted"
+    );
+    let err = c
+        .users
+        .remove_member(pb::RemoveMemberRequest {
+            tenant_id: t.id.clone(),
+            user_id: owner.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "nor removed");
+
+    // An employee's token reads the tenant but may not change it or its members.
+    let emp = c
+        .sessions
+        .login(login("sam@example.com", PASSWORD, &t.id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        emp.principal.as_ref().unwrap().role,
+        pb::MemberRole::Employee as i32
+    );
+    let mut as_emp = server.clients_as(&emp.access_token).await;
+    as_emp
+        .tenants
+        .get_tenant(pb::GetTenantRequest {
+            selector: Some(pb::get_tenant_request::Selector::Id(t.id.clone())),
+        })
+        .await
+        .unwrap();
+    let err = as_emp
+        .tenants
+        .update_tenant(pb::UpdateTenantRequest {
+            id: t.id.clone(),
+            name: Some("Mine".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let check = c
+        .sessions
+        .check_permission(pb::CheckPermissionRequest {
+            access_token: emp.access_token.clone(),
+            tenant_id: t.id.clone(),
+            permission: "data:write".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!check.allowed);
+    assert!(check.reason.contains("EMPLOYEE"), "{}", check.reason);
+
+    // The owner promotes them; a fresh token carries the new role.
+    let own = c
+        .sessions
+        .login(login("olive@example.com", PASSWORD, &t.id))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut as_owner = server.clients_as(&own.access_token).await;
+    as_owner
+        .users
+        .change_role(pb::ChangeRoleRequest {
+            tenant_id: t.id.clone(),
+            user_id: staff.id.clone(),
+            role: pb::MemberRole::Owner as i32,
+        })
+        .await
+        .unwrap();
+    c.users
+        .change_role(pb::ChangeRoleRequest {
+            tenant_id: t.id.clone(),
+            user_id: owner.id.clone(),
+            role: pb::MemberRole::Admin as i32,
+        })
+        .await
+        .expect("with two owners one may step down");
+    let tenants = c
+        .users
+        .list_user_tenants(pb::ListUserTenantsRequest {
+            user_id: staff.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(tenants.memberships[0].role, pb::MemberRole::Owner as i32);
+    // Users outside the tenant see nothing of it.
+    let outsider = c
+        .users
+        .create_user(user("Otto", "otto@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    let out = c
+        .sessions
+        .login(login("otto@example.com", PASSWORD, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut as_out = server.clients_as(&out.access_token).await;
+    let err = as_out
+        .tenants
+        .get_tenant(pb::GetTenantRequest {
+            selector: Some(pb::get_tenant_request::Selector::Id(t.id.clone())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let _ = outsider;
+}
+
+#[tokio::test]
+async fn every_rpc_refuses_a_missing_credential_and_a_wrong_scope() {
+    let server = TestServer::start().await;
+    // A key that may only read tenants, made the way an operator would.
+    let mut db = server.db.connect().await;
+    let (reader, _) = tenantd::identity::keys::create(
+        &mut db,
+        "reader",
+        &[tenantd::domain::identity::Scope::TenantsRead],
+    )
+    .await
+    .unwrap();
+    let mut anonymous = {
+        let channel = server.channel().await;
+        (
+            pb::tenant_service_client::TenantServiceClient::new(channel.clone()),
+            pb::migration_service_client::MigrationServiceClient::new(channel.clone()),
+            pb::user_service_client::UserServiceClient::new(channel.clone()),
+            pb::session_service_client::SessionServiceClient::new(channel),
+        )
+    };
+    let mut narrow = server.clients_as(&reader).await;
+    // Keys are cached; wait for the new one to load (refreshed every 5 s).
+    for _ in 0..70 {
+        if narrow
+            .tenants
+            .list_tenants(pb::ListTenantsRequest::default())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    narrow
+        .tenants
+        .list_tenants(pb::ListTenantsRequest::default())
+        .await
+        .expect("the reader key reads tenants");
+
+    macro_rules! check {
+        ($name:literal, $anon:expr, $narrow:expr, $narrow_code:expr) => {{
+            let anon: Result<_, tonic::Status> = $anon.await;
+            assert_eq!(
+                anon.map(drop).unwrap_err().code(),
+                Code::Unauthenticated,
+                "{} without credentials",
+                $name
+            );
+            if let Some(code) = $narrow_code {
+                let narrow: Result<_, tonic::Status> = $narrow.await;
+                assert_eq!(
+                    narrow.map(drop).unwrap_err().code(),
+                    code,
+                    "{} with a tenants:read key",
+                    $name
+                );
+            }
+        }};
+    }
+    let denied = Some(Code::PermissionDenied);
+    let id = || uuid::Uuid::now_v7().to_string();
+    check!(
+        "CreateTenant",
+        anonymous.0.create_tenant(new_tenant("x")),
+        narrow.tenants.create_tenant(new_tenant("x")),
+        denied
+    );
+    check!(
+        "GetTenant",
+        anonymous.0.get_tenant(pb::GetTenantRequest {
+            selector: Some(pb::get_tenant_request::Selector::Id(id()))
+        }),
+        narrow
+            .tenants
+            .list_tenants(pb::ListTenantsRequest::default()),
+        None::<Code>
+    );
+    check!(
+        "ListTenants",
+        anonymous.0.list_tenants(pb::ListTenantsRequest::default()),
+        narrow
+            .tenants
+            .list_tenants(pb::ListTenantsRequest::default()),
+        None::<Code>
+    );
+    check!(
+        "UpdateTenant",
+        anonymous.0.update_tenant(pb::UpdateTenantRequest {
+            id: id(),
+            ..Default::default()
+        }),
+        narrow.tenants.update_tenant(pb::UpdateTenantRequest {
+            id: id(),
+            ..Default::default()
+        }),
+        denied
+    );
+    check!(
+        "SuspendTenant",
+        anonymous.0.suspend_tenant(pb::TenantLifecycleRequest {
+            id: id(),
+            ..Default::default()
+        }),
+        narrow.tenants.suspend_tenant(pb::TenantLifecycleRequest {
+            id: id(),
+            ..Default::default()
+        }),
+        denied
+    );
+    check!(
+        "ResumeTenant",
+        anonymous.0.resume_tenant(pb::TenantLifecycleRequest {
+            id: id(),
+            ..Default::default()
+        }),
+        narrow.tenants.resume_tenant(pb::TenantLifecycleRequest {
+            id: id(),
+            ..Default::default()
+        }),
+        denied
+    );
+    check!(
+        "ArchiveTenant",
+        anonymous.0.archive_tenant(pb::TenantLifecycleRequest {
+            id: id(),
+            ..Default::default()
+        }),
+        narrow.tenants.archive_tenant(pb::TenantLifecycleRequest {
+            id: id(),
+            ..Default::default()
+        }),
+        denied
+    );
+    check!(
+        "PurgeTenant",
+        anonymous.0.purge_tenant(pb::PurgeTenantRequest {
+            id: id(),
+            confirm_slug: "x-y".into(),
+            ..Default::default()
+        }),
+        narrow.tenants.purge_tenant(pb::PurgeTenantRequest {
+            id: id(),
+            confirm_slug: "x-y".into(),
+            ..Default::default()
+        }),
+        denied
+    );
+    check!(
+        "PlanUpgrade",
+        anonymous.1.plan_upgrade(pb::PlanUpgradeRequest::default()),
+        narrow
+            .migrations
+            .plan_upgrade(pb::PlanUpgradeRequest::default()),
+        denied
+    );
+    check!(
+        "StartUpgrade",
+        anonymous
+            .1
+            .start_upgrade(pb::StartUpgradeRequest::default()),
+        narrow
+            .migrations
+            .start_upgrade(pb::StartUpgradeRequest::default()),
+        denied
+    );
+    check!(
+        "WatchUpgrade",
+        anonymous.1.watch_upgrade(pb::WatchUpgradeRequest {
+            run_id: id(),
+            ..Default::default()
+        }),
+        narrow.migrations.watch_upgrade(pb::WatchUpgradeRequest {
+            run_id: id(),
+            ..Default::default()
+        }),
+        denied
+    );
+    check!(
+        "GetUpgrade",
+        anonymous
+            .1
+            .get_upgrade(pb::GetUpgradeRequest { run_id: id() }),
+        narrow
+            .migrations
+            .get_upgrade(pb::GetUpgradeRequest { run_id: id() }),
+        denied
+    );
+    check!(
+        "ListUpgrades",
+        anonymous
+            .1
+            .list_upgrades(pb::ListUpgradesRequest::default()),
+        narrow
+            .migrations
+            .list_upgrades(pb::ListUpgradesRequest::default()),
+        denied
+    );
+    check!(
+        "PauseUpgrade",
+        anonymous.1.pause_upgrade(pb::UpgradeRunRequest {
+            run_id: id(),
+            ..Default::default()
+        }),
+        narrow.migrations.pause_upgrade(pb::UpgradeRunRequest {
+            run_id: id(),
+            ..Default::default()
+        }),
+        denied
+    );
+    check!(
+        "ResumeUpgrade",
+        anonymous.1.resume_upgrade(pb::UpgradeRunRequest {
+            run_id: id(),
+            ..Default::default()
+        }),
+        narrow.migrations.resume_upgrade(pb::UpgradeRunRequest {
+            run_id: id(),
+            ..Default::default()
+        }),
+        denied
+    );
+    check!(
+        "CancelUpgrade",
+        anonymous.1.cancel_upgrade(pb::UpgradeRunRequest {
+            run_id: id(),
+            ..Default::default()
+        }),
+        narrow.migrations.cancel_upgrade(pb::UpgradeRunRequest {
+            run_id: id(),
+            ..Default::default()
+        }),
+        denied
+    );
+    check!(
+        "RetryFailed",
+        anonymous.1.retry_failed(pb::UpgradeRunRequest {
+            run_id: id(),
+            ..Default::default()
+        }),
+        narrow.migrations.retry_failed(pb::UpgradeRunRequest {
+            run_id: id(),
+            ..Default::default()
+        }),
+        denied
+    );
+    check!(
+        "CreateUser",
+        anonymous.2.create_user(user("A", "a@example.com")),
+        narrow.users.create_user(user("A", "a@example.com")),
+        denied
+    );
+    check!(
+        "GetUser",
+        anonymous.2.get_user(pb::GetUserRequest { id: id() }),
+        narrow.users.get_user(pb::GetUserRequest { id: id() }),
+        denied
+    );
+    check!(
+        "UpdateUser",
+        anonymous.2.update_user(pb::UpdateUserRequest {
+            id: id(),
+            ..Default::default()
+        }),
+        narrow.users.update_user(pb::UpdateUserRequest {
+            id: id(),
+            ..Default::default()
+        }),
+        denied
+    );
+    check!(
+        "DeactivateUser",
+        anonymous.2.deactivate_user(pb::DeactivateUserRequest {
+            id: id(),
+            ..Default::default()
+        }),
+        narrow.users.deactivate_user(pb::DeactivateUserRequest {
+            id: id(),
+            ..Default::default()
+        }),
+        denied
+    );
+    check!(
+        "ChangePassword",
+        anonymous.2.change_password(pb::ChangePasswordRequest {
+            user_id: id(),
+            current_password: String::new(),
+            new_password: PASSWORD.into()
+        }),
+        narrow.users.change_password(pb::ChangePasswordRequest {
+            user_id: id(),
+            current_password: String::new(),
+            new_password: PASSWORD.into()
+        }),
+        denied
+    );
+    check!(
+        "AddMember",
+        anonymous.2.add_member(pb::AddMemberRequest {
+            tenant_id: id(),
+            user_id: id(),
+            role: 4
+        }),
+        narrow.users.add_member(pb::AddMemberRequest {
+            tenant_id: id(),
+            user_id: id(),
+            role: 4
+        }),
+        denied
+    );
+    check!(
+        "ChangeRole",
+        anonymous.2.change_role(pb::ChangeRoleRequest {
+            tenant_id: id(),
+            user_id: id(),
+            role: 4
+        }),
+        narrow.users.change_role(pb::ChangeRoleRequest {
+            tenant_id: id(),
+            user_id: id(),
+            role: 4
+        }),
+        denied
+    );
+    check!(
+        "RemoveMember",
+        anonymous.2.remove_member(pb::RemoveMemberRequest {
+            tenant_id: id(),
+            user_id: id()
+        }),
+        narrow.users.remove_member(pb::RemoveMemberRequest {
+            tenant_id: id(),
+            user_id: id()
+        }),
+        denied
+    );
+    check!(
+        "ListMembers",
+        anonymous.2.list_members(pb::ListMembersRequest {
+            tenant_id: id(),
+            ..Default::default()
+        }),
+        narrow.users.list_members(pb::ListMembersRequest {
+            tenant_id: id(),
+            ..Default::default()
+        }),
+        denied
+    );
+    check!(
+        "ListUserTenants",
+        anonymous
+            .2
+            .list_user_tenants(pb::ListUserTenantsRequest { user_id: id() }),
+        narrow
+            .users
+            .list_user_tenants(pb::ListUserTenantsRequest { user_id: id() }),
+        denied
+    );
+    check!(
+        "VerifyAudit",
+        anonymous.2.verify_audit(pb::VerifyAuditRequest {}),
+        narrow.users.verify_audit(pb::VerifyAuditRequest {}),
+        denied
+    );
+    check!(
+        "Login",
+        anonymous.3.login(login("a@example.com", PASSWORD, "")),
+        narrow.sessions.login(login("a@example.com", PASSWORD, "")),
+        denied
+    );
+    check!(
+        "Refresh",
+        anonymous.3.refresh(pb::RefreshRequest {
+            refresh_token: "x".into(),
+            client_ip: String::new()
+        }),
+        narrow.sessions.refresh(pb::RefreshRequest {
+            refresh_token: "x".into(),
+            client_ip: String::new()
+        }),
+        denied
+    );
+    check!(
+        "Logout",
+        anonymous.3.logout(pb::LogoutRequest {
+            access_token: String::new()
+        }),
+        narrow.sessions.logout(pb::LogoutRequest {
+            access_token: String::new()
+        }),
+        Some(Code::InvalidArgument)
+    );
+    check!(
+        "RevokeAllSessions",
+        anonymous
+            .3
+            .revoke_all_sessions(pb::RevokeAllSessionsRequest {
+                user_id: id(),
+                ..Default::default()
+            }),
+        narrow
+            .sessions
+            .revoke_all_sessions(pb::RevokeAllSessionsRequest {
+                user_id: id(),
+                ..Default::default()
+            }),
+        denied
+    );
+    check!(
+        "ListSessions",
+        anonymous
+            .3
+            .list_sessions(pb::ListSessionsRequest { user_id: id() }),
+        narrow
+            .sessions
+            .list_sessions(pb::ListSessionsRequest { user_id: id() }),
+        denied
+    );
+    check!(
+        "ValidateToken",
+        anonymous.3.validate_token(pb::ValidateTokenRequest {
+            access_token: "x".into()
+        }),
+        narrow.sessions.validate_token(pb::ValidateTokenRequest {
+            access_token: "x".into()
+        }),
+        denied
+    );
+    check!(
+        "CheckPermission",
+        anonymous.3.check_permission(pb::CheckPermissionRequest {
+            access_token: "x".into(),
+            tenant_id: id(),
+            permission: "data:read".into()
+        }),
+        narrow
+            .sessions
+            .check_permission(pb::CheckPermissionRequest {
+                access_token: "x".into(),
+                tenant_id: id(),
+                permission: "data:read".into()
+            }),
+        denied
+    );
+
+    // A made-up key and a garbage token are refused too.
+    let mut forged = server.clients_as("tdk_0123456789ab_forged").await;
+    assert_eq!(
+        forged
+            .tenants
+            .list_tenants(pb::ListTenantsRequest::default())
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    let mut garbage = server.clients_as("eyJhbGciOiJIUzI1NiJ9.e30.bad").await;
+    assert_eq!(
+        garbage
+            .tenants
+            .list_tenants(pb::ListTenantsRequest::default())
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+}
+
+#[tokio::test]
+async fn the_audit_chain_verifies_and_an_edited_row_is_found() {
+    let server = TestServer::start().await;
+    let mut c = server.clients().await;
+    let u = c
+        .users
+        .create_user(user("Audrey", "audrey@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut request = new_tenant("audit");
+    request.owner_user_id = u.id.clone();
+    c.tenants.create_tenant(request).await.unwrap();
+    c.sessions
+        .login(login("audrey@example.com", PASSWORD, ""))
+        .await
+        .unwrap();
+    let ok = c
+        .users
+        .verify_audit(pb::VerifyAuditRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ok.ok);
+    assert_eq!(ok.events_checked, 3);
+    let mut db = server.db.connect().await;
+    let actors: Vec<String> =
+        sqlx::query_scalar("SELECT actor FROM tenantd.audit_log ORDER BY seq")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    assert!(actors.iter().all(|a| a == "service:admin"), "{actors:?}");
+
+    sqlx::query("UPDATE tenantd.audit_log SET details = jsonb_set(details, '{name}', '\"Mallory\"') WHERE seq = 2")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let broken = c
+        .users
+        .verify_audit(pb::VerifyAuditRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!broken.ok);
+    assert_eq!(broken.first_broken_seq, 2);
+}
