@@ -1037,3 +1037,177 @@ async fn the_audit_chain_verifies_and_an_edited_row_is_found() {
     assert!(!broken.ok);
     assert_eq!(broken.first_broken_seq, 2);
 }
+
+#[tokio::test]
+async fn a_user_changes_their_password_and_other_sessions_end() {
+    let server = TestServer::start().await;
+    let mut c = server.clients().await;
+    let u = c
+        .users
+        .create_user(user("Hedy", "hedy@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    let here = c
+        .sessions
+        .login(login("hedy@example.com", PASSWORD, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let elsewhere = c
+        .sessions
+        .login(login("hedy@example.com", PASSWORD, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut own = server.clients_as(&here.access_token).await;
+    let new_password = "frequency hopping spread spectrum";
+
+    let err = own
+        .users
+        .change_password(pb::ChangePasswordRequest {
+            user_id: u.id.clone(),
+            current_password: "not my password at all".into(),
+            new_password: new_password.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&err), ["current_password"]);
+    let err = own
+        .users
+        .change_password(pb::ChangePasswordRequest {
+            user_id: u.id.clone(),
+            current_password: PASSWORD.into(),
+            new_password: "weak".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&err), ["new_password"]);
+
+    let changed = own
+        .users
+        .change_password(pb::ChangePasswordRequest {
+            user_id: u.id.clone(),
+            current_password: PASSWORD.into(),
+            new_password: new_password.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        changed.sessions_revoked, 1,
+        "the other session ends, this one stays"
+    );
+    eventually_invalid(&mut c, &elsewhere.access_token).await;
+    validate(&mut c, &here.access_token).await.unwrap();
+    assert_eq!(
+        c.sessions
+            .login(login("hedy@example.com", PASSWORD, ""))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    c.sessions
+        .login(login("hedy@example.com", new_password, ""))
+        .await
+        .unwrap();
+
+    // Users may not act on someone else.
+    let other = c
+        .users
+        .create_user(user("Ida", "ida@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = own
+        .users
+        .get_user(pb::GetUserRequest {
+            id: other.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    own.users
+        .get_user(pb::GetUserRequest { id: u.id.clone() })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn members_can_be_removed_and_members_pages_are_keyed() {
+    let server = TestServer::start().await;
+    let mut c = server.clients().await;
+    let t = c
+        .tenants
+        .create_tenant(new_tenant("paging"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let u = c
+            .users
+            .create_user(user(&format!("M{i}"), &format!("m{i}@example.com")))
+            .await
+            .unwrap()
+            .into_inner();
+        c.users
+            .add_member(pb::AddMemberRequest {
+                tenant_id: t.id.clone(),
+                user_id: u.id.clone(),
+                role: pb::MemberRole::Manager as i32,
+            })
+            .await
+            .unwrap();
+        ids.push(u.id);
+    }
+    let err = c
+        .users
+        .add_member(pb::AddMemberRequest {
+            tenant_id: t.id.clone(),
+            user_id: ids[0].clone(),
+            role: pb::MemberRole::Admin as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .users
+            .list_members(pb::ListMembersRequest {
+                tenant_id: t.id.clone(),
+                page_size: 2,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.members.into_iter().map(|m| m.user_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted);
+    c.users
+        .remove_member(pb::RemoveMemberRequest {
+            tenant_id: t.id.clone(),
+            user_id: ids[2].clone(),
+        })
+        .await
+        .unwrap();
+    let left = c
+        .users
+        .list_user_tenants(pb::ListUserTenantsRequest {
+            user_id: ids[2].clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(left.memberships.is_empty());
+}

@@ -300,3 +300,33 @@ async fn unreachable_server_names_the_address_and_how_to_start_one() {
         assert!(stderr.contains("--endpoint"), "{stderr}");
     }
 }
+
+#[tokio::test]
+async fn audit_verify_passes_then_names_an_edited_event() {
+    let server = common::TestServer::start().await;
+    let ctl = Ctl::new(server.endpoint());
+    ctl.json(&[
+        "tenants", "create", "--name", "Audit Co", "--slug", "audit-co",
+    ])
+    .await;
+    let ok = ctl.run(&["audit", "verify"]).await;
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("1 events verified"));
+
+    let mut db = server.db.connect().await;
+    sqlx::query("UPDATE tenantd.audit_log SET actor = 'someone else' WHERE seq = 1")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let broken = ctl.run(&["audit", "verify"]).await;
+    assert_eq!(broken.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&broken.stderr).contains("event 1"),
+        "{}",
+        String::from_utf8_lossy(&broken.stderr)
+    );
+}

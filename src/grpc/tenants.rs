@@ -220,6 +220,8 @@ impl TenantService for TenantApi {
         let (Some(id), Some(expected)) = (id, expected) else {
             return Err(Status::invalid_argument("invalid request"));
         };
+        self.allow(&who, Scope::TenantsWrite, id, Permission::TenantDelete)
+            .await?;
         let tenants = self.tenants.clone();
         let tenant = self
             .spawn(async move {

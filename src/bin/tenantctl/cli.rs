@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::audit::AuditCommand;
 use crate::output::OutputFormat;
 use crate::session::parse_endpoint;
 use crate::tenants::TenantsCommand;
@@ -71,6 +72,11 @@ pub enum Command {
     Upgrade {
         #[command(subcommand)]
         command: UpgradeCommand,
+    },
+    /// Check the tamper-evident audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
 }
 

@@ -5,6 +5,7 @@
 //! Each command group (`tenants`, `upgrade`, later `users`, …) lives in a
 //! module of its own that owns its arguments, its calls and its output.
 
+mod audit;
 mod cli;
 mod error;
 mod output;
@@ -47,5 +48,6 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Tenants { command } => tenants::run(command, &session).await,
         Command::Upgrade { command } => upgrade::run(command, &session).await,
+        Command::Audit { command } => audit::run(command, &session).await,
     }
 }

@@ -71,6 +71,10 @@ impl Session {
         TenantServiceClient::new(self.channel.clone())
     }
 
+    pub fn users(&self) -> tenantd::pb::user_service_client::UserServiceClient<Channel> {
+        tenantd::pb::user_service_client::UserServiceClient::new(self.channel.clone())
+    }
+
     pub fn migrations(&self) -> MigrationServiceClient<Channel> {
         MigrationServiceClient::new(self.channel.clone())
     }
