@@ -115,6 +115,29 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight requests and tenant changes.
     #[arg(long, env = "TENANTD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// Login attempts per minute per account (e-mail or phone); more are
+    /// answered RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "TENANTD_LOGINS_PER_MINUTE_PER_ACCOUNT",
+        default_value_t = 10
+    )]
+    pub logins_per_minute_per_account: u32,
+
+    /// Login attempts per minute per client address (the request's
+    /// client_ip); more are answered RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "TENANTD_LOGINS_PER_MINUTE_PER_ADDRESS",
+        default_value_t = 60
+    )]
+    pub logins_per_minute_per_address: u32,
+
+    /// Password hashes (argon2id, 19 MiB and a core each) computed at once;
+    /// bounds login and password-change throughput.
+    #[arg(long, env = "TENANTD_PASSWORD_HASH_CONCURRENCY", default_value_t = 2)]
+    pub password_hash_concurrency: usize,
 }
 
 impl ServeArgs {
@@ -145,6 +168,18 @@ impl ServeArgs {
         }
         if self.upgrade_lease < Duration::from_secs(1) {
             bail!("--upgrade-lease must be at least 1s");
+        }
+        if self.logins_per_minute_per_account == 0 {
+            bail!("--logins-per-minute-per-account must be at least 1");
+        }
+        if self.logins_per_minute_per_address == 0 {
+            bail!("--logins-per-minute-per-address must be at least 1");
+        }
+        if !(1..=64).contains(&self.password_hash_concurrency) {
+            bail!(
+                "--password-hash-concurrency must be between 1 and 64, not {}",
+                self.password_hash_concurrency
+            );
         }
         if let Some(dir) = &self.tenant_migrations {
             if !dir.is_dir() {

@@ -121,7 +121,9 @@ async fn run(
         identity: tenantd::identity::IdentitySettings {
             access_ttl: args.access_token_ttl,
             refresh_ttl: args.refresh_token_ttl,
-            ..Default::default()
+            hash_concurrency: args.password_hash_concurrency,
+            logins_per_minute_account: args.logins_per_minute_per_account,
+            logins_per_minute_address: args.logins_per_minute_per_address,
         },
         admin_key,
     };

@@ -10,7 +10,9 @@
 //!
 //! One module per operation (`create`: CreateTenant latency and throughput;
 //! `upgrade`: a fleet upgrade's tenants/s, PlanUpgrade latency and tenantd's
-//! memory); the harness they share is operation-neutral: `pg` (the server
+//! memory; `validate`: ValidateToken throughput and p99 against absolute
+//! targets — it has no SQL to compare with — and Login throughput against
+//! its argon2id bound); the harness they share is operation-neutral: `pg` (the server
 //! and the run's database), `server` (the tenantd process), `measure` (client
 //! loops and statistics), `raw` (the raw create-tenant transaction).
 
@@ -20,6 +22,7 @@ mod pg;
 mod raw;
 mod server;
 mod upgrade;
+mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +47,10 @@ enum Command {
     /// next to the raw-SQL fleet upgrade; PlanUpgrade latency at that size;
     /// tenantd's memory over the run.
     Upgrade(upgrade::UpgradeArgs),
+    /// ValidateToken requests/s and p50/p99 with many clients over a few
+    /// HTTP/2 connections; Login logins/s next to the bound argon2id puts
+    /// on it.
+    Validate(validate::ValidateArgs),
 }
 
 /// Where the benchmark runs; shared by every subcommand.
@@ -80,6 +87,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Create(args) => runtime.block_on(create::run(args)),
         Command::Upgrade(args) => runtime.block_on(upgrade::run(args)),
+        Command::Validate(args) => runtime.block_on(validate::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
