@@ -150,11 +150,12 @@ async fn run_phases(
     settle(db).await?;
     let (tenantd, plan, rss) = tenantd_phase(tenantd_bin, db, &dirs, n, connections).await?;
     println!(
-        "{} first_claim_ms={:.0} claims={} largest_claim={} wall_s={:.2} run={}",
+        "{} first_claim_ms={:.0} claims={} largest_claim={} cpu_s={:.2} wall_s={:.2} run={}",
         rate_line("tenantd", connections, n, tenantd.elapsed, ""),
         ms(tenantd.first_claim),
         tenantd.claims,
         tenantd.largest_claim,
+        tenantd.cpu.as_secs_f64(),
         tenantd.wall.as_secs_f64(),
         tenantd.run_id,
     );
@@ -505,6 +506,9 @@ struct TenantdUpgrade {
     /// took: more than the workers' batch means one worker took them all.
     claims: i64,
     largest_claim: i64,
+    /// CPU time the tenantd process used during the upgrade (user + system),
+    /// to tell its own cost from the database's.
+    cpu: Duration,
 }
 
 impl TenantdUpgrade {
@@ -559,7 +563,11 @@ async fn tenantd_phase(
             .with_context(|| format!("connect a gRPC client to tenantd at {}", server.addr))?;
         let mut client = MigrationServiceClient::new(server.authed(channel)?);
         let plan = plan_latency(&mut client, n).await?;
-        let upgrade = upgrade_fleet(&mut client, n, connections).await?;
+        let cpu_before = cpu_time(pid);
+        let mut upgrade = upgrade_fleet(&mut client, n, connections).await?;
+        if let (Some(before), Some(after)) = (cpu_before, cpu_time(pid)) {
+            upgrade.cpu = after.saturating_sub(before);
+        }
         anyhow::Ok((upgrade, plan))
     };
     let (rss, ran) = tokio::join!(sample_rss(pid, sampling.clone()), run);
@@ -715,6 +723,7 @@ async fn upgrade_fleet(
         first_claim: Duration::ZERO,
         claims: 0,
         largest_claim: 0,
+        cpu: Duration::ZERO,
     })
 }
 
@@ -917,4 +926,18 @@ fn markdown(server: &PgServer, r: &Results, checks: &[Check]) -> String {
         let _ = writeln!(md, "\n{warning}.");
     }
     md
+}
+
+/// User plus system CPU time of process `pid` so far (/proc/<pid>/stat).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the line, in clock ticks.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()??
+        .max(1) as u64;
+    Some(Duration::from_millis(ticks * 1000 / per_second))
 }
