@@ -1211,3 +1211,65 @@ async fn members_can_be_removed_and_members_pages_are_keyed() {
         .into_inner();
     assert!(left.memberships.is_empty());
 }
+
+#[tokio::test]
+async fn an_expired_access_token_stops_validating_and_permissions_are_explained() {
+    let server = TestServer::start_with(|c| c.identity.access_ttl = Duration::from_secs(1)).await;
+    let mut c = server.clients().await;
+    let u = c
+        .users
+        .create_user(user("Katherine", "katherine@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut request = new_tenant("expiry");
+    request.owner_user_id = u.id.clone();
+    let t = c.tenants.create_tenant(request).await.unwrap().into_inner();
+    let s = c
+        .sessions
+        .login(login("katherine@example.com", PASSWORD, &t.id))
+        .await
+        .unwrap()
+        .into_inner();
+    let p = validate(&mut c, &s.access_token).await.unwrap();
+    assert_eq!(p.tenant_id, t.id);
+    assert_eq!(p.role, pb::MemberRole::Owner as i32);
+    let allowed = c
+        .sessions
+        .check_permission(pb::CheckPermissionRequest {
+            access_token: s.access_token.clone(),
+            tenant_id: t.id.clone(),
+            permission: "members:manage".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(allowed.allowed);
+    assert!(allowed.reason.contains("OWNER"), "{}", allowed.reason);
+    let err = c
+        .sessions
+        .check_permission(pb::CheckPermissionRequest {
+            access_token: s.access_token.clone(),
+            tenant_id: t.id.clone(),
+            permission: "data:delete".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&err), ["permission"]);
+
+    // One second of life plus the 5 s clock-skew leeway.
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    let err = validate(&mut c, &s.access_token).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "expired");
+    // The refresh token still works and gives a fresh access token.
+    let fresh = c
+        .sessions
+        .refresh(pb::RefreshRequest {
+            refresh_token: s.refresh_token.clone(),
+            client_ip: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    validate(&mut c, &fresh.access_token).await.unwrap();
+}
