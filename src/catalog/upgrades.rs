@@ -322,9 +322,7 @@ pub async fn lock_run(
             .bind(id.0)
             .fetch_optional(conn)
             .await?;
-    status
-        .map(|s| s.parse().map_err(|e: String| sqlx::Error::Decode(e.into())))
-        .transpose()
+    status.map(|s| parse_status(&s)).transpose()
 }
 
 pub async fn set_status(
@@ -687,9 +685,7 @@ pub async fn finish_if_complete(
     .bind(run.0)
     .fetch_optional(conn)
     .await?;
-    status
-        .map(|s| s.parse().map_err(|e: String| sqlx::Error::Decode(e.into())))
-        .transpose()
+    status.map(|s| parse_status(&s)).transpose()
 }
 
 /// The run's status alone (workers check it between tenants).
@@ -702,7 +698,9 @@ pub async fn run_status(
             .bind(run.0)
             .fetch_optional(conn)
             .await?;
-    status
-        .map(|s| s.parse().map_err(|e: String| sqlx::Error::Decode(e.into())))
-        .transpose()
+    status.map(|s| parse_status(&s)).transpose()
+}
+
+fn parse_status(s: &str) -> Result<RunStatus, sqlx::Error> {
+    s.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))
 }

@@ -14,7 +14,7 @@ use sqlx::{PgConnection, Row};
 use crate::catalog::execute_batch;
 use crate::domain::TenantId;
 use crate::domain::upgrade::RunId;
-use crate::tenant::{TenantMigration, TenantMigrations};
+use crate::tenant::{TenantMigration, TenantMigrations, ledger_rows};
 
 /// What happened to a tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,24 +257,6 @@ async fn upgrade_in_transaction(
     } else {
         Applied::Upgraded { from: ledger, to }
     })
-}
-
-fn ledger_rows(sql: &mut String, schema: &str, applied: &[TenantMigration]) {
-    let _ = write!(
-        sql,
-        "INSERT INTO {schema}.schema_migrations (version, name, checksum) VALUES "
-    );
-    for (i, m) in applied.iter().enumerate() {
-        let sep = if i == 0 { "" } else { ", " };
-        let _ = write!(
-            sql,
-            "{sep}({}, '{}', decode('{}', 'hex'))",
-            m.version,
-            m.name,
-            hex::encode(m.checksum)
-        );
-    }
-    sql.push_str(";\n");
 }
 
 /// The path for a pending set that holds a migration which cannot run in a

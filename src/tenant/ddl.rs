@@ -84,10 +84,23 @@ pub fn create_tenant_ddl(
     for m in migrations.all() {
         let _ = writeln!(sql, "-- {}\n{}\n;", m.name, m.sql_for_new_tenant());
     }
-    sql.push_str("INSERT INTO ");
-    sql.push_str(&schema);
-    sql.push_str(".schema_migrations (version, name, checksum) VALUES ");
-    for (i, m) in migrations.all().iter().enumerate() {
+    ledger_rows(&mut sql, &schema, migrations.all());
+    let _ = write!(
+        sql,
+        "REVOKE INSERT, UPDATE, DELETE ON {schema}.schema_migrations FROM {role};\n\
+         SET LOCAL search_path TO DEFAULT;\n"
+    );
+    sql
+}
+
+/// The ledger rows recording `applied` in `schema` (quoted), as one INSERT.
+/// Names and checksums come from the migration set, never from a request.
+pub fn ledger_rows(sql: &mut String, schema: &str, applied: &[super::TenantMigration]) {
+    let _ = write!(
+        sql,
+        "INSERT INTO {schema}.schema_migrations (version, name, checksum) VALUES "
+    );
+    for (i, m) in applied.iter().enumerate() {
         let sep = if i == 0 { "" } else { ", " };
         let _ = write!(
             sql,
@@ -97,12 +110,7 @@ pub fn create_tenant_ddl(
             hex::encode(m.checksum)
         );
     }
-    let _ = write!(
-        sql,
-        ";\nREVOKE INSERT, UPDATE, DELETE ON {schema}.schema_migrations FROM {role};\n\
-         SET LOCAL search_path TO DEFAULT;\n"
-    );
-    sql
+    sql.push_str(";\n");
 }
 
 /// Drops a tenant's schema with everything in it, then its role. `DROP OWNED`
