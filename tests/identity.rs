@@ -1257,8 +1257,9 @@ async fn an_expired_access_token_stops_validating_and_permissions_are_explained(
         .unwrap_err();
     assert_eq!(bad_fields(&err), ["permission"]);
 
-    // One second of life plus the 5 s clock-skew leeway.
-    tokio::time::sleep(Duration::from_millis(6500)).await;
+    // One second of life plus the 5 s clock-skew leeway, at whole-second
+    // resolution: at most 7 s after issue.
+    tokio::time::sleep(Duration::from_millis(8000)).await;
     let err = validate(&mut c, &s.access_token).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "expired");
     // The refresh token still works and gives a fresh access token.
