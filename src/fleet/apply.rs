@@ -129,7 +129,7 @@ fn one_round_trip(
     let mut sql = String::with_capacity(4096);
     let _ = writeln!(
         sql,
-        "BEGIN; {} SELECT pg_advisory_xact_lock({});\n\
+        "BEGIN; SET LOCAL synchronous_commit = off; {} SELECT pg_advisory_xact_lock({});\n\
          SELECT CASE WHEN t.status <> 'purged' AND t.schema_version = {from} \
                       AND (SELECT r.status FROM tenantd.upgrade_runs r WHERE r.id = '{run}') = 'running' \
                      THEN 0 ELSE tenantd.stale_upgrade() END \

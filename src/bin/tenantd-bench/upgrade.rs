@@ -171,6 +171,31 @@ async fn run_phases(
     println!("{}", rss.line());
     expect_state(db, n, Version::Two).await?;
 
+    // The raw side once more, on a catalog with the same history as the one
+    // tenantd upgraded (one upgrade-and-undo cycle behind it, and more): the
+    // first raw phase ran on a fresher catalog. Reported next to the first.
+    eprintln!("tenantd-bench: undoing tenantd's upgrade, then the raw upgrade again");
+    let tenants = tenant_ids(db).await?;
+    per_tenant(db, tenants.clone(), connections, "undo", |id| undo_sql(*id)).await?;
+    expect_state(db, n, Version::One).await?;
+    settle(db).await?;
+    let v2 = dirs.v2_set.all()[1].clone();
+    let raw_again = per_tenant(db, tenants, connections, "raw upgrade again", move |id| {
+        raw_upgrade_sql(*id, &v2)
+    })
+    .await?;
+    println!(
+        "{}",
+        rate_line(
+            "raw2",
+            connections,
+            n,
+            raw_again,
+            "after tenantd, same catalog history"
+        )
+    );
+    expect_state(db, n, Version::Two).await?;
+
     Ok(Results {
         tenants: n,
         connections,
