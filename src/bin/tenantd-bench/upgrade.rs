@@ -7,13 +7,18 @@
 //! memory over its part of the run.
 //!
 //! The phases, on one fresh database:
-//! 1. fleet (not timed): tenantd with migration 1 only migrates the catalog
-//!    and registers it; the fleet is then created with the raw create-tenant
-//!    transaction that `create` measures;
-//! 2. raw (timed): the raw upgrade of every tenant;
-//! 3. undo (not timed): every tenant back to version 1;
-//! 4. tenantd (timed): tenantd with migrations 1 and 2; PlanUpgrade
-//!    latency, then StartUpgrade, watched until the run ends.
+//! 1. fleets (not timed): tenantd with migration 1 only migrates the catalog
+//!    and registers it; 2N tenants are then created with the raw
+//!    create-tenant transaction that `create` measures, and split, alternating,
+//!    into two equal fleets;
+//! 2. raw (timed): the raw upgrade of the first fleet;
+//! 3. tenantd (timed): tenantd with migrations 1 and 2; PlanUpgrade latency
+//!    (2N tenants, N behind), then StartUpgrade of the second fleet (by a
+//!    tenant-id selector), watched until the run ends.
+//!
+//! Two fleets rather than one upgraded, undone and upgraded again: every
+//! upgrade-and-undo cycle ages the catalog, and the side that ran second
+//! would pay for it.
 //!
 //! Before each timed phase the catalogs are vacuumed, autovacuum is waited
 //! for and a checkpoint taken, so that neither side pays for the fleet's
@@ -120,35 +125,44 @@ async fn run_phases(
     let connections = args.connections;
     let dirs = MigrationDirs::write(&db.name)?;
 
-    let fleet = create_fleet(tenantd_bin, db, &dirs, n, connections).await?;
+    // Two fleets of n tenants each, created together and interleaved, so
+    // that the raw side and tenantd upgrade equal fleets on the same catalog:
+    // upgrading one fleet and undoing it before the other would age the
+    // catalog between the phases and favour whichever ran first.
+    let fleet = create_fleet(tenantd_bin, db, &dirs, 2 * n, connections).await?;
     println!(
         "{}",
-        rate_line("fleet", connections, n, fleet, "raw create, not timed")
+        rate_line(
+            "fleet",
+            connections,
+            2 * n,
+            fleet,
+            "raw create of both fleets, not timed"
+        )
     );
-    let tenants = tenant_ids(db).await?;
+    let all = tenant_ids(db).await?;
     ensure!(
-        tenants.len() == n,
-        "the catalog holds {} tenants, not {n}",
-        tenants.len()
+        all.len() == 2 * n,
+        "the catalog holds {} tenants, not {}",
+        all.len(),
+        2 * n
     );
-    expect_state(db, n, Version::One).await?;
+    expect_state(db, 2 * n, Version::One).await?;
+    let (raw_fleet, tenantd_fleet): (Vec<_>, Vec<_>) =
+        all.chunks(2).map(|pair| (pair[0], pair[1])).unzip();
 
     settle(db).await?;
     eprintln!("tenantd-bench: raw upgrade of {n} tenants over {connections} connections");
     let v2 = dirs.v2_set.all()[1].clone();
-    let raw = per_tenant(db, tenants.clone(), connections, "raw upgrade", move |id| {
+    let raw = per_tenant(db, raw_fleet, connections, "raw upgrade", move |id| {
         raw_upgrade_sql(*id, &v2)
     })
     .await?;
     println!("{}", rate_line("raw", connections, n, raw, ""));
-    expect_state(db, n, Version::Two).await?;
-
-    eprintln!("tenantd-bench: undoing the raw upgrade");
-    per_tenant(db, tenants, connections, "undo", |id| undo_sql(*id)).await?;
-    expect_state(db, n, Version::One).await?;
 
     settle(db).await?;
-    let (tenantd, plan, rss) = tenantd_phase(tenantd_bin, db, &dirs, n, connections).await?;
+    let (tenantd, plan, rss) =
+        tenantd_phase(tenantd_bin, db, &dirs, n, &tenantd_fleet, connections).await?;
     println!(
         "{} first_claim_ms={:.0} claims={} largest_claim={} cpu_s={:.2} wall_s={:.2} run={}",
         rate_line("tenantd", connections, n, tenantd.elapsed, ""),
@@ -163,38 +177,14 @@ async fn run_phases(
         println!("{warning}");
     }
     println!(
-        "plan     tenants={n} calls={} p50_ms={:.1} p95_ms={:.1}",
+        "plan     tenants={} calls={} p50_ms={:.1} p95_ms={:.1}",
+        2 * n,
         PLAN_CALLS,
         ms(plan.p50),
         ms(plan.p95)
     );
     println!("{}", rss.line());
-    expect_state(db, n, Version::Two).await?;
-
-    // The raw side once more, on a catalog with the same history as the one
-    // tenantd upgraded (one upgrade-and-undo cycle behind it, and more): the
-    // first raw phase ran on a fresher catalog. Reported next to the first.
-    eprintln!("tenantd-bench: undoing tenantd's upgrade, then the raw upgrade again");
-    let tenants = tenant_ids(db).await?;
-    per_tenant(db, tenants.clone(), connections, "undo", |id| undo_sql(*id)).await?;
-    expect_state(db, n, Version::One).await?;
-    settle(db).await?;
-    let v2 = dirs.v2_set.all()[1].clone();
-    let raw_again = per_tenant(db, tenants, connections, "raw upgrade again", move |id| {
-        raw_upgrade_sql(*id, &v2)
-    })
-    .await?;
-    println!(
-        "{}",
-        rate_line(
-            "raw2",
-            connections,
-            n,
-            raw_again,
-            "after tenantd, same catalog history"
-        )
-    );
-    expect_state(db, n, Version::Two).await?;
+    expect_state(db, 2 * n, Version::Two).await?;
 
     Ok(Results {
         tenants: n,
@@ -401,19 +391,6 @@ fn raw_upgrade_sql(id: TenantId, v2: &TenantMigration) -> String {
     )
 }
 
-/// Takes one tenant back to version 1.
-fn undo_sql(id: TenantId) -> String {
-    let s = id.schema_name().quoted();
-    format!(
-        "BEGIN; \
-         DROP INDEX {s}.inventory_items_sku_idx; \
-         ALTER TABLE {s}.locations DROP COLUMN timezone; \
-         DELETE FROM {s}.schema_migrations WHERE version = 2; \
-         UPDATE tenantd.tenants SET schema_version = 1 WHERE id = '{id}'; \
-         COMMIT;"
-    )
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Version {
     One,
@@ -459,7 +436,7 @@ async fn expect_state(db: &BenchDatabase, n: usize, version: Version) -> anyhow:
 
 /// Makes a timed phase start on a quiet database: vacuums and analyzes every
 /// table of the system catalogs and of tenantd's catalog (creating the fleet
-/// and undoing an upgrade leave a great many new and dead rows there, which
+/// and upgrading it leave a great many new and dead rows there, which
 /// autovacuum would otherwise go after during the phase), waits for this
 /// database's autovacuum workers to finish, and takes a checkpoint. Without
 /// superuser rights some of it is skipped and the phase runs anyway.
@@ -564,6 +541,7 @@ async fn tenantd_phase(
     db: &BenchDatabase,
     dirs: &MigrationDirs,
     n: usize,
+    fleet: &[TenantId],
     connections: usize,
 ) -> anyhow::Result<(TenantdUpgrade, PlanLatency, Rss)> {
     let workers = connections.to_string();
@@ -589,7 +567,7 @@ async fn tenantd_phase(
         let mut client = MigrationServiceClient::new(server.authed(channel)?);
         let plan = plan_latency(&mut client, n).await?;
         let cpu_before = cpu_time(pid);
-        let mut upgrade = upgrade_fleet(&mut client, n, connections).await?;
+        let mut upgrade = upgrade_fleet(&mut client, fleet, connections).await?;
         if let (Some(before), Some(after)) = (cpu_before, cpu_time(pid)) {
             upgrade.cpu = after.saturating_sub(before);
         }
@@ -628,11 +606,14 @@ async fn plan_latency(
             .into_inner();
         let took = sent.elapsed();
         ensure!(
-            plan.target_version == 2 && plan.total_tenants == n as i64 && plan.behind == n as i64,
-            "PlanUpgrade: target {}, {} tenants, {} behind; expected 2, {n}, {n}",
+            plan.target_version == 2
+                && plan.total_tenants == 2 * n as i64
+                && plan.behind == n as i64,
+            "PlanUpgrade: target {}, {} tenants, {} behind; expected 2, {}, {n}",
             plan.target_version,
             plan.total_tenants,
-            plan.behind
+            plan.behind,
+            2 * n
         );
         if call >= PLAN_WARMUP_CALLS {
             latencies.push(took);
@@ -649,14 +630,19 @@ async fn plan_latency(
 /// the start) until the run ends; fails unless it succeeded for all `n`.
 async fn upgrade_fleet(
     client: &mut MigrationServiceClient<Authed>,
-    n: usize,
+    fleet: &[TenantId],
     concurrency: usize,
 ) -> anyhow::Result<TenantdUpgrade> {
+    let n = fleet.len();
     eprintln!("tenantd-bench: tenantd fleet upgrade of {n} tenants, concurrency {concurrency}");
     let sent = Instant::now();
     let run = client
         .start_upgrade(pb::StartUpgradeRequest {
             concurrency: i32::try_from(concurrency)?,
+            selector: Some(pb::TenantSelector {
+                tenant_ids: fleet.iter().map(ToString::to_string).collect(),
+                slugs: Vec::new(),
+            }),
             ..Default::default()
         })
         .await
