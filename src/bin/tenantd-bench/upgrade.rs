@@ -401,22 +401,39 @@ enum Version {
 /// ledger, column and index.
 async fn expect_state(db: &BenchDatabase, n: usize, version: Version) -> anyhow::Result<()> {
     let mut conn = connect(db).await?;
-    let (total, at_one, at_two): (i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*), \
-                count(*) FILTER (WHERE schema_version = 1 AND ledger = 1 AND NOT has_index AND NOT has_column), \
-                count(*) FILTER (WHERE schema_version = 2 AND ledger = 2 AND has_index AND has_column) \
-         FROM ( \
-             SELECT t.schema_version, \
-                    tenantd.ledger_version(t.schema_name) AS ledger, \
-                    to_regclass(format('%I.inventory_items_sku_idx', t.schema_name)) IS NOT NULL AS has_index, \
-                    EXISTS (SELECT FROM pg_catalog.pg_attribute a \
-                            WHERE a.attrelid = to_regclass(format('%I.locations', t.schema_name)) \
-                              AND a.attname = 'timezone' AND NOT a.attisdropped) AS has_column \
-             FROM tenantd.tenants t) s",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .context("read the fleet's schema versions")?;
+    // In slices: one statement over every tenant would lock two relations
+    // per tenant at once and run out of lock-table space on a large fleet.
+    const SLICE: i64 = 2000;
+    let (mut total, mut at_one, mut at_two) = (0i64, 0i64, 0i64);
+    let mut after: Option<uuid::Uuid> = None;
+    loop {
+        let (count, one, two, last): (i64, i64, i64, Option<uuid::Uuid>) = sqlx::query_as(
+            "SELECT count(*), \
+                    count(*) FILTER (WHERE schema_version = 1 AND ledger = 1 AND NOT has_index AND NOT has_column), \
+                    count(*) FILTER (WHERE schema_version = 2 AND ledger = 2 AND has_index AND has_column), \
+                    (max(id::text))::uuid \
+             FROM ( \
+                 SELECT t.id, t.schema_version, \
+                        tenantd.ledger_version(t.schema_name) AS ledger, \
+                        to_regclass(format('%I.inventory_items_sku_idx', t.schema_name)) IS NOT NULL AS has_index, \
+                        EXISTS (SELECT FROM pg_catalog.pg_attribute a \
+                                WHERE a.attrelid = to_regclass(format('%I.locations', t.schema_name)) \
+                                  AND a.attname = 'timezone' AND NOT a.attisdropped) AS has_column \
+                 FROM (SELECT * FROM tenantd.tenants WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2) t) s",
+        )
+        .bind(after)
+        .bind(SLICE)
+        .fetch_one(&mut conn)
+        .await
+        .context("read the fleet's schema versions")?;
+        total += count;
+        at_one += one;
+        at_two += two;
+        after = last;
+        if count < SLICE {
+            break;
+        }
+    }
     let _ = conn.close().await;
     let wanted = match version {
         Version::One => at_one,
