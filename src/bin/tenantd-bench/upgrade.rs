@@ -914,8 +914,9 @@ fn markdown(server: &PgServer, r: &Results, checks: &[Check]) -> String {
     }
     let _ = writeln!(
         md,
-        "\n| PlanUpgrade, {n} tenants | calls | p50 ms | p95 ms |\n|---|---:|---:|---:|\n\
+        "\n| PlanUpgrade, {} tenants ({n} behind) | calls | p50 ms | p95 ms |\n|---|---:|---:|---:|\n\
          | tenantd gRPC | {PLAN_CALLS} | {:.1} | {:.1} |",
+        2 * n,
         ms(r.plan.p50),
         ms(r.plan.p95)
     );
@@ -943,7 +944,8 @@ fn markdown(server: &PgServer, r: &Results, checks: &[Check]) -> String {
     }
     let _ = writeln!(
         md,
-        "\n{}; {n} tenants, created at version 1 in {:.0} s (raw, not timed); {c} connections, \
+        "\n{}; two fleets of {n} tenants each, created together at version 1 in {:.0} s (raw, not \
+         timed), one upgraded by raw SQL and one by tenantd; {c} connections, \
          {c} upgrade workers, run concurrency {c}; tenantd's time includes {:.0} ms from the run's \
          creation to its first claim.",
         server.setting(),
