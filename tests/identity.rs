@@ -520,6 +520,17 @@ async fn memberships_roles_and_the_last_owner() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
+    // Nor whether a tenant exists at all.
+    let err = as_out
+        .tenants
+        .get_tenant(pb::GetTenantRequest {
+            selector: Some(pb::get_tenant_request::Selector::Slug(
+                "no-such-tenant".into(),
+            )),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
     let _ = outsider;
 }
 

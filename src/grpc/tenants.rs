@@ -127,8 +127,15 @@ impl TenantService for TenantApi {
                     "set either id or slug",
                 )));
             }
-        }
-        .map_err(status::tenant)?;
+        };
+        let tenant = match (tenant, &who) {
+            // A user learns nothing of tenants they are not a member of, not
+            // even whether an id or slug exists.
+            (Err(crate::tenant::TenantError::NotFound), Caller::User(_)) => {
+                return Err(Status::permission_denied("not a member of this tenant"));
+            }
+            (result, _) => result.map_err(status::tenant)?,
+        };
         self.allow(&who, Scope::TenantsRead, tenant.id, Permission::TenantRead)
             .await?;
         Ok(Response::new(tenant.into()))
