@@ -181,7 +181,23 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
     let stop = shutdown.clone();
     let drain = shutdown.clone();
     let router = Server::builder()
-        .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
+        .layer(crate::grpc::request_id::RequestIdLayer)
+        // One span per call: method and request id, and the caller and
+        // tenant once the handler knows them.
+        .trace_fn(|req| {
+            let request_id = req
+                .headers()
+                .get(crate::grpc::request_id::HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!(
+                "grpc",
+                method = %req.uri().path(),
+                request_id,
+                caller = tracing::field::Empty,
+                tenant_id = tracing::field::Empty,
+            )
+        })
         .add_service(health_service)
         .add_service(reflection)
         .add_service(tenant_api)

@@ -739,3 +739,38 @@ async fn list_pages_by_keyset_without_repeats_or_gaps_under_concurrent_inserts()
     assert_eq!(suspended.tenants.len(), 1);
     assert_eq!(suspended.tenants[0].id, before[3]);
 }
+
+#[tokio::test]
+async fn every_response_carries_the_request_id() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut request = tonic::Request::new(pb::ListTenantsRequest::default());
+    request
+        .metadata_mut()
+        .insert("x-request-id", "onboarding-7f3a".parse().unwrap());
+    let response = client.list_tenants(request).await.unwrap();
+    assert_eq!(
+        response.metadata().get("x-request-id").unwrap(),
+        "onboarding-7f3a"
+    );
+
+    // None given (or an unusable one): the server makes one up and says which.
+    let response = client
+        .list_tenants(pb::ListTenantsRequest::default())
+        .await
+        .unwrap();
+    let made = response
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(uuid::Uuid::parse_str(made).is_ok(), "{made}");
+    // Errors carry it too.
+    let mut request = tonic::Request::new(pb::GetTenantRequest { selector: None });
+    request
+        .metadata_mut()
+        .insert("x-request-id", "bad-call-1".parse().unwrap());
+    let status = client.get_tenant(request).await.unwrap_err();
+    assert_eq!(status.metadata().get("x-request-id").unwrap(), "bad-call-1");
+}

@@ -73,6 +73,7 @@ impl Interceptor for Authenticator {
         };
         let caller = caller
             .ok_or_else(|| Status::unauthenticated("invalid, expired or revoked credentials"))?;
+        tracing::Span::current().record("caller", caller.actor());
         request.extensions_mut().insert(caller);
         Ok(request)
     }
@@ -115,6 +116,7 @@ pub async fn require_in_tenant(
     tenant: Uuid,
     permission: Permission,
 ) -> Result<(), Status> {
+    tracing::Span::current().record("tenant_id", tenant.to_string());
     match caller {
         Caller::Service(_) => require_scope(caller, scope),
         Caller::User(p) => {

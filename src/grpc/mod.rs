@@ -6,6 +6,7 @@ pub mod auth;
 mod convert;
 pub mod identity;
 mod migrations;
+pub mod request_id;
 mod status;
 mod tenants;
 
