@@ -330,3 +330,22 @@ async fn audit_verify_passes_then_names_an_edited_event() {
         String::from_utf8_lossy(&broken.stderr)
     );
 }
+
+#[tokio::test]
+async fn health_reports_every_service_serving() {
+    let server = common::TestServer::start().await;
+    let ctl = Ctl::new(server.endpoint());
+    let out = ctl.ok(&["health"]).await;
+    for service in [
+        "(server)",
+        "tenantd.v1.TenantService",
+        "tenantd.v1.MigrationService",
+        "tenantd.v1.UserService",
+        "tenantd.v1.SessionService",
+    ] {
+        assert!(out.contains(service), "{out}");
+    }
+    assert_eq!(out.matches("SERVING").count(), 5, "{out}");
+    let json = ctl.json(&["health"]).await;
+    assert_eq!(json["services"]["tenantd.v1.TenantService"], "SERVING");
+}

@@ -73,6 +73,8 @@ pub enum Command {
         #[command(subcommand)]
         command: UpgradeCommand,
     },
+    /// The server's gRPC health, as a whole and per service.
+    Health,
     /// Check the tamper-evident audit log.
     Audit {
         #[command(subcommand)]

@@ -8,6 +8,7 @@
 mod audit;
 mod cli;
 mod error;
+mod health;
 mod output;
 mod session;
 mod tenants;
@@ -49,5 +50,6 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Tenants { command } => tenants::run(command, &session).await,
         Command::Upgrade { command } => upgrade::run(command, &session).await,
         Command::Audit { command } => audit::run(command, &session).await,
+        Command::Health => health::run(&session).await,
     }
 }

@@ -71,6 +71,11 @@ impl Session {
         TenantServiceClient::new(self.channel.clone())
     }
 
+    /// The connection, for clients of services outside tenantd's API.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     pub fn users(&self) -> tenantd::pb::user_service_client::UserServiceClient<Channel> {
         tenantd::pb::user_service_client::UserServiceClient::new(self.channel.clone())
     }
