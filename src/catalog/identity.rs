@@ -52,41 +52,49 @@ pub async fn insert_user(
 }
 
 pub async fn get_user(conn: &mut PgConnection, id: Uuid) -> Result<Option<UserRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {USER_COLUMNS} FROM tenantd.users WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(conn)
-    .await
+    read_user(conn, id, "").await
 }
 
+/// Locks the user's row for the caller's transaction.
 pub async fn lock_user(conn: &mut PgConnection, id: Uuid) -> Result<Option<UserRow>, sqlx::Error> {
+    read_user(conn, id, " FOR UPDATE").await
+}
+
+async fn read_user(
+    conn: &mut PgConnection,
+    id: Uuid,
+    suffix: &str,
+) -> Result<Option<UserRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {USER_COLUMNS} FROM tenantd.users WHERE id = $1 FOR UPDATE"
+        "SELECT {USER_COLUMNS} FROM tenantd.users WHERE id = $1{suffix}"
     ))
     .bind(id)
     .fetch_optional(conn)
     .await
 }
 
-/// The user a login names, with the password hash.
+#[derive(sqlx::FromRow)]
+struct LoginRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    password_hash: Option<String>,
+}
+
+/// The user a login names, with the password hash, in one round trip.
 pub async fn find_login(
     conn: &mut PgConnection,
     email: Option<&str>,
     phone: Option<&str>,
 ) -> Result<Option<(UserRow, Option<String>)>, sqlx::Error> {
-    let row: Option<(Uuid, Option<String>)> = sqlx::query_as(
-        "SELECT id, password_hash FROM tenantd.users \
-         WHERE ($1::text IS NOT NULL AND lower(email) = lower($1)) OR ($2::text IS NOT NULL AND phone = $2)",
-    )
+    let row: Option<LoginRow> = sqlx::query_as(&format!(
+        "SELECT {USER_COLUMNS}, password_hash FROM tenantd.users \
+         WHERE ($1::text IS NOT NULL AND lower(email) = lower($1)) OR ($2::text IS NOT NULL AND phone = $2)"
+    ))
     .bind(email)
     .bind(phone)
-    .fetch_optional(&mut *conn)
+    .fetch_optional(conn)
     .await?;
-    match row {
-        Some((id, hash)) => Ok(get_user(conn, id).await?.map(|u| (u, hash))),
-        None => Ok(None),
-    }
+    Ok(row.map(|r| (r.user, r.password_hash)))
 }
 
 pub async fn password_hash(
@@ -381,21 +389,24 @@ pub async fn get_session(
     .await
 }
 
-/// Revokes sessions (one, or every live one of a user); returns their ids.
+/// Revokes sessions (one, or every live one of a user but `except`);
+/// returns their ids.
 pub async fn revoke_sessions(
     conn: &mut PgConnection,
     session: Option<Uuid>,
     user: Option<Uuid>,
+    except: Option<Uuid>,
     reason: &str,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "UPDATE tenantd.sessions SET revoked_at = now(), revoke_reason = $3 \
          WHERE revoked_at IS NULL AND ($1::uuid IS NULL OR id = $1) AND ($2::uuid IS NULL OR user_id = $2) \
-           AND ($1::uuid IS NOT NULL OR $2::uuid IS NOT NULL) RETURNING id",
+           AND ($1::uuid IS NOT NULL OR $2::uuid IS NOT NULL) AND ($4::uuid IS NULL OR id <> $4) RETURNING id",
     )
     .bind(session)
     .bind(user)
     .bind(reason)
+    .bind(except)
     .fetch_all(conn)
     .await
 }

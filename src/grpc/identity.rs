@@ -141,6 +141,26 @@ impl UserApi {
     pub fn new(identity: Identity) -> Self {
         Self { identity }
     }
+
+    /// The tenant and user a membership call names, once the caller may
+    /// manage that tenant's members.
+    async fn membership(
+        &self,
+        who: &Caller,
+        tenant_id: &str,
+        user_id: &str,
+    ) -> Result<(Uuid, Uuid), Status> {
+        let (tenant, user) = (uuid("tenant_id", tenant_id)?, uuid("user_id", user_id)?);
+        require_in_tenant(
+            &self.identity,
+            who,
+            Scope::IdentityAdmin,
+            tenant,
+            Permission::MembersManage,
+        )
+        .await?;
+        Ok((tenant, user))
+    }
 }
 
 #[tonic::async_trait]
@@ -278,19 +298,8 @@ impl UserService for UserApi {
     ) -> Result<Response<pb::Membership>, Status> {
         let who = caller(&request)?;
         let r = request.into_inner();
-        let (tenant, user) = (
-            uuid("tenant_id", &r.tenant_id)?,
-            uuid("user_id", &r.user_id)?,
-        );
+        let (tenant, user) = self.membership(&who, &r.tenant_id, &r.user_id).await?;
         let role = role_from_pb("role", r.role)?;
-        require_in_tenant(
-            &self.identity,
-            &who,
-            Scope::IdentityAdmin,
-            tenant,
-            Permission::MembersManage,
-        )
-        .await?;
         let m = self
             .identity
             .add_member(tenant, user, role, &who.actor())
@@ -305,19 +314,8 @@ impl UserService for UserApi {
     ) -> Result<Response<pb::Membership>, Status> {
         let who = caller(&request)?;
         let r = request.into_inner();
-        let (tenant, user) = (
-            uuid("tenant_id", &r.tenant_id)?,
-            uuid("user_id", &r.user_id)?,
-        );
+        let (tenant, user) = self.membership(&who, &r.tenant_id, &r.user_id).await?;
         let role = role_from_pb("role", r.role)?;
-        require_in_tenant(
-            &self.identity,
-            &who,
-            Scope::IdentityAdmin,
-            tenant,
-            Permission::MembersManage,
-        )
-        .await?;
         let m = self
             .identity
             .change_role(tenant, user, role, &who.actor())
@@ -332,18 +330,7 @@ impl UserService for UserApi {
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
         let who = caller(&request)?;
         let r = request.into_inner();
-        let (tenant, user) = (
-            uuid("tenant_id", &r.tenant_id)?,
-            uuid("user_id", &r.user_id)?,
-        );
-        require_in_tenant(
-            &self.identity,
-            &who,
-            Scope::IdentityAdmin,
-            tenant,
-            Permission::MembersManage,
-        )
-        .await?;
+        let (tenant, user) = self.membership(&who, &r.tenant_id, &r.user_id).await?;
         self.identity
             .remove_member(tenant, user, &who.actor())
             .await

@@ -334,7 +334,7 @@ impl Identity {
         let user = store::deactivate_user(&mut tx, id)
             .await
             .map_err(db("deactivate user"))?;
-        let ended = store::revoke_sessions(&mut tx, None, Some(id), "user deactivated")
+        let ended = store::revoke_sessions(&mut tx, None, Some(id), None, "user deactivated")
             .await
             .map_err(db("revoke sessions"))?;
         audit::append(
@@ -397,20 +397,11 @@ impl Identity {
         store::set_password(&mut tx, id, &hash)
             .await
             .map_err(db("store password hash"))?;
-        let mut ended = store::revoke_sessions(&mut tx, None, Some(id), "password changed")
-            .await
-            .map_err(db("revoke sessions"))?;
-        if let Some(keep) = keep_session {
-            // The session that made the change stays; revoke_sessions ended it too, so undo that one.
-            if ended.contains(&keep) {
-                sqlx::query("UPDATE tenantd.sessions SET revoked_at = NULL, revoke_reason = NULL WHERE id = $1")
-                    .bind(keep)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db("keep the current session"))?;
-                ended.retain(|s| *s != keep);
-            }
-        }
+        // Every other session ends; the one that made the change stays.
+        let ended =
+            store::revoke_sessions(&mut tx, None, Some(id), keep_session, "password changed")
+                .await
+                .map_err(db("revoke sessions"))?;
         audit::append(
             &mut tx,
             actor,
@@ -720,10 +711,15 @@ impl Identity {
             return Err(IdentityError::BadToken);
         };
         if rotated {
-            let ended =
-                store::revoke_sessions(&mut tx, Some(session.id), None, "refresh token reused")
-                    .await
-                    .map_err(db("revoke session"))?;
+            let ended = store::revoke_sessions(
+                &mut tx,
+                Some(session.id),
+                None,
+                None,
+                "refresh token reused",
+            )
+            .await
+            .map_err(db("revoke session"))?;
             audit::append(
                 &mut tx,
                 actor,
@@ -845,7 +841,7 @@ impl Identity {
         actor: &str,
     ) -> Result<usize, IdentityError> {
         let mut tx = self.pool.begin().await.map_err(db("begin revoke"))?;
-        let ended = store::revoke_sessions(&mut tx, session, user, reason)
+        let ended = store::revoke_sessions(&mut tx, session, user, None, reason)
             .await
             .map_err(db("revoke sessions"))?;
         if !ended.is_empty() {
