@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/tenantd/v1/tenants.proto",
         "proto/tenantd/v1/migrations.proto",
         "proto/tenantd/v1/identity.proto",
+        "proto/tenantd/v1/data.proto",
     ];
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);

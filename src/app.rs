@@ -1,6 +1,6 @@
 //! Wiring and lifecycle: migrate the catalog, check the tenant migrations,
-//! build the services, serve gRPC on a listener the caller bound, and shut
-//! down in order when asked.
+//! build the services, serve gRPC on a listener the caller bound (and
+//! metrics on an address of the config), and shut down in order when asked.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,11 +19,13 @@ use tonic::transport::Server;
 
 use crate::catalog::{self, PoolSettings};
 use crate::config::Secret;
+use crate::data::{CallSettings, PoolSettings as TenantPoolSettings, TenantData, TenantPools};
 use crate::domain::identity::Scope;
 use crate::fleet::{self, RunnerSettings, Upgrades};
 use crate::grpc::auth::Authenticator;
-use crate::grpc::{MigrationApi, SessionApi, TenantApi, UserApi, pb};
+use crate::grpc::{DataApi, MigrationApi, SessionApi, TenantApi, UserApi, pb};
 use crate::identity::{Identity, IdentitySettings, keys};
+use crate::metrics::Metrics;
 use crate::tenant::{TenantMigrations, Tenants};
 
 /// Serializes tenant-migration registration between processes starting at
@@ -45,20 +47,32 @@ pub struct AppConfig {
     /// A service key with every scope that must exist (stored from this
     /// plain key if missing): the bootstrap credential of a deployment.
     pub admin_key: Option<Secret>,
+    /// Where to serve Prometheus metrics (port 0 picks one); `None`: nowhere.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The per-tenant pools of the data plane and their connection budget.
+    pub tenant_pools: TenantPoolSettings,
+    /// Row and time limits of data-plane calls.
+    pub data_calls: CallSettings,
 }
 
+/// How often pools of tenants that left ACTIVE through another replica are
+/// looked for and closed.
+const POOL_WATCH_PERIOD: Duration = Duration::from_secs(1);
+
 /// The services health reports on ("" is the server as a whole).
-const SERVICES: [&str; 5] = [
+const SERVICES: [&str; 6] = [
     "",
     pb::tenant_service_server::SERVICE_NAME,
     pb::migration_service_server::SERVICE_NAME,
     pb::user_service_server::SERVICE_NAME,
     pb::session_service_server::SERVICE_NAME,
+    pb::tenant_data_service_server::SERVICE_NAME,
 ];
 
 /// A started server.
 pub struct Running {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -66,6 +80,11 @@ pub struct Running {
 impl Running {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the metrics listener is bound, if there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Cancelling it starts a graceful shutdown.
@@ -90,6 +109,21 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
     let local_addr = listener
         .local_addr()
         .context("read the listener's address")?;
+    // Bound first: a taken port fails the start before any database work.
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen for metrics on {addr}"))?;
+            let bound = listener
+                .local_addr()
+                .context("read the metrics listener's address")?;
+            Some((listener, bound))
+        }
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().map(|&(_, addr)| addr);
+    let metrics = Metrics::new();
     catalog::migrate(&config.database).await?;
     let migrations = match &config.tenant_migrations {
         Some(dir) => TenantMigrations::from_dir(dir)?,
@@ -136,9 +170,34 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
     // stay open for probes and tooling.
     let auth = Authenticator::new(identity.clone());
 
+    let pools = TenantPools::new(
+        pool.clone(),
+        config.database.clone(),
+        role_secret.clone(),
+        config.tenant_pools.clone(),
+        metrics.clone(),
+    );
+    tasks.spawn(
+        pools
+            .clone()
+            .watch_statuses(POOL_WATCH_PERIOD, shutdown.child_token()),
+    );
+    let data_api = pb::tenant_data_service_server::TenantDataServiceServer::with_interceptor(
+        DataApi::new(
+            TenantData::new(pools.clone(), config.data_calls.clone()),
+            identity.clone(),
+        ),
+        auth.clone(),
+    );
     let tenants = Tenants::new(pool.clone(), migrations.clone(), role_secret);
     let tenant_api = pb::tenant_service_server::TenantServiceServer::with_interceptor(
-        TenantApi::new(tenants, identity.clone(), tasks.clone()),
+        TenantApi::new(
+            tenants,
+            identity.clone(),
+            tasks.clone(),
+            metrics.clone(),
+            pools.clone(),
+        ),
         auth.clone(),
     );
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -181,6 +240,7 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
     let stop = shutdown.clone();
     let drain = shutdown.clone();
     let router = Server::builder()
+        .layer(crate::metrics::GrpcMetricsLayer::new(metrics.clone()))
         .layer(crate::grpc::request_id::RequestIdLayer)
         // One span per call: method and request id, and the caller and
         // tenant once the handler knows them.
@@ -203,8 +263,20 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
         .add_service(tenant_api)
         .add_service(migration_api)
         .add_service(user_api)
-        .add_service(session_api);
+        .add_service(session_api)
+        .add_service(data_api);
     let shutdown_timeout = config.shutdown_timeout;
+    // Metrics stay up while requests drain, and stop before the pool closes.
+    let metrics_stop = CancellationToken::new();
+    let metrics_server = metrics_listener.map(|(listener, addr)| {
+        tracing::info!(%addr, "serving metrics at /metrics");
+        let collector = crate::metrics::catalog::CatalogCollector::new(metrics, pool.clone());
+        tokio::spawn(crate::metrics::http::serve(
+            listener,
+            collector,
+            metrics_stop.clone(),
+        ))
+    });
     let handle = tokio::spawn(async move {
         let signal = {
             let health = health.clone();
@@ -249,12 +321,18 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
                 "tenant changes still running at the shutdown deadline"
             );
         }
+        metrics_stop.cancel();
+        if let Some(server) = metrics_server {
+            let _ = server.await;
+        }
+        pools.close().await;
         pool.close().await;
         tracing::info!("stopped");
         served
     });
     Ok(Running {
         local_addr,
+        metrics_addr,
         shutdown,
         handle,
     })

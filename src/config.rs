@@ -53,6 +53,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TENANTD_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen_addr: SocketAddr,
 
+    /// Address of the Prometheus metrics listener (plain HTTP, GET /metrics;
+    /// port 0 picks a free port), or `off` for none.
+    // The full path keeps clap from reading `Option` as "flag may be absent":
+    // the parser below gives `None` for `off`.
+    #[arg(long, env = "TENANTD_METRICS_ADDR", default_value = "127.0.0.1:9464", value_parser = parse_metrics_addr)]
+    pub metrics_addr: std::option::Option<SocketAddr>,
+
     /// PostgreSQL URL of the database that holds the catalog and the tenant
     /// schemas, e.g. postgres://tenantd@db.internal/platform. Without it tenantd
     /// runs a private PostgreSQL cluster under --data-dir.
@@ -138,9 +145,78 @@ pub struct ServeArgs {
     /// bounds login and password-change throughput.
     #[arg(long, env = "TENANTD_PASSWORD_HASH_CONCURRENCY", default_value_t = 2)]
     pub password_hash_concurrency: usize,
+
+    /// Connections one tenant's pool may hold (the tenant's own PostgreSQL
+    /// role logs in on each).
+    #[arg(long, env = "TENANTD_TENANT_POOL_SIZE", default_value_t = 4)]
+    pub tenant_pool_size: usize,
+
+    /// Tenant pools kept open at most; past it the least recently used pool
+    /// is closed.
+    #[arg(long, env = "TENANTD_TENANT_POOL_CACHE", default_value_t = 1000)]
+    pub tenant_pool_cache: u64,
+
+    /// A tenant pool unused this long is closed with its connections.
+    #[arg(long, env = "TENANTD_TENANT_POOL_IDLE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub tenant_pool_idle: Duration,
+
+    /// A tenant connection older than this is replaced when next handed out.
+    #[arg(long, env = "TENANTD_TENANT_CONNECTION_LIFETIME", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub tenant_connection_lifetime: Duration,
+
+    /// Connections of all tenant pools together in this process. At the cap,
+    /// idle connections of the least recently used pools are closed first.
+    /// Size PostgreSQL's max_connections for budget × replicas + catalog pool
+    /// × replicas + headroom.
+    #[arg(long, env = "TENANTD_TENANT_CONNECTION_BUDGET", default_value_t = 64)]
+    pub tenant_connection_budget: usize,
+
+    /// How long a data call waits for a tenant connection within the budget
+    /// before RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TENANTD_TENANT_CONNECTION_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub tenant_connection_wait: Duration,
+
+    /// statement_timeout of a data call that sets none.
+    #[arg(long, env = "TENANTD_DATA_DEFAULT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub data_default_timeout: Duration,
+
+    /// The longest statement_timeout a data call may ask for.
+    #[arg(long, env = "TENANTD_DATA_MAX_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub data_max_timeout: Duration,
+
+    /// Rows a data call returns when it sets no max_rows.
+    #[arg(long, env = "TENANTD_DATA_DEFAULT_MAX_ROWS", default_value_t = 1000)]
+    pub data_default_max_rows: u32,
+
+    /// The most rows a data call may ask for; rows past the limit are
+    /// dropped and the result is flagged truncated.
+    #[arg(long, env = "TENANTD_DATA_MAX_ROWS", default_value_t = 10_000)]
+    pub data_max_rows: u32,
 }
 
 impl ServeArgs {
+    /// The tenant pool settings these flags give.
+    pub fn tenant_pools(&self) -> crate::data::PoolSettings {
+        crate::data::PoolSettings {
+            pool_size: self.tenant_pool_size,
+            cache_capacity: self.tenant_pool_cache,
+            pool_idle: self.tenant_pool_idle,
+            connection_lifetime: self.tenant_connection_lifetime,
+            budget: self.tenant_connection_budget,
+            wait: self.tenant_connection_wait,
+        }
+    }
+
+    /// The data-call limits these flags give.
+    pub fn data_calls(&self) -> crate::data::CallSettings {
+        crate::data::CallSettings {
+            default_max_rows: self.data_default_max_rows,
+            max_rows: self.data_max_rows,
+            default_timeout: self.data_default_timeout,
+            max_timeout: self.data_max_timeout,
+        }
+    }
+
     /// Checks what clap cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         if !(1..=1000).contains(&self.catalog_pool_size) {
@@ -181,6 +257,41 @@ impl ServeArgs {
                 self.password_hash_concurrency
             );
         }
+        if !(1..=1000).contains(&self.tenant_pool_size) {
+            bail!(
+                "--tenant-pool-size must be between 1 and 1000, not {}",
+                self.tenant_pool_size
+            );
+        }
+        if self.tenant_pool_cache == 0 {
+            bail!("--tenant-pool-cache must be at least 1");
+        }
+        if self.tenant_connection_budget < self.tenant_pool_size {
+            bail!(
+                "--tenant-connection-budget ({}) must be at least --tenant-pool-size ({})",
+                self.tenant_connection_budget,
+                self.tenant_pool_size
+            );
+        }
+        for (flag, d) in [
+            ("--tenant-pool-idle", self.tenant_pool_idle),
+            (
+                "--tenant-connection-lifetime",
+                self.tenant_connection_lifetime,
+            ),
+            ("--tenant-connection-wait", self.tenant_connection_wait),
+            ("--data-default-timeout", self.data_default_timeout),
+        ] {
+            if d.is_zero() {
+                bail!("{flag} must be more than zero");
+            }
+        }
+        if self.data_max_timeout < self.data_default_timeout {
+            bail!("--data-max-timeout must be at least --data-default-timeout");
+        }
+        if self.data_default_max_rows == 0 || self.data_max_rows < self.data_default_max_rows {
+            bail!("--data-default-max-rows must be at least 1 and at most --data-max-rows");
+        }
         if let Some(dir) = &self.tenant_migrations {
             if !dir.is_dir() {
                 bail!("--tenant-migrations {} is not a directory", dir.display());
@@ -191,6 +302,16 @@ impl ServeArgs {
         }
         Ok(())
     }
+}
+
+/// `--metrics-addr`: a socket address, or `off`.
+fn parse_metrics_addr(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("{s:?} is neither an address like 127.0.0.1:9464 nor `off`"))
 }
 
 /// Parses a database URL without echoing it: it may carry a password.

@@ -7,11 +7,13 @@
 pub mod app;
 pub mod catalog;
 pub mod config;
+pub mod data;
 pub mod domain;
 pub mod fleet;
 pub mod grpc;
 pub mod identity;
 pub mod local_pg;
+pub mod metrics;
 pub mod telemetry;
 pub mod tenant;
 

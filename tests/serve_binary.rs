@@ -26,6 +26,8 @@ fn start(data_dir: &Path) -> Server {
             "serve",
             "--listen-addr",
             "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
             "--log-format",
             "json",
         ])

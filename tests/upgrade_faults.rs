@@ -180,6 +180,8 @@ impl Tenantd {
                 "serve",
                 "--listen-addr",
                 "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
                 "--log-format",
                 "json",
                 "--upgrade-lease",

@@ -126,6 +126,9 @@ async fn run(
             logins_per_minute_address: args.logins_per_minute_per_address,
         },
         admin_key,
+        metrics_addr: args.metrics_addr,
+        tenant_pools: args.tenant_pools(),
+        data_calls: args.data_calls(),
     };
     let running = app::start(config, listener).await?;
     tracing::info!(addr = %running.local_addr(), "tenantd listening");

@@ -704,3 +704,21 @@ pub async fn run_status(
 fn parse_status(s: &str) -> Result<RunStatus, sqlx::Error> {
     s.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))
 }
+
+/// How many runs there are in each status, and how many items of unfinished
+/// runs (running, paused, halted) are in each status, in one statement: rows
+/// of ("runs" | "items", status, count), statuses with none left out.
+pub async fn status_counts(
+    conn: &mut PgConnection,
+) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT 'runs', status, count(*) FROM tenantd.upgrade_runs GROUP BY status \
+         UNION ALL \
+         SELECT 'items', i.status, count(*) FROM tenantd.upgrade_items i \
+           JOIN tenantd.upgrade_runs r ON r.id = i.run_id \
+          WHERE r.status IN ('running', 'paused', 'halted') \
+          GROUP BY i.status",
+    )
+    .fetch_all(conn)
+    .await
+}

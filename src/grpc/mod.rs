@@ -4,12 +4,14 @@
 
 pub mod auth;
 mod convert;
+pub mod data;
 pub mod identity;
 mod migrations;
 pub mod request_id;
 mod status;
 mod tenants;
 
+pub use data::DataApi;
 pub use identity::{SessionApi, UserApi};
 pub use migrations::MigrationApi;
 pub use tenants::TenantApi;

@@ -8,10 +8,12 @@ use super::auth::{Caller, caller, require_in_tenant, require_scope};
 use super::convert::{self, UpdateTenant};
 use super::pb::{self, tenant_service_server::TenantService};
 use super::status;
+use crate::data::TenantPools;
 use crate::domain::identity::{Permission, Scope};
-use crate::domain::{LifecycleAction, NewTenant, Slug, TenantId};
+use crate::domain::{LifecycleAction, NewTenant, Slug, TenantId, TenantStatus};
 use crate::identity::Identity;
-use crate::tenant::Tenants;
+use crate::metrics::{Metrics, create_failure};
+use crate::tenant::{TenantError, Tenants};
 
 pub struct TenantApi {
     tenants: Tenants,
@@ -20,14 +22,25 @@ pub struct TenantApi {
     /// Work that must not be torn in half runs here, outside the request
     /// future, and shutdown waits for it.
     tasks: TaskTracker,
+    metrics: Metrics,
+    /// A tenant leaving ACTIVE has its pool closed here at once.
+    pools: TenantPools,
 }
 
 impl TenantApi {
-    pub fn new(tenants: Tenants, identity: Identity, tasks: TaskTracker) -> Self {
+    pub fn new(
+        tenants: Tenants,
+        identity: Identity,
+        tasks: TaskTracker,
+        metrics: Metrics,
+        pools: TenantPools,
+    ) -> Self {
         Self {
+            pools,
             tenants,
             identity,
             tasks,
+            metrics,
         }
     }
 
@@ -61,11 +74,16 @@ impl TenantApi {
         self.allow(&who, Scope::TenantsWrite, id, permission)
             .await?;
         let tenants = self.tenants.clone();
+        let pools = self.pools.clone();
         let tenant = self
             .spawn(async move {
-                tenants
+                let changed = tenants
                     .change_status(id, action, expected, &request.reason, &actor)
-                    .await
+                    .await?;
+                if changed.status != TenantStatus::Active {
+                    pools.invalidate(id).await;
+                }
+                Ok(changed)
             })
             .await?;
         Ok(Response::new(tenant.into()))
@@ -94,14 +112,29 @@ impl TenantService for TenantApi {
         let who = caller(&request)?;
         require_scope(&who, Scope::TenantsWrite)?;
         let actor = who.actor();
-        let new = NewTenant::try_from(request.into_inner()).map_err(status::invalid)?;
+        let new = NewTenant::try_from(request.into_inner()).map_err(|e| {
+            self.metrics
+                .tenants()
+                .create_failed(create_failure::INVALID);
+            status::invalid(e)
+        })?;
         let slug = new.slug.clone();
         let tenants = self.tenants.clone();
+        let metrics = self.metrics.clone();
         let (tenant, created) = self
-            .spawn(async move { tenants.create(new, &actor).await })
+            .spawn(async move {
+                let created = tenants.create(new, &actor).await;
+                if let Err(e) = &created {
+                    metrics.tenants().create_failed(create_failure_reason(e));
+                }
+                created
+            })
             .await?;
         if created {
+            self.metrics.tenants().created.inc();
             tracing::info!(tenant_id = %tenant.id, %slug, "tenant created");
+        } else {
+            self.metrics.tenants().replayed.inc();
         }
         Ok(Response::new(tenant.into()))
     }
@@ -230,14 +263,31 @@ impl TenantService for TenantApi {
         self.allow(&who, Scope::TenantsWrite, id, Permission::TenantDelete)
             .await?;
         let tenants = self.tenants.clone();
+        let pools = self.pools.clone();
         let tenant = self
             .spawn(async move {
-                tenants
+                let purged = tenants
                     .purge(id, &r.confirm_slug, expected, &r.reason, &actor)
-                    .await
+                    .await?;
+                pools.invalidate(id).await;
+                Ok(purged)
             })
             .await?;
         tracing::info!(tenant_id = %tenant.id, "tenant purged");
         Ok(Response::new(tenant.into()))
+    }
+}
+
+/// The metrics label of a failed CreateTenant.
+fn create_failure_reason(e: &TenantError) -> &'static str {
+    match e {
+        TenantError::SlugTaken(_) => create_failure::SLUG_TAKEN,
+        TenantError::IdempotencyKeyReused { .. } => create_failure::IDEMPOTENCY_KEY_REUSED,
+        TenantError::OwnerNotFound(_) => create_failure::OWNER_NOT_FOUND,
+        TenantError::Db(_) => create_failure::DATABASE,
+        TenantError::NotFound
+        | TenantError::VersionConflict { .. }
+        | TenantError::InvalidTransition { .. }
+        | TenantError::ConfirmationMismatch => create_failure::OTHER,
     }
 }

@@ -199,6 +199,7 @@ pub struct Clients {
     pub migrations: tenantd::pb::migration_service_client::MigrationServiceClient<Authed>,
     pub users: tenantd::pb::user_service_client::UserServiceClient<Authed>,
     pub sessions: tenantd::pb::session_service_client::SessionServiceClient<Authed>,
+    pub data: tenantd::pb::tenant_data_service_client::TenantDataServiceClient<Authed>,
 }
 
 /// The real server on port 0 against a fresh database.
@@ -243,6 +244,11 @@ impl TestServer {
         self.running = Some(running);
     }
 
+    /// Where this server serves /metrics.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.running.as_ref().and_then(Running::metrics_addr)
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -260,7 +266,8 @@ impl TestServer {
                 ch.clone(),
             ),
             users: tenantd::pb::user_service_client::UserServiceClient::new(ch.clone()),
-            sessions: tenantd::pb::session_service_client::SessionServiceClient::new(ch),
+            sessions: tenantd::pb::session_service_client::SessionServiceClient::new(ch.clone()),
+            data: tenantd::pb::tenant_data_service_client::TenantDataServiceClient::new(ch),
         }
     }
 
@@ -311,6 +318,9 @@ pub fn test_config(db: &TestDb) -> AppConfig {
             poll_interval: Duration::from_millis(100),
             ..Default::default()
         },
+        metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        tenant_pools: Default::default(),
+        data_calls: Default::default(),
     }
 }
 

@@ -76,6 +76,9 @@ impl TenantdServer {
             .arg(&key_file)
             .arg("--listen-addr")
             .arg(addr.to_string())
+            // Any free port: a tenantd already running here holds 9464.
+            .arg("--metrics-addr")
+            .arg("127.0.0.1:0")
             .args(args)
             // Through the environment, so a password in the URL does not
             // show in the process list.

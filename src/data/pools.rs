@@ -1,0 +1,627 @@
+//! One connection pool per tenant, cached, under one connection budget.
+//!
+//! Each pool logs in as the tenant's own role (its password derived again
+//! from the catalog secret) with search_path pinned to the tenant's schema,
+//! so PostgreSQL itself keeps a tenant's calls inside its schema. Pools are
+//! built on first use — concurrent first calls build one — only for an
+//! ACTIVE tenant, and dropped when the tenant leaves ACTIVE, when unused for
+//! the idle time, or when the cache is full (least recently used first).
+//!
+//! The budget caps the connections of all pools together: every connection
+//! holds a permit. A pool that needs a connection at the cap first closes
+//! idle connections of the least recently used pools; a caller that still
+//! finds none waits up to the deadline, and then gets
+//! [`PoolError::Exhausted`]. While anyone waits, a connection handed back is
+//! closed instead of kept idle, so its permit goes to the longest waiter.
+//! Broken connections (a restart, a terminated backend) are found when
+//! handed out again and replaced, never used.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use deadpool::managed::{self, Metrics as ObjectMetrics, Object, RecycleError, RecycleResult};
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::socket::Endpoint;
+use crate::domain::{TenantId, TenantStatus};
+use crate::metrics::{EvictionReason, Metrics};
+use crate::tenant::role_password;
+
+/// Sizing of the tenant pools; see `tenantd serve --help`.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Connections one tenant's pool may hold.
+    pub pool_size: usize,
+    /// Pools kept at most.
+    pub cache_capacity: u64,
+    /// A pool unused this long is closed.
+    pub pool_idle: Duration,
+    /// A connection older than this is replaced when next handed out.
+    pub connection_lifetime: Duration,
+    /// Connections of all tenant pools together.
+    pub budget: usize,
+    /// How long a call waits for a connection before RESOURCE_EXHAUSTED.
+    pub wait: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            pool_size: 4,
+            cache_capacity: 1000,
+            pool_idle: Duration::from_secs(300),
+            connection_lifetime: Duration::from_secs(1800),
+            budget: 64,
+            wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Statements one connection keeps prepared before its cache is cleared.
+const STATEMENT_CACHE_LIMIT: usize = 256;
+/// How long establishing one connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a waiter looks again for idle connections to close.
+const WAIT_SLICE: Duration = Duration::from_millis(20);
+
+/// Why no connection could be handed out.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PoolError {
+    #[error("tenant not found")]
+    NotFound,
+    #[error("tenant is {0}, not active")]
+    NotActive(TenantStatus),
+    #[error("no tenant connection free within {0:?} (connection budget {1})")]
+    Exhausted(Duration, usize),
+    #[error("cannot connect as the tenant's role: {0}")]
+    Connect(String),
+    #[error("catalog lookup failed: {0}")]
+    Catalog(String),
+    #[error("tenant pools are closed")]
+    Closed,
+}
+
+/// State every pool and connection shares.
+struct Shared {
+    permits: Arc<Semaphore>,
+    budget: usize,
+    wait: Duration,
+    /// Callers waiting for a permit.
+    waiters: AtomicUsize,
+    metrics: Metrics,
+    /// The cache, for closing idle connections of other pools.
+    cache: moka::future::Cache<TenantId, Arc<TenantPool>>,
+    started: Instant,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// A permit for one more connection, closing idle connections of the
+    /// least recently used pools and then waiting if the budget is spent.
+    async fn permit(&self) -> Result<OwnedSemaphorePermit, PoolError> {
+        if let Ok(p) = self.permits.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let _waiting = scopeguard(|| {
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
+        });
+        self.metrics.pool().budget_waits.inc();
+        let deadline = Instant::now() + self.wait;
+        loop {
+            self.close_idle(1);
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left.min(WAIT_SLICE), self.permits.clone().acquire_owned())
+                .await
+            {
+                Ok(Ok(p)) => return Ok(p),
+                Ok(Err(_)) => return Err(PoolError::Closed),
+                Err(_) if left <= WAIT_SLICE => {
+                    self.metrics.pool().budget_timeouts.inc();
+                    return Err(PoolError::Exhausted(self.wait, self.budget));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Closes up to `want` idle connections, least recently used pool
+    /// first; returns how many it closed.
+    fn close_idle(&self, want: usize) -> usize {
+        let mut pools: Vec<Arc<TenantPool>> = self
+            .cache
+            .iter()
+            .map(|(_, p)| p)
+            .filter(|p| p.pool.status().available > 0)
+            .collect();
+        pools.sort_by_key(|p| p.last_used.load(Ordering::Relaxed));
+        let mut closed = 0;
+        for p in pools {
+            if closed >= want {
+                break;
+            }
+            let mut budget = want - closed;
+            let removed = p
+                .pool
+                .retain(|_, _| {
+                    if budget > 0 {
+                        budget -= 1;
+                        false
+                    } else {
+                        true
+                    }
+                })
+                .removed;
+            closed += removed.len();
+            for _ in &removed {
+                self.metrics.pool().evicted(EvictionReason::Budget);
+            }
+        }
+        closed
+    }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+/// A tenant connection.
+pub struct TenantConn {
+    client: deadpool_postgres::ClientWrapper,
+    endpoint: Arc<Endpoint>,
+}
+
+impl TenantConn {
+    pub fn client(&self) -> &deadpool_postgres::ClientWrapper {
+        &self.client
+    }
+}
+
+/// Makes a tenant's connections: a permit first, then a login as its role.
+pub struct TenantManager {
+    config: tokio_postgres::Config,
+    endpoint: Arc<Endpoint>,
+    shared: Arc<Shared>,
+    lifetime: Duration,
+}
+
+/// A failed connection attempt.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Budget(PoolError),
+    #[error(transparent)]
+    Io(std::io::Error),
+    #[error(transparent)]
+    Pg(tokio_postgres::Error),
+}
+
+impl managed::Manager for TenantManager {
+    type Type = TenantConn;
+    type Error = ConnectError;
+
+    async fn create(&self) -> Result<TenantConn, ConnectError> {
+        let permit = self.shared.permit().await.map_err(ConnectError::Budget)?;
+        let socket = self
+            .endpoint
+            .connect(CONNECT_TIMEOUT)
+            .await
+            .map_err(ConnectError::Io)?;
+        let (client, connection) = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.config.connect_raw(socket, tokio_postgres::NoTls),
+        )
+        .await
+        .map_err(|_| {
+            ConnectError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "logging in to PostgreSQL timed out",
+            ))
+        })?
+        .map_err(ConnectError::Pg)?;
+        // The connection's task owns the permit: it is given back when the
+        // server has closed the socket, i.e. when the backend is gone.
+        let metrics = self.shared.metrics.clone();
+        metrics.pool().connections_open.inc();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "tenant connection ended");
+            }
+            metrics.pool().connections_open.dec();
+            drop(permit);
+        });
+        // The wrapper aborts this task when dropped; the real one must run on
+        // to close the connection in order.
+        let placeholder = tokio::spawn(std::future::ready(()));
+        Ok(TenantConn {
+            client: deadpool_postgres::ClientWrapper::new(client, placeholder),
+            endpoint: self.endpoint.clone(),
+        })
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut TenantConn,
+        metrics: &ObjectMetrics,
+    ) -> RecycleResult<ConnectError> {
+        if conn.client.is_closed() {
+            self.shared.metrics.pool().evicted(EvictionReason::Broken);
+            return Err(RecycleError::message("connection closed"));
+        }
+        if metrics.age() > self.lifetime {
+            return Err(RecycleError::message("connection lifetime reached"));
+        }
+        if conn.client.statement_cache.size() > STATEMENT_CACHE_LIMIT {
+            conn.client.statement_cache.clear();
+        }
+        Ok(())
+    }
+}
+
+/// One tenant's pool in the cache.
+pub struct TenantPool {
+    pool: managed::Pool<TenantManager>,
+    /// Milliseconds since the cache started, at the last checkout.
+    last_used: AtomicU64,
+    /// The invalidation epoch when the pool was built.
+    built_at: u64,
+}
+
+/// The pool cache. Cheap to clone.
+#[derive(Clone)]
+pub struct TenantPools {
+    shared: Arc<Shared>,
+    catalog: PgPool,
+    database: PgConnectOptions,
+    endpoint: Arc<Endpoint>,
+    role_secret: Arc<Vec<u8>>,
+    settings: Arc<PoolSettings>,
+    /// Bumped by every invalidation.
+    epoch: Arc<AtomicU64>,
+    /// Tenants invalidated recently, with the epoch: a pool built before it
+    /// (its status read before the change) is not used.
+    invalidated: moka::sync::Cache<TenantId, u64>,
+}
+
+/// Cancels a connection's running query over a connection of its own.
+pub struct Canceller {
+    token: tokio_postgres::CancelToken,
+    endpoint: Arc<Endpoint>,
+}
+
+impl Canceller {
+    pub async fn cancel(self) {
+        if let Ok(socket) = self.endpoint.connect(CONNECT_TIMEOUT).await {
+            let _ = self
+                .token
+                .cancel_query_raw(socket, tokio_postgres::NoTls)
+                .await;
+        }
+    }
+}
+
+/// A connection handed out; dropping it hands it back (or closes it when
+/// broken, abandoned mid-call, or wanted by a waiter).
+pub struct Checkout {
+    obj: Option<Object<TenantManager>>,
+    shared: Arc<Shared>,
+    discard: bool,
+}
+
+impl Checkout {
+    pub fn client(&self) -> &tokio_postgres::Client {
+        match &self.obj {
+            Some(obj) => obj.client(),
+            None => unreachable!("the object is only taken on drop"),
+        }
+    }
+
+    /// What cancels this connection's running query from elsewhere.
+    pub fn canceller(&self) -> Canceller {
+        match &self.obj {
+            Some(obj) => Canceller {
+                token: obj.client().cancel_token(),
+                endpoint: obj.endpoint.clone(),
+            },
+            None => unreachable!("the object is only taken on drop"),
+        }
+    }
+
+    pub fn statement_cache(&self) -> &deadpool_postgres::StatementCache {
+        match &self.obj {
+            Some(obj) => &obj.client().statement_cache,
+            None => unreachable!("the object is only taken on drop"),
+        }
+    }
+
+    /// Close the connection instead of handing it back.
+    pub fn set_discard(&mut self, discard: bool) {
+        self.discard = discard;
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        self.shared.metrics.pool().connections_in_use.dec();
+        if let Some(obj) = self.obj.take() {
+            if self.discard || self.shared.waiters.load(Ordering::SeqCst) > 0 {
+                drop(Object::take(obj));
+            }
+        }
+    }
+}
+
+impl TenantPools {
+    pub fn new(
+        catalog: PgPool,
+        database: PgConnectOptions,
+        role_secret: Vec<u8>,
+        settings: PoolSettings,
+        metrics: Metrics,
+    ) -> Self {
+        let listener_metrics = metrics.clone();
+        let cache = moka::future::Cache::builder()
+            .max_capacity(settings.cache_capacity)
+            .time_to_idle(settings.pool_idle)
+            .eviction_listener(move |_id, pool: Arc<TenantPool>, cause| {
+                use moka::notification::RemovalCause;
+                let reason = match cause {
+                    RemovalCause::Expired => Some(EvictionReason::Idle),
+                    RemovalCause::Size => Some(EvictionReason::Capacity),
+                    RemovalCause::Explicit => Some(EvictionReason::TenantState),
+                    RemovalCause::Replaced => None,
+                };
+                if let Some(reason) = reason {
+                    listener_metrics.pool().evicted(reason);
+                }
+                listener_metrics.pool().pools_open.dec();
+                pool.pool.close();
+            })
+            .build();
+        metrics.pool().connection_budget.set(settings.budget as i64);
+        let shared = Arc::new(Shared {
+            permits: Arc::new(Semaphore::new(settings.budget)),
+            budget: settings.budget,
+            wait: settings.wait,
+            waiters: AtomicUsize::new(0),
+            metrics,
+            cache,
+            started: Instant::now(),
+        });
+        let endpoint = Arc::new(match database.get_socket() {
+            Some(dir) => Endpoint::Unix {
+                dir: dir.clone(),
+                port: database.get_port(),
+            },
+            None => Endpoint::Tcp {
+                host: database.get_host().to_owned(),
+                port: database.get_port(),
+            },
+        });
+        Self {
+            shared,
+            catalog,
+            database,
+            endpoint,
+            role_secret: Arc::new(role_secret),
+            settings: Arc::new(settings),
+            epoch: Arc::new(AtomicU64::new(0)),
+            invalidated: moka::sync::Cache::builder()
+                .time_to_live(Duration::from_secs(600))
+                .build(),
+        }
+    }
+
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    /// A connection of tenant `id`'s pool, building the pool if needed.
+    pub async fn checkout(&self, id: TenantId) -> Result<Checkout, PoolError> {
+        let started = Instant::now();
+        let pool = self.pool(id).await?;
+        pool.last_used
+            .store(self.shared.now_ms(), Ordering::Relaxed);
+        let obj = match tokio::time::timeout(self.settings.wait, pool.pool.get()).await {
+            Ok(Ok(obj)) => obj,
+            Ok(Err(managed::PoolError::Backend(ConnectError::Budget(e)))) => return Err(e),
+            Ok(Err(managed::PoolError::Backend(e))) => {
+                return Err(PoolError::Connect(e.to_string()));
+            }
+            Ok(Err(managed::PoolError::Closed)) => return Err(PoolError::Closed),
+            Ok(Err(e)) => return Err(PoolError::Connect(e.to_string())),
+            Err(_) => {
+                self.shared.metrics.pool().budget_timeouts.inc();
+                return Err(PoolError::Exhausted(self.settings.wait, self.shared.budget));
+            }
+        };
+        self.shared.metrics.pool().connections_in_use.inc();
+        self.shared
+            .metrics
+            .pool()
+            .checkout_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(Checkout {
+            obj: Some(obj),
+            shared: self.shared.clone(),
+            discard: false,
+        })
+    }
+
+    async fn pool(&self, id: TenantId) -> Result<Arc<TenantPool>, PoolError> {
+        if let Some(pool) = self.shared.cache.get(&id).await {
+            if self
+                .invalidated
+                .get(&id)
+                .is_none_or(|at| at < pool.built_at)
+            {
+                self.shared.metrics.pool().cache_hits.inc();
+                return Ok(pool);
+            }
+            self.shared.cache.invalidate(&id).await;
+        }
+        self.shared.metrics.pool().cache_misses.inc();
+        self.shared
+            .cache
+            .try_get_with(id, self.build(id))
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    /// Checks that the tenant is active and makes its (empty) pool.
+    async fn build(&self, id: TenantId) -> Result<Arc<TenantPool>, PoolError> {
+        let built_at = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM tenantd.tenants WHERE id = $1")
+                .bind(id.as_uuid())
+                .fetch_optional(&self.catalog)
+                .await
+                .map_err(|e| PoolError::Catalog(e.to_string()))?;
+        let status = status.ok_or(PoolError::NotFound)?;
+        let status: TenantStatus = status
+            .parse()
+            .map_err(|_| PoolError::Catalog(format!("unknown tenant status {status:?}")))?;
+        if status != TenantStatus::Active {
+            return Err(PoolError::NotActive(status));
+        }
+        let manager = TenantManager {
+            config: self.connect_config(id),
+            endpoint: self.endpoint.clone(),
+            shared: self.shared.clone(),
+            lifetime: self.settings.connection_lifetime,
+        };
+        let pool = managed::Pool::builder(manager)
+            .max_size(self.settings.pool_size)
+            .build()
+            .map_err(|e| PoolError::Connect(e.to_string()))?;
+        self.shared.metrics.pool().pools_open.inc();
+        Ok(Arc::new(TenantPool {
+            pool,
+            last_used: AtomicU64::new(self.shared.now_ms()),
+            built_at,
+        }))
+    }
+
+    /// Logs in as the tenant's role on the catalog's database, with the
+    /// tenant's schema as the whole search_path.
+    fn connect_config(&self, id: TenantId) -> tokio_postgres::Config {
+        let db = &self.database;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .user(id.role_name().as_str())
+            .password(role_password(&self.role_secret, id))
+            .dbname(db.get_database().unwrap_or(db.get_username()))
+            .application_name("tenantd")
+            .options(format!("-c search_path={}", id.schema_name().as_str()));
+        config
+    }
+
+    /// Drops tenant `id`'s pool now (its status changed): idle connections
+    /// close at once, busy ones when handed back; no call starting later
+    /// uses a pool built before this.
+    pub async fn invalidate(&self, id: TenantId) {
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        self.invalidated.insert(id, epoch);
+        self.shared.cache.invalidate(&id).await;
+    }
+
+    /// Pools open now.
+    pub fn pools_open(&self) -> u64 {
+        self.shared.cache.entry_count()
+    }
+
+    /// Connections of all pools now, and the budget.
+    pub fn connections(&self) -> (usize, usize) {
+        (
+            self.shared.budget - self.shared.permits.available_permits(),
+            self.shared.budget,
+        )
+    }
+
+    /// Whether tenant `id` has a pool now.
+    pub fn has_pool(&self, id: TenantId) -> bool {
+        self.shared.cache.contains_key(&id)
+    }
+
+    /// Runs moka's housekeeping (idle expiry) now.
+    pub async fn maintain(&self) {
+        self.shared.cache.run_pending_tasks().await;
+    }
+
+    /// Closes every pool (shutdown).
+    pub async fn close(&self) {
+        self.shared.cache.invalidate_all();
+        self.shared.cache.run_pending_tasks().await;
+    }
+
+    /// Every `period`: housekeeping, and dropping the pools of tenants that
+    /// another replica moved out of ACTIVE since the last look.
+    pub async fn watch_statuses(self, period: Duration, stop: tokio_util::sync::CancellationToken) {
+        // From the start: a change made while this process started counts.
+        let mut since: Option<chrono::DateTime<chrono::Utc>> = None;
+        loop {
+            if since.is_some() {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(period) => {}
+                }
+                self.maintain().await;
+            }
+            match self.changed_since(since).await {
+                Ok((now, ids)) => {
+                    for id in ids {
+                        if self.has_pool(id) {
+                            tracing::info!(tenant_id = %id, "tenant left ACTIVE; closing its pool");
+                            self.invalidate(id).await;
+                        }
+                    }
+                    since = Some(now);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read tenant status changes");
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(period) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tenants not ACTIVE whose row changed since `since` (with slack for
+    /// transactions that committed late), and the database's clock now.
+    async fn changed_since(
+        &self,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(chrono::DateTime<chrono::Utc>, Vec<TenantId>), sqlx::Error> {
+        let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+            .fetch_one(&self.catalog)
+            .await?;
+        let Some(since) = since else {
+            return Ok((now, Vec::new()));
+        };
+        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT id FROM tenantd.tenants \
+             WHERE updated_at >= $1 - interval '30 seconds' AND status <> 'active'",
+        )
+        .bind(since)
+        .fetch_all(&self.catalog)
+        .await?;
+        Ok((now, ids.into_iter().map(TenantId::from_uuid).collect()))
+    }
+}

@@ -1,0 +1,503 @@
+//! Typed values between the API and PostgreSQL's wire formats.
+//!
+//! Parameters are sent in binary when the value's kind is exactly the
+//! parameter's type, and otherwise as text that PostgreSQL parses itself (a
+//! numeric from a decimal string, an interval from "1 day", an array from
+//! its literal). Results come back in binary and are decoded here for the
+//! types the API names; any other column type is refused before the
+//! statement runs, with a hint to cast it.
+
+use std::error::Error as StdError;
+use std::fmt::Write as _;
+
+use bytes::BytesMut;
+use chrono::Datelike as _;
+use postgres_protocol::types as wire;
+use tokio_postgres::types::{Format, FromSql, IsNull, Kind, ToSql, Type, to_sql_checked};
+
+type BoxError = Box<dyn StdError + Sync + Send>;
+
+/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+/// Days between 1970-01-01 and 2000-01-01.
+const PG_EPOCH_DAYS: i32 = 10_957;
+
+/// A value of a parameter or a result cell.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int64(i64),
+    Float64(f64),
+    /// Decimal text, exactly as PostgreSQL prints it.
+    Numeric(String),
+    Text(String),
+    Bytea(Vec<u8>),
+    Uuid(uuid::Uuid),
+    /// YYYY-MM-DD, or `infinity` / `-infinity`.
+    Date(String),
+    /// Microseconds since the Unix epoch (UTC). PostgreSQL's infinities are
+    /// `i64::MAX` and `i64::MIN`.
+    Timestamptz(i64),
+    /// JSON text (json or jsonb).
+    Json(String),
+    Array(Vec<Value>),
+}
+
+impl Value {
+    /// Bytes this value takes in a response, roughly: what the response size
+    /// limit counts.
+    pub fn approximate_size(&self) -> usize {
+        match self {
+            Value::Null | Value::Bool(_) => 2,
+            Value::Int64(_) | Value::Float64(_) | Value::Timestamptz(_) => 10,
+            Value::Uuid(_) => 38,
+            Value::Numeric(s) | Value::Text(s) | Value::Date(s) | Value::Json(s) => s.len() + 4,
+            Value::Bytea(b) => b.len() + 4,
+            Value::Array(values) => 4 + values.iter().map(Value::approximate_size).sum::<usize>(),
+        }
+    }
+
+    /// The text form PostgreSQL parses for a parameter of another type.
+    fn write_text(&self, out: &mut String) {
+        match self {
+            Value::Null => out.push_str("NULL"),
+            Value::Bool(b) => out.push_str(if *b { "t" } else { "f" }),
+            Value::Int64(i) => {
+                let _ = write!(out, "{i}");
+            }
+            Value::Float64(f) => write_float(*f, out),
+            Value::Numeric(s) | Value::Text(s) | Value::Date(s) | Value::Json(s) => out.push_str(s),
+            Value::Bytea(b) => {
+                out.push_str("\\x");
+                out.push_str(&hex::encode(b));
+            }
+            Value::Uuid(u) => {
+                let _ = write!(out, "{}", u.hyphenated());
+            }
+            Value::Timestamptz(micros) => write_timestamp(*micros, out),
+            Value::Array(values) => {
+                out.push('{');
+                for (i, v) in values.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    match v {
+                        Value::Null => out.push_str("NULL"),
+                        Value::Array(_) => v.write_text(out),
+                        _ => {
+                            let mut element = String::new();
+                            v.write_text(&mut element);
+                            out.push('"');
+                            for c in element.chars() {
+                                if c == '"' || c == '\\' {
+                                    out.push('\\');
+                                }
+                                out.push(c);
+                            }
+                            out.push('"');
+                        }
+                    }
+                }
+                out.push('}');
+            }
+        }
+    }
+
+    /// Sent in binary: the value's kind is exactly the parameter's type.
+    fn binary_for(&self, ty: &Type) -> bool {
+        match self {
+            Value::Null => true,
+            Value::Bool(_) => *ty == Type::BOOL,
+            Value::Int64(_) => matches!(*ty, Type::INT8 | Type::INT4 | Type::INT2),
+            Value::Float64(_) => matches!(*ty, Type::FLOAT8 | Type::FLOAT4),
+            Value::Bytea(_) => *ty == Type::BYTEA,
+            Value::Uuid(_) => *ty == Type::UUID,
+            Value::Timestamptz(_) => matches!(*ty, Type::TIMESTAMPTZ | Type::TIMESTAMP),
+            _ => false,
+        }
+    }
+}
+
+fn write_float(f: f64, out: &mut String) {
+    if f.is_nan() {
+        out.push_str("NaN");
+    } else if f.is_infinite() {
+        out.push_str(if f > 0.0 { "Infinity" } else { "-Infinity" });
+    } else {
+        let _ = write!(out, "{f:?}");
+    }
+}
+
+fn write_timestamp(micros: i64, out: &mut String) {
+    match micros {
+        i64::MAX => out.push_str("infinity"),
+        i64::MIN => out.push_str("-infinity"),
+        _ => match chrono::DateTime::from_timestamp_micros(micros) {
+            Some(t) => {
+                let _ = write!(out, "{}", t.format("%Y-%m-%dT%H:%M:%S%.6fZ"));
+            }
+            None => out.push_str("invalid"),
+        },
+    }
+}
+
+/// Why a parameter could not be encoded; tokio-postgres adds its index.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ParamError(pub String);
+
+impl Value {
+    /// Whether this value can be sent for a parameter of type `ty`; the
+    /// error says why not. (PostgreSQL checks text it parses itself.)
+    pub fn check_param(&self, ty: &Type) -> Result<(), String> {
+        match (self, ty) {
+            (Value::Int64(i), &Type::INT4) if i32::try_from(*i).is_err() => {
+                Err(format!("{i} is out of range for type int4"))
+            }
+            (Value::Int64(i), &Type::INT2) if i16::try_from(*i).is_err() => {
+                Err(format!("{i} is out of range for type int2"))
+            }
+            (Value::Bytea(_), ty) if *ty != Type::BYTEA => {
+                Err(format!("bytes given for a parameter of type {}", ty.name()))
+            }
+            (Value::Timestamptz(m), &Type::TIMESTAMPTZ | &Type::TIMESTAMP)
+                if *m != i64::MAX && *m != i64::MIN && m.checked_sub(PG_EPOCH_MICROS).is_none() =>
+            {
+                Err("timestamp out of PostgreSQL's range".to_owned())
+            }
+            (Value::Array(_), ty) if !matches!(ty.kind(), Kind::Array(_)) && !is_text(ty) => Err(
+                format!("an array given for a parameter of type {}", ty.name()),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn is_text(ty: &Type) -> bool {
+    matches!(
+        *ty,
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::UNKNOWN
+    )
+}
+
+impl ToSql for Value {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
+        if let Value::Null = self {
+            return Ok(IsNull::Yes);
+        }
+        self.check_param(ty).map_err(ParamError)?;
+        if !self.binary_for(ty) {
+            let mut text = String::new();
+            self.write_text(&mut text);
+            out.extend_from_slice(text.as_bytes());
+            return Ok(IsNull::No);
+        }
+        match (self, ty) {
+            (Value::Bool(b), _) => wire::bool_to_sql(*b, out),
+            (Value::Int64(i), &Type::INT8) => wire::int8_to_sql(*i, out),
+            (Value::Int64(i), &Type::INT4) => wire::int4_to_sql(*i as i32, out),
+            (Value::Int64(i), _) => wire::int2_to_sql(*i as i16, out),
+            (Value::Float64(f), &Type::FLOAT8) => wire::float8_to_sql(*f, out),
+            (Value::Float64(f), _) => wire::float4_to_sql(*f as f32, out),
+            (Value::Bytea(b), _) => wire::bytea_to_sql(b, out),
+            (Value::Uuid(u), _) => wire::uuid_to_sql(*u.as_bytes(), out),
+            (Value::Timestamptz(micros), _) => {
+                let pg = match *micros {
+                    m @ (i64::MAX | i64::MIN) => m,
+                    m => m - PG_EPOCH_MICROS,
+                };
+                wire::timestamp_to_sql(pg, out)
+            }
+            _ => unreachable!("binary_for admits only the kinds above"),
+        }
+        Ok(IsNull::No)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, ty: &Type) -> Format {
+        if self.binary_for(ty) {
+            Format::Binary
+        } else {
+            Format::Text
+        }
+    }
+
+    to_sql_checked!();
+}
+
+/// Whether result columns of this type can be decoded; the error names what
+/// to do otherwise.
+pub fn check_column_type(ty: &Type) -> Result<(), String> {
+    if decodable(ty) {
+        Ok(())
+    } else {
+        Err(format!(
+            "type {} is not one the API returns; cast the column, e.g. `::text`",
+            ty.name()
+        ))
+    }
+}
+
+fn decodable(ty: &Type) -> bool {
+    match ty.kind() {
+        Kind::Enum(_) => true,
+        Kind::Array(member) => decodable(member),
+        Kind::Domain(base) => decodable(base),
+        // A function returning nothing, read as NULL.
+        Kind::Pseudo => *ty == Type::VOID,
+        Kind::Simple => {
+            matches!(
+                *ty,
+                Type::BOOL
+                    | Type::INT2
+                    | Type::INT4
+                    | Type::INT8
+                    | Type::OID
+                    | Type::FLOAT4
+                    | Type::FLOAT8
+                    | Type::NUMERIC
+                    | Type::TEXT
+                    | Type::VARCHAR
+                    | Type::BPCHAR
+                    | Type::NAME
+                    | Type::CHAR
+                    | Type::UNKNOWN
+                    | Type::BYTEA
+                    | Type::UUID
+                    | Type::DATE
+                    | Type::TIMESTAMPTZ
+                    | Type::TIMESTAMP
+                    | Type::JSON
+                    | Type::JSONB
+            ) || ty.name() == "citext"
+        }
+        _ => false,
+    }
+}
+
+impl<'a> FromSql<'a> for Value {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, BoxError> {
+        decode(ty, raw)
+    }
+
+    fn from_sql_null(_: &Type) -> Result<Self, BoxError> {
+        Ok(Value::Null)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+fn decode(ty: &Type, raw: &[u8]) -> Result<Value, BoxError> {
+    match ty.kind() {
+        Kind::Enum(_) => return Ok(Value::Text(wire::text_from_sql(raw)?.to_owned())),
+        Kind::Domain(base) => return decode(base, raw),
+        Kind::Array(member) => return decode_array(member, raw),
+        _ => {}
+    }
+    Ok(match *ty {
+        Type::BOOL => Value::Bool(wire::bool_from_sql(raw)?),
+        Type::INT2 => Value::Int64(wire::int2_from_sql(raw)?.into()),
+        Type::INT4 => Value::Int64(wire::int4_from_sql(raw)?.into()),
+        Type::INT8 => Value::Int64(wire::int8_from_sql(raw)?),
+        Type::OID => Value::Int64(wire::oid_from_sql(raw)?.into()),
+        Type::FLOAT4 => Value::Float64(wire::float4_from_sql(raw)?.into()),
+        Type::FLOAT8 => Value::Float64(wire::float8_from_sql(raw)?),
+        Type::NUMERIC => Value::Numeric(numeric_from_sql(raw)?),
+        Type::CHAR => Value::Text(char::from(wire::char_from_sql(raw)? as u8).to_string()),
+        Type::BYTEA => Value::Bytea(wire::bytea_from_sql(raw).to_vec()),
+        Type::UUID => Value::Uuid(uuid::Uuid::from_bytes(wire::uuid_from_sql(raw)?)),
+        Type::DATE => Value::Date(date_text(wire::date_from_sql(raw)?)),
+        Type::TIMESTAMPTZ | Type::TIMESTAMP => {
+            Value::Timestamptz(match wire::timestamp_from_sql(raw)? {
+                m @ (i64::MAX | i64::MIN) => m,
+                m => m
+                    .checked_add(PG_EPOCH_MICROS)
+                    .ok_or("timestamp out of range")?,
+            })
+        }
+        Type::VOID => Value::Null,
+        Type::JSON => Value::Json(wire::text_from_sql(raw)?.to_owned()),
+        Type::JSONB => match raw.split_first() {
+            Some((1, json)) => Value::Json(std::str::from_utf8(json)?.to_owned()),
+            _ => return Err("unsupported jsonb format version".into()),
+        },
+        ref t if decodable(t) => Value::Text(wire::text_from_sql(raw)?.to_owned()),
+        ref t => return Err(check_column_type(t).unwrap_err().into()),
+    })
+}
+
+fn decode_array(member: &Type, raw: &[u8]) -> Result<Value, BoxError> {
+    use fallible_iterator::FallibleIterator as _;
+    let array = wire::array_from_sql(raw)?;
+    let dims: Vec<usize> = array
+        .dimensions()
+        .map(|d| usize::try_from(d.len).map_err(|_| "negative array dimension".into()))
+        .collect()?;
+    let flat: Vec<Value> = array
+        .values()
+        .map(|v| match v {
+            Some(raw) => decode(member, raw),
+            None => Ok(Value::Null),
+        })
+        .collect()?;
+    Ok(nest(&dims, &mut flat.into_iter()))
+}
+
+/// Rebuilds a multi-dimensional array from its elements in row-major order.
+fn nest(dims: &[usize], flat: &mut impl Iterator<Item = Value>) -> Value {
+    match dims.split_first() {
+        None => Value::Array(Vec::new()),
+        Some((&n, [])) => Value::Array(flat.take(n).collect()),
+        Some((&n, rest)) => Value::Array((0..n).map(|_| nest(rest, flat)).collect()),
+    }
+}
+
+fn date_text(days: i32) -> String {
+    match days {
+        i32::MAX => "infinity".to_owned(),
+        i32::MIN => "-infinity".to_owned(),
+        d => {
+            let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a valid date");
+            match epoch.checked_add_signed(chrono::Duration::days(
+                i64::from(d) + i64::from(PG_EPOCH_DAYS),
+            )) {
+                // PostgreSQL's own ISO output: BC years are spelled out.
+                Some(date) if date.year() > 0 => date.format("%Y-%m-%d").to_string(),
+                Some(date) => format!("{:04}-{} BC", 1 - date.year(), date.format("%m-%d")),
+                None => "invalid".to_owned(),
+            }
+        }
+    }
+}
+
+/// PostgreSQL's binary numeric: digit count, weight (of the first base-10000
+/// digit), sign, display scale, then base-10000 digits.
+fn numeric_from_sql(raw: &[u8]) -> Result<String, BoxError> {
+    let field = |i: usize| -> Result<u16, BoxError> {
+        raw.get(i * 2..i * 2 + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| "truncated numeric".into())
+    };
+    let ndigits = usize::from(field(0)?);
+    let weight = field(1)? as i16;
+    let sign = field(2)?;
+    let dscale = usize::from(field(3)?);
+    match sign {
+        0x0000 | 0x4000 => {}
+        0xC000 => return Ok("NaN".to_owned()),
+        0xD000 => return Ok("Infinity".to_owned()),
+        0xF000 => return Ok("-Infinity".to_owned()),
+        _ => return Err("bad numeric sign".into()),
+    }
+    let digits: Vec<u16> = (0..ndigits)
+        .map(|i| field(4 + i))
+        .collect::<Result<_, _>>()?;
+    let digit = |i: i32| -> u16 {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| digits.get(i).copied())
+            .unwrap_or(0)
+    };
+    let mut out = String::new();
+    if sign == 0x4000 {
+        out.push('-');
+    }
+    if weight < 0 {
+        out.push('0');
+    } else {
+        for i in 0..=i32::from(weight) {
+            let d = digit(i);
+            if i == 0 {
+                let _ = write!(out, "{d}");
+            } else {
+                let _ = write!(out, "{d:04}");
+            }
+        }
+    }
+    if dscale > 0 {
+        out.push('.');
+        let mut frac = String::with_capacity(dscale + 4);
+        let mut i = i32::from(weight) + 1;
+        while frac.len() < dscale {
+            let _ = write!(frac, "{:04}", digit(i));
+            i += 1;
+        }
+        frac.truncate(dscale);
+        out.push_str(&frac);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numeric(ndigits: u16, weight: i16, sign: u16, dscale: u16, digits: &[u16]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for f in [ndigits, weight as u16, sign, dscale] {
+            v.extend_from_slice(&f.to_be_bytes());
+        }
+        for d in digits {
+            v.extend_from_slice(&d.to_be_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn numerics_print_as_postgresql_does() {
+        let cases = [
+            (numeric(0, 0, 0, 0, &[]), "0"),
+            (numeric(0, 0, 0, 2, &[]), "0.00"),
+            (numeric(1, 0, 0, 0, &[12]), "12"),
+            (numeric(2, 1, 0, 0, &[1, 2345]), "12345"),
+            (numeric(2, 0, 0x4000, 2, &[12, 5000]), "-12.50"),
+            (numeric(1, -1, 0, 4, &[10]), "0.0010"),
+            (numeric(1, -2, 0, 8, &[10]), "0.00000010"),
+            (numeric(1, 2, 0, 0, &[7]), "700000000"),
+            (numeric(0, 0, 0xC000, 0, &[]), "NaN"),
+            (numeric(2, 0, 0, 3, &[3, 1415]), "3.141"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(numeric_from_sql(&raw).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn array_literals_quote_and_escape_elements() {
+        let v = Value::Array(vec![
+            Value::Text("a\"b".into()),
+            Value::Null,
+            Value::Array(vec![Value::Int64(1), Value::Text("x\\y".into())]),
+        ]);
+        let mut s = String::new();
+        v.write_text(&mut s);
+        assert_eq!(s, r#"{"a\"b",NULL,{"1","x\\y"}}"#);
+    }
+
+    #[test]
+    fn dates_count_from_2000() {
+        assert_eq!(date_text(0), "2000-01-01");
+        assert_eq!(date_text(-1), "1999-12-31");
+        assert_eq!(date_text(i32::MAX), "infinity");
+    }
+
+    #[test]
+    fn nesting_follows_dimensions() {
+        let flat: Vec<Value> = (1..=6).map(Value::Int64).collect();
+        let nested = nest(&[2, 3], &mut flat.into_iter());
+        let Value::Array(rows) = nested else {
+            panic!("not an array")
+        };
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            rows[1],
+            Value::Array(vec![Value::Int64(4), Value::Int64(5), Value::Int64(6)])
+        );
+    }
+}

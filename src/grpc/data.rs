@@ -1,0 +1,430 @@
+//! `tenantd.v1.TenantDataService`: checks the request and the caller, runs
+//! the statements through the tenant's pool, and maps values both ways.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::auth::{caller, require_in_tenant};
+use super::pb::{self, tenant_data_service_server::TenantDataService};
+use super::status;
+use crate::data::{DataError, ExecError, Outcome, PoolError, Statement, TenantData, Value};
+use crate::domain::identity::{Permission, Scope};
+use crate::domain::{TenantId, ValidationError};
+use crate::identity::Identity;
+
+/// Statements one Transaction call may hold.
+const MAX_STATEMENTS: usize = 100;
+/// Parameters one statement may have (PostgreSQL's own limit).
+const MAX_PARAMS: usize = 65_535;
+
+pub struct DataApi {
+    data: TenantData,
+    identity: Identity,
+}
+
+impl DataApi {
+    pub fn new(data: TenantData, identity: Identity) -> Self {
+        Self { data, identity }
+    }
+
+    /// Checks the caller, runs, and maps the outcome.
+    async fn run<T>(
+        &self,
+        request: Request<T>,
+        parts: impl FnOnce(T) -> Result<Call, ValidationError>,
+    ) -> Result<Vec<Outcome>, Status> {
+        let who = caller(&request)?;
+        let call = parts(request.into_inner()).map_err(status::invalid)?;
+        let permission = if call.read_only {
+            Permission::DataRead
+        } else {
+            Permission::DataWrite
+        };
+        require_in_tenant(
+            &self.identity,
+            &who,
+            Scope::Data,
+            *call.tenant.as_uuid(),
+            permission,
+        )
+        .await?;
+        self.data
+            .run(call.tenant, &call.statements, call.read_only, call.timeout)
+            .await
+            .map_err(|e| data_status(e, call.prefix))
+    }
+
+    fn statement(
+        &self,
+        prefix: &str,
+        sql: String,
+        params: Vec<pb::Value>,
+        max_rows: u32,
+    ) -> Result<Statement, ValidationError> {
+        if sql.trim().is_empty() {
+            return Err(ValidationError::single(
+                format!("{prefix}sql"),
+                "is required",
+            ));
+        }
+        if params.len() > MAX_PARAMS {
+            return Err(ValidationError::single(
+                format!("{prefix}params"),
+                format!("at most {MAX_PARAMS} parameters"),
+            ));
+        }
+        let params = params
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| value_from_pb(v, &format!("{prefix}params[{i}]")))
+            .collect::<Result<_, _>>()?;
+        Ok(Statement {
+            sql,
+            params,
+            max_rows: self.data.calls().rows(max_rows),
+        })
+    }
+}
+
+/// A checked request.
+struct Call {
+    tenant: TenantId,
+    statements: Vec<Statement>,
+    read_only: bool,
+    timeout: std::time::Duration,
+    /// How request fields of statement i are named: "" for Execute,
+    /// "statements[i]." for Transaction.
+    prefix: fn(usize) -> String,
+}
+
+#[tonic::async_trait]
+impl TenantDataService for DataApi {
+    async fn execute(
+        &self,
+        request: Request<pb::ExecuteRequest>,
+    ) -> Result<Response<pb::ExecuteResponse>, Status> {
+        let outcomes = self
+            .run(request, |r| {
+                let tenant = TenantId::parse("tenant_id", &r.tenant_id)?;
+                let statement = self.statement("", r.sql, r.params, r.max_rows)?;
+                Ok(Call {
+                    tenant,
+                    statements: vec![statement],
+                    read_only: r.read_only,
+                    timeout: self.data.calls().timeout(r.timeout_ms),
+                    prefix: |_| String::new(),
+                })
+            })
+            .await?;
+        let outcome = outcomes
+            .into_iter()
+            .next()
+            .map(result_to_pb)
+            .unwrap_or_default();
+        Ok(Response::new(pb::ExecuteResponse {
+            columns: outcome.columns,
+            rows: outcome.rows,
+            rows_affected: outcome.rows_affected,
+            truncated: outcome.truncated,
+        }))
+    }
+
+    async fn transaction(
+        &self,
+        request: Request<pb::TransactionRequest>,
+    ) -> Result<Response<pb::TransactionResponse>, Status> {
+        let outcomes = self
+            .run(request, |r| {
+                let tenant = TenantId::parse("tenant_id", &r.tenant_id)?;
+                if r.statements.is_empty() {
+                    return Err(ValidationError::single("statements", "is required"));
+                }
+                if r.statements.len() > MAX_STATEMENTS {
+                    return Err(ValidationError::single(
+                        "statements",
+                        format!("at most {MAX_STATEMENTS} statements"),
+                    ));
+                }
+                let statements = r
+                    .statements
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        self.statement(&format!("statements[{i}]."), s.sql, s.params, s.max_rows)
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(Call {
+                    tenant,
+                    statements,
+                    read_only: r.read_only,
+                    timeout: self.data.calls().timeout(r.timeout_ms),
+                    prefix: |i| format!("statements[{i}]."),
+                })
+            })
+            .await?;
+        Ok(Response::new(pb::TransactionResponse {
+            results: outcomes.into_iter().map(result_to_pb).collect(),
+        }))
+    }
+}
+
+fn result_to_pb(o: Outcome) -> pb::StatementResult {
+    pb::StatementResult {
+        columns: o
+            .columns
+            .into_iter()
+            .map(|(name, r#type)| pb::Column { name, r#type })
+            .collect(),
+        rows: o
+            .rows
+            .into_iter()
+            .map(|values| pb::Row {
+                values: values.into_iter().map(value_to_pb).collect(),
+            })
+            .collect(),
+        rows_affected: o.rows_affected,
+        truncated: o.truncated,
+    }
+}
+
+/// A request value; `field` names it in errors.
+pub fn value_from_pb(v: pb::Value, field: &str) -> Result<Value, ValidationError> {
+    use pb::value::Kind;
+    Ok(match v.kind {
+        None | Some(Kind::Null(_)) => Value::Null,
+        Some(Kind::Bool(b)) => Value::Bool(b),
+        Some(Kind::Int64(i)) => Value::Int64(i),
+        Some(Kind::Float64(f)) => Value::Float64(f),
+        Some(Kind::Numeric(s)) => {
+            let plain = s.trim_start_matches(['-', '+']);
+            let numeric = !plain.is_empty()
+                && (matches!(plain, "NaN" | "Infinity")
+                    || plain
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+')));
+            if !numeric {
+                return Err(ValidationError::single(field, "must be a decimal number"));
+            }
+            Value::Numeric(s)
+        }
+        Some(Kind::Text(s)) => Value::Text(s),
+        Some(Kind::Bytea(b)) => Value::Bytea(b),
+        Some(Kind::Uuid(s)) => Value::Uuid(
+            uuid::Uuid::parse_str(&s)
+                .map_err(|_| ValidationError::single(field, "must be a UUID"))?,
+        ),
+        Some(Kind::Date(s)) => {
+            let valid = matches!(s.as_str(), "infinity" | "-infinity")
+                || chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d").is_ok();
+            if !valid {
+                return Err(ValidationError::single(field, "must be a date, YYYY-MM-DD"));
+            }
+            Value::Date(s)
+        }
+        Some(Kind::Timestamptz(t)) => {
+            let micros = t
+                .seconds
+                .checked_mul(1_000_000)
+                .and_then(|s| s.checked_add(i64::from(t.nanos) / 1000))
+                .filter(|_| (0..1_000_000_000).contains(&t.nanos))
+                .ok_or_else(|| ValidationError::single(field, "is not a valid timestamp"))?;
+            Value::Timestamptz(micros)
+        }
+        Some(Kind::Json(s)) => {
+            serde_json::from_str::<serde::de::IgnoredAny>(&s)
+                .map_err(|e| ValidationError::single(field, format!("must be JSON: {e}")))?;
+            Value::Json(s)
+        }
+        Some(Kind::Array(a)) => Value::Array(
+            a.values
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| value_from_pb(v, &format!("{field}[{i}]")))
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+pub fn value_to_pb(v: Value) -> pb::Value {
+    use pb::value::Kind;
+    let kind = match v {
+        Value::Null => Kind::Null(prost_types::NullValue::NullValue as i32),
+        Value::Bool(b) => Kind::Bool(b),
+        Value::Int64(i) => Kind::Int64(i),
+        Value::Float64(f) => Kind::Float64(f),
+        Value::Numeric(s) => Kind::Numeric(s),
+        Value::Text(s) => Kind::Text(s),
+        Value::Bytea(b) => Kind::Bytea(b),
+        Value::Uuid(u) => Kind::Uuid(u.hyphenated().to_string()),
+        Value::Date(s) => Kind::Date(s),
+        Value::Timestamptz(micros) => Kind::Timestamptz(prost_types::Timestamp {
+            seconds: micros.div_euclid(1_000_000),
+            nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+        }),
+        Value::Json(s) => Kind::Json(s),
+        Value::Array(values) => Kind::Array(pb::Array {
+            values: values.into_iter().map(value_to_pb).collect(),
+        }),
+    };
+    pb::Value { kind: Some(kind) }
+}
+
+/// The status of a failed call. SQL errors carry their SQLSTATE and never
+/// become INTERNAL.
+fn data_status(err: DataError, prefix: fn(usize) -> String) -> Status {
+    match err {
+        DataError::Pool(e) => match e {
+            PoolError::NotFound => Status::not_found("tenant not found"),
+            PoolError::NotActive(s) => Status::with_error_details(
+                Code::FailedPrecondition,
+                format!("tenant is {s}; only an active tenant's data can be used"),
+                ErrorDetails::with_precondition_failure_violation(
+                    "TENANT_NOT_ACTIVE",
+                    "tenant_id",
+                    format!("the tenant is {s}"),
+                ),
+            ),
+            PoolError::Exhausted(..) => Status::resource_exhausted(e.to_string()),
+            PoolError::Connect(_) | PoolError::Catalog(_) | PoolError::Closed => {
+                tracing::warn!(error = %e, "no tenant connection");
+                Status::unavailable(format!("{e}; try again"))
+            }
+        },
+        DataError::Exec(e) => match e {
+            ExecError::Invalid {
+                statement,
+                field,
+                message,
+            } => status::invalid(ValidationError::single(
+                format!("{}{field}", prefix(statement)),
+                message,
+            )),
+            ExecError::TimedOut(t) => Status::deadline_exceeded(format!(
+                "the call ran past its timeout of {t:?} and was cancelled"
+            )),
+            ExecError::ConnectionLost { message, .. } => {
+                tracing::warn!(error = %message, "tenant connection lost");
+                Status::unavailable(format!(
+                    "connection to PostgreSQL lost ({message}); nothing was committed unless the commit itself was under way"
+                ))
+            }
+            ExecError::Sql {
+                statement,
+                code,
+                message,
+                detail,
+                hint,
+                position,
+            } => {
+                let mut metadata = HashMap::from([
+                    ("sqlstate".to_owned(), code.clone()),
+                    ("message".to_owned(), message.clone()),
+                ]);
+                for (k, v) in [("detail", detail), ("hint", hint)] {
+                    if let Some(v) = v {
+                        metadata.insert(k.to_owned(), v);
+                    }
+                }
+                if let Some(p) = position {
+                    metadata.insert("position".to_owned(), p.to_string());
+                }
+                let text = match statement {
+                    Some(i) => {
+                        metadata.insert("statement_index".to_owned(), i.to_string());
+                        format!("statement {i}: SQLSTATE {code}: {message}")
+                    }
+                    None => format!("SQLSTATE {code}: {message}"),
+                };
+                Status::with_error_details(
+                    sql_code(&code),
+                    text,
+                    ErrorDetails::with_error_info("SQL_ERROR", "tenantd", metadata),
+                )
+            }
+        },
+    }
+}
+
+/// The gRPC code that fits a SQLSTATE.
+pub fn sql_code(sqlstate: &str) -> Code {
+    match sqlstate {
+        "42501" => Code::PermissionDenied,
+        "23505" => Code::AlreadyExists,
+        "25006" => Code::InvalidArgument,
+        "57014" => Code::DeadlineExceeded,
+        "40001" | "40P01" | "55P03" => Code::Aborted,
+        s if s.starts_with("53") => Code::ResourceExhausted,
+        s if s.starts_with("08") || s.starts_with("57P") => Code::Unavailable,
+        s if ["22", "42", "0A", "2F", "3F", "26", "34", "44"]
+            .iter()
+            .any(|class| s.starts_with(class)) =>
+        {
+            Code::InvalidArgument
+        }
+        s if s.starts_with("40") => Code::Aborted,
+        _ => Code::FailedPrecondition,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_map_to_fitting_codes_never_internal() {
+        let cases = [
+            ("42501", Code::PermissionDenied),
+            ("42P01", Code::InvalidArgument),
+            ("42601", Code::InvalidArgument),
+            ("22P02", Code::InvalidArgument),
+            ("23505", Code::AlreadyExists),
+            ("23503", Code::FailedPrecondition),
+            ("23514", Code::FailedPrecondition),
+            ("40001", Code::Aborted),
+            ("40P01", Code::Aborted),
+            ("57014", Code::DeadlineExceeded),
+            ("P0001", Code::FailedPrecondition),
+            ("XX000", Code::FailedPrecondition),
+            ("25006", Code::InvalidArgument),
+        ];
+        for (state, code) in cases {
+            assert_eq!(sql_code(state), code, "{state}");
+        }
+    }
+
+    #[test]
+    fn values_round_trip_through_pb() {
+        let values = [
+            Value::Null,
+            Value::Bool(true),
+            Value::Int64(-5),
+            Value::Float64(1.5),
+            Value::Numeric("12.50".into()),
+            Value::Text("x".into()),
+            Value::Bytea(vec![0, 255]),
+            Value::Uuid(uuid::Uuid::nil()),
+            Value::Date("2026-11-23".into()),
+            Value::Timestamptz(-1),
+            Value::Json("{\"a\":1}".into()),
+            Value::Array(vec![Value::Int64(1), Value::Null]),
+        ];
+        for v in values {
+            assert_eq!(value_from_pb(value_to_pb(v.clone()), "v").unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let bad = pb::Value {
+            kind: Some(pb::value::Kind::Array(pb::Array {
+                values: vec![pb::Value {
+                    kind: Some(pb::value::Kind::Uuid("nope".into())),
+                }],
+            })),
+        };
+        let err = value_from_pb(bad, "params[3]").unwrap_err();
+        assert_eq!(err.violations[0].field, "params[3][0]");
+    }
+}
