@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::audit::AuditCommand;
+use crate::identity::{MembersCommand, SessionsCommand, UsersCommand};
 use crate::output::OutputFormat;
 use crate::session::parse_endpoint;
 use crate::tenants::TenantsCommand;
@@ -80,6 +81,28 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Create, inspect and change users; set passwords; deactivate.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// Who belongs to a tenant and in which role.
+    Members {
+        #[command(subcommand)]
+        command: MembersCommand,
+    },
+    /// Log users in, check and refresh their tokens, list and end sessions.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+}
+
+/// An id (a UUID) in canonical form: tenants, users, runs.
+pub fn parse_uuid(raw: &str) -> Result<String, String> {
+    uuid::Uuid::parse_str(raw.trim())
+        .map(|id| id.hyphenated().to_string())
+        .map_err(|_| format!("{raw:?} is not an id (a UUID)"))
 }
 
 /// A humantime duration that is not zero.
@@ -99,6 +122,15 @@ mod tests {
     #[test]
     fn command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ids_are_canonical_uuids() {
+        assert_eq!(
+            parse_uuid("0190A6F27D4B7CC39F007D0F6B1D2E3A").as_deref(),
+            Ok("0190a6f2-7d4b-7cc3-9f00-7d0f6b1d2e3a")
+        );
+        assert!(parse_uuid("run-1").is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Every way a tenantctl command can fail, the exit code of each, and how it
 //! reads on stderr: gRPC statuses by code name with their field violations,
-//! an unreachable server with the address tried and how to start one.
+//! an unreachable server with the address tried and how to start one, and a
+//! password or token the server refused with what that can mean.
 
 use std::fmt;
 use std::time::Duration;
@@ -23,6 +24,10 @@ pub enum CliError {
     Timeout { endpoint: String, after: Duration },
     /// The server answered with an error status.
     Rpc(Status),
+    /// The server refused a credential the command carried for it to judge
+    /// (a password at login, a token to validate), not tenantctl's own key;
+    /// `why` says what that can mean.
+    Refused { status: Status, why: &'static str },
     /// Anything else that stopped the command.
     Failed(String),
 }
@@ -34,6 +39,7 @@ impl CliError {
             CliError::Unreachable { .. }
             | CliError::Timeout { .. }
             | CliError::Rpc(_)
+            | CliError::Refused { .. }
             | CliError::Failed(_) => EXIT_FAILURE,
         }
     }
@@ -55,7 +61,11 @@ impl fmt::Display for CliError {
                  --timeout); a change the command asked for may still have been applied",
                 humantime::format_duration(*after)
             ),
-            CliError::Rpc(status) => write_status(f, status),
+            CliError::Rpc(status) => write_status(f, status, true),
+            CliError::Refused { status, why } => {
+                write_status(f, status, false)?;
+                write!(f, "\n  {why}")
+            }
         }
     }
 }
@@ -63,13 +73,14 @@ impl fmt::Display for CliError {
 impl std::error::Error for CliError {}
 
 /// `CODE: message`, then one indented line per field violation or failed
-/// precondition the status carries in its details.
-fn write_status(f: &mut fmt::Formatter<'_>, status: &Status) -> fmt::Result {
+/// precondition the status carries in its details; with `key_hint`, how to
+/// pass a key when the status says tenantctl's credentials were refused.
+fn write_status(f: &mut fmt::Formatter<'_>, status: &Status, key_hint: bool) -> fmt::Result {
     f.write_str(code_name(status.code()))?;
     if !status.message().is_empty() {
         write!(f, ": {}", status.message())?;
     }
-    if status.code() == tonic::Code::Unauthenticated {
+    if key_hint && status.code() == tonic::Code::Unauthenticated {
         f.write_str(
             "\n  pass a service key with --key or TENANTD_KEY (or --key-file); a tenantd running \
              its private cluster writes one to tenantd-data/admin.key",
@@ -154,6 +165,22 @@ mod tests {
              field country: must be ISO 3166-1 alpha-2"
         );
         assert_eq!(err.exit_code(), 1);
+    }
+
+    #[test]
+    fn a_refused_token_is_not_blamed_on_the_key() {
+        let err = CliError::Refused {
+            status: Status::unauthenticated("invalid or expired token"),
+            why: "the token has expired or its session ended",
+        };
+        assert_eq!(
+            err.to_string(),
+            "UNAUTHENTICATED: invalid or expired token\n  \
+             the token has expired or its session ended"
+        );
+        assert_eq!(err.exit_code(), 1);
+        let own = CliError::Rpc(Status::unauthenticated("missing credentials"));
+        assert!(own.to_string().contains("--key"), "{own}");
     }
 
     #[test]

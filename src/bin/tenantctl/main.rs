@@ -2,14 +2,17 @@
 //! to the server, hand the command to its group's module, and turn any
 //! failure into one `tenantctl: …` report on stderr and an exit code.
 //!
-//! Each command group (`tenants`, `upgrade`, later `users`, …) lives in a
-//! module of its own that owns its arguments, its calls and its output.
+//! Each command group (`tenants`, `upgrade`, `users`, …) lives in a module
+//! of its own that owns its arguments, its calls and its output; `users`,
+//! `members` and `sessions` share the `identity` module.
 
 mod audit;
 mod cli;
 mod error;
 mod health;
+mod identity;
 mod output;
+mod pages;
 mod session;
 mod tenants;
 mod upgrade;
@@ -51,5 +54,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Upgrade { command } => upgrade::run(command, &session).await,
         Command::Audit { command } => audit::run(command, &session).await,
         Command::Health => health::run(&session).await,
+        Command::Users { command } => identity::users::run(command, &session).await,
+        Command::Members { command } => identity::members::run(command, &session).await,
+        Command::Sessions { command } => identity::sessions::run(command, &session).await,
     }
 }

@@ -1,5 +1,6 @@
 //! Output mechanics shared by every command group: the `--output` format,
-//! the table style, timestamps as RFC 3339, and writing to stdout without
+//! the table style, timestamps as RFC 3339, enum values as words, the hint
+//! under a page that is not the last, and writing to stdout without
 //! panicking when the reader goes away.
 
 use std::io::Write;
@@ -53,6 +54,29 @@ pub fn rfc3339_seconds(ts: Option<&prost_types::Timestamp>) -> String {
 fn to_datetime(ts: Option<&prost_types::Timestamp>) -> Option<DateTime<chrono::Utc>> {
     let ts = ts?;
     DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).ok()?)
+}
+
+/// A proto enum value as a lower-case word without its prefix
+/// (`TENANT_STATUS_ACTIVE` -> `active`), given the value's name when the
+/// number is known; unknown numbers stay visible as `unknown(7)`.
+pub fn enum_word(name: Option<&str>, prefix: &str, raw: i32) -> String {
+    match name {
+        Some(name) => name.trim_start_matches(prefix).to_ascii_lowercase(),
+        None => format!("unknown({raw})"),
+    }
+}
+
+/// Under a table that is not the last page: the token and how to go on
+/// (`or_all`: the command also takes `--all`). Nothing on the last page.
+pub fn print_next_page(next_page_token: &str, or_all: bool) -> Result<(), CliError> {
+    if next_page_token.is_empty() {
+        return Ok(());
+    }
+    let all = if or_all { ", or --all" } else { "" };
+    print_text(&format!(
+        "next page token: {next_page_token}\n  \
+         (pass --page-token {next_page_token} for the next page{all})"
+    ))
 }
 
 /// Writes `value` as one pretty-printed JSON document.

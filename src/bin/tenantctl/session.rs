@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use tenantd::pb::migration_service_client::MigrationServiceClient;
+use tenantd::pb::session_service_client::SessionServiceClient;
 use tenantd::pb::tenant_service_client::TenantServiceClient;
+use tenantd::pb::user_service_client::UserServiceClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -76,8 +78,12 @@ impl Session {
         self.channel.clone()
     }
 
-    pub fn users(&self) -> tenantd::pb::user_service_client::UserServiceClient<Channel> {
-        tenantd::pb::user_service_client::UserServiceClient::new(self.channel.clone())
+    pub fn users(&self) -> UserServiceClient<Channel> {
+        UserServiceClient::new(self.channel.clone())
+    }
+
+    pub fn sessions(&self) -> SessionServiceClient<Channel> {
+        SessionServiceClient::new(self.channel.clone())
     }
 
     pub fn migrations(&self) -> MigrationServiceClient<Channel> {
@@ -141,6 +147,25 @@ impl Session {
                 endpoint: self.endpoint.clone(),
                 after: self.timeout,
             }),
+        }
+    }
+
+    /// Awaits a call that carries a credential for the server to judge (a
+    /// password, a token). When tenantctl sent a key of its own, an
+    /// UNAUTHENTICATED answer is about that credential and reads as `why`
+    /// rather than as advice on passing a key.
+    pub async fn call_judging<T>(
+        &self,
+        call: impl Future<Output = Result<Response<T>, Status>>,
+        why: &'static str,
+    ) -> Result<T, CliError> {
+        match self.call(call).await {
+            Err(CliError::Rpc(status))
+                if status.code() == Code::Unauthenticated && self.authorization.is_some() =>
+            {
+                Err(CliError::Refused { status, why })
+            }
+            other => other,
         }
     }
 

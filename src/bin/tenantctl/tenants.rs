@@ -1,15 +1,16 @@
 //! `tenantctl tenants …`: the subcommands and arguments of the tenant group,
 //! the TenantService calls they make, and how tenants print as tables and
-//! as JSON.
+//! as JSON. Other groups name tenants the same way (id or slug) through
+//! [`resolve_id`].
 
 use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
-use tenantd::pb::tenant_service_client::TenantServiceClient;
 use tenantd::pb::{self, get_tenant_request::Selector};
-use tonic::transport::Channel;
+use tonic::Code;
 
 use crate::error::CliError;
 use crate::output::{self, OutputFormat};
+use crate::pages::{self, PageArgs};
 use crate::session::Session;
 
 #[derive(Debug, Subcommand)]
@@ -73,15 +74,8 @@ pub struct ListArgs {
     /// Only tenants in this status (default: every status but purged).
     #[arg(long, value_enum)]
     status: Option<StatusFilter>,
-    /// Tenants per page, 1-1000 (server default 100).
-    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1000))]
-    page_size: Option<i32>,
-    /// Start at this page: the token a previous page printed.
-    #[arg(long, default_value = "")]
-    page_token: String,
-    /// Follow the page tokens to the last page and show everything.
-    #[arg(long)]
-    all: bool,
+    #[command(flatten)]
+    page: PageArgs,
 }
 
 #[derive(Debug, Args)]
@@ -156,7 +150,7 @@ pub async fn run(command: TenantsCommand, session: &Session) -> Result<(), CliEr
                 .call(client.get_tenant(session.request(request)))
                 .await?
         }
-        TenantsCommand::List(a) => return list(a, session, &mut client).await,
+        TenantsCommand::List(a) => return list(a, session).await,
         TenantsCommand::Update(a) => {
             let request = pb::UpdateTenantRequest {
                 id: a.id,
@@ -205,6 +199,28 @@ fn selector(tenant: &str) -> Selector {
     }
 }
 
+/// The id of a tenant named by id or slug, for calls that take only ids: an
+/// id is used as it is (no call), a slug is looked up.
+pub async fn resolve_id(session: &Session, tenant: &str) -> Result<String, CliError> {
+    let slug = match selector(tenant) {
+        Selector::Id(id) => return Ok(id),
+        Selector::Slug(slug) => slug,
+    };
+    let request = pb::GetTenantRequest {
+        selector: Some(Selector::Slug(slug.clone())),
+    };
+    match session
+        .call(session.tenants().get_tenant(session.request(request)))
+        .await
+    {
+        Ok(t) => Ok(t.id),
+        Err(CliError::Rpc(status)) if status.code() == Code::NotFound => Err(CliError::Failed(
+            format!("NOT_FOUND: no tenant has the slug {slug:?} (nor is it a tenant id)"),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
 fn lifecycle_request(a: LifecycleArgs) -> pb::TenantLifecycleRequest {
     pb::TenantLifecycleRequest {
         id: a.id,
@@ -214,36 +230,23 @@ fn lifecycle_request(a: LifecycleArgs) -> pb::TenantLifecycleRequest {
 }
 
 /// One page, or with `--all` every page from `--page-token` on.
-async fn list(
-    a: ListArgs,
-    session: &Session,
-    client: &mut TenantServiceClient<Channel>,
-) -> Result<(), CliError> {
-    let status = a.status.map_or(pb::TenantStatus::Unspecified, status_to_pb);
-    let mut tenants = Vec::new();
-    let mut page_token = a.page_token;
-    loop {
-        let request = pb::ListTenantsRequest {
-            page_size: a.page_size.unwrap_or(0),
-            page_token: page_token.clone(),
-            status: status as i32,
-        };
-        let page = session
-            .call(client.list_tenants(session.request(request)))
-            .await?;
-        tenants.extend(page.tenants);
-        if !a.all || page.next_page_token.is_empty() {
-            page_token = page.next_page_token;
-            break;
+async fn list(a: ListArgs, session: &Session) -> Result<(), CliError> {
+    let status = a.status.map_or(pb::TenantStatus::Unspecified, status_to_pb) as i32;
+    let client = session.tenants();
+    let (tenants, next_page_token) = pages::collect(a.page, |page_size, page_token| {
+        let mut client = client.clone();
+        let request = session.request(pb::ListTenantsRequest {
+            page_size,
+            page_token,
+            status,
+        });
+        async move {
+            let page = session.call(client.list_tenants(request)).await?;
+            Ok((page.tenants, page.next_page_token))
         }
-        if page.next_page_token == page_token {
-            return Err(CliError::Failed(
-                "the server returned the same page token twice; stopping".to_owned(),
-            ));
-        }
-        page_token = page.next_page_token;
-    }
-    print_list(session.output, &tenants, &page_token)
+    })
+    .await?;
+    print_list(session.output, &tenants, &next_page_token)
 }
 
 fn status_to_pb(s: StatusFilter) -> pb::TenantStatus {
@@ -258,13 +261,8 @@ fn status_to_pb(s: StatusFilter) -> pb::TenantStatus {
 
 /// The lower-case status word ("active"); unknown numbers stay visible.
 fn status_word(status: i32) -> String {
-    match pb::TenantStatus::try_from(status) {
-        Ok(s) => s
-            .as_str_name()
-            .trim_start_matches("TENANT_STATUS_")
-            .to_ascii_lowercase(),
-        Err(_) => format!("unknown({status})"),
-    }
+    let name = pb::TenantStatus::try_from(status).ok();
+    output::enum_word(name.map(|s| s.as_str_name()), "TENANT_STATUS_", status)
 }
 
 /// A tenant as JSON with the proto's field names.
@@ -344,14 +342,7 @@ fn print_list(
                 }
                 output::print_text(&table.to_string())?;
             }
-            if next_page_token.is_empty() {
-                Ok(())
-            } else {
-                output::print_text(&format!(
-                    "next page token: {next_page_token}\n  \
-                     (pass --page-token {next_page_token} for the next page, or --all)"
-                ))
-            }
+            output::print_next_page(next_page_token, true)
         }
     }
 }

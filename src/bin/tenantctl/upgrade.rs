@@ -14,6 +14,7 @@ use clap::{Args, Subcommand};
 use tenantd::pb::{self, migration_service_client::MigrationServiceClient};
 use tonic::transport::Channel;
 
+use crate::cli::parse_uuid;
 use crate::error::CliError;
 use crate::session::Session;
 
@@ -256,13 +257,6 @@ async fn start(
     watch::watch(session, client, &run.id, options).await
 }
 
-/// A UUID in canonical form (run and tenant ids).
-fn parse_uuid(raw: &str) -> Result<String, String> {
-    uuid::Uuid::parse_str(raw.trim())
-        .map(|id| id.hyphenated().to_string())
-        .map_err(|_| format!("{raw:?} is not an id (a UUID)"))
-}
-
 /// A humantime duration greater than zero, as protobuf sends it.
 fn parse_pb_duration(raw: &str) -> Result<prost_types::Duration, String> {
     let d = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
@@ -317,15 +311,6 @@ mod tests {
         assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
         assert!(parse_interval("10ms").is_err());
         assert!(parse_interval("2m").is_err());
-    }
-
-    #[test]
-    fn ids_are_canonical_uuids() {
-        assert_eq!(
-            parse_uuid("0190A6F27D4B7CC39F007D0F6B1D2E3A").as_deref(),
-            Ok("0190a6f2-7d4b-7cc3-9f00-7d0f6b1d2e3a")
-        );
-        assert!(parse_uuid("run-1").is_err());
     }
 
     #[test]

@@ -12,13 +12,8 @@ use crate::output::{self, OutputFormat};
 
 /// The lower-case status word ("running"); unknown numbers stay visible.
 pub fn status_word(status: i32) -> String {
-    match pb::UpgradeStatus::try_from(status) {
-        Ok(s) => s
-            .as_str_name()
-            .trim_start_matches("UPGRADE_STATUS_")
-            .to_ascii_lowercase(),
-        Err(_) => format!("unknown({status})"),
-    }
+    let name = pb::UpgradeStatus::try_from(status).ok();
+    output::enum_word(name.map(|s| s.as_str_name()), "UPGRADE_STATUS_", status)
 }
 
 pub fn totals(run: &pb::UpgradeRun) -> pb::UpgradeTotals {
@@ -217,12 +212,7 @@ pub fn print_list(
         }
         output::print_text(&table.to_string())?;
     }
-    if next_page_token.is_empty() {
-        return Ok(());
-    }
-    output::print_text(&format!(
-        "next page token: {next_page_token}\n  (pass --page-token {next_page_token} for the next page)"
-    ))
+    output::print_next_page(next_page_token, false)
 }
 
 pub fn print_plan(format: OutputFormat, p: &pb::UpgradePlan) -> Result<(), CliError> {
