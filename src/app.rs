@@ -245,18 +245,20 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
         // One span per call: method and request id, and the caller and
         // tenant once the handler knows them.
         .trace_fn(|req| {
-            let request_id = req
-                .headers()
-                .get(crate::grpc::request_id::HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            tracing::info_span!(
+            let span = tracing::info_span!(
                 "grpc",
                 method = %req.uri().path(),
-                request_id,
+                request_id = tracing::field::Empty,
                 caller = tracing::field::Empty,
                 tenant_id = tracing::field::Empty,
-            )
+            );
+            // A made-up id is recorded by the request-id layer instead.
+            if let Some(id) =
+                crate::grpc::request_id::given(req.headers().get(crate::grpc::request_id::HEADER))
+            {
+                span.record("request_id", id);
+            }
+            span
         })
         .add_service(health_service)
         .add_service(reflection)

@@ -166,8 +166,8 @@ pub struct ServeArgs {
 
     /// Connections of all tenant pools together in this process. At the cap,
     /// idle connections of the least recently used pools are closed first.
-    /// Size PostgreSQL's max_connections for budget × replicas + catalog pool
-    /// × replicas + headroom.
+    /// Size PostgreSQL's max_connections for (this budget + catalog pool +
+    /// upgrade workers) × replicas + headroom.
     #[arg(long, env = "TENANTD_TENANT_CONNECTION_BUDGET", default_value_t = 64)]
     pub tenant_connection_budget: usize,
 

@@ -552,7 +552,8 @@ async fn every_rpc_refuses_a_missing_credential_and_a_wrong_scope() {
             pb::tenant_service_client::TenantServiceClient::new(channel.clone()),
             pb::migration_service_client::MigrationServiceClient::new(channel.clone()),
             pb::user_service_client::UserServiceClient::new(channel.clone()),
-            pb::session_service_client::SessionServiceClient::new(channel),
+            pb::session_service_client::SessionServiceClient::new(channel.clone()),
+            pb::tenant_data_service_client::TenantDataServiceClient::new(channel),
         )
     };
     let mut narrow = server.clients_as(&reader).await;
@@ -976,6 +977,43 @@ async fn every_rpc_refuses_a_missing_credential_and_a_wrong_scope() {
                 tenant_id: id(),
                 permission: "data:read".into()
             }),
+        denied
+    );
+
+    // The data plane: a valid tenant id, so only the credential decides.
+    let tenant = server
+        .client()
+        .await
+        .create_tenant(new_tenant("walk"))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let execute = || pb::ExecuteRequest {
+        tenant_id: tenant.clone(),
+        sql: "SELECT 1".into(),
+        read_only: true,
+        ..Default::default()
+    };
+    let transaction = || pb::TransactionRequest {
+        tenant_id: tenant.clone(),
+        statements: vec![pb::Statement {
+            sql: "SELECT 1".into(),
+            ..Default::default()
+        }],
+        read_only: true,
+        ..Default::default()
+    };
+    check!(
+        "Execute",
+        anonymous.4.execute(execute()),
+        narrow.data.execute(execute()),
+        denied
+    );
+    check!(
+        "Transaction",
+        anonymous.4.transaction(transaction()),
+        narrow.data.transaction(transaction()),
         denied
     );
 

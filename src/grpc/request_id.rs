@@ -11,17 +11,22 @@ use tower::{Layer, Service};
 
 pub const HEADER: &str = "x-request-id";
 
-/// The caller's id if it is 1–128 visible ASCII characters, else a new one.
-pub fn pick(given: Option<&HeaderValue>) -> HeaderValue {
-    given
+/// The caller's id if it is 1–128 visible ASCII characters.
+pub fn given(header: Option<&HeaderValue>) -> Option<&str> {
+    header
         .filter(|v| {
             (1..=128).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
         })
-        .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-                .expect("a UUID is a valid header value")
-        })
+        .and_then(|v| v.to_str().ok())
+}
+
+/// The caller's id if it is 1–128 visible ASCII characters, else a new one.
+pub fn pick(header: Option<&HeaderValue>) -> HeaderValue {
+    match header {
+        Some(h) if given(Some(h)).is_some() => h.clone(),
+        _ => HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+            .expect("a UUID is a valid header value"),
+    }
 }
 
 /// Wraps the server's services.
@@ -55,11 +60,18 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let made_up = given(request.headers().get(HEADER)).is_none();
         let id = pick(request.headers().get(HEADER));
-        // The span (see app's trace_fn) and the handlers read it from here.
+        // The handlers read it from here.
         request.headers_mut().insert(HEADER, id.clone());
         let response = self.inner.call(request);
         Box::pin(async move {
+            // The call's span (app's trace_fn) is made from the request before
+            // this layer sees it, and is entered while this future runs: give
+            // it the id made here before anything logs.
+            if made_up {
+                tracing::Span::current().record("request_id", id.to_str().unwrap_or_default());
+            }
             let mut response = response.await?;
             response.headers_mut().insert(HEADER, id);
             Ok(response)
