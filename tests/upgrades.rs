@@ -131,6 +131,25 @@ async fn plan_then_upgrade_every_tenant_and_a_second_run_is_a_no_op() {
         .into_inner();
     assert_eq!(plan.behind, 0);
     assert!(plan.drift_checked && plan.drifted.is_empty());
+
+    // A ledger edited behind tenantd's back is found.
+    sqlx::query(&format!(
+        "DELETE FROM {}.schema_migrations WHERE version = 2",
+        tenants[1].schema_name
+    ))
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let plan = client
+        .plan_upgrade(pb::PlanUpgradeRequest {
+            check_drift: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(plan.drifted.len(), 1, "{:?}", plan.drifted);
+    assert_eq!(plan.drifted[0].tenant_id, tenants[1].id);
 }
 
 #[tokio::test]

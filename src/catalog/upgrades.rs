@@ -98,24 +98,49 @@ pub async fn failed_before(
     ))
 }
 
+/// Tenants whose ledgers one drift-check statement reads. Reading a ledger
+/// locks it until the statement ends; all of a large fleet at once would
+/// exhaust PostgreSQL's lock table ("out of shared memory").
+const DRIFT_CHUNK: i64 = 500;
+
 /// Every selected tenant whose ledger and catalog versions disagree: one
-/// ledger read per tenant.
+/// ledger read per tenant, a chunk of tenants per statement.
 pub async fn drifted(
     conn: &mut PgConnection,
     selector: &TenantSelector,
 ) -> Result<Vec<(Uuid, i64, Option<i64>)>, sqlx::Error> {
     let (ids, slugs) = selector_params(selector);
-    sqlx::query_as(&format!(
-        "SELECT id, schema_version, ledger FROM ( \
-             SELECT t.id, t.schema_version, tenantd.ledger_version(t.schema_name) AS ledger \
-             FROM tenantd.tenants t WHERE {SELECTED}) x \
-         WHERE ledger IS DISTINCT FROM schema_version ORDER BY id"
-    ))
-    .bind(ids)
-    .bind(slugs)
-    .bind(UPGRADABLE)
-    .fetch_all(conn)
-    .await
+    let mut drifted = Vec::new();
+    let mut after = Uuid::nil();
+    loop {
+        // (id, catalog version, ledger version, drifted?) of the next chunk.
+        let rows: Vec<(Uuid, i64, Option<i64>, bool)> = sqlx::query_as(&format!(
+            "SELECT id, schema_version, ledger, ledger IS DISTINCT FROM schema_version FROM ( \
+                 SELECT t.id, t.schema_version, tenantd.ledger_version(t.schema_name) AS ledger \
+                 FROM tenantd.tenants t WHERE {SELECTED} AND t.id > $4 ORDER BY t.id LIMIT $5) x \
+             ORDER BY id"
+        ))
+        .bind(&ids)
+        .bind(&slugs)
+        .bind(UPGRADABLE)
+        .bind(after)
+        .bind(DRIFT_CHUNK)
+        .fetch_all(&mut *conn)
+        .await?;
+        let Some(last) = rows.last() else {
+            return Ok(drifted);
+        };
+        after = last.0;
+        let full = rows.len() as i64 == DRIFT_CHUNK;
+        drifted.extend(
+            rows.into_iter()
+                .filter(|r| r.3)
+                .map(|(id, version, ledger, _)| (id, version, ledger)),
+        );
+        if !full {
+            return Ok(drifted);
+        }
+    }
 }
 
 /// Inserts a run, one item per selected tenant behind the target (a random
