@@ -439,3 +439,58 @@ fn the_metrics_flag_defaults_to_9464_on_loopback_and_takes_off() {
     );
     assert!(parse(&["--metrics-addr", "localhost"]).is_err());
 }
+
+#[tokio::test]
+async fn tenant_pools_and_the_connection_budget_are_counted() {
+    let server = TestServer::start_with(|c| {
+        c.tenant_pools.budget = 4;
+        c.tenant_pools.pool_size = 2;
+    })
+    .await;
+    let addr = server.metrics_addr().expect("metrics");
+    let mut clients = server.clients().await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let t = clients
+            .tenants
+            .create_tenant(common::new_tenant("pools"))
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(t.id);
+    }
+    let select = |id: &str| pb::ExecuteRequest {
+        tenant_id: id.to_owned(),
+        sql: "SELECT 1".into(),
+        read_only: true,
+        ..Default::default()
+    };
+    for id in &ids {
+        for _ in 0..3 {
+            clients.data.execute(select(id)).await.unwrap();
+        }
+    }
+    clients
+        .tenants
+        .suspend_tenant(pb::TenantLifecycleRequest {
+            id: ids[0].clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let scrape = Scrape::of(addr).await;
+    scrape.assert("tenantd_tenant_pool_cache_misses_total", 3.0);
+    scrape.assert("tenantd_tenant_pool_cache_hits_total", 6.0);
+    scrape.assert("tenantd_tenant_pools_open", 2.0);
+    scrape.assert("tenantd_tenant_connection_budget", 4.0);
+    scrape.assert(
+        "tenantd_tenant_pool_evictions_total{reason=\"tenant_state\"}",
+        1.0,
+    );
+    scrape.assert("tenantd_tenant_connections_in_use", 0.0);
+    let open = scrape.value("tenantd_tenant_connections_open");
+    assert!((1.0..=4.0).contains(&open), "{open} connections open");
+    scrape.assert("tenantd_tenant_connection_checkout_seconds_count", 9.0);
+    scrape.assert(&calls("/tenantd.v1.TenantDataService/Execute", "OK"), 9.0);
+}
