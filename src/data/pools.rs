@@ -66,6 +66,9 @@ const STATEMENT_CACHE_LIMIT: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a waiter looks again for idle connections to close.
 const WAIT_SLICE: Duration = Duration::from_millis(20);
+/// How many times one checkout looks its tenant's pool up when the pool it
+/// found is closed under it (dropped by the cache meanwhile).
+const MAX_POOL_LOOKUPS: u32 = 3;
 
 /// Why no connection could be handed out.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -377,6 +380,9 @@ impl TenantPools {
         let listener_metrics = metrics.clone();
         let cache = moka::future::Cache::builder()
             .max_capacity(settings.cache_capacity)
+            // Least recently used goes first (moka's default, TinyLFU, would
+            // turn new pools away in favour of frequently used ones).
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .time_to_idle(settings.pool_idle)
             .eviction_listener(move |_id, pool: Arc<TenantPool>, cause| {
                 use moka::notification::RemovalCause;
@@ -434,22 +440,41 @@ impl TenantPools {
     /// A connection of tenant `id`'s pool, building the pool if needed.
     pub async fn checkout(&self, id: TenantId) -> Result<Checkout, PoolError> {
         let started = Instant::now();
-        let pool = self.pool(id).await?;
-        pool.last_used
-            .store(self.shared.now_ms(), Ordering::Relaxed);
-        let obj = match tokio::time::timeout(self.settings.wait, pool.pool.get()).await {
-            Ok(Ok(obj)) => obj,
-            Ok(Err(managed::PoolError::Backend(ConnectError::Budget(e)))) => return Err(e),
-            Ok(Err(managed::PoolError::Backend(e))) => {
-                return Err(PoolError::Connect(e.to_string()));
-            }
-            Ok(Err(managed::PoolError::Closed)) => return Err(PoolError::Closed),
-            Ok(Err(e)) => return Err(PoolError::Connect(e.to_string())),
-            Err(_) => {
-                self.shared.metrics.pool().budget_timeouts.inc();
-                return Err(PoolError::Exhausted(self.settings.wait, self.shared.budget));
+        let deadline = tokio::time::Instant::now() + self.settings.wait;
+        let mut lookups = 0;
+        let obj = loop {
+            let pool = self.pool(id).await?;
+            lookups += 1;
+            pool.last_used
+                .store(self.shared.now_ms(), Ordering::Relaxed);
+            match tokio::time::timeout_at(deadline, pool.pool.get()).await {
+                Ok(Ok(obj)) => break obj,
+                Ok(Err(managed::PoolError::Backend(ConnectError::Budget(e)))) => return Err(e),
+                Ok(Err(managed::PoolError::Backend(e))) => {
+                    return Err(PoolError::Connect(e.to_string()));
+                }
+                // The cache dropped the pool while this call was getting a
+                // connection of it (the cache was full, or the tenant left
+                // ACTIVE): look the tenant up again, which builds a new pool
+                // or refuses a tenant that is no longer active.
+                Ok(Err(managed::PoolError::Closed)) if lookups < MAX_POOL_LOOKUPS => {}
+                Ok(Err(managed::PoolError::Closed)) => return Err(PoolError::Closed),
+                Ok(Err(e)) => return Err(PoolError::Connect(e.to_string())),
+                Err(_) => {
+                    self.shared.metrics.pool().budget_timeouts.inc();
+                    return Err(PoolError::Exhausted(self.settings.wait, self.shared.budget));
+                }
             }
         };
+        // The cache applies its evictions in batches (every 64 inserts or
+        // 300 ms), so a full cache would hold up to 64 pools more than its
+        // capacity until then: evict now. After the connection is out, so
+        // that this call's own pool, if the cache turns it away, is closed
+        // behind it rather than under it.
+        let capacity = i64::try_from(self.settings.cache_capacity).unwrap_or(i64::MAX);
+        if self.shared.metrics.pool().pools_open.get() > capacity {
+            self.shared.cache.run_pending_tasks().await;
+        }
         self.shared.metrics.pool().connections_in_use.inc();
         self.shared
             .metrics

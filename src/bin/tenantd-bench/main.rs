@@ -12,15 +12,25 @@
 //! `upgrade`: a fleet upgrade's tenants/s, PlanUpgrade latency and tenantd's
 //! memory; `validate`: ValidateToken throughput and p99 against absolute
 //! targets — it has no SQL to compare with — and Login throughput against
-//! its argon2id bound); the harness they share is operation-neutral: `pg` (the server
-//! and the run's database), `server` (the tenantd process), `measure` (client
-//! loops and statistics), `raw` (the raw create-tenant transaction).
+//! its argon2id bound; `execute`: the data plane's Execute throughput next to
+//! pgbench; `checkout`: the pool cache's hit and checkout, in process;
+//! `touch`: a fleet far larger than the pool cache, touched in turn, with
+//! memory and connections watched); the harness they share is
+//! operation-neutral: `pg` (the server and the run's database), `server` (the
+//! tenantd process and its metrics), `measure` (client loops and
+//! statistics), `procstat` (memory and CPU from /proc), `raw` (the raw
+//! create-tenant transaction), `tenants` (tenants made through CreateTenant).
 
+mod checkout;
 mod create;
+mod execute;
 mod measure;
 mod pg;
+mod procstat;
 mod raw;
 mod server;
+mod tenants;
+mod touch;
 mod upgrade;
 mod validate;
 
@@ -51,6 +61,16 @@ enum Command {
     /// HTTP/2 connections; Login logins/s next to the bound argon2id puts
     /// on it.
     Validate(validate::ValidateArgs),
+    /// Execute requests/s and p50/p99 of a primary-key SELECT at several
+    /// client counts, next to pgbench running the same SELECT.
+    Execute(execute::ExecuteArgs),
+    /// A pool cache hit plus checkout and drop of an idle connection,
+    /// in process on `TenantPools`: p50/p99/p999.
+    Checkout(checkout::CheckoutArgs),
+    /// A fleet far larger than the pool cache, each tenant touched in turn
+    /// by Execute; tenantd's memory, the tenant backends and its pool gauges
+    /// watched throughout.
+    Touch(touch::TouchArgs),
 }
 
 /// Where the benchmark runs; shared by every subcommand.
@@ -88,6 +108,9 @@ fn main() -> ExitCode {
         Command::Create(args) => runtime.block_on(create::run(args)),
         Command::Upgrade(args) => runtime.block_on(upgrade::run(args)),
         Command::Validate(args) => runtime.block_on(validate::run(args)),
+        Command::Execute(args) => runtime.block_on(execute::run(args)),
+        Command::Checkout(args) => runtime.block_on(checkout::run(args)),
+        Command::Touch(args) => runtime.block_on(touch::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,8 +1,11 @@
 //! The tenantd server under test: the real binary in a process of its own,
 //! on a free loopback port, ready once its gRPC health check says SERVING,
 //! stopped with SIGTERM. Its log goes to a file that is removed after a
-//! clean run and kept (and named) after a failure.
+//! clean run and kept (and named) after a failure; its metrics are served on
+//! another free port, for [`TenantdServer::scrape`]; its admin key is handed
+//! over in a file only this user can read, removed once it has started.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,12 +21,16 @@ use tonic::transport::Endpoint;
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long tenantd may take to stop after SIGTERM before it is killed.
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one scrape of tenantd's metrics may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `tenantd serve` in a process of its own, on a free loopback port, logging
 /// to a file that is removed after a clean run.
 pub struct TenantdServer {
     child: tokio::process::Child,
     pub addr: SocketAddr,
+    /// Where it serves Prometheus metrics (`GET /metrics`).
+    pub metrics_addr: SocketAddr,
     log: PathBuf,
     /// The admin service key the server was started with.
     key: String,
@@ -60,6 +67,7 @@ impl TenantdServer {
         args: &[&OsStr],
     ) -> anyhow::Result<Self> {
         let addr = free_port().await?;
+        let metrics_addr = free_port().await?;
         let log = std::env::temp_dir().join(format!("{tag}-tenantd.log"));
         let out = std::fs::File::create(&log)
             .with_context(|| format!("create the tenantd log {}", log.display()))?;
@@ -69,16 +77,17 @@ impl TenantdServer {
         // The server stores this key (hashed) as its bootstrap admin key.
         let key = tenantd::identity::keys::generate();
         let key_file = std::env::temp_dir().join(format!("{tag}-admin.key"));
-        std::fs::write(&key_file, &key).with_context(|| format!("write {}", key_file.display()))?;
-        let child = tokio::process::Command::new(binary)
+        write_private(&key_file, &key)?;
+        let spawned = tokio::process::Command::new(binary)
             .arg("serve")
             .arg("--admin-key-file")
             .arg(&key_file)
             .arg("--listen-addr")
             .arg(addr.to_string())
-            // Any free port: a tenantd already running here holds 9464.
+            // A free port rather than 9464, which a tenantd already running
+            // here holds; chosen here so that the bench can scrape it.
             .arg("--metrics-addr")
-            .arg("127.0.0.1:0")
+            .arg(metrics_addr.to_string())
             .args(args)
             // Through the environment, so a password in the URL does not
             // show in the process list.
@@ -91,14 +100,25 @@ impl TenantdServer {
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("start {}", binary.display()))?;
+            .with_context(|| format!("start {}", binary.display()));
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = std::fs::remove_file(&key_file);
+                return Err(e);
+            }
+        };
         let mut server = Self {
             child,
             addr,
+            metrics_addr,
             log,
             key,
         };
-        if let Err(e) = server.wait_serving().await {
+        let serving = server.wait_serving().await;
+        // tenantd reads the key file only while it starts.
+        let _ = std::fs::remove_file(&key_file);
+        if let Err(e) = serving {
             let _ = server.child.kill().await;
             return Err(e.context(format!("start tenantd (its log: {})", server.log.display())));
         }
@@ -181,6 +201,47 @@ impl TenantdServer {
         }
     }
 
+    /// One scrape of `/metrics`: every sample by its series (the name with
+    /// its labels as written, e.g. `tenantd_tenant_pools_open` or
+    /// `tenantd_tenant_pool_evictions_total{reason="capacity"}`).
+    pub async fn scrape(&self) -> anyhow::Result<HashMap<String, f64>> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let addr = self.metrics_addr;
+        let fetch = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            // HTTP/1.0: the answer ends when the server closes, not chunked.
+            stream
+                .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                .await?;
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await?;
+            std::io::Result::Ok(answer)
+        };
+        let answer = tokio::time::timeout(SCRAPE_TIMEOUT, fetch)
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within {SCRAPE_TIMEOUT:?}"))
+            .and_then(|r| r.map_err(anyhow::Error::from))
+            .with_context(|| format!("scrape tenantd's metrics at {addr}"))?;
+        let text = String::from_utf8_lossy(&answer);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("tenantd's metrics at {addr}: no HTTP answer"))?;
+        ensure!(
+            head.starts_with("HTTP/1.") && head.split_whitespace().nth(1) == Some("200"),
+            "tenantd's metrics at {addr}: {}",
+            head.lines().next().unwrap_or_default()
+        );
+        Ok(body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                Some((series.to_owned(), value.parse().ok()?))
+            })
+            .collect())
+    }
+
     /// The process id, while it has not been reaped.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
@@ -189,6 +250,23 @@ impl TenantdServer {
     pub fn remove_log(&self) {
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// Writes `text` to a new file at `path` that only this user can read.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+
+    // A file left by an earlier run that was killed.
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("write {}", path.display()))
 }
 
 /// A loopback address with a port that was free a moment ago.

@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Target;
 use crate::measure::{Check, Limit, ms, percentile};
 use crate::pg::{BenchDatabase, PgServer, with_bench_database};
+use crate::procstat::{cpu_time, mb, vm_rss_kb};
 use crate::raw;
 use crate::server::{Authed, TenantdServer, endpoint, tenantd_binary};
 
@@ -815,10 +816,6 @@ impl Rss {
     }
 }
 
-fn mb(kb: u64) -> f64 {
-    kb as f64 / 1024.0
-}
-
 /// Samples `pid`'s VmRSS every [`RSS_EVERY`], from now until `stop`, and
 /// once more then.
 async fn sample_rss(pid: u32, stop: CancellationToken) -> Rss {
@@ -835,13 +832,6 @@ async fn sample_rss(pid: u32, stop: CancellationToken) -> Rss {
             _ = every.tick() => rss.record(vm_rss_kb(pid)),
         }
     }
-}
-
-/// `VmRSS` of /proc/<pid>/status, in kB.
-fn vm_rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn report(args: &UpgradeArgs, server: &PgServer, r: &Results) {
@@ -956,18 +946,4 @@ fn markdown(server: &PgServer, r: &Results, checks: &[Check]) -> String {
         let _ = writeln!(md, "\n{warning}.");
     }
     md
-}
-
-/// User plus system CPU time of process `pid` so far (/proc/<pid>/stat).
-fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the line, in clock ticks.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()??
-        .max(1) as u64;
-    Some(Duration::from_millis(ticks * 1000 / per_second))
 }

@@ -1,0 +1,870 @@
+//! `tenantd-bench execute`: TenantDataService.Execute throughput and latency
+//! for a primary-key SELECT, next to pgbench running the same SELECT in the
+//! same run — the raw limit of the query on this machine.
+//!
+//! The phases, on one fresh database and one tenantd process:
+//! 1. setup (not timed): one tenant through CreateTenant; a table
+//!    `bench_accounts (id bigint PRIMARY KEY, balance bigint, filler text)`
+//!    in its schema with `--rows` rows, made, granted to the tenant's role
+//!    and analyzed by the superuser;
+//! 2. for each client count, two raw phases and right after them the
+//!    tenantd phase, each `--warmup-seconds` unrecorded then `--seconds`
+//!    measured:
+//!    - raw SELECT: pgbench, `-M prepared`, a script of
+//!      `\set id random(1, N)` and the SELECT, one connection per client,
+//!      logged in as the tenant's role with the tenant's schema as
+//!      search_path (what tenantd's connections are) — the `pgbench -S`
+//!      limit;
+//!    - raw transaction (unless `--no-transaction`): the same, but the
+//!      SELECT inside the very statements tenantd wraps a read-only call in
+//!      (`BEGIN READ ONLY`, `SET LOCAL statement_timeout`, `SELECT 1`, the
+//!      SELECT, `COMMIT`, `RESET ALL`), pipelined in one round trip — the
+//!      limit of the SQL work tenantd asks of PostgreSQL per call;
+//!    - tenantd: as many gRPC clients in this process, spread round-robin
+//!      over `--channels` HTTP/2 connections, each calling Execute with the
+//!      SELECT, a random id and read_only, and checking the row it gets.
+//!
+//! Besides the rate and latency, each phase reports where the CPU went
+//! during its measured window: the machine's busy share, and per call the
+//! client's CPU (pgbench, or this process), tenantd's, and the rest
+//! (PostgreSQL's backends, the kernel, anything else running).
+
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail, ensure};
+use clap::Args;
+use rand::{Rng as _, SeedableRng as _};
+use sqlx::{Connection, PgConnection};
+use tenantd::data::CallSettings;
+use tenantd::domain::TenantId;
+use tenantd::pb;
+use tenantd::pb::tenant_data_service_client::TenantDataServiceClient;
+use tonic::transport::Channel;
+
+use crate::Target;
+use crate::measure::{Check, Limit, Window, Worker, measure, ms, percentile};
+use crate::pg::{BenchDatabase, PgServer, with_bench_database};
+use crate::procstat::{MachineCpu, children_cpu_time, cpu_time, machine_cpu, own_cpu_time};
+use crate::server::{Authed, TenantdServer, endpoint, tenantd_binary};
+
+#[derive(Debug, Args)]
+pub struct ExecuteArgs {
+    /// Concurrent clients, one phase pair (pgbench, then tenantd) per value.
+    #[arg(long, value_delimiter = ',', default_values_t = [8usize, 32, 64])]
+    clients: Vec<usize>,
+
+    /// HTTP/2 connections the tenantd clients are spread over (round-robin;
+    /// never more than the clients).
+    #[arg(long, default_value_t = 4)]
+    channels: usize,
+
+    /// Rows in the table; the SELECT picks one of them at random.
+    #[arg(long, default_value_t = 10_000)]
+    rows: u32,
+
+    /// Measured seconds per phase.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+
+    /// Unrecorded seconds before each phase's measurement.
+    #[arg(long, default_value_t = 2.0)]
+    warmup_seconds: f64,
+
+    /// tenantd's --tenant-pool-size for the run: the PostgreSQL connections
+    /// the one tenant's calls share.
+    #[arg(long, default_value_t = 4)]
+    pool_size: usize,
+
+    /// pgbench's threads (-j), never more than the clients [default: the
+    /// machine's cores].
+    #[arg(long)]
+    pgbench_threads: Option<usize>,
+
+    /// The pgbench binary [default: the one next to the PostgreSQL server
+    /// binaries, else `pgbench` on PATH].
+    #[arg(long)]
+    pgbench: Option<PathBuf>,
+
+    /// Skip the raw phase of tenantd's whole transaction (its script needs
+    /// pgbench 14 or later for `\startpipeline`).
+    #[arg(long)]
+    no_transaction: bool,
+
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Target of the issue, absolute: requests/s at the best client count.
+const MIN_EXECUTE_PER_SECOND: f64 = 10_000.0;
+/// tenantd's connection budget (its default); the pool size must fit in it.
+const BUDGET: usize = 64;
+
+/// The statement both sides run; `balance` is set to `id`, which tenantd's
+/// clients check.
+const SELECT: &str = "SELECT balance FROM bench_accounts WHERE id = $1";
+
+/// What a phase ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// pgbench, the SELECT alone.
+    RawSelect,
+    /// pgbench, the SELECT in tenantd's transaction, pipelined.
+    RawTransaction,
+    /// tenantd's Execute over gRPC.
+    Tenantd,
+}
+
+impl Route {
+    fn label(self) -> &'static str {
+        match self {
+            Route::RawSelect => "raw-sel",
+            Route::RawTransaction => "raw-tx",
+            Route::Tenantd => "tenantd",
+        }
+    }
+
+    fn markdown(self) -> &'static str {
+        match self {
+            Route::RawSelect => "pgbench, the SELECT alone, -M prepared",
+            Route::RawTransaction => "pgbench, tenantd's transaction around it, pipelined",
+            Route::Tenantd => "tenantd Execute, gRPC",
+        }
+    }
+}
+
+/// Runs the benchmark and prints its results.
+pub async fn run(args: ExecuteArgs) -> anyhow::Result<()> {
+    ensure!(
+        !args.clients.is_empty(),
+        "--clients needs at least one value"
+    );
+    ensure!(
+        args.clients.iter().all(|c| (1..=256).contains(c)),
+        "--clients values must be between 1 and 256"
+    );
+    ensure!(
+        (1..=64).contains(&args.channels),
+        "--channels must be between 1 and 64"
+    );
+    ensure!(args.rows >= 1, "--rows must be at least 1");
+    ensure!(
+        (1..=BUDGET).contains(&args.pool_size),
+        "--pool-size must be between 1 and {BUDGET} (tenantd's connection budget)"
+    );
+    ensure!(
+        args.seconds.is_finite() && args.seconds > 0.0,
+        "--seconds must be more than zero"
+    );
+    ensure!(
+        args.warmup_seconds.is_finite() && args.warmup_seconds >= 0.0,
+        "--warmup-seconds must not be negative"
+    );
+    let window = Window {
+        warmup: Duration::from_secs_f64(args.warmup_seconds),
+        measure: Duration::from_secs_f64(args.seconds),
+    };
+    let tenantd_bin = &tenantd_binary(args.target.tenantd.as_deref())?;
+    let pgbench = &pgbench_binary(args.pgbench.as_deref())?;
+    let args = &args;
+
+    with_bench_database(&args.target, |server, db| async move {
+        let results = run_phases(args, window, tenantd_bin, pgbench, &db).await?;
+        report(args, window, &server, &results);
+        Ok(())
+    })
+    .await
+}
+
+/// The pgbench given, the one next to the PostgreSQL binaries, or the one
+/// on PATH.
+fn pgbench_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        ensure!(path.is_file(), "no pgbench at {}", path.display());
+        return Ok(path.to_path_buf());
+    }
+    if let Ok(dir) = tenantd::local_pg::find_binaries() {
+        let path = dir.join("pgbench");
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    Ok(PathBuf::from("pgbench"))
+}
+
+/// One phase: calls inside the measured window, their rate and latency,
+/// and where the CPU went.
+#[derive(Debug)]
+struct Phase {
+    route: Route,
+    clients: usize,
+    calls: usize,
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    cpu: Option<CpuShare>,
+}
+
+impl Phase {
+    fn new(
+        route: Route,
+        clients: usize,
+        window: Window,
+        mut latencies: Vec<Duration>,
+        cpu: Option<CpuShare>,
+    ) -> anyhow::Result<Self> {
+        ensure!(
+            !latencies.is_empty(),
+            "{} clients={clients}: no call completed inside the measured window; raise --seconds",
+            route.label()
+        );
+        latencies.sort_unstable();
+        Ok(Self {
+            route,
+            clients,
+            calls: latencies.len(),
+            per_second: latencies.len() as f64 / window.measure.as_secs_f64(),
+            p50: percentile(&latencies, 0.50),
+            p99: percentile(&latencies, 0.99),
+            cpu,
+        })
+    }
+
+    fn line(&self) -> String {
+        let mut line = format!(
+            "{:<8} clients={} calls={} per_s={:.0} p50_ms={:.3} p99_ms={:.3}",
+            self.route.label(),
+            self.clients,
+            self.calls,
+            self.per_second,
+            ms(self.p50),
+            ms(self.p99)
+        );
+        if let Some(cpu) = &self.cpu {
+            let _ = write!(
+                line,
+                " busy_pct={:.0} client_us={:.1} tenantd_us={} rest_us={:.1}",
+                100.0 * cpu.busy_share,
+                cpu.client_us,
+                cpu.tenantd_us.map_or("-".to_owned(), |t| format!("{t:.1}")),
+                cpu.rest_us
+            );
+        }
+        line
+    }
+}
+
+/// CPU over a phase's measured window, per call in microseconds.
+#[derive(Debug, Clone, Copy)]
+struct CpuShare {
+    /// Busy CPU time / all CPU time of the machine (every core).
+    busy_share: f64,
+    /// The client: pgbench, or this process.
+    client_us: f64,
+    /// The tenantd process (tenantd phases).
+    tenantd_us: Option<f64>,
+    /// The machine's busy time minus the client and tenantd: PostgreSQL's
+    /// backends, the kernel's work for them, anything else running.
+    rest_us: f64,
+}
+
+/// The CPU counters at one instant.
+#[derive(Debug, Clone, Copy)]
+struct CpuSnapshot {
+    machine: MachineCpu,
+    own: Duration,
+    tenantd: Option<Duration>,
+}
+
+fn snapshot(tenantd: Option<u32>) -> Option<CpuSnapshot> {
+    Some(CpuSnapshot {
+        machine: machine_cpu()?,
+        own: own_cpu_time()?,
+        tenantd: match tenantd {
+            Some(pid) => Some(cpu_time(pid)?),
+            None => None,
+        },
+    })
+}
+
+/// The counters at the start and at the end of the measured window of a
+/// phase that started at `start`.
+async fn cpu_over(
+    start: Instant,
+    window: Window,
+    tenantd: Option<u32>,
+) -> Option<(CpuSnapshot, CpuSnapshot)> {
+    tokio::time::sleep_until((start + window.warmup).into()).await;
+    let before = snapshot(tenantd);
+    tokio::time::sleep_until((start + window.warmup + window.measure).into()).await;
+    Some((before?, snapshot(tenantd)?))
+}
+
+/// Everything the raw side needs to run pgbench against the tenant's table.
+struct RawTarget {
+    pgbench: PathBuf,
+    /// The socket directory or host name, the port, the database.
+    host: String,
+    port: u16,
+    database: String,
+    role: String,
+    password: String,
+    schema: String,
+    /// A directory of the run's own: the scripts, then each phase's logs.
+    dir: TempDir,
+    /// The SELECT alone, and the SELECT in tenantd's transaction.
+    select_script: PathBuf,
+    transaction_script: PathBuf,
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Results {
+    rows: u32,
+    pool_size: usize,
+    channels: usize,
+    pgbench_threads: usize,
+    phases: Vec<Phase>,
+    /// tenantd's tenant connections at the end, and how often a checkout
+    /// waited for the budget.
+    connections_open: Option<f64>,
+    budget_waits: Option<f64>,
+}
+
+async fn run_phases(
+    args: &ExecuteArgs,
+    window: Window,
+    tenantd_bin: &Path,
+    pgbench: &Path,
+    db: &BenchDatabase,
+) -> anyhow::Result<Results> {
+    let pool_size = args.pool_size.to_string();
+    let extra = [OsStr::new("--tenant-pool-size"), OsStr::new(&pool_size)];
+    let mut server = TenantdServer::start(tenantd_bin, &db.url, &db.name, &extra).await?;
+    let run = async {
+        eprintln!(
+            "tenantd-bench: tenantd serving on {} (--tenant-pool-size {})",
+            server.addr, args.pool_size
+        );
+        let (ids, _) = crate::tenants::create(&server, "execute", 1, 1).await?;
+        let tenant = ids[0];
+        let raw = setup_table(db, tenant, args.rows, pgbench).await?;
+        let threads_max = args
+            .pgbench_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        ensure!(threads_max >= 1, "--pgbench-threads must be at least 1");
+        let tenantd_pid = server.pid().context("tenantd has no process id")?;
+
+        // The tenant's pool answers before anything is timed.
+        let mut check = ExecuteWorker::open_all(&server, 1, 1, tenant, args.rows).await?;
+        let request = check[0].prepare(0);
+        check[0].send(request).await.context("a first Execute")?;
+
+        let mut phases = Vec::new();
+        for &clients in &args.clients {
+            let threads = threads_max.min(clients);
+            phases.push(pgbench_phase(&raw, Route::RawSelect, clients, threads, window).await?);
+            if !args.no_transaction {
+                phases.push(
+                    pgbench_phase(&raw, Route::RawTransaction, clients, threads, window).await?,
+                );
+            }
+            let channels = args.channels.min(clients);
+            let workers =
+                ExecuteWorker::open_all(&server, clients, channels, tenant, args.rows).await?;
+            eprintln!(
+                "tenantd-bench: tenantd clients={clients} channels={channels}: {:?} warm-up, {:?} measured",
+                window.warmup, window.measure
+            );
+            let start = Instant::now();
+            let (latencies, cpu) = tokio::join!(
+                measure(workers, window),
+                cpu_over(start, window, Some(tenantd_pid))
+            );
+            let latencies = latencies
+                .with_context(|| format!("run the tenantd phase with {clients} clients"))?;
+            let calls = latencies.len().max(1) as f64;
+            let cpu = cpu.map(|(a, b)| {
+                let us = |d: Duration| d.as_secs_f64() * 1e6 / calls;
+                let busy = b.machine.busy.saturating_sub(a.machine.busy);
+                let own = b.own.saturating_sub(a.own);
+                let tenantd = b
+                    .tenantd
+                    .unwrap_or_default()
+                    .saturating_sub(a.tenantd.unwrap_or_default());
+                CpuShare {
+                    busy_share: share(a.machine, b.machine),
+                    client_us: us(own),
+                    tenantd_us: Some(us(tenantd)),
+                    rest_us: us(busy.saturating_sub(own + tenantd)),
+                }
+            });
+            let phase = Phase::new(Route::Tenantd, clients, window, latencies, cpu)?;
+            println!("{}", phase.line());
+            phases.push(phase);
+        }
+        let metrics = server.scrape().await?;
+        anyhow::Ok(Results {
+            rows: args.rows,
+            pool_size: args.pool_size,
+            channels: args.channels,
+            pgbench_threads: threads_max,
+            phases,
+            connections_open: metrics.get("tenantd_tenant_connections_open").copied(),
+            budget_waits: metrics
+                .get("tenantd_tenant_connection_budget_waits_total")
+                .copied(),
+        })
+    }
+    .await;
+    let stopped = server.stop().await;
+    let results = run?;
+    stopped?;
+    server.remove_log();
+    Ok(results)
+}
+
+fn share(a: MachineCpu, b: MachineCpu) -> f64 {
+    let total = b.total.saturating_sub(a.total).as_secs_f64();
+    if total > 0.0 {
+        b.busy.saturating_sub(a.busy).as_secs_f64() / total
+    } else {
+        0.0
+    }
+}
+
+/// Makes the table in the tenant's schema as the superuser, fills and
+/// analyzes it, and writes the pgbench script; what pgbench needs to log in
+/// as the tenant's role.
+async fn setup_table(
+    db: &BenchDatabase,
+    tenant: TenantId,
+    rows: u32,
+    pgbench: &Path,
+) -> anyhow::Result<RawTarget> {
+    let schema = tenant.schema_name();
+    let role = tenant.role_name();
+    let s = schema.quoted();
+    let mut conn = PgConnection::connect_with(&db.options)
+        .await
+        .context("connect to the bench database")?;
+    // Names come from the tenant id, the row count is a number.
+    tenantd::catalog::execute_batch(
+        &mut conn,
+        &format!(
+            "CREATE TABLE {s}.bench_accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, \
+                                              filler text NOT NULL); \
+             INSERT INTO {s}.bench_accounts SELECT g, g, repeat('x', 84) \
+                 FROM generate_series(1, {rows}) g; \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON {s}.bench_accounts TO {};",
+            role.quoted()
+        ),
+    )
+    .await
+    .context("make and fill the bench table")?;
+    tenantd::catalog::execute_batch(&mut conn, &format!("VACUUM ANALYZE {s}.bench_accounts"))
+        .await
+        .context("vacuum the bench table")?;
+    let secret: Vec<u8> =
+        sqlx::query_scalar("SELECT value FROM tenantd.settings WHERE key = 'tenant_role_secret'")
+            .fetch_one(&mut conn)
+            .await
+            .context("read the tenant role secret")?;
+    let _ = conn.close().await;
+
+    let dir = TempDir(std::env::temp_dir().join(format!("{}-pgbench", db.name)));
+    std::fs::create_dir_all(&dir.0).with_context(|| format!("create {}", dir.0.display()))?;
+    let select = SELECT.replace("$1", ":id");
+    let select_script = dir.0.join("select.sql");
+    std::fs::write(
+        &select_script,
+        format!("\\set id random(1, {rows})\n{select};\n"),
+    )
+    .with_context(|| format!("write {}", select_script.display()))?;
+    // What `tenantd::data::execute` sends for a read-only call with the
+    // default timeout, one statement per pgbench command, in one round trip.
+    let timeout_ms = CallSettings::default().default_timeout.as_millis();
+    let transaction_script = dir.0.join("transaction.sql");
+    std::fs::write(
+        &transaction_script,
+        format!(
+            "\\set id random(1, {rows})\n\\startpipeline\nBEGIN READ ONLY;\n\
+             SET LOCAL statement_timeout = {timeout_ms};\nSELECT 1;\n{select};\nCOMMIT;\n\
+             RESET ALL;\n\\endpipeline\n"
+        ),
+    )
+    .with_context(|| format!("write {}", transaction_script.display()))?;
+    let host = match db.options.get_socket() {
+        Some(dir) => dir.display().to_string(),
+        None => db.options.get_host().to_owned(),
+    };
+    Ok(RawTarget {
+        pgbench: pgbench.to_path_buf(),
+        host,
+        port: db.options.get_port(),
+        database: db.name.clone(),
+        role: role.as_str().to_owned(),
+        password: tenantd::tenant::role_password(&secret, tenant),
+        schema: schema.as_str().to_owned(),
+        dir,
+        select_script,
+        transaction_script,
+    })
+}
+
+/// pgbench for the warm-up plus the measured window, logging every
+/// transaction; the ones that completed inside the window are the phase.
+async fn pgbench_phase(
+    raw: &RawTarget,
+    route: Route,
+    clients: usize,
+    threads: usize,
+    window: Window,
+) -> anyhow::Result<Phase> {
+    let script = match route {
+        Route::RawTransaction => &raw.transaction_script,
+        _ => &raw.select_script,
+    };
+    eprintln!(
+        "tenantd-bench: {} (pgbench) clients={clients} threads={threads}: {:?} warm-up, {:?} measured",
+        route.label(),
+        window.warmup,
+        window.measure
+    );
+    let logs = raw.dir.0.join(format!("{}-c{clients}", route.label()));
+    std::fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
+    let seconds = (window.warmup + window.measure).as_secs_f64().ceil() as u64;
+    let children_before = children_cpu_time();
+    let started_wall = SystemTime::now();
+    let start = Instant::now();
+    let child = tokio::process::Command::new(&raw.pgbench)
+        .arg("-n")
+        .args(["-M", "prepared"])
+        .arg("-f")
+        .arg(script)
+        .args(["-c", &clients.to_string()])
+        .args(["-j", &threads.to_string()])
+        .args(["-T", &seconds.to_string()])
+        .arg("-l")
+        .arg("--log-prefix")
+        .arg(logs.join("tx"))
+        .args(["-h", &raw.host])
+        .args(["-p", &raw.port.to_string()])
+        .args(["-U", &raw.role])
+        .arg(&raw.database)
+        // Through the environment, not the process list.
+        .env("PGPASSWORD", &raw.password)
+        .env("PGOPTIONS", format!("-c search_path={}", raw.schema))
+        .env("PGAPPNAME", "tenantd-bench")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("start {}", raw.pgbench.display()))?;
+    let (output, cpu) = tokio::join!(child.wait_with_output(), cpu_over(start, window, None));
+    let output = output.context("wait for pgbench")?;
+    if !output.status.success() {
+        bail!(
+            "pgbench failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim(),
+            String::from_utf8_lossy(&output.stdout).trim()
+        );
+    }
+    let pgbench_cpu = match (children_before, children_cpu_time()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    let since_epoch = started_wall
+        .duration_since(UNIX_EPOCH)
+        .context("the clock is before 1970")?;
+    let from = since_epoch + window.warmup;
+    let until = from + window.measure;
+    let (latencies, all) = read_pgbench_logs(&logs, from, until)?;
+    let _ = std::fs::remove_dir_all(&logs);
+    let calls = latencies.len().max(1) as f64;
+    let cpu = match (cpu, pgbench_cpu) {
+        (Some((a, b)), Some(pgbench_cpu)) => {
+            // pgbench's CPU is known for its whole run only: its share of
+            // the window is the window's share of its transactions.
+            let client_us = pgbench_cpu.as_secs_f64() * 1e6 / all.max(1) as f64;
+            let busy_us = b.machine.busy.saturating_sub(a.machine.busy).as_secs_f64() * 1e6;
+            let own_us = b.own.saturating_sub(a.own).as_secs_f64() * 1e6;
+            Some(CpuShare {
+                busy_share: share(a.machine, b.machine),
+                client_us,
+                tenantd_us: None,
+                rest_us: ((busy_us - own_us) / calls - client_us).max(0.0),
+            })
+        }
+        _ => None,
+    };
+    let phase = Phase::new(route, clients, window, latencies, cpu)?;
+    println!("{}", phase.line());
+    Ok(phase)
+}
+
+/// The latencies of the transactions in pgbench's logs under `dir` that
+/// completed between `from` and `until` (since the epoch), and how many
+/// transactions the logs hold in all. A line is `client transaction
+/// latency_us script epoch_s epoch_us`.
+fn read_pgbench_logs(
+    dir: &Path,
+    from: Duration,
+    until: Duration,
+) -> anyhow::Result<(Vec<Duration>, usize)> {
+    let mut latencies = Vec::new();
+    let mut all = 0;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+        let path = entry?.path();
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("read pgbench's log {}", path.display()))?;
+        for line in text.lines() {
+            let f: Vec<u64> = line
+                .split_whitespace()
+                .map(|x| x.parse().unwrap_or(u64::MAX))
+                .collect();
+            let [_, _, latency, _, secs, micros, ..] = f[..] else {
+                bail!("pgbench's log {}: odd line {line:?}", path.display());
+            };
+            ensure!(
+                latency != u64::MAX && secs != u64::MAX && micros != u64::MAX,
+                "pgbench's log {}: odd line {line:?} (a failed or skipped transaction?)",
+                path.display()
+            );
+            all += 1;
+            let done = Duration::from_secs(secs) + Duration::from_micros(micros);
+            if (from..=until).contains(&done) {
+                latencies.push(Duration::from_micros(latency));
+            }
+        }
+    }
+    Ok((latencies, all))
+}
+
+/// Execute of the SELECT with a random id, read-only; the workers share
+/// `channels` HTTP/2 connections.
+struct ExecuteWorker {
+    client: TenantDataServiceClient<Authed>,
+    tenant: Arc<str>,
+    rows: u32,
+    rng: rand::rngs::StdRng,
+}
+
+impl ExecuteWorker {
+    async fn open_all(
+        server: &TenantdServer,
+        clients: usize,
+        channels: usize,
+        tenant: TenantId,
+        rows: u32,
+    ) -> anyhow::Result<Vec<Self>> {
+        let mut open: Vec<Channel> = Vec::with_capacity(channels);
+        for _ in 0..channels {
+            open.push(
+                endpoint(server.addr)?.connect().await.with_context(|| {
+                    format!("connect a gRPC client to tenantd at {}", server.addr)
+                })?,
+            );
+        }
+        let tenant: Arc<str> = tenant.to_string().into();
+        (0..clients)
+            .map(|i| {
+                // A clone of a Channel shares its connection.
+                let channel = open[i % open.len()].clone();
+                Ok(Self {
+                    client: TenantDataServiceClient::new(server.authed(channel)?),
+                    tenant: Arc::clone(&tenant),
+                    rows,
+                    rng: rand::rngs::StdRng::from_entropy(),
+                })
+            })
+            .collect()
+    }
+}
+
+impl Worker for ExecuteWorker {
+    /// The id asked for, and the request.
+    type Request = (i64, pb::ExecuteRequest);
+
+    fn prepare(&mut self, _seq: u64) -> Self::Request {
+        let id = i64::from(self.rng.gen_range(1..=self.rows));
+        let request = pb::ExecuteRequest {
+            tenant_id: self.tenant.to_string(),
+            sql: SELECT.to_owned(),
+            params: vec![pb::Value {
+                kind: Some(pb::value::Kind::Int64(id)),
+            }],
+            read_only: true,
+            ..Default::default()
+        };
+        (id, request)
+    }
+
+    async fn send(&mut self, (id, request): Self::Request) -> anyhow::Result<()> {
+        let answer = self
+            .client
+            .execute(request)
+            .await
+            .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
+            .with_context(|| format!("Execute id={id}"))?
+            .into_inner();
+        let got = match answer.rows.as_slice() {
+            [row] => match row.values.as_slice() {
+                [
+                    pb::Value {
+                        kind: Some(pb::value::Kind::Int64(v)),
+                    },
+                ] => Some(*v),
+                _ => None,
+            },
+            _ => None,
+        };
+        ensure!(
+            got == Some(id),
+            "Execute id={id} answered {:?}, not one row with balance {id}",
+            answer.rows
+        );
+        Ok(())
+    }
+}
+
+fn report(args: &ExecuteArgs, window: Window, server: &PgServer, r: &Results) {
+    let check = check(r);
+    println!("{}", check.line());
+    if let Some(best) = best_sentence(r) {
+        println!("best tenantd phase: {best}");
+    }
+    if args.target.markdown {
+        println!();
+        print!("{}", markdown(window, server, r, &check));
+    }
+}
+
+/// The tenantd phase with the highest rate.
+fn best(r: &Results) -> Option<&Phase> {
+    r.phases
+        .iter()
+        .filter(|p| p.route == Route::Tenantd)
+        .max_by(|a, b| a.per_second.total_cmp(&b.per_second))
+}
+
+fn phase(r: &Results, route: Route, clients: usize) -> Option<&Phase> {
+    r.phases
+        .iter()
+        .find(|p| p.route == route && p.clients == clients)
+}
+
+/// "N requests/s at C clients, X% of the SELECT alone (Y/s), Z% of tenantd's
+/// transaction (W/s)", for the best tenantd phase.
+fn best_sentence(r: &Results) -> Option<String> {
+    let best = best(r)?;
+    let mut text = format!(
+        "{:.0} requests/s at {} clients",
+        best.per_second, best.clients
+    );
+    for (route, what) in [
+        (Route::RawSelect, "pgbench's SELECT alone"),
+        (
+            Route::RawTransaction,
+            "pgbench's run of tenantd's transaction",
+        ),
+    ] {
+        if let Some(raw) = phase(r, route, best.clients) {
+            let _ = write!(
+                text,
+                ", {:.0}% of {what} ({:.0}/s)",
+                100.0 * best.per_second / raw.per_second,
+                raw.per_second
+            );
+        }
+    }
+    Some(text)
+}
+
+fn check(r: &Results) -> Check {
+    Check {
+        label: "Execute requests/s (best client count)",
+        markdown: "Execute requests/s, best client count",
+        value: best(r).map(|p| p.per_second),
+        limit: Limit::AtLeast(MIN_EXECUTE_PER_SECOND),
+        missing: "no tenantd phase",
+    }
+}
+
+fn markdown(window: Window, server: &PgServer, r: &Results, check: &Check) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "| Execute, SELECT by primary key, {} rows | clients | calls | requests/s | p50 ms | p99 ms | \
+         CPU busy | client µs/call | tenantd µs/call | PostgreSQL + rest µs/call |",
+        r.rows
+    );
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for p in &r.phases {
+        let path = p.route.markdown();
+        let (busy, client, tenantd, rest) = match &p.cpu {
+            Some(c) => (
+                format!("{:.0}%", 100.0 * c.busy_share),
+                format!("{:.0}", c.client_us),
+                c.tenantd_us.map_or(String::new(), |t| format!("{t:.0}")),
+                format!("{:.0}", c.rest_us),
+            ),
+            None => ("n/a".into(), "n/a".into(), String::new(), "n/a".into()),
+        };
+        let _ = writeln!(
+            md,
+            "| {path} | {} | {} | {:.0} | {:.2} | {:.2} | {busy} | {client} | {tenantd} | {rest} |",
+            p.clients,
+            p.calls,
+            p.per_second,
+            ms(p.p50),
+            ms(p.p99)
+        );
+    }
+    md.push_str("\n| target | value | result |\n|---|---:|---|\n");
+    let (value, verdict) = match check.value {
+        Some(v) => (format!("{v:.0}"), check.verdict(v).to_owned()),
+        None => ("n/a".to_owned(), check.missing.to_owned()),
+    };
+    let _ = writeln!(
+        md,
+        "| {} {} | {value} | {verdict} |",
+        check.markdown, check.limit
+    );
+    if let Some(best) = best_sentence(r) {
+        let _ = writeln!(md, "\nBest tenantd phase: {best}.");
+    }
+    let _ = writeln!(
+        md,
+        "\n{}; {:?} measured per phase after {:?} warm-up, at each client count the pgbench phases first and \
+         tenantd right after; \
+         tenantd --tenant-pool-size {} (connection budget {BUDGET}; {} tenant connections open \
+         at the end, {} budget waits), its clients on {} HTTP/2 connections (fewer when fewer \
+         clients); pgbench with {} threads at most, logged in as the tenant's role with its \
+         schema as search_path; the clients in processes of their own on the same cores.",
+        server.setting(),
+        window.measure,
+        window.warmup,
+        r.pool_size,
+        r.connections_open
+            .map_or("n/a".to_owned(), |c| format!("{c:.0}")),
+        r.budget_waits
+            .map_or("n/a".to_owned(), |c| format!("{c:.0}")),
+        r.channels,
+        r.pgbench_threads,
+    );
+    md
+}
