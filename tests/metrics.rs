@@ -478,11 +478,28 @@ async fn tenant_pools_and_the_connection_budget_are_counted() {
         })
         .await
         .unwrap();
+    // Sixteen concurrent first calls for a new tenant build one pool.
+    let fresh = clients
+        .tenants
+        .create_tenant(common::new_tenant("pools"))
+        .await
+        .unwrap()
+        .into_inner();
+    let first_calls: Vec<_> = (0..16)
+        .map(|_| {
+            let mut data = clients.data.clone();
+            let request = select(&fresh.id);
+            tokio::spawn(async move { data.execute(request).await })
+        })
+        .collect();
+    for call in first_calls {
+        call.await.unwrap().unwrap();
+    }
 
     let scrape = Scrape::of(addr).await;
-    scrape.assert("tenantd_tenant_pool_cache_misses_total", 3.0);
-    scrape.assert("tenantd_tenant_pool_cache_hits_total", 6.0);
-    scrape.assert("tenantd_tenant_pools_open", 2.0);
+    scrape.assert("tenantd_tenant_pool_cache_misses_total", 4.0);
+    scrape.assert("tenantd_tenant_pool_cache_hits_total", 6.0 + 15.0);
+    scrape.assert("tenantd_tenant_pools_open", 3.0);
     scrape.assert("tenantd_tenant_connection_budget", 4.0);
     scrape.assert(
         "tenantd_tenant_pool_evictions_total{reason=\"tenant_state\"}",
@@ -491,6 +508,6 @@ async fn tenant_pools_and_the_connection_budget_are_counted() {
     scrape.assert("tenantd_tenant_connections_in_use", 0.0);
     let open = scrape.value("tenantd_tenant_connections_open");
     assert!((1.0..=4.0).contains(&open), "{open} connections open");
-    scrape.assert("tenantd_tenant_connection_checkout_seconds_count", 9.0);
-    scrape.assert(&calls("/tenantd.v1.TenantDataService/Execute", "OK"), 9.0);
+    scrape.assert("tenantd_tenant_connection_checkout_seconds_count", 25.0);
+    scrape.assert(&calls("/tenantd.v1.TenantDataService/Execute", "OK"), 25.0);
 }

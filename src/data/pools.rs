@@ -500,12 +500,24 @@ impl TenantPools {
             }
             self.shared.cache.invalidate(&id).await;
         }
-        self.shared.metrics.pool().cache_misses.inc();
-        self.shared
+        // Concurrent first calls for one tenant build one pool: the others
+        // wait for it, and count as hits.
+        let built = std::sync::atomic::AtomicBool::new(false);
+        let pool = self
+            .shared
             .cache
-            .try_get_with(id, self.build(id))
+            .try_get_with(id, async {
+                built.store(true, Ordering::Relaxed);
+                self.build(id).await
+            })
             .await
-            .map_err(|e| (*e).clone())
+            .map_err(|e| (*e).clone())?;
+        if built.load(Ordering::Relaxed) {
+            self.shared.metrics.pool().cache_misses.inc();
+        } else {
+            self.shared.metrics.pool().cache_hits.inc();
+        }
+        Ok(pool)
     }
 
     /// Checks that the tenant is active and makes its (empty) pool.
