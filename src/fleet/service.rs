@@ -340,11 +340,19 @@ impl Upgrades {
             .await
             .map_err(db("audit run change"))?;
         }
-        let run = upgrades::get_run(&mut tx, id)
+        tx.commit().await.map_err(db("commit run change"))?;
+        // Read after the commit: a tenant that finished while the change was
+        // being made is counted, so what the caller sees is the run as the
+        // change left it, with at most the tenants then in flight to come.
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db("acquire catalog connection"))?;
+        let run = upgrades::get_run(&mut conn, id)
             .await
             .map_err(db("read upgrade run"))?
             .ok_or(UpgradeError::NotFound)?;
-        tx.commit().await.map_err(db("commit run change"))?;
         if run.status == RunStatus::Running {
             self.wake.notify_waiters();
         }
