@@ -15,7 +15,6 @@
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use clap::Args;
@@ -25,9 +24,11 @@ use tenantd::domain::TenantId;
 use tenantd::metrics::Metrics;
 
 use crate::Target;
-use crate::measure::{Check, Limit, Window, Worker, measure, percentile};
-use crate::pg::{BenchDatabase, PgServer, with_bench_database};
-use crate::server::{TenantdServer, tenantd_binary};
+use crate::flags;
+use crate::measure::{CallStats, Window, Worker, measure, us};
+use crate::pg::{BenchDatabase, PgServer, run_bench};
+use crate::report::{Check, Limit, footnote, print_markdown, targets_table};
+use crate::server::TenantdServer;
 
 #[derive(Debug, Args)]
 pub struct CheckoutArgs {
@@ -61,74 +62,43 @@ const MAX_P99_US: f64 = 50.0;
 
 /// Runs the benchmark and prints its results.
 pub async fn run(args: CheckoutArgs) -> anyhow::Result<()> {
-    ensure!(!args.tasks.is_empty(), "--tasks needs at least one value");
-    ensure!(
-        args.tasks.iter().all(|t| (1..=256).contains(t)),
-        "--tasks values must be between 1 and 256"
-    );
-    ensure!(
-        (1..=1000).contains(&args.tenants),
-        "--tenants must be between 1 and 1000"
-    );
-    ensure!(
-        (1..=64).contains(&args.pool_size),
-        "--pool-size must be between 1 and 64"
-    );
+    flags::each_between("--tasks", &args.tasks, 1, 256)?;
+    flags::between("--tenants", args.tenants, 1, 1000)?;
+    flags::between("--pool-size", args.pool_size, 1, 64)?;
     ensure!(
         args.tenants * args.pool_size <= PoolSettings::default().budget,
         "--tenants × --pool-size must fit in the connection budget of {}",
         PoolSettings::default().budget
     );
-    ensure!(
-        args.seconds.is_finite() && args.seconds > 0.0,
-        "--seconds must be more than zero"
-    );
-    ensure!(
-        args.warmup_seconds.is_finite() && args.warmup_seconds >= 0.0,
-        "--warmup-seconds must not be negative"
-    );
-    let window = Window {
-        warmup: Duration::from_secs_f64(args.warmup_seconds),
-        measure: Duration::from_secs_f64(args.seconds),
-    };
-    let tenantd_bin = &tenantd_binary(args.target.tenantd.as_deref())?;
-    let args = &args;
-    with_bench_database(&args.target, |server, db| async move {
-        let results = run_phases(args, window, tenantd_bin, &db).await?;
-        report(args, window, &server, &results);
-        Ok(())
-    })
+    let window = Window::from_flags(args.seconds, args.warmup_seconds)?;
+    run_bench(
+        &args.target,
+        async |tenantd, db| run_phases(&args, window, tenantd, db).await,
+        |server, results| report(&args, window, server, results),
+    )
     .await
 }
 
 /// One phase's checkouts.
 struct Phase {
     tasks: usize,
-    calls: usize,
-    per_second: f64,
-    p50: Duration,
-    p99: Duration,
-    p999: Duration,
-    max: Duration,
+    stats: CallStats,
 }
 
 impl Phase {
     fn line(&self) -> String {
+        let s = &self.stats;
         format!(
             "checkout tasks={} calls={} per_s={:.0} p50_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1}",
             self.tasks,
-            self.calls,
-            self.per_second,
-            us(self.p50),
-            us(self.p99),
-            us(self.p999),
-            us(self.max)
+            s.calls,
+            s.per_second,
+            us(s.p50),
+            us(s.p99),
+            us(s.p999),
+            us(s.max)
         )
     }
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
 }
 
 struct Results {
@@ -148,12 +118,10 @@ async fn run_phases(
 ) -> anyhow::Result<Results> {
     // tenantd migrates the catalog and makes the tenants, then stops, so
     // that the machine is quiet for the loop.
-    let mut server = TenantdServer::start(tenantd_bin, &db.url, &db.name, &[]).await?;
-    let made = crate::tenants::create(&server, "checkout", args.tenants, 4).await;
-    let stopped = server.stop().await;
-    let (ids, _) = made?;
-    stopped?;
-    server.remove_log();
+    let (ids, _) = TenantdServer::serve(tenantd_bin, &db.url, &db.name, &[], async |server| {
+        crate::tenants::create(server, "checkout", args.tenants, 4).await
+    })
+    .await?;
 
     let catalog = PgPoolOptions::new()
         .max_connections(2)
@@ -206,27 +174,14 @@ async fn run_phases(
                     offset: t,
                 })
                 .collect();
-            eprintln!(
-                "tenantd-bench: checkout tasks={tasks}: {:?} warm-up, {:?} measured",
-                window.warmup, window.measure
-            );
-            let mut latencies = measure(workers, window)
+            eprintln!("tenantd-bench: checkout tasks={tasks}: {window}");
+            let latencies = measure(workers, window)
                 .await
                 .with_context(|| format!("run the checkout phase with {tasks} tasks"))?;
-            ensure!(
-                !latencies.is_empty(),
-                "tasks={tasks}: no checkout inside the measured window"
-            );
-            latencies.sort_unstable();
-            let phase = Phase {
-                tasks,
-                calls: latencies.len(),
-                per_second: latencies.len() as f64 / window.measure.as_secs_f64(),
-                p50: percentile(&latencies, 0.50),
-                p99: percentile(&latencies, 0.99),
-                p999: percentile(&latencies, 0.999),
-                max: *latencies.last().unwrap_or(&Duration::ZERO),
-            };
+            let stats = CallStats::new(latencies, window.measure).with_context(|| {
+                format!("tasks={tasks}: no checkout inside the measured window")
+            })?;
+            let phase = Phase { tasks, stats };
             println!("{}", phase.line());
             phases.push(phase);
         }
@@ -278,17 +233,18 @@ fn report(args: &CheckoutArgs, window: Window, server: &PgServer, r: &Results) {
             r.misses
         );
     }
-    if args.target.markdown {
-        println!();
-        print!("{}", markdown(window, server, r, &check));
-    }
+    print_markdown(&args.target, || markdown(window, server, r, &check));
 }
 
 fn check(r: &Results) -> Check {
     Check {
         label: "checkout + drop p99 µs (worst phase)",
         markdown: "checkout + drop p99, µs, worst phase",
-        value: r.phases.iter().map(|p| us(p.p99)).max_by(f64::total_cmp),
+        value: r
+            .phases
+            .iter()
+            .map(|p| us(p.stats.p99))
+            .max_by(f64::total_cmp),
         limit: Limit::AtMost(MAX_P99_US),
         missing: "no phase",
     }
@@ -301,41 +257,33 @@ fn markdown(window: Window, server: &PgServer, r: &Results, check: &Check) -> St
          |---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for p in &r.phases {
+        let s = &p.stats;
         let _ = writeln!(
             md,
             "| in-process, {} tenants round-robin | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
             r.tenants,
             p.tasks,
-            p.calls,
-            p.per_second,
-            us(p.p50),
-            us(p.p99),
-            us(p.p999),
-            us(p.max)
+            s.calls,
+            s.per_second,
+            us(s.p50),
+            us(s.p99),
+            us(s.p999),
+            us(s.max)
         );
     }
-    md.push_str("\n| target | value | result |\n|---|---:|---|\n");
-    let (value, verdict) = match check.value {
-        Some(v) => (format!("{v:.1}"), check.verdict(v).to_owned()),
-        None => ("n/a".to_owned(), check.missing.to_owned()),
-    };
-    let _ = writeln!(
-        md,
-        "| {} {} | {value} | {verdict} |",
-        check.markdown, check.limit
-    );
-    let _ = writeln!(
-        md,
-        "\n{}; {:?} measured per phase after {:?} warm-up; pool size {}, every pool's \
-         connections open before the clock ({} cache misses during the phases); the tasks on \
-         this process's Tokio runtime ({} worker threads), nothing else running in it but the \
-         connections' own tasks.",
-        server.setting(),
-        window.measure,
-        window.warmup,
-        r.pool_size,
-        r.misses,
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    targets_table(&mut md, "value", std::slice::from_ref(check), 1);
+    footnote(
+        &mut md,
+        server,
+        format_args!(
+            "{}; pool size {}, every pool's connections open before the clock ({} cache misses \
+             during the phases); the tasks on this process's Tokio runtime ({} worker threads), \
+             nothing else running in it but the connections' own tasks.",
+            window.per_phase(),
+            r.pool_size,
+            r.misses,
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+        ),
     );
     md
 }

@@ -8,9 +8,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{Context, ensure};
+use anyhow::Context;
 use clap::Args;
 use sqlx::{Connection, PgConnection};
 use tenantd::domain::TenantId;
@@ -18,10 +17,13 @@ use tenantd::pb::tenant_service_client::TenantServiceClient;
 use tenantd::tenant::TenantMigrations;
 
 use crate::Target;
-use crate::measure::{Check, Limit, PhaseResult, Side, Window, Worker, measure, ms};
-use crate::pg::{BenchDatabase, PgServer, with_bench_database};
+use crate::flags;
+use crate::measure::{CallStats, Window, Worker, measure, ms};
+use crate::pg::{BenchDatabase, PgServer, run_bench};
 use crate::raw;
-use crate::server::{Authed, TenantdServer, endpoint, tenantd_binary};
+use crate::report::{Check, Limit, footnote, print_checks, print_markdown, targets_table};
+use crate::server::{Authed, TenantdServer};
+use crate::tenants;
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
@@ -47,34 +49,13 @@ const MIN_THROUGHPUT_RATIO_FOUR_CLIENTS: f64 = 0.9;
 
 /// Runs the benchmark and prints its results.
 pub async fn run(args: CreateArgs) -> anyhow::Result<()> {
-    ensure!(
-        !args.clients.is_empty(),
-        "--clients needs at least one value"
-    );
-    ensure!(
-        args.clients.iter().all(|c| (1..=64).contains(c)),
-        "--clients values must be between 1 and 64"
-    );
-    ensure!(
-        args.seconds.is_finite() && args.seconds > 0.0,
-        "--seconds must be more than zero"
-    );
-    ensure!(
-        args.warmup_seconds.is_finite() && args.warmup_seconds >= 0.0,
-        "--warmup-seconds must not be negative"
-    );
-    let window = Window {
-        warmup: Duration::from_secs_f64(args.warmup_seconds),
-        measure: Duration::from_secs_f64(args.seconds),
-    };
-    let tenantd_bin = &tenantd_binary(args.target.tenantd.as_deref())?;
-    let args = &args;
-
-    with_bench_database(&args.target, |server, db| async move {
-        let results = run_phases(args, window, tenantd_bin, &db).await?;
-        report(args, window, &server, &results);
-        Ok(())
-    })
+    flags::each_between("--clients", &args.clients, 1, 64)?;
+    let window = Window::from_flags(args.seconds, args.warmup_seconds)?;
+    run_bench(
+        &args.target,
+        async |tenantd, db| run_phases(&args, window, tenantd, db).await,
+        |server, results| report(&args, window, server, results),
+    )
     .await
 }
 
@@ -86,8 +67,7 @@ async fn run_phases(
     tenantd_bin: &Path,
     db: &BenchDatabase,
 ) -> anyhow::Result<Vec<PhaseResult>> {
-    let mut server = TenantdServer::start(tenantd_bin, &db.url, &db.name, &[]).await?;
-    let run = async {
+    TenantdServer::serve(tenantd_bin, &db.url, &db.name, &[], async |server| {
         eprintln!("tenantd-bench: tenantd serving on {}", server.addr);
         // tenantd has migrated the catalog; the raw side needs the very same
         // tenant migrations to send the same DDL.
@@ -98,17 +78,49 @@ async fn run_phases(
             let phase = 2 * i;
             let workers = RawCreate::open_all(db, &migrations, clients, phase).await?;
             results.push(run_phase(Side::Raw, clients, window, workers).await?);
-            let workers = GrpcCreate::open_all(&server, clients, phase + 1).await?;
+            let workers = GrpcCreate::open_all(server, clients, phase + 1).await?;
             results.push(run_phase(Side::Tenantd, clients, window, workers).await?);
         }
-        anyhow::Ok(results)
+        Ok(results)
+    })
+    .await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Raw,
+    Tenantd,
+}
+
+impl Side {
+    fn label(self) -> &'static str {
+        match self {
+            Side::Raw => "raw",
+            Side::Tenantd => "tenantd",
+        }
     }
-    .await;
-    let stopped = server.stop().await;
-    let results = run?;
-    stopped?;
-    server.remove_log();
-    Ok(results)
+}
+
+/// One phase: the tenants created inside its measured window.
+#[derive(Debug)]
+struct PhaseResult {
+    side: Side,
+    clients: usize,
+    stats: CallStats,
+}
+
+impl PhaseResult {
+    fn line(&self) -> String {
+        format!(
+            "{:<8} clients={} tenants={} tenants_per_s={:.1} p50_ms={:.1} p95_ms={:.1}",
+            self.side.label(),
+            self.clients,
+            self.stats.calls,
+            self.stats.per_second,
+            ms(self.stats.p50),
+            ms(self.stats.p95)
+        )
+    }
 }
 
 async fn run_phase<W: Worker>(
@@ -118,15 +130,23 @@ async fn run_phase<W: Worker>(
     workers: Vec<W>,
 ) -> anyhow::Result<PhaseResult> {
     eprintln!(
-        "tenantd-bench: {} clients={clients}: {:?} warm-up, {:?} measured",
-        side.label(),
-        window.warmup,
-        window.measure
+        "tenantd-bench: {} clients={clients}: {window}",
+        side.label()
     );
     let latencies = measure(workers, window)
         .await
         .with_context(|| format!("run the {} phase with {clients} clients", side.label()))?;
-    let result = PhaseResult::new(side, clients, window, latencies)?;
+    let stats = CallStats::new(latencies, window.measure).with_context(|| {
+        format!(
+            "{} clients={clients}: no tenant was created inside the measured window; raise --seconds",
+            side.label()
+        )
+    })?;
+    let result = PhaseResult {
+        side,
+        clients,
+        stats,
+    };
     println!("{}", result.line());
     Ok(result)
 }
@@ -144,20 +164,15 @@ impl GrpcCreate {
         clients: usize,
         phase: usize,
     ) -> anyhow::Result<Vec<Self>> {
-        let addr = server.addr;
-        let endpoint = endpoint(addr)?;
-        let mut workers = Vec::with_capacity(clients);
-        for client in 0..clients {
-            let channel = endpoint
-                .connect()
-                .await
-                .with_context(|| format!("connect a gRPC client to tenantd at {addr}"))?;
-            workers.push(Self {
-                client: TenantServiceClient::new(server.authed(channel)?),
+        let connected = server.connect_spread(clients, clients).await?;
+        Ok(connected
+            .into_iter()
+            .enumerate()
+            .map(|(client, authed)| Self {
+                client: TenantServiceClient::new(authed),
                 prefix: format!("grpc-p{phase}-c{client}"),
-            });
-        }
-        Ok(workers)
+            })
+            .collect())
     }
 }
 
@@ -165,28 +180,11 @@ impl Worker for GrpcCreate {
     type Request = tenantd::pb::CreateTenantRequest;
 
     fn prepare(&mut self, seq: u64) -> Self::Request {
-        let slug = format!("{}-{seq}", self.prefix);
-        tenantd::pb::CreateTenantRequest {
-            name: slug.clone(),
-            slug,
-            ..Default::default()
-        }
+        tenants::request(format!("{}-{seq}", self.prefix))
     }
 
     async fn send(&mut self, request: Self::Request) -> anyhow::Result<()> {
-        let slug = request.slug.clone();
-        let tenant = self
-            .client
-            .create_tenant(request)
-            .await
-            .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
-            .with_context(|| format!("CreateTenant {slug}"))?
-            .into_inner();
-        ensure!(
-            tenant.slug == slug,
-            "CreateTenant {slug} returned tenant {}",
-            tenant.slug
-        );
+        tenants::create_one(&mut self.client, request).await?;
         Ok(())
     }
 }
@@ -197,9 +195,7 @@ impl Worker for GrpcCreate {
 struct RawCreate {
     conn: PgConnection,
     migrations: Arc<TenantMigrations>,
-    /// A SCRAM verifier made once per client before the phase, so the
-    /// PBKDF2 it costs stays outside the measurement; PostgreSQL stores the
-    /// verifier as given, so sharing one between roles changes nothing there.
+    /// [`raw::shared_verifier`], made before the phase.
     verifier: String,
     prefix: String,
 }
@@ -252,6 +248,7 @@ fn report(args: &CreateArgs, window: Window, server: &PgServer, results: &[Phase
         results
             .iter()
             .find(|r| r.side == side && r.clients == clients)
+            .map(|r| r.stats)
     };
     let pair = |clients| Some((find(Side::Raw, clients)?, find(Side::Tenantd, clients)?));
     let checks = [
@@ -270,13 +267,8 @@ fn report(args: &CreateArgs, window: Window, server: &PgServer, results: &[Phase
             missing: "no 4-client phase",
         },
     ];
-    for check in &checks {
-        println!("{}", check.line());
-    }
-    if args.target.markdown {
-        println!();
-        print!("{}", markdown(window, server, results, &checks));
-    }
+    print_checks(&checks);
+    print_markdown(&args.target, || markdown(window, server, results, &checks));
 }
 
 fn markdown(
@@ -297,26 +289,13 @@ fn markdown(
             md,
             "| {path} | {} | {} | {:.1} | {:.1} | {:.1} |",
             r.clients,
-            r.tenants,
-            r.per_second,
-            ms(r.p50),
-            ms(r.p95)
+            r.stats.calls,
+            r.stats.per_second,
+            ms(r.stats.p50),
+            ms(r.stats.p95)
         );
     }
-    md.push_str("\n| target | ratio | result |\n|---|---:|---|\n");
-    for c in checks {
-        let (value, verdict) = match c.value {
-            Some(v) => (format!("{v:.2}"), c.verdict(v).to_owned()),
-            None => ("n/a".to_owned(), c.missing.to_owned()),
-        };
-        let _ = writeln!(md, "| {} {} | {value} | {verdict} |", c.markdown, c.limit);
-    }
-    let _ = writeln!(
-        md,
-        "\n{}; {:?} measured per phase after {:?} warm-up.",
-        server.setting(),
-        window.measure,
-        window.warmup,
-    );
+    targets_table(&mut md, "ratio", checks, 2);
+    footnote(&mut md, server, format_args!("{}.", window.per_phase()));
     md
 }

@@ -39,18 +39,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail, ensure};
 use clap::Args;
 use rand::{Rng as _, SeedableRng as _};
-use sqlx::{Connection, PgConnection};
+use sqlx::Connection;
 use tenantd::data::CallSettings;
 use tenantd::domain::TenantId;
 use tenantd::pb;
 use tenantd::pb::tenant_data_service_client::TenantDataServiceClient;
-use tonic::transport::Channel;
 
 use crate::Target;
-use crate::measure::{Check, Limit, Window, Worker, measure, ms, percentile};
-use crate::pg::{BenchDatabase, PgServer, with_bench_database};
+use crate::flags;
+use crate::measure::{CallStats, Window, Worker, measure, ms};
+use crate::pg::{BenchDatabase, PgServer, run_bench};
 use crate::procstat::{MachineCpu, children_cpu_time, cpu_time, machine_cpu, own_cpu_time};
-use crate::server::{Authed, TenantdServer, endpoint, tenantd_binary};
+use crate::report::{Check, Limit, footnote, or_na, print_markdown, targets_table};
+use crate::server::{Authed, TenantdServer, status};
 
 #[derive(Debug, Args)]
 pub struct ExecuteArgs {
@@ -139,44 +140,20 @@ impl Route {
 
 /// Runs the benchmark and prints its results.
 pub async fn run(args: ExecuteArgs) -> anyhow::Result<()> {
-    ensure!(
-        !args.clients.is_empty(),
-        "--clients needs at least one value"
-    );
-    ensure!(
-        args.clients.iter().all(|c| (1..=256).contains(c)),
-        "--clients values must be between 1 and 256"
-    );
-    ensure!(
-        (1..=64).contains(&args.channels),
-        "--channels must be between 1 and 64"
-    );
-    ensure!(args.rows >= 1, "--rows must be at least 1");
+    flags::each_between("--clients", &args.clients, 1, 256)?;
+    flags::between("--channels", args.channels, 1, 64)?;
+    flags::at_least("--rows", args.rows, 1)?;
     ensure!(
         (1..=BUDGET).contains(&args.pool_size),
         "--pool-size must be between 1 and {BUDGET} (tenantd's connection budget)"
     );
-    ensure!(
-        args.seconds.is_finite() && args.seconds > 0.0,
-        "--seconds must be more than zero"
-    );
-    ensure!(
-        args.warmup_seconds.is_finite() && args.warmup_seconds >= 0.0,
-        "--warmup-seconds must not be negative"
-    );
-    let window = Window {
-        warmup: Duration::from_secs_f64(args.warmup_seconds),
-        measure: Duration::from_secs_f64(args.seconds),
-    };
-    let tenantd_bin = &tenantd_binary(args.target.tenantd.as_deref())?;
+    let window = Window::from_flags(args.seconds, args.warmup_seconds)?;
     let pgbench = &pgbench_binary(args.pgbench.as_deref())?;
-    let args = &args;
-
-    with_bench_database(&args.target, |server, db| async move {
-        let results = run_phases(args, window, tenantd_bin, pgbench, &db).await?;
-        report(args, window, &server, &results);
-        Ok(())
-    })
+    run_bench(
+        &args.target,
+        async |tenantd, db| run_phases(&args, window, tenantd, pgbench, db).await,
+        |server, results| report(&args, window, server, results),
+    )
     .await
 }
 
@@ -202,10 +179,7 @@ fn pgbench_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 struct Phase {
     route: Route,
     clients: usize,
-    calls: usize,
-    per_second: f64,
-    p50: Duration,
-    p99: Duration,
+    stats: CallStats,
     cpu: Option<CpuShare>,
 }
 
@@ -214,22 +188,19 @@ impl Phase {
         route: Route,
         clients: usize,
         window: Window,
-        mut latencies: Vec<Duration>,
+        latencies: Vec<Duration>,
         cpu: Option<CpuShare>,
     ) -> anyhow::Result<Self> {
-        ensure!(
-            !latencies.is_empty(),
-            "{} clients={clients}: no call completed inside the measured window; raise --seconds",
-            route.label()
-        );
-        latencies.sort_unstable();
+        let stats = CallStats::new(latencies, window.measure).with_context(|| {
+            format!(
+                "{} clients={clients}: no call completed inside the measured window; raise --seconds",
+                route.label()
+            )
+        })?;
         Ok(Self {
             route,
             clients,
-            calls: latencies.len(),
-            per_second: latencies.len() as f64 / window.measure.as_secs_f64(),
-            p50: percentile(&latencies, 0.50),
-            p99: percentile(&latencies, 0.99),
+            stats,
             cpu,
         })
     }
@@ -239,10 +210,10 @@ impl Phase {
             "{:<8} clients={} calls={} per_s={:.0} p50_ms={:.3} p99_ms={:.3}",
             self.route.label(),
             self.clients,
-            self.calls,
-            self.per_second,
-            ms(self.p50),
-            ms(self.p99)
+            self.stats.calls,
+            self.stats.per_second,
+            ms(self.stats.p50),
+            ms(self.stats.p99)
         );
         if let Some(cpu) = &self.cpu {
             let _ = write!(
@@ -351,23 +322,22 @@ async fn run_phases(
 ) -> anyhow::Result<Results> {
     let pool_size = args.pool_size.to_string();
     let extra = [OsStr::new("--tenant-pool-size"), OsStr::new(&pool_size)];
-    let mut server = TenantdServer::start(tenantd_bin, &db.url, &db.name, &extra).await?;
-    let run = async {
+    TenantdServer::serve(tenantd_bin, &db.url, &db.name, &extra, async |server| {
         eprintln!(
             "tenantd-bench: tenantd serving on {} (--tenant-pool-size {})",
             server.addr, args.pool_size
         );
-        let (ids, _) = crate::tenants::create(&server, "execute", 1, 1).await?;
+        let (ids, _) = crate::tenants::create(server, "execute", 1, 1).await?;
         let tenant = ids[0];
         let raw = setup_table(db, tenant, args.rows, pgbench).await?;
         let threads_max = args
             .pgbench_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         ensure!(threads_max >= 1, "--pgbench-threads must be at least 1");
-        let tenantd_pid = server.pid().context("tenantd has no process id")?;
+        let tenantd_pid = server.pid()?;
 
         // The tenant's pool answers before anything is timed.
-        let mut check = ExecuteWorker::open_all(&server, 1, 1, tenant, args.rows).await?;
+        let mut check = ExecuteWorker::open_all(server, 1, 1, tenant, args.rows).await?;
         let request = check[0].prepare(0);
         check[0].send(request).await.context("a first Execute")?;
 
@@ -382,11 +352,8 @@ async fn run_phases(
             }
             let channels = args.channels.min(clients);
             let workers =
-                ExecuteWorker::open_all(&server, clients, channels, tenant, args.rows).await?;
-            eprintln!(
-                "tenantd-bench: tenantd clients={clients} channels={channels}: {:?} warm-up, {:?} measured",
-                window.warmup, window.measure
-            );
+                ExecuteWorker::open_all(server, clients, channels, tenant, args.rows).await?;
+            eprintln!("tenantd-bench: tenantd clients={clients} channels={channels}: {window}");
             let start = Instant::now();
             let (latencies, cpu) = tokio::join!(
                 measure(workers, window),
@@ -415,7 +382,7 @@ async fn run_phases(
             phases.push(phase);
         }
         let metrics = server.scrape().await?;
-        anyhow::Ok(Results {
+        Ok(Results {
             rows: args.rows,
             pool_size: args.pool_size,
             channels: args.channels,
@@ -426,13 +393,8 @@ async fn run_phases(
                 .get("tenantd_tenant_connection_budget_waits_total")
                 .copied(),
         })
-    }
-    .await;
-    let stopped = server.stop().await;
-    let results = run?;
-    stopped?;
-    server.remove_log();
-    Ok(results)
+    })
+    .await
 }
 
 fn share(a: MachineCpu, b: MachineCpu) -> f64 {
@@ -456,9 +418,7 @@ async fn setup_table(
     let schema = tenant.schema_name();
     let role = tenant.role_name();
     let s = schema.quoted();
-    let mut conn = PgConnection::connect_with(&db.options)
-        .await
-        .context("connect to the bench database")?;
+    let mut conn = db.connect().await?;
     // Names come from the tenant id, the row count is a number.
     tenantd::catalog::execute_batch(
         &mut conn,
@@ -537,10 +497,8 @@ async fn pgbench_phase(
         _ => &raw.select_script,
     };
     eprintln!(
-        "tenantd-bench: {} (pgbench) clients={clients} threads={threads}: {:?} warm-up, {:?} measured",
-        route.label(),
-        window.warmup,
-        window.measure
+        "tenantd-bench: {} (pgbench) clients={clients} threads={threads}: {window}",
+        route.label()
     );
     let logs = raw.dir.0.join(format!("{}-c{clients}", route.label()));
     std::fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
@@ -671,27 +629,17 @@ impl ExecuteWorker {
         tenant: TenantId,
         rows: u32,
     ) -> anyhow::Result<Vec<Self>> {
-        let mut open: Vec<Channel> = Vec::with_capacity(channels);
-        for _ in 0..channels {
-            open.push(
-                endpoint(server.addr)?.connect().await.with_context(|| {
-                    format!("connect a gRPC client to tenantd at {}", server.addr)
-                })?,
-            );
-        }
         let tenant: Arc<str> = tenant.to_string().into();
-        (0..clients)
-            .map(|i| {
-                // A clone of a Channel shares its connection.
-                let channel = open[i % open.len()].clone();
-                Ok(Self {
-                    client: TenantDataServiceClient::new(server.authed(channel)?),
-                    tenant: Arc::clone(&tenant),
-                    rows,
-                    rng: rand::rngs::StdRng::from_entropy(),
-                })
+        let connected = server.connect_spread(clients, channels).await?;
+        Ok(connected
+            .into_iter()
+            .map(|authed| Self {
+                client: TenantDataServiceClient::new(authed),
+                tenant: Arc::clone(&tenant),
+                rows,
+                rng: rand::rngs::StdRng::from_entropy(),
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -718,7 +666,7 @@ impl Worker for ExecuteWorker {
             .client
             .execute(request)
             .await
-            .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
+            .map_err(status)
             .with_context(|| format!("Execute id={id}"))?
             .into_inner();
         let got = match answer.rows.as_slice() {
@@ -747,10 +695,7 @@ fn report(args: &ExecuteArgs, window: Window, server: &PgServer, r: &Results) {
     if let Some(best) = best_sentence(r) {
         println!("best tenantd phase: {best}");
     }
-    if args.target.markdown {
-        println!();
-        print!("{}", markdown(window, server, r, &check));
-    }
+    print_markdown(&args.target, || markdown(window, server, r, &check));
 }
 
 /// The tenantd phase with the highest rate.
@@ -758,7 +703,7 @@ fn best(r: &Results) -> Option<&Phase> {
     r.phases
         .iter()
         .filter(|p| p.route == Route::Tenantd)
-        .max_by(|a, b| a.per_second.total_cmp(&b.per_second))
+        .max_by(|a, b| a.stats.per_second.total_cmp(&b.stats.per_second))
 }
 
 fn phase(r: &Results, route: Route, clients: usize) -> Option<&Phase> {
@@ -773,7 +718,7 @@ fn best_sentence(r: &Results) -> Option<String> {
     let best = best(r)?;
     let mut text = format!(
         "{:.0} requests/s at {} clients",
-        best.per_second, best.clients
+        best.stats.per_second, best.clients
     );
     for (route, what) in [
         (Route::RawSelect, "pgbench's SELECT alone"),
@@ -786,8 +731,8 @@ fn best_sentence(r: &Results) -> Option<String> {
             let _ = write!(
                 text,
                 ", {:.0}% of {what} ({:.0}/s)",
-                100.0 * best.per_second / raw.per_second,
-                raw.per_second
+                100.0 * best.stats.per_second / raw.stats.per_second,
+                raw.stats.per_second
             );
         }
     }
@@ -798,7 +743,7 @@ fn check(r: &Results) -> Check {
     Check {
         label: "Execute requests/s (best client count)",
         markdown: "Execute requests/s, best client count",
-        value: best(r).map(|p| p.per_second),
+        value: best(r).map(|p| p.stats.per_second),
         limit: Limit::AtLeast(MIN_EXECUTE_PER_SECOND),
         missing: "no tenantd phase",
     }
@@ -828,43 +773,33 @@ fn markdown(window: Window, server: &PgServer, r: &Results, check: &Check) -> St
             md,
             "| {path} | {} | {} | {:.0} | {:.2} | {:.2} | {busy} | {client} | {tenantd} | {rest} |",
             p.clients,
-            p.calls,
-            p.per_second,
-            ms(p.p50),
-            ms(p.p99)
+            p.stats.calls,
+            p.stats.per_second,
+            ms(p.stats.p50),
+            ms(p.stats.p99)
         );
     }
-    md.push_str("\n| target | value | result |\n|---|---:|---|\n");
-    let (value, verdict) = match check.value {
-        Some(v) => (format!("{v:.0}"), check.verdict(v).to_owned()),
-        None => ("n/a".to_owned(), check.missing.to_owned()),
-    };
-    let _ = writeln!(
-        md,
-        "| {} {} | {value} | {verdict} |",
-        check.markdown, check.limit
-    );
+    targets_table(&mut md, "value", std::slice::from_ref(check), 0);
     if let Some(best) = best_sentence(r) {
         let _ = writeln!(md, "\nBest tenantd phase: {best}.");
     }
-    let _ = writeln!(
-        md,
-        "\n{}; {:?} measured per phase after {:?} warm-up, at each client count the pgbench phases first and \
-         tenantd right after; \
-         tenantd --tenant-pool-size {} (connection budget {BUDGET}; {} tenant connections open \
-         at the end, {} budget waits), its clients on {} HTTP/2 connections (fewer when fewer \
-         clients); pgbench with {} threads at most, logged in as the tenant's role with its \
-         schema as search_path; the clients in processes of their own on the same cores.",
-        server.setting(),
-        window.measure,
-        window.warmup,
-        r.pool_size,
-        r.connections_open
-            .map_or("n/a".to_owned(), |c| format!("{c:.0}")),
-        r.budget_waits
-            .map_or("n/a".to_owned(), |c| format!("{c:.0}")),
-        r.channels,
-        r.pgbench_threads,
+    footnote(
+        &mut md,
+        server,
+        format_args!(
+            "{}, at each client count the pgbench phases first and tenantd right after; \
+             tenantd --tenant-pool-size {} (connection budget {BUDGET}; {} tenant connections \
+             open at the end, {} budget waits), its clients on {} HTTP/2 connections (fewer when \
+             fewer clients); pgbench with {} threads at most, logged in as the tenant's role \
+             with its schema as search_path; the clients in processes of their own on the same \
+             cores.",
+            window.per_phase(),
+            r.pool_size,
+            or_na(r.connections_open, 0),
+            or_na(r.budget_waits, 0),
+            r.channels,
+            r.pgbench_threads,
+        ),
     );
     md
 }

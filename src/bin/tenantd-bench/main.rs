@@ -16,18 +16,23 @@
 //! pgbench; `checkout`: the pool cache's hit and checkout, in process;
 //! `touch`: a fleet far larger than the pool cache, touched in turn, with
 //! memory and connections watched); the harness they share is
-//! operation-neutral: `pg` (the server and the run's database), `server` (the
-//! tenantd process and its metrics), `measure` (client loops and
-//! statistics), `procstat` (memory and CPU from /proc), `raw` (the raw
+//! operation-neutral: `pg` (a run: the server and the run's database),
+//! `server` (the tenantd process, its clients and its metrics), `measure`
+//! (client loops and statistics), `flags` (checks of the flags),
+//! `report` (targets, markdown pieces), `sampler` (figures watched over a
+//! phase), `procstat` (memory and CPU from /proc), `raw` (the raw
 //! create-tenant transaction), `tenants` (tenants made through CreateTenant).
 
 mod checkout;
 mod create;
 mod execute;
+mod flags;
 mod measure;
 mod pg;
 mod procstat;
 mod raw;
+mod report;
+mod sampler;
 mod server;
 mod tenants;
 mod touch;

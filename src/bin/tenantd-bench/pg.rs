@@ -1,11 +1,12 @@
-//! The PostgreSQL side of a run: the server ([`PgServer`], from a URL or a
-//! private cluster that the run stops again if it started it) and the run's
-//! own database ([`BenchDatabase`]), which is dropped afterwards together
-//! with every tenant role the run created. Roles are cluster-wide, so their
-//! names are read from the run's catalog before the database goes.
+//! The PostgreSQL side of a run ([`run_bench`]): the server ([`PgServer`],
+//! from a URL or a private cluster that the run stops again if it started
+//! it) and the run's own database ([`BenchDatabase`]), which is dropped
+//! afterwards together with every tenant role the run created. Roles are
+//! cluster-wide, so their names are read from the run's catalog before the
+//! database goes.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
@@ -16,6 +17,7 @@ use tenantd::local_pg::LocalCluster;
 use tenantd::tenant::TenantMigrations;
 
 use crate::Target;
+use crate::server::tenantd_binary;
 
 /// The PostgreSQL server a run uses: from --database-url, or a private
 /// cluster that this run stops again if it started it.
@@ -208,44 +210,44 @@ pub struct BenchDatabase {
     pub url: Secret,
 }
 
-/// Opens the server, creates the run's database, runs `body`, then drops the
-/// database with the run's tenant roles and closes the server — also when
-/// `body` fails or the run is interrupted with Ctrl-C.
-pub async fn with_bench_database<F, Fut>(target: &Target, body: F) -> anyhow::Result<()>
-where
-    F: FnOnce(Arc<PgServer>, BenchDatabase) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    let server = Arc::new(PgServer::open(target).await?);
+/// A run: finds the tenantd binary, opens the server, creates the run's
+/// database, runs `phases` on it and hands what they measured to `report`;
+/// then drops the database with the run's tenant roles and closes the server
+/// — also when the phases fail or the run is interrupted with Ctrl-C.
+pub async fn run_bench<T>(
+    target: &Target,
+    phases: impl AsyncFnOnce(&Path, &BenchDatabase) -> anyhow::Result<T>,
+    report: impl FnOnce(&PgServer, &T),
+) -> anyhow::Result<()> {
+    let tenantd = tenantd_binary(target.tenantd.as_deref())?;
+    let server = PgServer::open(target).await?;
     let outcome = async {
         let db = BenchDatabase::create(&server).await?;
-        let (name, options) = (db.name.clone(), db.options.clone());
         let ran = tokio::select! {
-            ran = body(Arc::clone(&server), db) => ran,
+            ran = phases(&tenantd, &db) => ran,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         };
-        let dropped = BenchDatabase::remove(&server, &name, &options).await;
-        match (ran, dropped) {
-            (Ok(()), dropped) => dropped,
-            (Err(e), Ok(())) => Err(e),
-            (Err(e), Err(cleanup)) => {
-                eprintln!("tenantd-bench: cleaning up failed too: {cleanup:#}");
-                Err(e)
-            }
-        }
+        let ran = ran.map(|results| report(&server, &results));
+        let dropped = db.remove(&server).await;
+        first_error(ran, dropped, "cleaning up failed too: ")
     }
     .await;
-    let closed = match Arc::try_unwrap(server) {
-        Ok(server) => server.close().await,
-        Err(_) => Err(anyhow::anyhow!(
-            "the PostgreSQL server is still in use; not stopping it"
-        )),
-    };
-    match (outcome, closed) {
-        (Ok(()), closed) => closed,
+    let closed = server.close().await;
+    first_error(outcome, closed, "")
+}
+
+/// The error of `ran`, else that of the `cleanup` after it; a cleanup error
+/// behind a failure is printed (after `note`) rather than lost.
+fn first_error(
+    ran: anyhow::Result<()>,
+    cleanup: anyhow::Result<()>,
+    note: &str,
+) -> anyhow::Result<()> {
+    match (ran, cleanup) {
+        (Ok(()), cleanup) => cleanup,
         (Err(e), Ok(())) => Err(e),
-        (Err(e), Err(close)) => {
-            eprintln!("tenantd-bench: {close:#}");
+        (Err(e), Err(cleanup)) => {
+            eprintln!("tenantd-bench: {note}{cleanup:#}");
             Err(e)
         }
     }
@@ -266,12 +268,17 @@ impl BenchDatabase {
         Ok(Self { name, options, url })
     }
 
+    /// A new connection to the run's database.
+    pub async fn connect(&self) -> anyhow::Result<PgConnection> {
+        PgConnection::connect_with(&self.options)
+            .await
+            .context("connect to the bench database")
+    }
+
     /// Fails unless tenantd registered exactly the tenant migrations this
     /// binary embeds: otherwise the two sides would not run the same DDL.
     pub async fn check_same_migrations(&self, ours: &TenantMigrations) -> anyhow::Result<()> {
-        let mut conn = PgConnection::connect_with(&self.options)
-            .await
-            .context("connect to the bench database")?;
+        let mut conn = self.connect().await?;
         let theirs: Vec<(i64, Vec<u8>)> = sqlx::query_as(
             "SELECT version, checksum FROM tenantd.tenant_migrations ORDER BY version",
         )
@@ -296,11 +303,8 @@ impl BenchDatabase {
     /// roles the run created from its catalog, drops the database, then the
     /// roles. If the names cannot be read the database is kept, so that the
     /// roles can still be found.
-    async fn remove(
-        server: &PgServer,
-        name: &str,
-        options: &PgConnectOptions,
-    ) -> anyhow::Result<()> {
+    async fn remove(self, server: &PgServer) -> anyhow::Result<()> {
+        let Self { name, options, .. } = self;
         let mut admin = server.admin_connection().await?;
         // With no session left, no transaction can commit a tenant (and its
         // role) after the names are read.
@@ -308,11 +312,11 @@ impl BenchDatabase {
             "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
              WHERE datname = $1 AND pid <> pg_backend_pid()",
         )
-        .bind(name)
+        .bind(&name)
         .execute(&mut admin)
         .await
         .with_context(|| format!("end the sessions on {name}"))?;
-        let roles = tenant_roles(options)
+        let roles = tenant_roles(&options)
             .await
             .with_context(|| format!("read the tenant roles of {name}; the database is kept"))?;
         sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))

@@ -1,9 +1,11 @@
 //! The tenantd server under test: the real binary in a process of its own,
 //! on a free loopback port, ready once its gRPC health check says SERVING,
-//! stopped with SIGTERM. Its log goes to a file that is removed after a
-//! clean run and kept (and named) after a failure; its metrics are served on
-//! another free port, for [`TenantdServer::scrape`]; its admin key is handed
-//! over in a file only this user can read, removed once it has started.
+//! stopped with SIGTERM when the work given to [`TenantdServer::serve`] is
+//! done. Its log goes to a file that is removed after a clean run and kept
+//! (and named) after a failure; its metrics are served on another free port,
+//! for [`TenantdServer::scrape`]; its admin key is handed over in a file only
+//! this user can read, removed once it has started. Clients connect with the
+//! bench's credentials on every call ([`TenantdServer::connect`]).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use tenantd::config::Secret;
 use tenantd::grpc::auth::Bearer;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 /// How long tenantd may take to migrate the catalog and report SERVING.
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -37,8 +39,12 @@ pub struct TenantdServer {
 }
 
 /// A channel whose calls carry the bench's service key.
-pub type Authed =
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
+pub type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+/// A failed call as an error: its code and message.
+pub fn status(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
 
 /// The tenantd binary: the one given, or the one built next to this binary.
 pub fn tenantd_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -58,9 +64,26 @@ pub fn tenantd_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 impl TenantdServer {
-    /// Starts `tenantd serve` with `args` after its listen address; `tag`
-    /// names its log file.
-    pub async fn start(
+    /// Starts `tenantd serve` with `args` after its listen address (`tag`
+    /// names its log file), runs `body` with it, then stops it. Its log is
+    /// removed only when both went well.
+    pub async fn serve<T>(
+        binary: &Path,
+        database_url: &Secret,
+        tag: &str,
+        args: &[&OsStr],
+        body: impl AsyncFnOnce(&Self) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let mut server = Self::start(binary, database_url, tag, args).await?;
+        let ran = body(&server).await;
+        let stopped = server.stop().await;
+        let ran = ran?;
+        stopped?;
+        let _ = std::fs::remove_file(&server.log);
+        Ok(ran)
+    }
+
+    async fn start(
         binary: &Path,
         database_url: &Secret,
         tag: &str,
@@ -125,12 +148,43 @@ impl TenantdServer {
         Ok(server)
     }
 
+    /// A new connection (HTTP/2) to tenantd.
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        endpoint(self.addr)?
+            .connect()
+            .await
+            .with_context(|| format!("connect a gRPC client to tenantd at {}", self.addr))
+    }
+
     /// `channel` with the bench's credentials on every call.
-    pub fn authed(&self, channel: tonic::transport::Channel) -> anyhow::Result<Authed> {
+    fn authed(&self, channel: Channel) -> anyhow::Result<Authed> {
         let bearer = Bearer::new(&self.key).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(tonic::service::interceptor::InterceptedService::new(
             channel, bearer,
         ))
+    }
+
+    /// A new connection to tenantd, carrying the bench's service key.
+    pub async fn connect(&self) -> anyhow::Result<Authed> {
+        let channel = self.channel().await?;
+        self.authed(channel)
+    }
+
+    /// `clients` clients spread round-robin over `connections` new
+    /// connections (at least one).
+    pub async fn connect_spread(
+        &self,
+        clients: usize,
+        connections: usize,
+    ) -> anyhow::Result<Vec<Authed>> {
+        let mut open = Vec::with_capacity(connections);
+        for _ in 0..connections.max(1) {
+            open.push(self.channel().await?);
+        }
+        // A clone of a Channel shares its connection.
+        (0..clients)
+            .map(|i| self.authed(open[i % open.len()].clone()))
+            .collect()
     }
 
     /// Polls the gRPC health check (service "") until it says SERVING.
@@ -169,7 +223,7 @@ impl TenantdServer {
 
     /// SIGTERM, then waits for the graceful shutdown; kills it past the
     /// deadline.
-    pub async fn stop(&mut self) -> anyhow::Result<()> {
+    async fn stop(&mut self) -> anyhow::Result<()> {
         use nix::sys::signal::{Signal, kill};
         use nix::unistd::Pid;
 
@@ -242,13 +296,9 @@ impl TenantdServer {
             .collect())
     }
 
-    /// The process id, while it has not been reaped.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-
-    pub fn remove_log(&self) {
-        let _ = std::fs::remove_file(&self.log);
+    /// The process id.
+    pub fn pid(&self) -> anyhow::Result<u32> {
+        self.child.id().context("tenantd has no process id")
     }
 }
 
@@ -277,7 +327,7 @@ async fn free_port() -> anyhow::Result<SocketAddr> {
     listener.local_addr().context("read the free port")
 }
 
-pub fn endpoint(addr: SocketAddr) -> anyhow::Result<Endpoint> {
+fn endpoint(addr: SocketAddr) -> anyhow::Result<Endpoint> {
     Endpoint::from_shared(format!("http://{addr}")).context("make the gRPC endpoint")
 }
 

@@ -1,22 +1,52 @@
-//! Tenants made through tenantd itself (CreateTenant over gRPC), for the
-//! benchmarks of the data plane: a tenant's role must log in with the
-//! password tenantd derives from its catalog secret, so the raw create
-//! transaction (which sets a password of its own) cannot make them.
+//! Tenants made through tenantd itself (CreateTenant over gRPC): one at a
+//! time ([`create_one`], which `create` measures) or a fleet by a few clients
+//! at once ([`create`], for the benchmarks of the data plane: a tenant's role
+//! must log in with the password tenantd derives from its catalog secret, so
+//! the raw create transaction, which sets a password of its own, cannot make
+//! them).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use tenantd::domain::TenantId;
 use tenantd::pb;
 use tenantd::pb::tenant_service_client::TenantServiceClient;
-use tokio::task::JoinSet;
 
-use crate::server::{TenantdServer, endpoint};
+use crate::measure::{Progress, Turn, in_turn};
+use crate::server::{Authed, TenantdServer, status};
 
-/// Progress lines every so many tenants.
-const PROGRESS_EVERY: usize = 1000;
+/// Announce a fleet from this size on.
+const ANNOUNCE_FROM: usize = 1000;
+
+/// The CreateTenant request of a bench-made slug, which doubles as the name.
+pub fn request(slug: String) -> pb::CreateTenantRequest {
+    pb::CreateTenantRequest {
+        name: slug.clone(),
+        slug,
+        ..Default::default()
+    }
+}
+
+/// Sends `request`; fails unless the answer is the tenant asked for.
+pub async fn create_one(
+    client: &mut TenantServiceClient<Authed>,
+    request: pb::CreateTenantRequest,
+) -> anyhow::Result<pb::Tenant> {
+    let slug = request.slug.clone();
+    let tenant = client
+        .create_tenant(request)
+        .await
+        .map_err(status)
+        .with_context(|| format!("CreateTenant {slug}"))?
+        .into_inner();
+    ensure!(
+        tenant.slug == slug,
+        "CreateTenant {slug} returned tenant {}",
+        tenant.slug
+    );
+    Ok(tenant)
+}
 
 /// `n` tenants `<prefix>-<i>`, made by `clients` CreateTenant callers, each
 /// on a connection of its own, taking the next index as they go. Their ids
@@ -28,63 +58,38 @@ pub async fn create(
     clients: usize,
 ) -> anyhow::Result<(Vec<TenantId>, Duration)> {
     let clients = clients.clamp(1, n.max(1));
-    if n >= PROGRESS_EVERY {
+    if n >= ANNOUNCE_FROM {
         eprintln!("tenantd-bench: creating {n} tenants through CreateTenant, {clients} clients");
     }
-    let next = Arc::new(AtomicUsize::new(0));
+    let progress = Progress::new("created", " tenants", n);
     let prefix: Arc<str> = prefix.into();
-    let mut tasks = JoinSet::new();
-    let start = Instant::now();
-    for _ in 0..clients {
-        let channel = endpoint(server.addr)?
-            .connect()
-            .await
-            .with_context(|| format!("connect a gRPC client to tenantd at {}", server.addr))?;
-        let mut client = TenantServiceClient::new(server.authed(channel)?);
-        let (next, prefix) = (Arc::clone(&next), Arc::clone(&prefix));
-        tasks.spawn(async move {
-            let mut made = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return anyhow::Ok(made);
-                }
-                let slug = format!("{prefix}-{i}");
-                let tenant = client
-                    .create_tenant(pb::CreateTenantRequest {
-                        name: slug.clone(),
-                        slug: slug.clone(),
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
-                    .with_context(|| format!("CreateTenant {slug}"))?
-                    .into_inner();
-                ensure!(
-                    tenant.slug == slug,
-                    "CreateTenant {slug} returned tenant {}",
-                    tenant.slug
-                );
-                let id = TenantId::parse("id", &tenant.id)
-                    .map_err(|e| anyhow::anyhow!("CreateTenant {slug} returned id: {e:?}"))?;
-                made.push((i, id));
-                if (i + 1) % PROGRESS_EVERY == 0 {
-                    eprintln!(
-                        "tenantd-bench: created {}/{n} tenants after {:.1} s",
-                        i + 1,
-                        start.elapsed().as_secs_f64()
-                    );
-                }
-            }
-        });
+    let creators = server
+        .connect_spread(clients, clients)
+        .await?
+        .into_iter()
+        .map(|authed| Creator {
+            client: TenantServiceClient::new(authed),
+            prefix: Arc::clone(&prefix),
+        })
+        .collect();
+    let (ids, took) = in_turn("CreateTenant", creators, progress).await?;
+    ensure!(ids.len() == n, "made {} tenants, not {n}", ids.len());
+    Ok((ids, took))
+}
+
+/// One CreateTenant caller of [`create`].
+struct Creator {
+    client: TenantServiceClient<Authed>,
+    prefix: Arc<str>,
+}
+
+impl Turn for Creator {
+    type Output = TenantId;
+
+    async fn take(&mut self, i: usize) -> anyhow::Result<TenantId> {
+        let slug = format!("{}-{i}", self.prefix);
+        let tenant = create_one(&mut self.client, request(slug.clone())).await?;
+        TenantId::parse("id", &tenant.id)
+            .map_err(|e| anyhow::anyhow!("CreateTenant {slug} returned id: {e:?}"))
     }
-    let mut all = Vec::with_capacity(n);
-    // Returning early drops the set, which aborts the other clients.
-    while let Some(joined) = tasks.join_next().await {
-        all.extend(joined.context("a CreateTenant client panicked")??);
-    }
-    let took = start.elapsed();
-    all.sort_unstable_by_key(|&(i, _)| i);
-    ensure!(all.len() == n, "made {} tenants, not {n}", all.len());
-    Ok((all.into_iter().map(|(_, id)| id).collect(), took))
 }

@@ -20,7 +20,6 @@ use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
@@ -29,14 +28,16 @@ use sqlx::{Connection, PgConnection};
 use tenantd::domain::TenantId;
 use tenantd::pb;
 use tenantd::pb::tenant_data_service_client::TenantDataServiceClient;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::Target;
-use crate::measure::{Check, Limit, ms, percentile};
-use crate::pg::{BenchDatabase, PgServer, with_bench_database};
+use crate::flags;
+use crate::measure::{CallStats, Progress, Turn, in_turn, ms};
+use crate::pg::{BenchDatabase, PgServer, run_bench};
 use crate::procstat::{mb, vm_rss_kb};
-use crate::server::{TenantdServer, endpoint, tenantd_binary};
+use crate::report::{Check, Limit, footnote, print_checks, print_markdown, targets_table};
+use crate::sampler::{self, Series};
+use crate::server::{Authed, TenantdServer};
 
 #[derive(Debug, Args)]
 pub struct TouchArgs {
@@ -81,60 +82,31 @@ const GOAL_CACHE: u64 = 1000;
 
 /// What each touch runs: a read of one of the tenant's own tables.
 const TOUCH_SQL: &str = "SELECT count(*) FROM locations";
-/// Progress lines every so many calls.
-const PROGRESS_EVERY: usize = 1000;
 
 /// Runs the benchmark and prints its results.
 pub async fn run(args: TouchArgs) -> anyhow::Result<()> {
-    ensure!(
-        (1..=1_000_000).contains(&args.tenants),
-        "--tenants must be between 1 and 1000000"
-    );
-    ensure!(args.cache >= 1, "--cache must be at least 1");
+    flags::between("--tenants", args.tenants, 1, 1_000_000)?;
+    flags::at_least("--cache", args.cache, 1)?;
     ensure!(
         (4..=10_000).contains(&args.budget),
         "--budget must be between 4 (tenantd's pool size) and 10000"
     );
-    ensure!(
-        (1..=256).contains(&args.clients),
-        "--clients must be between 1 and 256"
-    );
-    ensure!(
-        (1..=64).contains(&args.create_clients),
-        "--create-clients must be between 1 and 64"
-    );
-    ensure!(args.passes >= 1, "--passes must be at least 1");
+    flags::between("--clients", args.clients, 1, 256)?;
+    flags::between("--create-clients", args.create_clients, 1, 64)?;
+    flags::at_least("--passes", args.passes, 1)?;
     ensure!(
         args.sample_every >= Duration::from_millis(10),
         "--sample-every must be at least 10ms"
     );
-    let tenantd_bin = &tenantd_binary(args.target.tenantd.as_deref())?;
-    let args = &args;
-    with_bench_database(&args.target, |server, db| async move {
-        let results = run_phases(args, tenantd_bin, &db).await?;
-        report(args, &server, &results);
-        Ok(())
-    })
+    run_bench(
+        &args.target,
+        async |tenantd, db| run_phases(&args, tenantd, db).await,
+        |server, results| report(&args, server, results),
+    )
     .await
 }
 
-/// What the sampler saw: per series the first, highest and last value.
-#[derive(Debug, Default, Clone, Copy)]
-struct Series {
-    start: Option<f64>,
-    peak: Option<f64>,
-    end: Option<f64>,
-}
-
-impl Series {
-    fn record(&mut self, v: Option<f64>) {
-        let Some(v) = v else { return };
-        self.start.get_or_insert(v);
-        self.peak = Some(self.peak.map_or(v, |p| p.max(v)));
-        self.end = Some(v);
-    }
-}
-
+/// What the sampler saw.
 #[derive(Debug, Default)]
 struct Samples {
     count: usize,
@@ -150,12 +122,13 @@ struct Samples {
 /// The touch pass's calls.
 struct Touch {
     clients: usize,
+    /// Every call, failed or not.
     calls: usize,
     failed: BTreeMap<String, usize>,
     first_failure: Option<String>,
     took: Duration,
-    p50: Duration,
-    p99: Duration,
+    /// The calls that succeeded.
+    succeeded: CallStats,
 }
 
 struct Results {
@@ -201,16 +174,15 @@ async fn run_phases(
         &budget,
     ]
     .map(OsStr::new);
-    let mut server = TenantdServer::start(tenantd_bin, &db.url, &db.name, &extra).await?;
-    let run = async {
+    TenantdServer::serve(tenantd_bin, &db.url, &db.name, &extra, async |server| {
         eprintln!(
             "tenantd-bench: tenantd serving on {} (--tenant-pool-cache {} --tenant-connection-budget {})",
             server.addr, args.cache, args.budget
         );
-        let pid = server.pid().context("tenantd has no process id")?;
+        let pid = server.pid()?;
         let rss_before_fleet = vm_rss_kb(pid);
         let (ids, fleet) =
-            crate::tenants::create(&server, "touch", args.tenants, args.create_clients).await?;
+            crate::tenants::create(server, "touch", args.tenants, args.create_clients).await?;
         println!(
             "fleet    tenants={} clients={} seconds={:.1} tenants_per_s={:.1} (CreateTenant, not a target)",
             ids.len(),
@@ -221,17 +193,15 @@ async fn run_phases(
         let rss_before_touch = vm_rss_kb(pid);
         let before = server.scrape().await?;
 
-        let mut watcher = PgConnection::connect_with(&db.options)
-            .await
-            .context("connect to the bench database")?;
+        let mut watcher = db.connect().await?;
         let stop = CancellationToken::new();
         let touching = async {
             let _stop = stop.clone().drop_guard();
-            touch_all(&server, &ids, args).await
+            touch_all(server, &ids, args).await
         };
         let (touch, samples) = tokio::join!(
             touching,
-            sample(&server, pid, &mut watcher, args.sample_every, stop.clone())
+            sample(server, pid, &mut watcher, args.sample_every, &stop)
         );
         let _ = watcher.close().await;
         let touch = touch?;
@@ -243,7 +213,7 @@ async fn run_phases(
                 (k, at(&after) - at(&before))
             })
             .collect();
-        anyhow::Ok(Results {
+        Ok(Results {
             tenants: ids.len(),
             cache: args.cache,
             budget: args.budget,
@@ -257,13 +227,8 @@ async fn run_phases(
             samples,
             counters,
         })
-    }
-    .await;
-    let stopped = server.stop().await;
-    let results = run?;
-    stopped?;
-    server.remove_log();
-    Ok(results)
+    })
+    .await
 }
 
 /// Every tenant `--passes` times in creation order, by `--clients`
@@ -281,81 +246,73 @@ async fn touch_all(
         args.passes, args.clients
     );
     let ids: Arc<Vec<String>> = Arc::new(ids.iter().map(ToString::to_string).collect());
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = JoinSet::new();
-    let mut clients = Vec::with_capacity(args.clients);
-    for _ in 0..args.clients {
-        let channel = endpoint(server.addr)?
-            .connect()
-            .await
-            .with_context(|| format!("connect a gRPC client to tenantd at {}", server.addr))?;
-        clients.push(TenantDataServiceClient::new(server.authed(channel)?));
-    }
-    let start = Instant::now();
-    for mut client in clients {
-        let (ids, next) = (Arc::clone(&ids), Arc::clone(&next));
-        tasks.spawn(async move {
-            let mut latencies = Vec::new();
-            let mut failed: Vec<(String, String)> = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    return (latencies, failed);
-                }
-                let tenant = &ids[i % ids.len()];
-                let sent = Instant::now();
-                let answer = client
-                    .execute(pb::ExecuteRequest {
-                        tenant_id: tenant.clone(),
-                        sql: TOUCH_SQL.to_owned(),
-                        read_only: true,
-                        ..Default::default()
-                    })
-                    .await;
-                match answer {
-                    Ok(r) if r.get_ref().rows.len() == 1 => latencies.push(sent.elapsed()),
-                    Ok(r) => failed.push((
-                        "WRONG_ANSWER".to_owned(),
-                        format!("tenant {tenant}: {:?}", r.get_ref().rows),
-                    )),
-                    Err(s) => failed.push((
-                        format!("{:?}", s.code()),
-                        format!("tenant {tenant}: {}", s.message()),
-                    )),
-                }
-                if (i + 1) % PROGRESS_EVERY == 0 {
-                    eprintln!(
-                        "tenantd-bench: touched {}/{total} after {:.1} s",
-                        i + 1,
-                        start.elapsed().as_secs_f64()
-                    );
-                }
-            }
-        });
-    }
+    let touchers = server
+        .connect_spread(args.clients, args.clients)
+        .await?
+        .into_iter()
+        .map(|authed| Toucher {
+            client: TenantDataServiceClient::new(authed),
+            ids: Arc::clone(&ids),
+        })
+        .collect();
+    let (outcomes, took) = in_turn("touch", touchers, Progress::new("touched", "", total)).await?;
     let mut latencies = Vec::with_capacity(total);
     let mut failed = BTreeMap::new();
     let mut first_failure = None;
-    while let Some(joined) = tasks.join_next().await {
-        let (l, f) = joined.context("a touch client panicked")?;
-        latencies.extend(l);
-        for (code, message) in f {
-            *failed.entry(code.clone()).or_insert(0) += 1;
-            first_failure.get_or_insert(format!("{code}: {message}"));
+    for outcome in outcomes {
+        match outcome {
+            Ok(latency) => latencies.push(latency),
+            Err((code, message)) => {
+                *failed.entry(code.clone()).or_insert(0) += 1;
+                first_failure.get_or_insert(format!("{code}: {message}"));
+            }
         }
     }
-    let took = start.elapsed();
-    ensure!(!latencies.is_empty(), "no touch succeeded");
-    latencies.sort_unstable();
     Ok(Touch {
         clients: args.clients,
-        calls: latencies.len() + failed.values().sum::<usize>(),
+        calls: total,
         failed,
         first_failure,
         took,
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
+        succeeded: CallStats::new(latencies, took).context("no touch succeeded")?,
     })
+}
+
+/// One client of the touch pass: Execute of [`TOUCH_SQL`] on tenant `i`
+/// (modulo the fleet).
+struct Toucher {
+    client: TenantDataServiceClient<Authed>,
+    ids: Arc<Vec<String>>,
+}
+
+impl Turn for Toucher {
+    /// The call's latency, or the code and message it failed with.
+    type Output = Result<Duration, (String, String)>;
+
+    async fn take(&mut self, i: usize) -> anyhow::Result<Self::Output> {
+        let tenant = &self.ids[i % self.ids.len()];
+        let sent = Instant::now();
+        let answer = self
+            .client
+            .execute(pb::ExecuteRequest {
+                tenant_id: tenant.clone(),
+                sql: TOUCH_SQL.to_owned(),
+                read_only: true,
+                ..Default::default()
+            })
+            .await;
+        Ok(match answer {
+            Ok(r) if r.get_ref().rows.len() == 1 => Ok(sent.elapsed()),
+            Ok(r) => Err((
+                "WRONG_ANSWER".to_owned(),
+                format!("tenant {tenant}: {:?}", r.get_ref().rows),
+            )),
+            Err(s) => Err((
+                format!("{:?}", s.code()),
+                format!("tenant {tenant}: {}", s.message()),
+            )),
+        })
+    }
 }
 
 /// Samples until `stop`, and once more then.
@@ -364,17 +321,10 @@ async fn sample(
     pid: u32,
     conn: &mut PgConnection,
     every: Duration,
-    stop: CancellationToken,
+    stop: &CancellationToken,
 ) -> Samples {
     let mut samples = Samples::default();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let last = tokio::select! {
-            biased;
-            () = stop.cancelled() => true,
-            _ = tick.tick() => false,
-        };
+    sampler::every(every, stop, async || {
         samples.count += 1;
         samples.rss_mb.record(vm_rss_kb(pid).map(mb));
         let backends: Result<i64, _> = sqlx::query_scalar(
@@ -389,22 +339,22 @@ async fn sample(
         }
         match server.scrape().await {
             Ok(m) => {
+                let gauge = |name: &str| m.get(name).copied();
                 samples
                     .pools_open
-                    .record(m.get("tenantd_tenant_pools_open").copied());
+                    .record(gauge("tenantd_tenant_pools_open"));
                 samples
                     .connections_open
-                    .record(m.get("tenantd_tenant_connections_open").copied());
+                    .record(gauge("tenantd_tenant_connections_open"));
                 samples
                     .connections_in_use
-                    .record(m.get("tenantd_tenant_connections_in_use").copied());
+                    .record(gauge("tenantd_tenant_connections_in_use"));
             }
             Err(_) => samples.failed += 1,
         }
-        if last {
-            return samples;
-        }
-    }
+    })
+    .await;
+    samples
 }
 
 fn report(args: &TouchArgs, server: &PgServer, r: &Results) {
@@ -418,8 +368,8 @@ fn report(args: &TouchArgs, server: &PgServer, r: &Results) {
         t.failed.values().sum::<usize>(),
         t.took.as_secs_f64(),
         t.calls as f64 / t.took.as_secs_f64(),
-        ms(t.p50),
-        ms(t.p99)
+        ms(t.succeeded.p50),
+        ms(t.succeeded.p99)
     );
     for (code, count) in &t.failed {
         println!("failed   code={code} calls={count}");
@@ -428,7 +378,6 @@ fn report(args: &TouchArgs, server: &PgServer, r: &Results) {
         println!("first failure: {first}");
     }
     let s = &r.samples;
-    let show = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.1}"));
     for (name, series) in [
         ("rss_mb", s.rss_mb),
         ("tenant_backends", s.backends),
@@ -436,13 +385,7 @@ fn report(args: &TouchArgs, server: &PgServer, r: &Results) {
         ("connections_open", s.connections_open),
         ("connections_in_use", s.connections_in_use),
     ] {
-        println!(
-            "sampled  {name} start={} peak={} end={} samples={}",
-            show(series.start),
-            show(series.peak),
-            show(series.end),
-            s.count
-        );
+        println!("sampled  {name} {} samples={}", series.fields(""), s.count);
     }
     if s.failed > 0 {
         println!("warning: {} sample reads failed", s.failed);
@@ -453,9 +396,7 @@ fn report(args: &TouchArgs, server: &PgServer, r: &Results) {
         }
     }
     let checks = checks(r);
-    for check in &checks {
-        println!("{}", check.line());
-    }
+    print_checks(&checks);
     if r.tenants != GOAL_TENANTS || r.cache != GOAL_CACHE {
         println!(
             "note: the targets are stated for {GOAL_TENANTS} tenants and a cache of {GOAL_CACHE}; \
@@ -463,10 +404,7 @@ fn report(args: &TouchArgs, server: &PgServer, r: &Results) {
             r.tenants, r.cache
         );
     }
-    if args.target.markdown {
-        println!();
-        print!("{}", markdown(server, r, &checks));
-    }
+    print_markdown(&args.target, || markdown(server, r, &checks));
 }
 
 fn checks(r: &Results) -> [Check; 5] {
@@ -530,11 +468,9 @@ fn markdown(server: &PgServer, r: &Results, checks: &[Check]) -> String {
         t.failed.values().sum::<usize>(),
         t.took.as_secs_f64(),
         t.calls as f64 / t.took.as_secs_f64(),
-        ms(t.p50),
-        ms(t.p99)
+        ms(t.succeeded.p50),
+        ms(t.succeeded.p99)
     );
-    let show =
-        |v: Option<f64>, digits: usize| v.map_or("n/a".to_owned(), |v| format!("{v:.digits$}"));
     let _ = writeln!(
         md,
         "\n| sampled every {:?} during the pass ({} samples) | start | peak | end |\n|---|---:|---:|---:|",
@@ -551,26 +487,9 @@ fn markdown(server: &PgServer, r: &Results, checks: &[Check]) -> String {
             0,
         ),
     ] {
-        let _ = writeln!(
-            md,
-            "| {name} | {} | {} | {} |",
-            show(series.start, digits),
-            show(series.peak, digits),
-            show(series.end, digits)
-        );
+        let _ = writeln!(md, "| {name} | {} |", series.cells(digits));
     }
-    md.push_str("\n| target | value | result |\n|---|---:|---|\n");
-    for check in checks {
-        let (value, verdict) = match check.value {
-            Some(v) => (format!("{v:.1}"), check.verdict(v).to_owned()),
-            None => ("n/a".to_owned(), check.missing.to_owned()),
-        };
-        let _ = writeln!(
-            md,
-            "| {} {} | {value} | {verdict} |",
-            check.markdown, check.limit
-        );
-    }
+    targets_table(&mut md, "value", checks, 1);
     let c = |k: &str| r.counters.get(k).copied().unwrap_or(0.0);
     let checkouts = c("tenantd_tenant_connection_checkout_seconds_count");
     let mean_checkout = if checkouts > 0.0 {
@@ -602,16 +521,18 @@ fn markdown(server: &PgServer, r: &Results, checks: &[Check]) -> String {
     if let Some(first) = &t.first_failure {
         let _ = writeln!(md, "\nFirst failed call: {first}.");
     }
-    let _ = writeln!(
-        md,
-        "\n{}; {} tenants made through CreateTenant by {} clients in {:.0} s (not timed); \
-         passes: {}, each tenant in creation order, the clients each on an HTTP/2 connection of \
-         its own in the bench process on the same cores.",
-        server.setting(),
-        r.tenants,
-        r.create_clients,
-        r.fleet.as_secs_f64(),
-        r.passes,
+    footnote(
+        &mut md,
+        server,
+        format_args!(
+            "{} tenants made through CreateTenant by {} clients in {:.0} s (not timed); passes: \
+             {}, each tenant in creation order, the clients each on an HTTP/2 connection of its \
+             own in the bench process on the same cores.",
+            r.tenants,
+            r.create_clients,
+            r.fleet.as_secs_f64(),
+            r.passes,
+        ),
     );
     md
 }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use clap::Args;
-use sqlx::{Connection, PgConnection};
+use sqlx::Connection;
 use tenantd::domain::TenantId;
 use tenantd::pb;
 use tenantd::pb::migration_service_client::MigrationServiceClient;
@@ -42,11 +42,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::Target;
-use crate::measure::{Check, Limit, ms, percentile};
-use crate::pg::{BenchDatabase, PgServer, with_bench_database};
+use crate::flags;
+use crate::measure::{CallStats, Progress, ms};
+use crate::pg::{BenchDatabase, PgServer, run_bench};
 use crate::procstat::{cpu_time, mb, vm_rss_kb};
 use crate::raw;
-use crate::server::{Authed, TenantdServer, endpoint, tenantd_binary};
+use crate::report::{Check, Limit, footnote, print_checks, print_markdown, targets_table};
+use crate::sampler::{self, Series};
+use crate::server::{Authed, TenantdServer, status};
 
 #[derive(Debug, Args)]
 pub struct UpgradeArgs {
@@ -75,8 +78,6 @@ const PLAN_WARMUP_CALLS: usize = 5;
 const PLAN_CALLS: usize = 50;
 /// How often tenantd's VmRSS is read.
 const RSS_EVERY: Duration = Duration::from_millis(500);
-/// Progress lines every so many tenants.
-const PROGRESS_EVERY: usize = 1000;
 /// How long a timed phase waits for autovacuum to finish on the database.
 const AUTOVACUUM_WAIT: Duration = Duration::from_secs(60);
 /// A run whose watch stream is silent this long is given up.
@@ -91,18 +92,13 @@ const V1_FILE: &str = "0001_default_tables.sql";
 
 /// Runs the benchmark and prints its results.
 pub async fn run(args: UpgradeArgs) -> anyhow::Result<()> {
-    ensure!(args.tenants >= 1, "--tenants must be at least 1");
-    ensure!(
-        (1..=64).contains(&args.connections),
-        "--connections must be between 1 and 64"
-    );
-    let tenantd_bin = &tenantd_binary(args.target.tenantd.as_deref())?;
-    let args = &args;
-    with_bench_database(&args.target, |server, db| async move {
-        let results = run_phases(args, tenantd_bin, &db).await?;
-        report(args, &server, &results);
-        Ok(())
-    })
+    flags::at_least("--tenants", args.tenants, 1)?;
+    flags::between("--connections", args.connections, 1, 64)?;
+    run_bench(
+        &args.target,
+        async |tenantd, db| run_phases(&args, tenantd, db).await,
+        |server, results| report(&args, server, results),
+    )
     .await
 }
 
@@ -113,8 +109,11 @@ struct Results {
     fleet: Duration,
     raw: Duration,
     tenantd: TenantdUpgrade,
-    plan: PlanLatency,
-    rss: Rss,
+    /// PlanUpgrade's calls.
+    plan: CallStats,
+    /// tenantd's VmRSS in MB, sampled every [`RSS_EVERY`] from the start
+    /// of its phase to its end.
+    rss: Series,
 }
 
 async fn run_phases(
@@ -165,18 +164,13 @@ async fn run_phases(
     let (tenantd, plan, rss) =
         tenantd_phase(tenantd_bin, db, &dirs, n, &tenantd_fleet, connections).await?;
     println!(
-        "{} first_claim_ms={:.0} claims={} largest_claim={} cpu_s={:.2} wall_s={:.2} run={}",
+        "{} first_claim_ms={:.0} cpu_s={:.2} wall_s={:.2} run={}",
         rate_line("tenantd", connections, n, tenantd.elapsed, ""),
         ms(tenantd.first_claim),
-        tenantd.claims,
-        tenantd.largest_claim,
         tenantd.cpu.as_secs_f64(),
         tenantd.wall.as_secs_f64(),
         tenantd.run_id,
     );
-    if let Some(warning) = tenantd.claim_warning() {
-        println!("{warning}");
-    }
     println!(
         "plan     tenants={} calls={} p50_ms={:.1} p95_ms={:.1}",
         2 * n,
@@ -184,7 +178,7 @@ async fn run_phases(
         ms(plan.p50),
         ms(plan.p95)
     );
-    println!("{}", rss.line());
+    println!("rss      {} samples={}", rss.fields("_mb"), rss.samples);
     expect_state(db, 2 * n, Version::Two).await?;
 
     Ok(Results {
@@ -274,8 +268,7 @@ async fn create_fleet(
 ) -> anyhow::Result<Duration> {
     let args = [OsStr::new("--tenant-migrations"), dirs.v1.as_os_str()];
     let tag = format!("{}-fleet", db.name);
-    let mut server = TenantdServer::start(tenantd_bin, &db.url, &tag, &args).await?;
-    let created = async {
+    TenantdServer::serve(tenantd_bin, &db.url, &tag, &args, async |_| {
         db.check_same_migrations(&dirs.v1_set).await?;
         eprintln!(
             "tenantd-bench: creating {n} tenants at version 1 over {connections} connections"
@@ -292,30 +285,19 @@ async fn create_fleet(
             )
         })
         .await
-    }
-    .await;
-    let stopped = server.stop().await;
-    let created = created?;
-    stopped?;
-    server.remove_log();
-    Ok(created)
+    })
+    .await
 }
 
 /// Every tenant id in the catalog, in id (creation) order.
 async fn tenant_ids(db: &BenchDatabase) -> anyhow::Result<Vec<TenantId>> {
-    let mut conn = connect(db).await?;
+    let mut conn = db.connect().await?;
     let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM tenantd.tenants ORDER BY id")
         .fetch_all(&mut conn)
         .await
         .context("read the tenant ids")?;
     let _ = conn.close().await;
     Ok(ids.into_iter().map(TenantId::from_uuid).collect())
-}
-
-async fn connect(db: &BenchDatabase) -> anyhow::Result<PgConnection> {
-    PgConnection::connect_with(&db.options)
-        .await
-        .context("connect to the bench database")
 }
 
 /// Runs one simple-query batch per item, `connections` connections each
@@ -335,16 +317,18 @@ where
     let total = items.len();
     let mut conns = Vec::with_capacity(connections);
     for _ in 0..connections.min(total).max(1) {
-        conns.push(connect(db).await?);
+        conns.push(db.connect().await?);
     }
     let share = total.div_ceil(conns.len());
     let items = Arc::new(items);
     let sql = Arc::new(sql);
     let done = Arc::new(AtomicUsize::new(0));
+    let progress = Arc::new(Progress::new(format!("{what}:"), "", total));
     let start = Instant::now();
     let mut tasks = JoinSet::new();
     for (i, mut conn) in conns.into_iter().enumerate() {
         let (items, sql, done) = (Arc::clone(&items), Arc::clone(&sql), Arc::clone(&done));
+        let progress = Arc::clone(&progress);
         tasks.spawn(async move {
             let range = (i * share).min(total)..((i + 1) * share).min(total);
             for item in &items[range] {
@@ -352,13 +336,8 @@ where
                 tenantd::catalog::execute_batch(&mut conn, &text)
                     .await
                     .with_context(|| format!("{what}: the batch of {item}"))?;
-                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % PROGRESS_EVERY == 0 {
-                    eprintln!(
-                        "tenantd-bench: {what}: {n}/{total} after {:.1} s",
-                        start.elapsed().as_secs_f64()
-                    );
-                }
+                let n = done.fetch_add(1, Ordering::Relaxed);
+                progress.advanced(n, n + 1);
             }
             let end = Instant::now();
             let _ = conn.close().await;
@@ -401,7 +380,7 @@ enum Version {
 /// Fails unless all `n` tenants are wholly at `version`: catalog copy,
 /// ledger, column and index.
 async fn expect_state(db: &BenchDatabase, n: usize, version: Version) -> anyhow::Result<()> {
-    let mut conn = connect(db).await?;
+    let mut conn = db.connect().await?;
     // In slices: one statement over every tenant would lock two relations
     // per tenant at once and run out of lock-table space on a large fleet.
     const SLICE: i64 = 2000;
@@ -460,10 +439,10 @@ async fn expect_state(db: &BenchDatabase, n: usize, version: Version) -> anyhow:
 /// superuser rights some of it is skipped and the phase runs anyway.
 ///
 /// The `upgrade_*` tables are left as a catalog that never ran an upgrade
-/// has them, never analyzed: analyzed while empty, they lead the planner to
-/// a claim plan that ignores the workers' batch size (see `largest_claim`).
+/// has them, never analyzed: analyzed while empty, they once led the planner
+/// to a claim plan that ignored the workers' batch size.
 async fn settle(db: &BenchDatabase) -> anyhow::Result<()> {
-    let mut conn = connect(db).await?;
+    let mut conn = db.connect().await?;
     let tables: String = sqlx::query_scalar(
         "SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ') \
          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -522,38 +501,14 @@ struct TenantdUpgrade {
     /// From the run's created_at to the first tenant a worker claimed (idle
     /// workers look for work every 500 ms); part of `elapsed`.
     first_claim: Duration,
-    /// How many claims the workers made, and the most tenants one claim
-    /// took: more than the workers' batch means one worker took them all.
-    claims: i64,
-    largest_claim: i64,
     /// CPU time the tenantd process used during the upgrade (user + system),
     /// to tell its own cost from the database's.
     cpu: Duration,
 }
 
-impl TenantdUpgrade {
-    /// Set when one claim took more tenants than a worker's batch: then one
-    /// worker upgraded them while the others had nothing to claim, and the
-    /// figure is not that of the run's concurrency.
-    fn claim_warning(&self) -> Option<String> {
-        let batch = tenantd::fleet::RunnerSettings::default().batch;
-        (self.largest_claim > batch).then(|| {
-            format!(
-                "warning: one claim took {} tenants, more than a worker's batch of {batch}: \
-                 the run was not spread over the workers",
-                self.largest_claim
-            )
-        })
-    }
-}
-
-struct PlanLatency {
-    p50: Duration,
-    p95: Duration,
-}
-
 /// tenantd on the v2 directory with `connections` upgrade workers: PlanUpgrade
-/// latency, then the fleet upgrade, with VmRSS sampled from start to end.
+/// latency, then the fleet upgrade, with VmRSS sampled from start to end;
+/// once tenantd has stopped, when the run's first claim was.
 async fn tenantd_phase(
     tenantd_bin: &Path,
     db: &BenchDatabase,
@@ -561,7 +516,7 @@ async fn tenantd_phase(
     n: usize,
     fleet: &[TenantId],
     connections: usize,
-) -> anyhow::Result<(TenantdUpgrade, PlanLatency, Rss)> {
+) -> anyhow::Result<(TenantdUpgrade, CallStats, Series)> {
     let workers = connections.to_string();
     let args = [
         OsStr::new("--tenant-migrations"),
@@ -570,39 +525,35 @@ async fn tenantd_phase(
         OsStr::new(&workers),
     ];
     let tag = format!("{}-upgrade", db.name);
-    let mut server = TenantdServer::start(tenantd_bin, &db.url, &tag, &args).await?;
-    eprintln!("tenantd-bench: tenantd serving on {}", server.addr);
-    let pid = server.pid().context("tenantd has no process id")?;
-    let sampling = CancellationToken::new();
-    let run = async {
-        // Ends the sampling however this ends.
-        let _sampling = sampling.clone().drop_guard();
-        db.check_same_migrations(&dirs.v2_set).await?;
-        let channel = endpoint(server.addr)?
-            .connect()
-            .await
-            .with_context(|| format!("connect a gRPC client to tenantd at {}", server.addr))?;
-        let mut client = MigrationServiceClient::new(server.authed(channel)?);
-        let plan = plan_latency(&mut client, n).await?;
-        let cpu_before = cpu_time(pid);
-        let mut upgrade = upgrade_fleet(&mut client, fleet, connections).await?;
-        if let (Some(before), Some(after)) = (cpu_before, cpu_time(pid)) {
-            upgrade.cpu = after.saturating_sub(before);
-        }
-        anyhow::Ok((upgrade, plan))
-    };
-    let (rss, ran) = tokio::join!(sample_rss(pid, sampling.clone()), run);
-    let stopped = server.stop().await;
-    let (mut upgrade, plan) = ran?;
-    stopped?;
-    (upgrade.first_claim, upgrade.claims, upgrade.largest_claim) =
-        claims(db, &upgrade.run_id).await?;
-    server.remove_log();
+    let (mut upgrade, plan, rss) =
+        TenantdServer::serve(tenantd_bin, &db.url, &tag, &args, async |server| {
+            eprintln!("tenantd-bench: tenantd serving on {}", server.addr);
+            let pid = server.pid()?;
+            let sampling = CancellationToken::new();
+            let run = async {
+                // Ends the sampling however this ends.
+                let _sampling = sampling.clone().drop_guard();
+                db.check_same_migrations(&dirs.v2_set).await?;
+                let mut client = MigrationServiceClient::new(server.connect().await?);
+                let plan = plan_latency(&mut client, n).await?;
+                let cpu_before = cpu_time(pid);
+                let mut upgrade = upgrade_fleet(&mut client, fleet, connections).await?;
+                if let (Some(before), Some(after)) = (cpu_before, cpu_time(pid)) {
+                    upgrade.cpu = after.saturating_sub(before);
+                }
+                anyhow::Ok((upgrade, plan))
+            };
+            let mut rss = Series::default();
+            let sample = sampler::every(RSS_EVERY, &sampling, async || {
+                rss.record(vm_rss_kb(pid).map(mb));
+            });
+            let ((), ran) = tokio::join!(sample, run);
+            let (upgrade, plan) = ran?;
+            Ok((upgrade, plan, rss))
+        })
+        .await?;
+    upgrade.first_claim = first_claim(db, &upgrade.run_id).await?;
     Ok((upgrade, plan, rss))
-}
-
-fn grpc(what: &'static str) -> impl FnOnce(tonic::Status) -> anyhow::Error {
-    move |s| anyhow::anyhow!("{what}: {:?}: {}", s.code(), s.message())
 }
 
 /// PlanUpgrade as an operator sends it (default target, selector and
@@ -610,7 +561,7 @@ fn grpc(what: &'static str) -> impl FnOnce(tonic::Status) -> anyhow::Error {
 async fn plan_latency(
     client: &mut MigrationServiceClient<Authed>,
     n: usize,
-) -> anyhow::Result<PlanLatency> {
+) -> anyhow::Result<CallStats> {
     eprintln!(
         "tenantd-bench: PlanUpgrade at {n} tenants: {PLAN_WARMUP_CALLS} unrecorded calls, {PLAN_CALLS} measured"
     );
@@ -620,7 +571,8 @@ async fn plan_latency(
         let plan = client
             .plan_upgrade(pb::PlanUpgradeRequest::default())
             .await
-            .map_err(grpc("PlanUpgrade"))?
+            .map_err(status)
+            .context("PlanUpgrade")?
             .into_inner();
         let took = sent.elapsed();
         ensure!(
@@ -637,11 +589,8 @@ async fn plan_latency(
             latencies.push(took);
         }
     }
-    latencies.sort_unstable();
-    Ok(PlanLatency {
-        p50: percentile(&latencies, 0.50),
-        p95: percentile(&latencies, 0.95),
-    })
+    let measured = latencies.iter().sum();
+    CallStats::new(latencies, measured).context("PlanUpgrade: no call measured")
 }
 
 /// StartUpgrade with `concurrency`, then WatchUpgrade (every outcome, from
@@ -653,6 +602,7 @@ async fn upgrade_fleet(
 ) -> anyhow::Result<TenantdUpgrade> {
     let n = fleet.len();
     eprintln!("tenantd-bench: tenantd fleet upgrade of {n} tenants, concurrency {concurrency}");
+    let progress = Progress::new("tenantd upgrade:", "", n);
     let sent = Instant::now();
     let run = client
         .start_upgrade(pb::StartUpgradeRequest {
@@ -664,7 +614,8 @@ async fn upgrade_fleet(
             ..Default::default()
         })
         .await
-        .map_err(grpc("StartUpgrade"))?
+        .map_err(status)
+        .context("StartUpgrade")?
         .into_inner();
     let total = run.totals.as_ref().map_or(0, |t| t.total);
     ensure!(
@@ -678,7 +629,8 @@ async fn upgrade_fleet(
             from_start: true,
         })
         .await
-        .map_err(grpc("WatchUpgrade"))?
+        .map_err(status)
+        .context("WatchUpgrade")?
         .into_inner();
     let (mut upgraded, mut failed) = (0usize, 0usize);
     let mut first_failure = None;
@@ -687,7 +639,8 @@ async fn upgrade_fleet(
         let event = tokio::time::timeout(WATCH_SILENCE, events.message())
             .await
             .map_err(|_| anyhow::anyhow!("WatchUpgrade: nothing for {WATCH_SILENCE:?}"))?
-            .map_err(grpc("WatchUpgrade"))?;
+            .map_err(status)
+            .context("WatchUpgrade")?;
         let Some(event) = event else { break };
         match event.event {
             Some(pb::upgrade_event::Event::Tenant(o)) if o.ok && o.to_version == 2 => upgraded += 1,
@@ -700,12 +653,7 @@ async fn upgrade_fleet(
             }
             Some(pb::upgrade_event::Event::Progress(r)) => {
                 let done = r.totals.as_ref().map_or(0, |t| t.done) as usize;
-                if done / PROGRESS_EVERY > reported / PROGRESS_EVERY {
-                    eprintln!(
-                        "tenantd-bench: tenantd upgrade: {done}/{n} after {:.1} s",
-                        sent.elapsed().as_secs_f64()
-                    );
-                }
+                progress.advanced(reported, done);
                 reported = done;
             }
             None => {}
@@ -717,7 +665,8 @@ async fn upgrade_fleet(
             run_id: run.id.clone(),
         })
         .await
-        .map_err(grpc("GetUpgrade"))?
+        .map_err(status)
+        .context("GetUpgrade")?
         .into_inner();
     let status = pb::UpgradeStatus::try_from(run.status)
         .map_or("UNKNOWN", |s| s.as_str_name())
@@ -750,105 +699,48 @@ async fn upgrade_fleet(
         elapsed: Duration::from_secs_f64(seconds),
         wall,
         first_claim: Duration::ZERO,
-        claims: 0,
-        largest_claim: 0,
         cpu: Duration::ZERO,
     })
 }
 
-/// How long after its creation the run's first tenant was claimed, how many
-/// claims there were and the most tenants one took (a claim stamps its
-/// tenants' started_at with its transaction's time).
-async fn claims(db: &BenchDatabase, run_id: &str) -> anyhow::Result<(Duration, i64, i64)> {
-    let mut conn = connect(db).await?;
-    let (first, claims, largest): (f64, i64, i64) = sqlx::query_as(
-        "SELECT extract(epoch FROM min(c.at) - r.created_at)::float8, count(*), max(c.tenants) \
-         FROM tenantd.upgrade_runs r \
-         CROSS JOIN (SELECT started_at AS at, count(*) AS tenants FROM tenantd.upgrade_items \
-                     WHERE run_id = $1::uuid GROUP BY started_at) c \
+/// How long after its creation the run's first tenant was claimed: a claim
+/// stamps the started_at of the tenants it takes for the first time with
+/// its transaction's time, so the earliest started_at is the first claim.
+///
+/// Nothing in the catalog tells one claim from another once the run is over
+/// (a tenant keeps the started_at of its first claim when it is released and
+/// claimed again, two claims can start in the same microsecond, and the
+/// lease's owner — one per process, not per worker — is cleared when the
+/// tenant is done), so claims are not counted.
+async fn first_claim(db: &BenchDatabase, run_id: &str) -> anyhow::Result<Duration> {
+    let mut conn = db.connect().await?;
+    let first: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM min(i.started_at) - r.created_at)::float8 \
+         FROM tenantd.upgrade_runs r JOIN tenantd.upgrade_items i ON i.run_id = r.id \
          WHERE r.id = $1::uuid GROUP BY r.created_at",
     )
     .bind(run_id)
     .fetch_one(&mut conn)
     .await
-    .context("read the run's claims")?;
+    .context("read the run's first claim")?;
     let _ = conn.close().await;
-    Ok((Duration::from_secs_f64(first.max(0.0)), claims, largest))
+    Ok(Duration::from_secs_f64(first.max(0.0)))
 }
 
 fn seconds(t: &prost_types::Timestamp) -> f64 {
     t.seconds as f64 + f64::from(t.nanos) * 1e-9
 }
 
-/// tenantd's VmRSS: the first sample, the highest, the last (taken when
-/// sampling stops), in kB.
-#[derive(Debug, Default)]
-struct Rss {
-    start: Option<u64>,
-    peak: Option<u64>,
-    end: Option<u64>,
-    samples: usize,
-}
-
-impl Rss {
-    fn record(&mut self, kb: Option<u64>) {
-        let Some(kb) = kb else { return };
-        self.start.get_or_insert(kb);
-        self.peak = Some(self.peak.map_or(kb, |p| p.max(kb)));
-        self.end = Some(kb);
-        self.samples += 1;
-    }
-
-    /// Peak over start, MB.
-    fn growth_mb(&self) -> Option<f64> {
-        Some(mb(self.peak?) - mb(self.start?))
-    }
-
-    fn line(&self) -> String {
-        let show = |kb: Option<u64>| kb.map_or("n/a".to_owned(), |kb| format!("{:.1}", mb(kb)));
-        format!(
-            "rss      start_mb={} peak_mb={} end_mb={} samples={}",
-            show(self.start),
-            show(self.peak),
-            show(self.end),
-            self.samples
-        )
-    }
-}
-
-/// Samples `pid`'s VmRSS every [`RSS_EVERY`], from now until `stop`, and
-/// once more then.
-async fn sample_rss(pid: u32, stop: CancellationToken) -> Rss {
-    let mut rss = Rss::default();
-    let mut every = tokio::time::interval(RSS_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => {
-                rss.record(vm_rss_kb(pid));
-                return rss;
-            }
-            _ = every.tick() => rss.record(vm_rss_kb(pid)),
-        }
-    }
-}
-
 fn report(args: &UpgradeArgs, server: &PgServer, r: &Results) {
     let checks = checks(r);
-    for check in &checks {
-        println!("{}", check.line());
-    }
+    print_checks(&checks);
     if r.tenants != GOAL_TENANTS {
         println!(
             "note: the targets are stated for {GOAL_TENANTS} tenants; this run had {}",
             r.tenants
         );
     }
-    if args.target.markdown {
-        println!();
-        print!("{}", markdown(server, r, &checks));
-    }
+    print_markdown(&args.target, || markdown(server, r, &checks));
 }
 
 fn checks(r: &Results) -> [Check; 3] {
@@ -872,7 +764,11 @@ fn checks(r: &Results) -> [Check; 3] {
         Check {
             label: "tenantd RSS peak - start, MB",
             markdown: "tenantd RSS peak − start, MB",
-            value: r.rss.growth_mb(),
+            value: r
+                .rss
+                .peak
+                .zip(r.rss.start)
+                .map(|(peak, start)| peak - start),
             limit: Limit::AtMost(MAX_RSS_GROWTH_MB),
             missing: "no VmRSS sample of the tenantd process",
         },
@@ -910,40 +806,25 @@ fn markdown(server: &PgServer, r: &Results, checks: &[Check]) -> String {
         ms(r.plan.p50),
         ms(r.plan.p95)
     );
-    let show = |kb: Option<u64>| kb.map_or("n/a".to_owned(), |kb| format!("{:.1}", mb(kb)));
     let _ = writeln!(
         md,
         "\n| tenantd VmRSS during PlanUpgrade and the run | start MB | peak MB | end MB |\n\
-         |---|---:|---:|---:|\n| {} samples, every {RSS_EVERY:?} | {} | {} | {} |",
+         |---|---:|---:|---:|\n| {} samples, every {RSS_EVERY:?} | {} |",
         r.rss.samples,
-        show(r.rss.start),
-        show(r.rss.peak),
-        show(r.rss.end)
+        r.rss.cells(1)
     );
-    md.push_str("\n| target | value | result |\n|---|---:|---|\n");
-    for check in checks {
-        let (value, verdict) = match check.value {
-            Some(v) => (format!("{v:.2}"), check.verdict(v).to_owned()),
-            None => ("n/a".to_owned(), check.missing.to_owned()),
-        };
-        let _ = writeln!(
-            md,
-            "| {} {} | {value} | {verdict} |",
-            check.markdown, check.limit
-        );
-    }
-    let _ = writeln!(
-        md,
-        "\n{}; two fleets of {n} tenants each, created together at version 1 in {:.0} s (raw, not \
-         timed), one upgraded by raw SQL and one by tenantd; {c} connections, \
-         {c} upgrade workers, run concurrency {c}; tenantd's time includes {:.0} ms from the run's \
-         creation to its first claim.",
-        server.setting(),
-        r.fleet.as_secs_f64(),
-        ms(r.tenantd.first_claim),
+    targets_table(&mut md, "value", checks, 2);
+    footnote(
+        &mut md,
+        server,
+        format_args!(
+            "two fleets of {n} tenants each, created together at version 1 in {:.0} s (raw, not \
+             timed), one upgraded by raw SQL and one by tenantd; {c} connections, {c} upgrade \
+             workers, run concurrency {c}; tenantd's time includes {:.0} ms from the run's \
+             creation to its first claim.",
+            r.fleet.as_secs_f64(),
+            ms(r.tenantd.first_claim),
+        ),
     );
-    if let Some(warning) = r.tenantd.claim_warning() {
-        let _ = writeln!(md, "\n{warning}.");
-    }
     md
 }

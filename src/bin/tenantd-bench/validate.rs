@@ -25,12 +25,13 @@ use tenantd::identity::passwords::Hasher;
 use tenantd::pb;
 use tenantd::pb::session_service_client::SessionServiceClient;
 use tenantd::pb::user_service_client::UserServiceClient;
-use tonic::transport::Channel;
 
 use crate::Target;
-use crate::measure::{Check, Limit, Window, Worker, measure, ms, percentile};
-use crate::pg::{BenchDatabase, PgServer, with_bench_database};
-use crate::server::{Authed, TenantdServer, endpoint, tenantd_binary};
+use crate::flags;
+use crate::measure::{CallStats, Window, Worker, measure, ms, percentile};
+use crate::pg::{BenchDatabase, PgServer, run_bench};
+use crate::report::{Check, Limit, footnote, print_checks, print_markdown, targets_table};
+use crate::server::{Authed, TenantdServer, status};
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
@@ -89,59 +90,31 @@ const LOGIN_LIMIT: &str = "1000000";
 
 /// Runs the benchmark and prints its results.
 pub async fn run(args: ValidateArgs) -> anyhow::Result<()> {
-    ensure!(
-        (1..=4096).contains(&args.clients),
-        "--clients must be between 1 and 4096"
-    );
+    flags::between("--clients", args.clients, 1, 4096)?;
     ensure!(
         (1..=args.clients).contains(&args.channels),
         "--channels must be between 1 and --clients"
     );
-    ensure!(
-        (1..=64).contains(&args.login_clients),
-        "--login-clients must be between 1 and 64"
-    );
-    ensure!(
-        (1..=100_000).contains(&args.users),
-        "--users must be between 1 and 100000"
-    );
-    ensure!(
-        (1..=64).contains(&args.hash_concurrency),
-        "--hash-concurrency must be between 1 and 64"
-    );
-    for (flag, value) in [
-        ("--seconds", args.seconds),
-        ("--login-seconds", args.login_seconds),
-    ] {
-        ensure!(
-            value.is_finite() && value > 0.0,
-            "{flag} must be more than zero"
-        );
-    }
-    ensure!(
-        args.warmup_seconds.is_finite() && args.warmup_seconds >= 0.0,
-        "--warmup-seconds must not be negative"
-    );
-    let tenantd_bin = &tenantd_binary(args.target.tenantd.as_deref())?;
-    let args = &args;
-
-    with_bench_database(&args.target, |server, db| async move {
-        let results = run_phases(args, tenantd_bin, &db).await?;
-        report(args, &server, &results);
-        Ok(())
-    })
+    flags::between("--login-clients", args.login_clients, 1, 64)?;
+    flags::between("--users", args.users, 1, 100_000)?;
+    flags::between("--hash-concurrency", args.hash_concurrency, 1, 64)?;
+    let validate = flags::measured("--seconds", args.seconds)?;
+    let login = flags::measured("--login-seconds", args.login_seconds)?;
+    let warmup = flags::warmup(args.warmup_seconds)?;
+    let windows = [validate, login].map(|measure| Window { warmup, measure });
+    run_bench(
+        &args.target,
+        async |tenantd, db| run_phases(&args, windows, tenantd, db).await,
+        |server, results| report(&args, server, results),
+    )
     .await
 }
 
-/// A phase's calls: count, calls/s, latency percentiles.
+/// A phase's calls.
 #[derive(Debug)]
 struct Stats {
     clients: usize,
-    calls: usize,
-    per_second: f64,
-    p50: Duration,
-    p95: Duration,
-    p99: Duration,
+    calls: CallStats,
 }
 
 impl Stats {
@@ -149,33 +122,27 @@ impl Stats {
         what: &str,
         clients: usize,
         window: Window,
-        mut latencies: Vec<Duration>,
+        latencies: Vec<Duration>,
     ) -> anyhow::Result<Self> {
-        ensure!(
-            !latencies.is_empty(),
-            "{what} clients={clients}: no call completed inside the measured window; \
-             raise the phase's seconds"
-        );
-        latencies.sort_unstable();
-        Ok(Self {
-            clients,
-            calls: latencies.len(),
-            per_second: latencies.len() as f64 / window.measure.as_secs_f64(),
-            p50: percentile(&latencies, 0.50),
-            p95: percentile(&latencies, 0.95),
-            p99: percentile(&latencies, 0.99),
-        })
+        let calls = CallStats::new(latencies, window.measure).with_context(|| {
+            format!(
+                "{what} clients={clients}: no call completed inside the measured window; \
+                 raise the phase's seconds"
+            )
+        })?;
+        Ok(Self { clients, calls })
     }
 
     /// `calls=… per_s=… p50_ms=… p95_ms=… p99_ms=…`.
     fn fields(&self) -> String {
+        let c = &self.calls;
         format!(
             "calls={} per_s={:.1} p50_ms={:.2} p95_ms={:.2} p99_ms={:.2}",
-            self.calls,
-            self.per_second,
-            ms(self.p50),
-            ms(self.p95),
-            ms(self.p99)
+            c.calls,
+            c.per_second,
+            ms(c.p50),
+            ms(c.p95),
+            ms(c.p99)
         )
     }
 }
@@ -208,8 +175,10 @@ struct BenchUser {
     email: String,
 }
 
+/// `windows`: of the ValidateToken phase, of each Login phase.
 async fn run_phases(
     args: &ValidateArgs,
+    [validate_window, login_window]: [Window; 2],
     tenantd_bin: &Path,
     db: &BenchDatabase,
 ) -> anyhow::Result<Results> {
@@ -223,18 +192,8 @@ async fn run_phases(
         &concurrency,
     ]
     .map(OsStr::new);
-    let mut server = TenantdServer::start(tenantd_bin, &db.url, &db.name, &extra).await?;
-    let run = async {
+    TenantdServer::serve(tenantd_bin, &db.url, &db.name, &extra, async |server| {
         eprintln!("tenantd-bench: tenantd serving on {}", server.addr);
-        let validate_window = Window {
-            warmup: Duration::from_secs_f64(args.warmup_seconds),
-            measure: Duration::from_secs_f64(args.seconds),
-        };
-        let login_window = Window {
-            warmup: Duration::from_secs_f64(args.warmup_seconds),
-            measure: Duration::from_secs_f64(args.login_seconds),
-        };
-
         let hash = time_one_hash().await?;
         println!(
             "argon2id hash_ms={:.1} (median of {TIMED_HASHES} in the bench process) \
@@ -244,13 +203,13 @@ async fn run_phases(
             args.hash_concurrency as f64 / hash.as_secs_f64()
         );
 
-        let users = Arc::new(create_users(&server, args.users).await?);
-        let (token, user_id) = first_token(&server, &users[0]).await?;
+        let users = Arc::new(create_users(server, args.users).await?);
+        let (token, user_id) = first_token(server, &users[0]).await?;
 
-        let workers = ValidateWorker::open_all(&server, args, &token, &user_id).await?;
+        let workers = ValidateWorker::open_all(server, args, &token, &user_id).await?;
         eprintln!(
-            "tenantd-bench: ValidateToken clients={} channels={}: {:?} warm-up, {:?} measured",
-            args.clients, args.channels, validate_window.warmup, validate_window.measure
+            "tenantd-bench: ValidateToken clients={} channels={}: {validate_window}",
+            args.clients, args.channels
         );
         let latencies = measure(workers, validate_window)
             .await
@@ -269,11 +228,8 @@ async fn run_phases(
             counts.push(args.login_clients);
         }
         for clients in counts {
-            let workers = LoginWorker::open_all(&server, clients, &users).await?;
-            eprintln!(
-                "tenantd-bench: Login clients={clients}: {:?} warm-up, {:?} measured",
-                login_window.warmup, login_window.measure
-            );
+            let workers = LoginWorker::open_all(server, clients, &users).await?;
+            eprintln!("tenantd-bench: Login clients={clients}: {login_window}");
             let latencies = measure(workers, login_window)
                 .await
                 .with_context(|| format!("run the Login phase with {clients} clients"))?;
@@ -281,7 +237,7 @@ async fn run_phases(
             println!("login    clients={clients} {}", stats.fields());
             logins.push(stats);
         }
-        anyhow::Ok(Results {
+        Ok(Results {
             users: users.len(),
             channels: args.channels,
             hash_concurrency: args.hash_concurrency,
@@ -291,13 +247,8 @@ async fn run_phases(
             hash,
             logins,
         })
-    }
-    .await;
-    let stopped = server.stop().await;
-    let results = run?;
-    stopped?;
-    server.remove_log();
-    Ok(results)
+    })
+    .await
 }
 
 /// One argon2id hash's time: the median of a few, with tenantd's own hasher
@@ -322,28 +273,10 @@ async fn time_one_hash() -> anyhow::Result<Duration> {
     Ok(percentile(&times, 0.50))
 }
 
-fn rpc(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
-}
-
-/// A new connection to tenantd, carrying the bench's service key.
-async fn connect(server: &TenantdServer) -> anyhow::Result<Authed> {
-    let channel = connect_plain(server).await?;
-    server.authed(channel)
-}
-
-async fn connect_plain(server: &TenantdServer) -> anyhow::Result<Channel> {
-    let addr = server.addr;
-    endpoint(addr)?
-        .connect()
-        .await
-        .with_context(|| format!("connect a gRPC client to tenantd at {addr}"))
-}
-
 /// `n` users, bench-<i>@example.com, all with [`PASSWORD`].
 async fn create_users(server: &TenantdServer, n: usize) -> anyhow::Result<Vec<BenchUser>> {
     eprintln!("tenantd-bench: creating {n} users");
-    let mut client = UserServiceClient::new(connect(server).await?);
+    let mut client = UserServiceClient::new(server.connect().await?);
     let mut users = Vec::with_capacity(n);
     for i in 0..n {
         let email = format!("bench-{i}@example.com");
@@ -356,7 +289,7 @@ async fn create_users(server: &TenantdServer, n: usize) -> anyhow::Result<Vec<Be
                 ..Default::default()
             })
             .await
-            .map_err(rpc)
+            .map_err(status)
             .with_context(|| format!("CreateUser {email}"))?
             .into_inner();
         ensure!(
@@ -392,11 +325,11 @@ fn check_login(user: &BenchUser, answer: &pb::LoginResponse) -> anyhow::Result<(
 
 /// Logs in as `user`: its access token and user id.
 async fn first_token(server: &TenantdServer, user: &BenchUser) -> anyhow::Result<(String, String)> {
-    let mut client = SessionServiceClient::new(connect(server).await?);
+    let mut client = SessionServiceClient::new(server.connect().await?);
     let answer = client
         .login(login_request(user))
         .await
-        .map_err(rpc)
+        .map_err(status)
         .with_context(|| format!("Login {}", user.email))?
         .into_inner();
     check_login(user, &answer)?;
@@ -417,22 +350,16 @@ impl ValidateWorker {
         token: &str,
         user_id: &str,
     ) -> anyhow::Result<Vec<Self>> {
-        let mut channels = Vec::with_capacity(args.channels);
-        for _ in 0..args.channels {
-            channels.push(connect_plain(server).await?);
-        }
         let (token, user_id): (Arc<str>, Arc<str>) = (token.into(), user_id.into());
-        (0..args.clients)
-            .map(|i| -> anyhow::Result<Self> {
-                // A clone of a Channel shares its connection.
-                let channel = channels[i % channels.len()].clone();
-                Ok(Self {
-                    client: SessionServiceClient::new(server.authed(channel)?),
-                    token: Arc::clone(&token),
-                    user_id: Arc::clone(&user_id),
-                })
+        let connected = server.connect_spread(args.clients, args.channels).await?;
+        Ok(connected
+            .into_iter()
+            .map(|authed| Self {
+                client: SessionServiceClient::new(authed),
+                token: Arc::clone(&token),
+                user_id: Arc::clone(&user_id),
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -450,7 +377,7 @@ impl Worker for ValidateWorker {
             .client
             .validate_token(request)
             .await
-            .map_err(rpc)
+            .map_err(status)
             .context("ValidateToken")?
             .into_inner();
         ensure!(
@@ -482,7 +409,7 @@ impl LoginWorker {
         let mut workers = Vec::with_capacity(clients);
         for worker in 0..clients {
             workers.push(Self {
-                client: SessionServiceClient::new(connect(server).await?),
+                client: SessionServiceClient::new(server.connect().await?),
                 users: Arc::clone(users),
                 worker,
                 workers: clients,
@@ -513,7 +440,7 @@ impl Worker for LoginWorker {
             .client
             .login(request)
             .await
-            .map_err(rpc)
+            .map_err(status)
             .with_context(|| format!("Login {}", user.email))?
             .into_inner();
         check_login(user, &answer)
@@ -522,25 +449,20 @@ impl Worker for LoginWorker {
 
 fn report(args: &ValidateArgs, server: &PgServer, r: &Results) {
     let checks = checks(r);
-    for check in &checks {
-        println!("{}", check.line());
-    }
+    print_checks(&checks);
     if let Some(login) = r.logins.last() {
         println!(
             "login throughput at {} clients: {:.1}/s, {:.0}% of the argon2id bound {:.1}/s \
              ({} hashes at once / {:.1} ms per hash)",
             login.clients,
-            login.per_second,
-            100.0 * login.per_second / r.login_bound(),
+            login.calls.per_second,
+            100.0 * login.calls.per_second / r.login_bound(),
             r.login_bound(),
             r.hash_concurrency,
             ms(r.hash)
         );
     }
-    if args.target.markdown {
-        println!();
-        print!("{}", markdown(server, r, &checks));
-    }
+    print_markdown(&args.target, || markdown(server, r, &checks));
 }
 
 fn checks(r: &Results) -> [Check; 2] {
@@ -548,14 +470,14 @@ fn checks(r: &Results) -> [Check; 2] {
         Check {
             label: "ValidateToken requests/s",
             markdown: "ValidateToken requests/s",
-            value: Some(r.validate.per_second),
+            value: Some(r.validate.calls.per_second),
             limit: Limit::AtLeast(MIN_VALIDATE_PER_SECOND),
             missing: "",
         },
         Check {
             label: "ValidateToken p99 ms",
             markdown: "ValidateToken p99, ms",
-            value: Some(ms(r.validate.p99)),
+            value: Some(ms(r.validate.calls.p99)),
             limit: Limit::AtMost(MAX_VALIDATE_P99_MS),
             missing: "",
         },
@@ -564,7 +486,7 @@ fn checks(r: &Results) -> [Check; 2] {
 
 fn markdown(server: &PgServer, r: &Results, checks: &[Check]) -> String {
     let mut md = String::new();
-    let v = &r.validate;
+    let v = &r.validate.calls;
     md.push_str(
         "| ValidateToken | clients | channels | calls | requests/s | p50 ms | p95 ms | p99 ms |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|\n",
@@ -572,7 +494,7 @@ fn markdown(server: &PgServer, r: &Results, checks: &[Check]) -> String {
     let _ = writeln!(
         md,
         "| tenantd gRPC (no database) | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
-        v.clients,
+        r.validate.clients,
         r.channels,
         v.calls,
         v.per_second,
@@ -585,15 +507,16 @@ fn markdown(server: &PgServer, r: &Results, checks: &[Check]) -> String {
          |---|---:|---:|---:|---:|---:|---:|\n",
     );
     for l in &r.logins {
+        let c = &l.calls;
         let _ = writeln!(
             md,
             "| tenantd gRPC | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
             l.clients,
-            l.calls,
-            l.per_second,
-            ms(l.p50),
-            ms(l.p95),
-            ms(l.p99)
+            c.calls,
+            c.per_second,
+            ms(c.p50),
+            ms(c.p95),
+            ms(c.p99)
         );
     }
     let _ = writeln!(
@@ -603,18 +526,7 @@ fn markdown(server: &PgServer, r: &Results, checks: &[Check]) -> String {
         ms(r.hash),
         r.login_bound()
     );
-    md.push_str("\n| target | value | result |\n|---|---:|---|\n");
-    for check in checks {
-        let (value, verdict) = match check.value {
-            Some(v) => (format!("{v:.2}"), check.verdict(v).to_owned()),
-            None => ("n/a".to_owned(), check.missing.to_owned()),
-        };
-        let _ = writeln!(
-            md,
-            "| {} {} | {value} | {verdict} |",
-            check.markdown, check.limit
-        );
-    }
+    targets_table(&mut md, "value", checks, 2);
     let _ = write!(
         md,
         "\nLogin throughput is bounded by argon2id (19 MiB, t=2) with {} concurrent hashes: \
@@ -631,27 +543,28 @@ fn markdown(server: &PgServer, r: &Results, checks: &[Check]) -> String {
             let _ = writeln!(
                 md,
                 "; measured {:.1} logins/s at {} clients ({:.0}% of the bound).",
-                l.per_second,
+                l.calls.per_second,
                 l.clients,
-                100.0 * l.per_second / r.login_bound()
+                100.0 * l.calls.per_second / r.login_bound()
             );
         }
         None => md.push_str(".\n"),
     }
-    let _ = writeln!(
-        md,
-        "\n{}; ValidateToken {:?} measured after {:?} warm-up, {} workers on {} HTTP/2 \
-         connections; Login {:?} measured per phase after {:?} warm-up, each worker on its own \
-         connection, round-robin over {} users, login rate limits raised to {LOGIN_LIMIT}/min \
-         for the run; the bench client in its own process on the same cores as tenantd.",
-        server.setting(),
-        r.validate_window.measure,
-        r.validate_window.warmup,
-        v.clients,
-        r.channels,
-        r.login_window.measure,
-        r.login_window.warmup,
-        r.users,
+    footnote(
+        &mut md,
+        server,
+        format_args!(
+            "ValidateToken {:?} measured after {:?} warm-up, {} workers on {} HTTP/2 \
+             connections; Login {}, each worker on its own connection, round-robin over {} \
+             users, login rate limits raised to {LOGIN_LIMIT}/min for the run; the bench client \
+             in its own process on the same cores as tenantd.",
+            r.validate_window.measure,
+            r.validate_window.warmup,
+            r.validate.clients,
+            r.channels,
+            r.login_window.per_phase(),
+            r.users,
+        ),
     );
     md
 }
