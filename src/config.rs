@@ -286,8 +286,13 @@ impl ServeArgs {
                 bail!("{flag} must be more than zero");
             }
         }
-        if self.data_max_timeout < self.data_default_timeout {
-            bail!("--data-max-timeout must be at least --data-default-timeout");
+        if self.data_max_timeout < self.data_default_timeout
+            || self.data_max_timeout > Duration::from_secs(3600)
+        {
+            bail!("--data-max-timeout must be at least --data-default-timeout and at most 1h");
+        }
+        if self.tenant_connection_wait > Duration::from_secs(600) {
+            bail!("--tenant-connection-wait must be at most 10m");
         }
         if self.data_default_max_rows == 0 || self.data_max_rows < self.data_default_max_rows {
             bail!("--data-default-max-rows must be at least 1 and at most --data-max-rows");

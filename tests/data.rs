@@ -109,6 +109,16 @@ async fn every_value_type_round_trips() {
         ("date", v(Kind::Date("2026-11-23".into())), "date"),
         ("date", v(Kind::Date("infinity".into())), "date"),
         ("timestamptz", v(Kind::Timestamptz(at)), "timestamptz"),
+        // PostgreSQL's -infinity, i64::MIN microseconds.
+        (
+            "timestamptz",
+            v(Kind::Timestamptz(prost_types::Timestamp {
+                seconds: i64::MIN.div_euclid(1_000_000),
+                nanos: (i64::MIN.rem_euclid(1_000_000) * 1000) as i32,
+            })),
+            "timestamptz",
+        ),
+        ("date", v(Kind::Date("0044-03-15 BC".into())), "date"),
         ("json", v(Kind::Json(r#"{"a": [1, 2]}"#.into())), "json"),
         ("jsonb", v(Kind::Json(r#"{"a": [1, 2]}"#.into())), "jsonb"),
         (
@@ -262,6 +272,10 @@ async fn a_tenant_reaches_neither_another_tenant_nor_the_catalog() {
         "SET ROLE postgres".to_owned(),
         "SET SESSION AUTHORIZATION postgres".to_owned(),
         format!("SELECT set_config('role', '{}', false)", b.schema_name),
+        // Advisory lock keys are shared by the whole database (tenantd's
+        // own, other tenants' upgrade locks).
+        "SELECT pg_advisory_lock(1)".to_owned(),
+        "SELECT pg_try_advisory_xact_lock(1)".to_owned(),
     ];
     for sql in &denied {
         let err = c.data.execute(exec(&a.id, sql, vec![])).await.unwrap_err();
@@ -509,6 +523,12 @@ async fn bad_requests_name_the_field_and_sql_errors_keep_their_sqlstate() {
         (exec("nope", "SELECT 1", vec![]), "tenant_id"),
         (exec(&t.id, "  ", vec![]), "sql"),
         (exec(&t.id, "COMMIT", vec![]), "sql"),
+        (exec(&t.id, " ;COMMIT", vec![]), "sql"),
+        (exec(&t.id, "; /* x */ DEALLOCATE ALL", vec![]), "sql"),
+        (
+            exec(&t.id, "ALTER ROLE current_user PASSWORD 'mine'", vec![]),
+            "sql",
+        ),
         (exec(&t.id, "/* sneaky */ begin", vec![]), "sql"),
         (exec(&t.id, "COPY locations TO STDOUT", vec![]), "sql"),
         (
@@ -1104,4 +1124,112 @@ async fn users_read_and_write_by_their_role_and_keys_by_the_data_scope() {
 
     let r = c.data.execute(count).await.unwrap().into_inner();
     assert_eq!(scalar(&r), Kind::Int64(2));
+}
+
+#[tokio::test]
+async fn nothing_a_call_leaves_in_the_session_reaches_the_next_call() {
+    // One connection per tenant, so every call lands on the same session.
+    let server = TestServer::start_with(|c| c.tenant_pools.pool_size = 1).await;
+    let mut c = server.clients().await;
+    let t = tenant(&mut c, "session").await;
+    // A temporary table shadows the tenant's own for the rest of its session.
+    c.data
+        .execute(exec(
+            &t.id,
+            "DO $$ BEGIN CREATE TEMP TABLE customers (code text); \
+             INSERT INTO customers VALUES ('temp'); END $$",
+            vec![],
+        ))
+        .await
+        .unwrap();
+    c.data
+        .execute(exec(
+            &t.id,
+            "DECLARE held CURSOR WITH HOLD FOR SELECT 1",
+            vec![],
+        ))
+        .await
+        .unwrap();
+    c.data
+        .execute(exec(&t.id, "LISTEN somewhere", vec![]))
+        .await
+        .unwrap();
+    let r = c
+        .data
+        .execute(read(
+            &t.id,
+            "SELECT (SELECT count(*) FROM customers) || ' ' \
+             || (SELECT count(*) FROM pg_cursors WHERE name = 'held') || ' ' \
+             || (SELECT count(*) FROM pg_listening_channels())",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(scalar(&r), Kind::Text("0 0 0".into()));
+
+    // A read-only Transaction cannot commit early and write after it.
+    let err = c
+        .data
+        .transaction(pb::TransactionRequest {
+            tenant_id: t.id.clone(),
+            statements: vec![
+                stmt(";COMMIT", vec![]),
+                stmt(
+                    "INSERT INTO customers (code, name) VALUES ('x', 'x')",
+                    vec![],
+                ),
+            ],
+            read_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&err), vec!["statements[0].sql".to_owned()]);
+
+    // Statements deallocated behind tenantd's back are prepared again.
+    c.data.execute(read(&t.id, "SELECT 1")).await.unwrap();
+    c.data
+        .execute(exec(
+            &t.id,
+            "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$",
+            vec![],
+        ))
+        .await
+        .unwrap();
+    let r = c
+        .data
+        .execute(read(&t.id, "SELECT 1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(scalar(&r), Kind::Int64(1));
+
+    // A role password changed from inside is set again at the next login.
+    c.data
+        .execute(exec(
+            &t.id,
+            "DO $$ BEGIN EXECUTE format('ALTER ROLE %I PASSWORD %L', current_user, 'mine'); END $$",
+            vec![],
+        ))
+        .await
+        .unwrap();
+    let mut db = server.db.connect().await;
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1")
+        .bind(&t.schema_name)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    wait_for_none(&mut db, &backends_sql(&t.schema_name)).await;
+    let mut answered = None;
+    for _ in 0..3 {
+        match c.data.execute(read(&t.id, "SELECT 2")).await {
+            Ok(r) => {
+                answered = Some(r.into_inner());
+                break;
+            }
+            // The call that meets the terminated connection may fail.
+            Err(e) => assert_eq!(e.code(), Code::Unavailable, "{e:?}"),
+        }
+    }
+    assert_eq!(scalar(&answered.expect("calls work again")), Kind::Int64(2));
 }

@@ -80,17 +80,33 @@ pub enum ExecError {
     /// The connection broke. `retryable`: nothing can have been committed.
     #[error("connection to PostgreSQL lost: {message}")]
     ConnectionLost { message: String, retryable: bool },
+    /// This side failed to encode a parameter or decode a result (the
+    /// statement may have run, and committed).
+    #[error("{0}")]
+    Client(String),
 }
 
 impl ExecError {
     /// Whether running the call again on a fresh connection is safe and may
     /// succeed.
     pub fn retry_on_fresh_connection(&self) -> bool {
+        matches!(
+            self,
+            ExecError::ConnectionLost {
+                retryable: true,
+                ..
+            }
+        )
+    }
+
+    /// A statement prepared on this connection went stale: its tables
+    /// changed under it (a tenant upgrade), or it was deallocated. Nothing
+    /// was committed; prepared again, the call may succeed.
+    fn stale_statement(&self) -> bool {
         match self {
-            ExecError::ConnectionLost { retryable, .. } => *retryable,
-            // A prepared statement whose tables changed under it.
-            ExecError::Sql { code, message, .. } => {
-                code == SqlState::FEATURE_NOT_SUPPORTED.code() && message.contains("cached plan")
+            ExecError::Sql { code, .. } => {
+                code == SqlState::FEATURE_NOT_SUPPORTED.code()
+                    || code == SqlState::INVALID_SQL_STATEMENT_NAME.code()
             }
             _ => false,
         }
@@ -100,8 +116,8 @@ impl ExecError {
     pub fn breaks_connection(&self) -> bool {
         matches!(
             self,
-            ExecError::ConnectionLost { .. } | ExecError::TimedOut(_)
-        ) || self.retry_on_fresh_connection()
+            ExecError::ConnectionLost { .. } | ExecError::TimedOut(_) | ExecError::Client(_)
+        )
     }
 
     fn at(self, index: usize) -> Self {
@@ -164,10 +180,15 @@ fn classify(err: tokio_postgres::Error, before_any_statement: bool) -> ExecError
             },
         };
     }
-    ExecError::ConnectionLost {
-        message: err.to_string(),
-        retryable: before_any_statement && err.is_closed(),
+    if err.is_closed() {
+        return ExecError::ConnectionLost {
+            message: err.to_string(),
+            retryable: before_any_statement,
+        };
     }
+    // Neither the server nor the connection: a value this side could not
+    // encode or decode, or a message it did not expect.
+    ExecError::Client(err.to_string())
 }
 
 /// Statements tenantd runs itself, or that would leave the connection in a
@@ -214,9 +235,16 @@ const REFUSED: [(&str, &str); 10] = [
 
 /// The first keyword of `sql`, upper-cased, past whitespace and comments.
 fn leading_keyword(sql: &str) -> String {
+    leading_keywords(sql).0
+}
+
+/// The first keyword of `sql` and the rest after it, past whitespace,
+/// empty statements and comments.
+fn leading_keywords(sql: &str) -> (String, &str) {
     let mut rest = sql;
     loop {
-        rest = rest.trim_start();
+        // PostgreSQL drops empty statements: ";COMMIT" is a COMMIT.
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
         if let Some(after) = rest.strip_prefix("--") {
             rest = after.split_once('\n').map_or("", |(_, r)| r);
         } else if rest.starts_with("/*") {
@@ -245,10 +273,10 @@ fn leading_keyword(sql: &str) -> String {
             break;
         }
     }
-    rest.chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .collect::<String>()
-        .to_ascii_uppercase()
+    let end = rest
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(rest.len());
+    (rest[..end].to_ascii_uppercase(), &rest[end..])
 }
 
 /// Refuses what a call must not run, before anything is sent.
@@ -256,7 +284,13 @@ fn screen(sql: &str) -> Result<(), ExecError> {
     if sql.trim().is_empty() {
         return Err(ExecError::invalid("sql", "is required"));
     }
-    let keyword = leading_keyword(sql);
+    let (keyword, rest) = leading_keywords(sql);
+    if keyword == "ALTER" && matches!(leading_keyword(rest).as_str(), "ROLE" | "USER") {
+        return Err(ExecError::invalid(
+            "sql",
+            "the tenant's role is managed by tenantd",
+        ));
+    }
     match REFUSED.iter().find(|(k, _)| *k == keyword) {
         Some((_, why)) => Err(ExecError::invalid("sql", *why)),
         None => Ok(()),
@@ -272,11 +306,15 @@ struct Prepared<'a> {
 
 async fn prepare<'a>(conn: &Checkout, s: &'a Statement) -> Result<Prepared<'a>, ExecError> {
     screen(&s.sql)?;
-    let statement = conn
-        .statement_cache()
-        .prepare(conn.client(), &s.sql)
-        .await
-        .map_err(|e| classify(e, true))?;
+    let statement = match conn.statement_cache().prepare(conn.client(), &s.sql).await {
+        Ok(statement) => statement,
+        Err(e) => {
+            // The cache keeps a placeholder for a statement that failed to
+            // prepare; distinct bad statements must not pile up.
+            conn.statement_cache().remove(&s.sql, &[]);
+            return Err(classify(e, true));
+        }
+    };
     let types = statement.params();
     if types.len() != s.params.len() {
         return Err(ExecError::invalid(
@@ -363,9 +401,22 @@ pub async fn run(
     // cancelled), never half-way through a transaction.
     conn.set_discard(true);
     let abandoned = CancelOnDrop(Some(conn.canceller()));
-    let deadline = limits.timeout * u32::try_from(statements.len().max(1)).unwrap_or(u32::MAX)
-        + Duration::from_secs(2);
-    let result = match tokio::time::timeout(deadline, run_inner(conn, statements, limits)).await {
+    let deadline = limits
+        .timeout
+        .saturating_mul(u32::try_from(statements.len().max(1)).unwrap_or(u32::MAX))
+        .saturating_add(Duration::from_secs(2));
+    let mut dirty = false;
+    let attempt = async {
+        match run_inner(conn, statements, limits, &mut dirty).await {
+            // Nothing was committed: prepare afresh and run once more.
+            Err(e) if e.stale_statement() => {
+                conn.statement_cache().clear();
+                run_inner(conn, statements, limits, &mut dirty).await
+            }
+            other => other,
+        }
+    };
+    let result = match tokio::time::timeout(deadline, attempt).await {
         Ok(r) => r,
         // Dropping `abandoned` cancels the query.
         Err(_) => return Err(ExecError::TimedOut(limits.timeout)),
@@ -373,22 +424,45 @@ pub async fn run(
     abandoned.disarm();
     match &result {
         Err(e) if e.breaks_connection() => {}
+        _ if dirty => {}
         _ => conn.set_discard(false),
     }
     result
 }
 
+/// Run after every call, whatever became of it, so that nothing a statement
+/// did to the session reaches the next call on the connection: settings,
+/// cursors kept open, LISTENs, session advisory locks, temporary tables.
+const RESET: &str =
+    "RESET ALL; CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP";
+
+/// Sends `end` (COMMIT or ROLLBACK) and the reset in one round trip; a
+/// failed reset marks the connection `dirty`.
+async fn finish(
+    client: &tokio_postgres::Client,
+    end: &str,
+    dirty: &mut bool,
+) -> Result<(), tokio_postgres::Error> {
+    let (ended, reset) =
+        futures::future::join(client.batch_execute(end), client.batch_execute(RESET)).await;
+    *dirty |= reset.is_err();
+    ended
+}
+
+/// One attempt at the call. `dirty` is set when the connection's session
+/// could not be reset.
 async fn run_inner(
     conn: &Checkout,
     statements: &[Statement],
     limits: CallLimits,
+    dirty: &mut bool,
 ) -> Result<Vec<Outcome>, ExecError> {
     let mut prepared = Vec::with_capacity(statements.len());
     for (i, s) in statements.iter().enumerate() {
         prepared.push(prepare(conn, s).await.map_err(|e| e.at(i))?);
     }
     let client = conn.client();
-    let timeout_ms = limits.timeout.as_millis().max(1);
+    let timeout_ms = limits.timeout.as_millis().clamp(1, i32::MAX as u128);
     // A read-only transaction takes its snapshot at once, so no statement
     // can switch it to read-write afterwards.
     let begin = if limits.read_only {
@@ -396,20 +470,29 @@ async fn run_inner(
     } else {
         format!("BEGIN; SET LOCAL statement_timeout = {timeout_ms}")
     };
-    const COMMIT: &str = "COMMIT; RESET ALL";
     let mut budget = limits.max_response_bytes;
     if let [only] = prepared.as_slice() {
-        let (began, ran, committed) = futures::future::join3(
+        // BEGIN, the statement, COMMIT and the reset in one round trip:
+        // tokio-postgres queues a request's messages when its future is
+        // first polled, and join4 polls in order, so they go out in order.
+        // COMMIT after a failed statement only rolls back.
+        let (began, ran, committed, reset) = futures::future::join4(
             client.batch_execute(&begin),
             run_one(client, only, &mut budget),
-            client.batch_execute(COMMIT),
+            client.batch_execute("COMMIT"),
+            client.batch_execute(RESET),
         )
         .await;
-        began.map_err(|e| classify(e, true))?;
+        *dirty |= reset.is_err();
+        // The COMMIT went out with the BEGIN: after a lost connection the
+        // outcome is unknown, so none of these is retried.
+        began.map_err(|e| classify(e, false))?;
         let outcome = ran.map_err(|e| classify(e, false).at(0))?;
         committed.map_err(|e| classify(e, false))?;
         return Ok(vec![outcome]);
     }
+    // Several statements: each waits for the one before; no COMMIT is sent
+    // until all succeeded, so a connection lost before it committed nothing.
     let mut outcomes = Vec::with_capacity(prepared.len());
     let mut began = Some(client.batch_execute(&begin));
     for (i, p) in prepared.iter().enumerate() {
@@ -417,7 +500,15 @@ async fn run_inner(
             Some(begin) => {
                 let (began, ran) =
                     futures::future::join(begin, run_one(client, p, &mut budget)).await;
-                began.map_err(|e| classify(e, true))?;
+                if let Err(e) = began {
+                    let err = classify(e, true);
+                    if !err.breaks_connection() {
+                        finish(client, "ROLLBACK", dirty)
+                            .await
+                            .map_err(|e| classify(e, true))?;
+                    }
+                    return Err(err);
+                }
                 ran
             }
             None => run_one(client, p, &mut budget).await,
@@ -425,19 +516,17 @@ async fn run_inner(
         match ran {
             Ok(outcome) => outcomes.push(outcome),
             Err(e) => {
-                let err = classify(e, false).at(i);
+                let err = classify(e, true).at(i);
                 if !err.breaks_connection() {
-                    client
-                        .batch_execute("ROLLBACK; RESET ALL")
+                    finish(client, "ROLLBACK", dirty)
                         .await
-                        .map_err(|e| classify(e, false))?;
+                        .map_err(|e| classify(e, true))?;
                 }
                 return Err(err);
             }
         }
     }
-    client
-        .batch_execute(COMMIT)
+    finish(client, "COMMIT", dirty)
         .await
         .map_err(|e| classify(e, false))?;
     Ok(outcomes)
@@ -478,6 +567,9 @@ mod tests {
     #[test]
     fn transaction_control_is_refused() {
         for sql in [
+            ";COMMIT",
+            " ; /*x*/ DEALLOCATE ALL",
+            "alter role current_user password 'x'",
             "COMMIT",
             "rollback",
             " begin",

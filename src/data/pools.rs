@@ -28,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::socket::Endpoint;
 use crate::domain::{TenantId, TenantStatus};
 use crate::metrics::{EvictionReason, Metrics};
-use crate::tenant::role_password;
+use crate::tenant::{role_password, role_verifier};
 
 /// Sizing of the tenant pools; see `tenantd serve --help`.
 #[derive(Debug, Clone)]
@@ -116,20 +116,22 @@ impl Shared {
             self.waiters.fetch_sub(1, Ordering::SeqCst);
         });
         self.metrics.pool().budget_waits.inc();
-        let deadline = Instant::now() + self.wait;
+        // One acquire for the whole wait keeps this caller's place in the
+        // semaphore's queue; between looks it closes idle connections.
+        let acquire = self.permits.clone().acquire_owned();
+        tokio::pin!(acquire);
+        let deadline = tokio::time::Instant::now() + self.wait;
         loop {
             self.close_idle(1);
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left.min(WAIT_SLICE), self.permits.clone().acquire_owned())
-                .await
-            {
-                Ok(Ok(p)) => return Ok(p),
-                Ok(Err(_)) => return Err(PoolError::Closed),
-                Err(_) if left <= WAIT_SLICE => {
-                    self.metrics.pool().budget_timeouts.inc();
-                    return Err(PoolError::Exhausted(self.wait, self.budget));
+            let slice = (tokio::time::Instant::now() + WAIT_SLICE).min(deadline);
+            tokio::select! {
+                permit = &mut acquire => return permit.map_err(|_| PoolError::Closed),
+                () = tokio::time::sleep_until(slice) => {
+                    if slice >= deadline {
+                        self.metrics.pool().budget_timeouts.inc();
+                        return Err(PoolError::Exhausted(self.wait, self.budget));
+                    }
                 }
-                Err(_) => {}
             }
         }
     }
@@ -197,6 +199,10 @@ impl TenantConn {
 
 /// Makes a tenant's connections: a permit first, then a login as its role.
 pub struct TenantManager {
+    tenant: TenantId,
+    /// To set the role's password again when it was changed.
+    catalog: PgPool,
+    role_secret: Arc<Vec<u8>>,
     config: tokio_postgres::Config,
     endpoint: Arc<Endpoint>,
     shared: Arc<Shared>,
@@ -214,18 +220,23 @@ pub enum ConnectError {
     Pg(tokio_postgres::Error),
 }
 
-impl managed::Manager for TenantManager {
-    type Type = TenantConn;
-    type Error = ConnectError;
-
-    async fn create(&self) -> Result<TenantConn, ConnectError> {
-        let permit = self.shared.permit().await.map_err(ConnectError::Budget)?;
+impl TenantManager {
+    /// Opens a socket and logs in as the tenant's role.
+    async fn login(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio_postgres::Connection<super::socket::Socket, tokio_postgres::tls::NoTlsStream>,
+        ),
+        ConnectError,
+    > {
         let socket = self
             .endpoint
             .connect(CONNECT_TIMEOUT)
             .await
             .map_err(ConnectError::Io)?;
-        let (client, connection) = tokio::time::timeout(
+        tokio::time::timeout(
             CONNECT_TIMEOUT,
             self.config.connect_raw(socket, tokio_postgres::NoTls),
         )
@@ -236,7 +247,36 @@ impl managed::Manager for TenantManager {
                 "logging in to PostgreSQL timed out",
             ))
         })?
-        .map_err(ConnectError::Pg)?;
+        .map_err(ConnectError::Pg)
+    }
+}
+
+impl managed::Manager for TenantManager {
+    type Type = TenantConn;
+    type Error = ConnectError;
+
+    async fn create(&self) -> Result<TenantConn, ConnectError> {
+        let permit = self.shared.permit().await.map_err(ConnectError::Budget)?;
+        let (client, connection) = match self.login().await {
+            // The role's password was changed behind tenantd's back (a
+            // tenant can change its own role's): set it again, and retry.
+            Err(ConnectError::Pg(e))
+                if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD) =>
+            {
+                tracing::warn!(tenant_id = %self.tenant, "tenant role refused its password; setting it again");
+                let sql = format!(
+                    "ALTER ROLE {} PASSWORD '{}'",
+                    self.tenant.role_name().quoted(),
+                    role_verifier(&self.role_secret, self.tenant)
+                );
+                sqlx::raw_sql(&sql)
+                    .execute(&self.catalog)
+                    .await
+                    .map_err(|e| ConnectError::Io(std::io::Error::other(e.to_string())))?;
+                self.login().await?
+            }
+            other => other?,
+        };
         // The connection's task owns the permit: it is given back when the
         // server has closed the socket, i.e. when the backend is gone.
         let metrics = self.shared.metrics.clone();
@@ -537,6 +577,9 @@ impl TenantPools {
             return Err(PoolError::NotActive(status));
         }
         let manager = TenantManager {
+            tenant: id,
+            catalog: self.catalog.clone(),
+            role_secret: self.role_secret.clone(),
             config: self.connect_config(id),
             endpoint: self.endpoint.clone(),
             shared: self.shared.clone(),

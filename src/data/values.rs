@@ -47,14 +47,17 @@ pub enum Value {
 impl Value {
     /// Bytes this value takes in a response, roughly: what the response size
     /// limit counts.
+    /// At least what its protobuf encoding takes, with the framing.
     pub fn approximate_size(&self) -> usize {
         match self {
-            Value::Null | Value::Bool(_) => 2,
-            Value::Int64(_) | Value::Float64(_) | Value::Timestamptz(_) => 10,
-            Value::Uuid(_) => 38,
-            Value::Numeric(s) | Value::Text(s) | Value::Date(s) | Value::Json(s) => s.len() + 4,
-            Value::Bytea(b) => b.len() + 4,
-            Value::Array(values) => 4 + values.iter().map(Value::approximate_size).sum::<usize>(),
+            Value::Null | Value::Bool(_) => 4,
+            Value::Int64(_) => 13,
+            Value::Float64(_) => 11,
+            Value::Timestamptz(_) => 20,
+            Value::Uuid(_) => 40,
+            Value::Numeric(s) | Value::Text(s) | Value::Date(s) | Value::Json(s) => s.len() + 8,
+            Value::Bytea(b) => b.len() + 8,
+            Value::Array(values) => 8 + values.iter().map(Value::approximate_size).sum::<usize>(),
         }
     }
 
@@ -312,7 +315,7 @@ fn decode(ty: &Type, raw: &[u8]) -> Result<Value, BoxError> {
         Type::CHAR => Value::Text(char::from(wire::char_from_sql(raw)? as u8).to_string()),
         Type::BYTEA => Value::Bytea(wire::bytea_from_sql(raw).to_vec()),
         Type::UUID => Value::Uuid(uuid::Uuid::from_bytes(wire::uuid_from_sql(raw)?)),
-        Type::DATE => Value::Date(date_text(wire::date_from_sql(raw)?)),
+        Type::DATE => Value::Date(date_text(wire::date_from_sql(raw)?)?),
         Type::TIMESTAMPTZ | Type::TIMESTAMP => {
             Value::Timestamptz(match wire::timestamp_from_sql(raw)? {
                 m @ (i64::MAX | i64::MIN) => m,
@@ -358,8 +361,8 @@ fn nest(dims: &[usize], flat: &mut impl Iterator<Item = Value>) -> Value {
     }
 }
 
-fn date_text(days: i32) -> String {
-    match days {
+fn date_text(days: i32) -> Result<String, BoxError> {
+    Ok(match days {
         i32::MAX => "infinity".to_owned(),
         i32::MIN => "-infinity".to_owned(),
         d => {
@@ -370,10 +373,10 @@ fn date_text(days: i32) -> String {
                 // PostgreSQL's own ISO output: BC years are spelled out.
                 Some(date) if date.year() > 0 => date.format("%Y-%m-%d").to_string(),
                 Some(date) => format!("{:04}-{} BC", 1 - date.year(), date.format("%m-%d")),
-                None => "invalid".to_owned(),
+                None => return Err("date out of the range this server prints".into()),
             }
         }
-    }
+    })
 }
 
 /// PostgreSQL's binary numeric: digit count, weight (of the first base-10000
@@ -482,9 +485,10 @@ mod tests {
 
     #[test]
     fn dates_count_from_2000() {
-        assert_eq!(date_text(0), "2000-01-01");
-        assert_eq!(date_text(-1), "1999-12-31");
-        assert_eq!(date_text(i32::MAX), "infinity");
+        assert_eq!(date_text(0).unwrap(), "2000-01-01");
+        assert_eq!(date_text(-1).unwrap(), "1999-12-31");
+        assert_eq!(date_text(i32::MAX).unwrap(), "infinity");
+        assert!(date_text(2_000_000_000).is_err());
     }
 
     #[test]

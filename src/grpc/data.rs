@@ -16,6 +16,8 @@ use crate::identity::Identity;
 
 /// Statements one Transaction call may hold.
 const MAX_STATEMENTS: usize = 100;
+/// Bytes of SQL text one statement may have.
+const MAX_SQL_BYTES: usize = 256 * 1024;
 /// Parameters one statement may have (PostgreSQL's own limit).
 const MAX_PARAMS: usize = 65_535;
 
@@ -67,6 +69,12 @@ impl DataApi {
             return Err(ValidationError::single(
                 format!("{prefix}sql"),
                 "is required",
+            ));
+        }
+        if sql.len() > MAX_SQL_BYTES {
+            return Err(ValidationError::single(
+                format!("{prefix}sql"),
+                format!("at most {MAX_SQL_BYTES} bytes"),
             ));
         }
         if params.len() > MAX_PARAMS {
@@ -217,18 +225,25 @@ pub fn value_from_pb(v: pb::Value, field: &str) -> Result<Value, ValidationError
         ),
         Some(Kind::Date(s)) => {
             let valid = matches!(s.as_str(), "infinity" | "-infinity")
-                || chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d").is_ok();
+                || chrono::NaiveDate::parse_from_str(
+                    s.strip_suffix(" BC").unwrap_or(&s),
+                    "%Y-%m-%d",
+                )
+                .is_ok();
             if !valid {
-                return Err(ValidationError::single(field, "must be a date, YYYY-MM-DD"));
+                return Err(ValidationError::single(
+                    field,
+                    "must be a date, YYYY-MM-DD (with \" BC\" for years before 1)",
+                ));
             }
             Value::Date(s)
         }
         Some(Kind::Timestamptz(t)) => {
-            let micros = t
-                .seconds
-                .checked_mul(1_000_000)
-                .and_then(|s| s.checked_add(i64::from(t.nanos) / 1000))
+            // In i128: PostgreSQL's infinities (i64::MIN and MAX
+            // microseconds) lie outside Timestamp's usual range.
+            let micros = Some(i128::from(t.seconds) * 1_000_000 + i128::from(t.nanos) / 1000)
                 .filter(|_| (0..1_000_000_000).contains(&t.nanos))
+                .and_then(|m| i64::try_from(m).ok())
                 .ok_or_else(|| ValidationError::single(field, "is not a valid timestamp"))?;
             Value::Timestamptz(micros)
         }
@@ -287,9 +302,10 @@ fn data_status(err: DataError, prefix: fn(usize) -> String) -> Status {
                 ),
             ),
             PoolError::Exhausted(..) => Status::resource_exhausted(e.to_string()),
+            // The driver's text (role names, addresses) stays in the log.
             PoolError::Connect(_) | PoolError::Catalog(_) | PoolError::Closed => {
                 tracing::warn!(error = %e, "no tenant connection");
-                Status::unavailable(format!("{e}; try again"))
+                Status::unavailable("cannot reach the tenant's database; try again")
             }
         },
         DataError::Exec(e) => match e {
@@ -301,14 +317,20 @@ fn data_status(err: DataError, prefix: fn(usize) -> String) -> Status {
                 format!("{}{field}", prefix(statement)),
                 message,
             )),
+            ExecError::Client(message) => {
+                tracing::warn!(error = %message, "a value could not be passed to or read from PostgreSQL");
+                Status::failed_precondition(format!(
+                    "a value could not be passed to or read from PostgreSQL: {message}"
+                ))
+            }
             ExecError::TimedOut(t) => Status::deadline_exceeded(format!(
                 "the call ran past its timeout of {t:?} and was cancelled"
             )),
             ExecError::ConnectionLost { message, .. } => {
                 tracing::warn!(error = %message, "tenant connection lost");
-                Status::unavailable(format!(
-                    "connection to PostgreSQL lost ({message}); nothing was committed unless the commit itself was under way"
-                ))
+                Status::unavailable(
+                    "connection to PostgreSQL lost; a write may or may not have committed",
+                )
             }
             ExecError::Sql {
                 statement,
