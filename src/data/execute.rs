@@ -433,21 +433,30 @@ pub async fn run(
 /// Run after every call, whatever became of it, so that nothing a statement
 /// did to the session reaches the next call on the connection: settings,
 /// cursors kept open, LISTENs, session advisory locks, temporary tables.
-const RESET: &str =
-    "RESET ALL; CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP";
+macro_rules! reset {
+    () => {
+        "RESET ALL; CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP"
+    };
+}
+const RESET: &str = reset!();
 
-/// Sends `end` (COMMIT or ROLLBACK) and the reset in one round trip; a
-/// failed reset marks the connection `dirty`.
+/// Sends `end` (COMMIT or ROLLBACK) followed by the reset in one message;
+/// when `end` fails the rest of the message is skipped, so the reset is
+/// sent again on its own. A failed reset marks the connection `dirty`.
 async fn finish(
     client: &tokio_postgres::Client,
-    end: &str,
+    end_and_reset: &str,
     dirty: &mut bool,
 ) -> Result<(), tokio_postgres::Error> {
-    let (ended, reset) =
-        futures::future::join(client.batch_execute(end), client.batch_execute(RESET)).await;
-    *dirty |= reset.is_err();
+    let ended = client.batch_execute(end_and_reset).await;
+    if ended.is_err() {
+        *dirty |= client.batch_execute(RESET).await.is_err();
+    }
     ended
 }
+
+const COMMIT_AND_RESET: &str = concat!("COMMIT; ", reset!());
+const ROLLBACK_AND_RESET: &str = concat!("ROLLBACK; ", reset!());
 
 /// One attempt at the call. `dirty` is set when the connection's session
 /// could not be reset.
@@ -474,16 +483,17 @@ async fn run_inner(
     if let [only] = prepared.as_slice() {
         // BEGIN, the statement, COMMIT and the reset in one round trip:
         // tokio-postgres queues a request's messages when its future is
-        // first polled, and join4 polls in order, so they go out in order.
+        // first polled, and join3 polls in order, so they go out in order.
         // COMMIT after a failed statement only rolls back.
-        let (began, ran, committed, reset) = futures::future::join4(
+        let (began, ran, committed) = futures::future::join3(
             client.batch_execute(&begin),
             run_one(client, only, &mut budget),
-            client.batch_execute("COMMIT"),
-            client.batch_execute(RESET),
+            client.batch_execute(COMMIT_AND_RESET),
         )
         .await;
-        *dirty |= reset.is_err();
+        if committed.is_err() {
+            *dirty |= client.batch_execute(RESET).await.is_err();
+        }
         // The COMMIT went out with the BEGIN: after a lost connection the
         // outcome is unknown, so none of these is retried.
         began.map_err(|e| classify(e, false))?;
@@ -503,7 +513,7 @@ async fn run_inner(
                 if let Err(e) = began {
                     let err = classify(e, true);
                     if !err.breaks_connection() {
-                        finish(client, "ROLLBACK", dirty)
+                        finish(client, ROLLBACK_AND_RESET, dirty)
                             .await
                             .map_err(|e| classify(e, true))?;
                     }
@@ -518,7 +528,7 @@ async fn run_inner(
             Err(e) => {
                 let err = classify(e, true).at(i);
                 if !err.breaks_connection() {
-                    finish(client, "ROLLBACK", dirty)
+                    finish(client, ROLLBACK_AND_RESET, dirty)
                         .await
                         .map_err(|e| classify(e, true))?;
                 }
@@ -526,7 +536,7 @@ async fn run_inner(
             }
         }
     }
-    finish(client, "COMMIT", dirty)
+    finish(client, COMMIT_AND_RESET, dirty)
         .await
         .map_err(|e| classify(e, false))?;
     Ok(outcomes)

@@ -18,7 +18,9 @@
 //!    - raw transaction (unless `--no-transaction`): the same, but the
 //!      SELECT inside the very statements tenantd wraps a read-only call in
 //!      (`BEGIN READ ONLY`, `SET LOCAL statement_timeout`, `SELECT 1`, the
-//!      SELECT, `COMMIT`, `RESET ALL`), pipelined in one round trip — the
+//!      SELECT, `COMMIT`, and the session reset: `RESET ALL`, `CLOSE ALL`,
+//!      `UNLISTEN *`, `pg_advisory_unlock_all()`, `DISCARD TEMP`), pipelined
+//!      in one round trip — the
 //!      limit of the SQL work tenantd asks of PostgreSQL per call;
 //!    - tenantd: as many gRPC clients in this process, spread round-robin
 //!      over `--channels` HTTP/2 connections, each calling Execute with the
@@ -461,7 +463,8 @@ async fn setup_table(
         format!(
             "\\set id random(1, {rows})\n\\startpipeline\nBEGIN READ ONLY;\n\
              SET LOCAL statement_timeout = {timeout_ms};\nSELECT 1;\n{select};\nCOMMIT;\n\
-             RESET ALL;\n\\endpipeline\n"
+             RESET ALL;\nCLOSE ALL;\nUNLISTEN *;\nSELECT pg_advisory_unlock_all();\nDISCARD TEMP;\n\
+             \\endpipeline\n"
         ),
     )
     .with_context(|| format!("write {}", transaction_script.display()))?;
