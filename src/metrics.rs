@@ -414,7 +414,7 @@ impl PoolMetrics {
         );
         registry.register(
             "tenant_pool_evictions",
-            "Tenant pools closed by the cache, by reason (idle, capacity, tenant_state, budget, broken)",
+            "Tenant pools closed (reasons idle, capacity, tenant_state) and tenant connections closed (reasons budget, broken), by reason",
             m.evictions.clone(),
         );
         registry.register(

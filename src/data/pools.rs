@@ -652,7 +652,8 @@ impl TenantPools {
     /// Every `period`: housekeeping, and dropping the pools of tenants that
     /// another replica moved out of ACTIVE since the last look.
     pub async fn watch_statuses(self, period: Duration, stop: tokio_util::sync::CancellationToken) {
-        // From the start: a change made while this process started counts.
+        // The first look only reads the database's clock (no pool exists
+        // yet); every later one covers the time since the look before.
         let mut since: Option<chrono::DateTime<chrono::Utc>> = None;
         loop {
             if since.is_some() {

@@ -2,10 +2,11 @@
 //! so that closing a connection can wait for PostgreSQL to end its backend.
 //!
 //! A connection's budget permit is given back only when its socket is
-//! closed by the server: the backend has then left pg_stat_activity and
-//! freed its slot of max_connections, so the budget holds for what
-//! PostgreSQL sees, not only for what tenantd counts.
+//! closed by the server (or after 5 s of waiting for that): the backend has
+//! then left pg_stat_activity and freed its slot of max_connections, so the
+//! budget holds for what PostgreSQL sees, not only for what tenantd counts.
 
+use std::future::Future as _;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -136,5 +137,3 @@ impl AsyncWrite for Socket {
         }
     }
 }
-
-use std::future::Future as _;
