@@ -725,19 +725,7 @@ async fn rows_past_max_rows_are_cut_and_timeouts_always_hold() {
         "{:?}",
         started.elapsed()
     );
-    let mut db = server.db.connect().await;
-    wait_for_none(
-        &mut db,
-        "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'",
-    )
-    .await;
-    let r = c
-        .data
-        .execute(read(&t.id, "SELECT 1"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(scalar(&r), Kind::Int64(1));
+    cancelled_and_still_answering(&server, &mut c, &t.id, "SELECT pg_sleep(30)").await;
 }
 
 /// Polls `count_sql` (a `SELECT count(*) …`) until it says 0, for up to 10 s.
@@ -753,6 +741,31 @@ async fn wait_for_none(db: &mut sqlx::PgConnection, count_sql: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("still not none after 10 s: {count_sql}");
+}
+
+/// Waits until no backend runs `query` any more, then checks that the
+/// tenant's calls still work.
+async fn cancelled_and_still_answering(
+    server: &TestServer,
+    c: &mut Clients,
+    tenant: &str,
+    query: &str,
+) {
+    let mut db = server.db.connect().await;
+    wait_for_none(
+        &mut db,
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = '{query}' AND state = 'active'"
+        ),
+    )
+    .await;
+    let r = c
+        .data
+        .execute(read(tenant, "SELECT 3"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(scalar(&r), Kind::Int64(3));
 }
 
 fn backends_sql(role: &str) -> String {
@@ -1004,19 +1017,7 @@ async fn a_call_abandoned_by_its_caller_leaves_no_query_running() {
         ..exec(&t.id, "SELECT pg_sleep(20)", vec![])
     };
     let _ = tokio::time::timeout(Duration::from_millis(500), data.execute(request)).await;
-    let mut db = server.db.connect().await;
-    wait_for_none(
-        &mut db,
-        "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(20)' AND state = 'active'",
-    )
-    .await;
-    let r = c
-        .data
-        .execute(read(&t.id, "SELECT 2"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(scalar(&r), Kind::Int64(2));
+    cancelled_and_still_answering(&server, &mut c, &t.id, "SELECT pg_sleep(20)").await;
 }
 
 #[tokio::test]
