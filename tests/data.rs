@@ -768,6 +768,14 @@ async fn cancelled_and_still_answering(
     assert_eq!(scalar(&r), Kind::Int64(3));
 }
 
+async fn can_login(db: &mut sqlx::PgConnection, role: &str) -> bool {
+    sqlx::query_scalar("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1")
+        .bind(role)
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
 fn backends_sql(role: &str) -> String {
     format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}'")
 }
@@ -801,6 +809,8 @@ async fn a_suspended_tenant_is_refused_and_its_pool_closed_at_once() {
     assert!(err.message().contains("suspended"), "{}", err.message());
     // The pool is gone: its connections close right after the suspension.
     wait_for_none(&mut db, &backends_sql(&t.schema_name)).await;
+    // And PostgreSQL refuses the role's logins until the tenant is resumed.
+    assert!(!can_login(&mut db, &t.schema_name).await);
 
     c.tenants
         .resume_tenant(pb::TenantLifecycleRequest {
@@ -809,6 +819,7 @@ async fn a_suspended_tenant_is_refused_and_its_pool_closed_at_once() {
         })
         .await
         .unwrap();
+    assert!(can_login(&mut db, &t.schema_name).await);
     let r = c
         .data
         .execute(read(&t.id, "SELECT 7"))

@@ -490,6 +490,18 @@ impl TenantPools {
             match tokio::time::timeout_at(deadline, pool.pool.get()).await {
                 Ok(Ok(obj)) => break obj,
                 Ok(Err(managed::PoolError::Backend(ConnectError::Budget(e)))) => return Err(e),
+                // The role may not log in: the tenant left ACTIVE (through
+                // another replica, whose news has not reached this one yet).
+                // Drop the pool and look again, which reads its status.
+                Ok(Err(managed::PoolError::Backend(ConnectError::Pg(e))))
+                    if e.code()
+                        == Some(
+                            &tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                        )
+                        && lookups < MAX_POOL_LOOKUPS =>
+                {
+                    self.invalidate(id).await;
+                }
                 Ok(Err(managed::PoolError::Backend(e))) => {
                     return Err(PoolError::Connect(e.to_string()));
                 }

@@ -113,6 +113,14 @@ pub fn ledger_rows(sql: &mut String, schema: &str, applied: &[super::TenantMigra
     sql.push_str(";\n");
 }
 
+/// Lets the tenant's role log in, or not: only an ACTIVE tenant's can, so a
+/// suspended or archived tenant is refused by PostgreSQL itself too.
+pub fn role_login_ddl(id: TenantId, login: bool) -> String {
+    let role = id.role_name().quoted();
+    let login = if login { "LOGIN" } else { "NOLOGIN" };
+    format!("ALTER ROLE {role} {login}")
+}
+
 /// Drops a tenant's schema with everything in it, then its role. `DROP OWNED`
 /// removes the role's grants and default privileges in this database, which
 /// would otherwise keep the role from being dropped.

@@ -8,7 +8,7 @@ use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{TenantMigrations, create_tenant_ddl, purge_tenant_ddl, role_verifier};
+use super::{TenantMigrations, create_tenant_ddl, purge_tenant_ddl, role_login_ddl, role_verifier};
 use crate::catalog::{self, DbFailure, audit, tenants};
 use crate::domain::{LifecycleAction, NewTenant, Tenant, TenantId, TenantPatch, TenantStatus};
 
@@ -245,6 +245,10 @@ impl Tenants {
         let changed = tenants::set_status(&mut tx, id, next)
             .await
             .map_err(TenantError::db("change tenant status"))?;
+        // PostgreSQL enforces it too: only an active tenant's role logs in.
+        catalog::execute_batch(&mut tx, &role_login_ddl(id, next == TenantStatus::Active))
+            .await
+            .map_err(TenantError::db("change the tenant role's login"))?;
         let details =
             json!({ "from": current.status.as_str(), "to": next.as_str(), "reason": reason });
         audit::append(
@@ -259,6 +263,20 @@ impl Tenants {
         tx.commit()
             .await
             .map_err(TenantError::db("commit tenant status change"))?;
+        if next != TenantStatus::Active {
+            // Sessions already logged in end too (needs a superuser or
+            // pg_signal_backend; otherwise they end with their pools).
+            if let Err(e) = sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE usename = $1 AND datname = current_database()",
+            )
+            .bind(id.role_name().as_str())
+            .execute(&self.pool)
+            .await
+            {
+                tracing::warn!(tenant_id = %id, error = %e, "cannot end the tenant's sessions");
+            }
+        }
         Ok(changed)
     }
 
