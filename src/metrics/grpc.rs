@@ -27,6 +27,7 @@ use tonic::Code;
 use tower::{Layer, Service};
 
 use super::{CallLabels, MethodLabels, Metrics, Name};
+use crate::grpc::code_name;
 
 /// The label of a path outside the served API.
 pub const UNKNOWN_METHOD: &str = "unknown";
@@ -65,29 +66,6 @@ static METHODS: LazyLock<HashSet<String>> = LazyLock::new(|| {
 /// The method label of a request path.
 pub fn method_label(path: &str) -> &'static str {
     METHODS.get(path).map_or(UNKNOWN_METHOD, String::as_str)
-}
-
-/// The canonical name of a status code ("OK", "NOT_FOUND", …).
-pub const fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 fn grpc_status(headers: &HeaderMap) -> Option<Code> {

@@ -6,7 +6,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use tonic::{Code, Status};
+use tenantd::grpc::code_name;
+use tonic::Status;
 use tonic_types::StatusExt;
 
 /// Exit code of a failure the server or the connection reported.
@@ -100,29 +101,6 @@ fn write_status(f: &mut fmt::Formatter<'_>, status: &Status, key_hint: bool) -> 
     Ok(())
 }
 
-/// The canonical upper-case name of a gRPC status code.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 /// The most specific description of why a connection failed: the operating
 /// system's error when there is one ("Connection refused"), otherwise the
 /// whole cause chain.
@@ -145,6 +123,7 @@ pub fn connection_failure(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::Code;
     use tonic_types::{ErrorDetails, FieldViolation};
 
     #[test]
