@@ -71,6 +71,17 @@ async fn tenant(c: &mut Clients, prefix: &str) -> pb::Tenant {
         .into_inner()
 }
 
+/// The single value a read-only call of `sql` answers.
+async fn read_scalar(c: &mut Clients, tenant: &str, sql: &str) -> Kind {
+    let r = c
+        .data
+        .execute(read(tenant, sql))
+        .await
+        .unwrap()
+        .into_inner();
+    scalar(&r)
+}
+
 /// The single value of a one-row, one-column result.
 fn scalar(r: &pb::ExecuteResponse) -> Kind {
     assert_eq!(r.rows.len(), 1, "one row: {r:?}");
@@ -364,13 +375,10 @@ async fn a_tenant_reaches_neither_another_tenant_nor_the_catalog() {
         );
     }
     // B's row is still only B's.
-    let r = c
-        .data
-        .execute(read(&b.id, "SELECT name FROM locations"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(scalar(&r), Kind::Text("B's secret warehouse".into()));
+    assert_eq!(
+        read_scalar(&mut c, &b.id, "SELECT name FROM locations").await,
+        Kind::Text("B's secret warehouse".into())
+    );
 }
 
 #[tokio::test]
@@ -442,13 +450,11 @@ async fn writes_commit_atomically_and_read_only_calls_cannot_write() {
         "{}",
         err.message()
     );
-    let r = c
-        .data
-        .execute(read(&t.id, "SELECT count(*) FROM customers"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(scalar(&r), Kind::Int64(2), "C3 was rolled back");
+    assert_eq!(
+        read_scalar(&mut c, &t.id, "SELECT count(*) FROM customers").await,
+        Kind::Int64(2),
+        "C3 was rolled back"
+    );
 
     // A successful transaction reports each statement.
     let r = c
@@ -505,13 +511,11 @@ async fn writes_commit_atomically_and_read_only_calls_cannot_write() {
             "{err:?}"
         );
     }
-    let r = c
-        .data
-        .execute(read(&t.id, "SELECT count(*) FROM customers"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(scalar(&r), Kind::Int64(2), "nothing was deleted");
+    assert_eq!(
+        read_scalar(&mut c, &t.id, "SELECT count(*) FROM customers").await,
+        Kind::Int64(2),
+        "nothing was deleted"
+    );
 }
 
 #[tokio::test]
@@ -635,13 +639,10 @@ async fn bad_requests_name_the_field_and_sql_errors_keep_their_sqlstate() {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     // After all of that, the tenant's connections still work.
-    let r = c
-        .data
-        .execute(read(&t.id, "SELECT 41 + 1"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(scalar(&r), Kind::Int64(42));
+    assert_eq!(
+        read_scalar(&mut c, &t.id, "SELECT 41 + 1").await,
+        Kind::Int64(42)
+    );
 }
 
 #[tokio::test]
@@ -759,13 +760,7 @@ async fn cancelled_and_still_answering(
         ),
     )
     .await;
-    let r = c
-        .data
-        .execute(read(tenant, "SELECT 3"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(scalar(&r), Kind::Int64(3));
+    assert_eq!(read_scalar(c, tenant, "SELECT 3").await, Kind::Int64(3));
 }
 
 async fn can_login(db: &mut sqlx::PgConnection, role: &str) -> bool {
@@ -820,13 +815,7 @@ async fn a_suspended_tenant_is_refused_and_its_pool_closed_at_once() {
         .await
         .unwrap();
     assert!(can_login(&mut db, &t.schema_name).await);
-    let r = c
-        .data
-        .execute(read(&t.id, "SELECT 7"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(scalar(&r), Kind::Int64(7));
+    assert_eq!(read_scalar(&mut c, &t.id, "SELECT 7").await, Kind::Int64(7));
 }
 
 #[tokio::test]
@@ -1208,13 +1197,7 @@ async fn nothing_a_call_leaves_in_the_session_reaches_the_next_call() {
         ))
         .await
         .unwrap();
-    let r = c
-        .data
-        .execute(read(&t.id, "SELECT 1"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(scalar(&r), Kind::Int64(1));
+    assert_eq!(read_scalar(&mut c, &t.id, "SELECT 1").await, Kind::Int64(1));
 
     // A role password changed from inside is set again at the next login.
     c.data
