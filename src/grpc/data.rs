@@ -86,7 +86,7 @@ impl DataApi {
         let params = params
             .into_iter()
             .enumerate()
-            .map(|(i, v)| value_from_pb(v, &format!("{prefix}params[{i}]")))
+            .map(|(i, v)| value_from_pb(v, &|| format!("{prefix}params[{i}]")))
             .collect::<Result<_, _>>()?;
         Ok(Statement {
             sql,
@@ -197,8 +197,8 @@ fn result_to_pb(o: Outcome) -> pb::StatementResult {
     }
 }
 
-/// A request value; `field` names it in errors.
-pub fn value_from_pb(v: pb::Value, field: &str) -> Result<Value, ValidationError> {
+/// A request value; `field` names it in errors (made only for one).
+pub fn value_from_pb(v: pb::Value, field: &dyn Fn() -> String) -> Result<Value, ValidationError> {
     use pb::value::Kind;
     Ok(match v.kind {
         None | Some(Kind::Null(_)) => Value::Null,
@@ -213,7 +213,7 @@ pub fn value_from_pb(v: pb::Value, field: &str) -> Result<Value, ValidationError
                         .chars()
                         .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+')));
             if !numeric {
-                return Err(ValidationError::single(field, "must be a decimal number"));
+                return Err(ValidationError::single(field(), "must be a decimal number"));
             }
             Value::Numeric(s)
         }
@@ -221,7 +221,7 @@ pub fn value_from_pb(v: pb::Value, field: &str) -> Result<Value, ValidationError
         Some(Kind::Bytea(b)) => Value::Bytea(b),
         Some(Kind::Uuid(s)) => Value::Uuid(
             uuid::Uuid::parse_str(&s)
-                .map_err(|_| ValidationError::single(field, "must be a UUID"))?,
+                .map_err(|_| ValidationError::single(field(), "must be a UUID"))?,
         ),
         Some(Kind::Date(s)) => {
             let valid = matches!(s.as_str(), "infinity" | "-infinity")
@@ -232,7 +232,7 @@ pub fn value_from_pb(v: pb::Value, field: &str) -> Result<Value, ValidationError
                 .is_ok();
             if !valid {
                 return Err(ValidationError::single(
-                    field,
+                    field(),
                     "must be a date, YYYY-MM-DD (with \" BC\" for years before 1)",
                 ));
             }
@@ -244,19 +244,19 @@ pub fn value_from_pb(v: pb::Value, field: &str) -> Result<Value, ValidationError
             let micros = Some(i128::from(t.seconds) * 1_000_000 + i128::from(t.nanos) / 1000)
                 .filter(|_| (0..1_000_000_000).contains(&t.nanos))
                 .and_then(|m| i64::try_from(m).ok())
-                .ok_or_else(|| ValidationError::single(field, "is not a valid timestamp"))?;
+                .ok_or_else(|| ValidationError::single(field(), "is not a valid timestamp"))?;
             Value::Timestamptz(micros)
         }
         Some(Kind::Json(s)) => {
             serde_json::from_str::<serde::de::IgnoredAny>(&s)
-                .map_err(|e| ValidationError::single(field, format!("must be JSON: {e}")))?;
+                .map_err(|e| ValidationError::single(field(), format!("must be JSON: {e}")))?;
             Value::Json(s)
         }
         Some(Kind::Array(a)) => Value::Array(
             a.values
                 .into_iter()
                 .enumerate()
-                .map(|(i, v)| value_from_pb(v, &format!("{field}[{i}]")))
+                .map(|(i, v)| value_from_pb(v, &|| format!("{}[{i}]", field())))
                 .collect::<Result<_, _>>()?,
         ),
     })
@@ -433,7 +433,10 @@ mod tests {
             Value::Array(vec![Value::Int64(1), Value::Null]),
         ];
         for v in values {
-            assert_eq!(value_from_pb(value_to_pb(v.clone()), "v").unwrap(), v);
+            assert_eq!(
+                value_from_pb(value_to_pb(v.clone()), &|| "v".to_owned()).unwrap(),
+                v
+            );
         }
     }
 
@@ -446,7 +449,7 @@ mod tests {
                 }],
             })),
         };
-        let err = value_from_pb(bad, "params[3]").unwrap_err();
+        let err = value_from_pb(bad, &|| "params[3]".to_owned()).unwrap_err();
         assert_eq!(err.violations[0].field, "params[3][0]");
     }
 }
