@@ -310,6 +310,9 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
             served = serve => served.context("serve gRPC"),
             () = deadline => {
                 tracing::warn!(?shutdown_timeout, "connections still open at the shutdown deadline; closing them");
+                // Calls still running are cancelled now, on PostgreSQL
+                // too, not left to run on after tenantd is gone.
+                pools.cancel_running().await;
                 Ok(())
             }
         };

@@ -63,6 +63,30 @@ fn metadata(status: &tonic::Status) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Asserts that the statement screen refused a call, naming `field`.
+#[track_caller]
+fn assert_screened(err: &tonic::Status, field: &str) {
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(bad_fields(err), vec![field.to_owned()], "{err:?}");
+    assert!(err.message().contains("is not allowed"), "{err:?}");
+}
+
+/// Installs a plpgsql function `name()` in tenant `t`'s schema, as a tenant
+/// migration could: SQL that the statement screen never sees, since a call
+/// reaches it through an allowed `SELECT name()`. It runs as the tenant's
+/// role, so only PostgreSQL's privileges and tenantd's session reset stand
+/// between it and anything it tries.
+async fn install_function(server: &TestServer, t: &pb::Tenant, name: &str, body: &str) {
+    let mut db = server.db.connect().await;
+    sqlx::raw_sql(&format!(
+        "CREATE FUNCTION {}.{name}() RETURNS void LANGUAGE plpgsql AS $f$ BEGIN {body} END $f$",
+        t.schema_name
+    ))
+    .execute(&mut db)
+    .await
+    .expect("install the function");
+}
+
 async fn tenant(c: &mut Clients, prefix: &str) -> pb::Tenant {
     c.tenants
         .create_tenant(new_tenant(prefix))
@@ -279,19 +303,45 @@ async fn a_tenant_reaches_neither_another_tenant_nor_the_catalog() {
         ),
         "SELECT * FROM tenantd.users".to_owned(),
         "SELECT * FROM tenantd.tenants".to_owned(),
-        format!("SET ROLE {}", b.schema_name),
-        "SET ROLE postgres".to_owned(),
-        "SET SESSION AUTHORIZATION postgres".to_owned(),
-        format!("SELECT set_config('role', '{}', false)", b.schema_name),
-        // Advisory lock keys are shared by the whole database (tenantd's
-        // own, other tenants' upgrade locks).
-        "SELECT pg_advisory_lock(1)".to_owned(),
-        "SELECT pg_try_advisory_xact_lock(1)".to_owned(),
     ];
     for sql in &denied {
         let err = c.data.execute(exec(&a.id, sql, vec![])).await.unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "{sql}: {err:?}");
         assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{sql}");
+    }
+    // Changing who the session is, or taking advisory lock keys (shared by
+    // the whole database: tenantd's own, other tenants' upgrade locks), is
+    // refused before it reaches PostgreSQL.
+    let screened = [
+        format!("SET ROLE {}", b.schema_name),
+        "SET ROLE postgres".to_owned(),
+        "SET SESSION AUTHORIZATION postgres".to_owned(),
+        format!("SELECT set_config('role', '{}', false)", b.schema_name),
+        "SELECT pg_advisory_lock(1)".to_owned(),
+        "SELECT pg_try_advisory_xact_lock(1)".to_owned(),
+    ];
+    for sql in &screened {
+        let err = c.data.execute(exec(&a.id, sql, vec![])).await.unwrap_err();
+        assert_screened(&err, "sql");
+    }
+    // And where SQL the screen never sees tries the same, PostgreSQL's
+    // privileges hold: set_config('role') to another tenant's role, or an
+    // advisory lock.
+    for (name, body) in [
+        (
+            "become_b",
+            format!("PERFORM set_config('role', '{}', false);", b.schema_name),
+        ),
+        ("take_lock", "PERFORM pg_advisory_lock(1);".to_owned()),
+    ] {
+        install_function(&server, &a, name, &body).await;
+        let err = c
+            .data
+            .execute(exec(&a.id, &format!("SELECT {name}()"), vec![]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{name}: {err:?}");
+        assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{name}");
     }
 
     // Changing the session does not escape either: RESET ROLE lands on the
@@ -299,7 +349,7 @@ async fn a_tenant_reaches_neither_another_tenant_nor_the_catalog() {
     // someone else's.
     let escapes = [
         vec![
-            stmt("RESET ROLE", vec![]),
+            stmt("SELECT 1", vec![]),
             stmt(
                 &format!("SELECT * FROM {}.locations", b.schema_name),
                 vec![],
@@ -324,7 +374,7 @@ async fn a_tenant_reaches_neither_another_tenant_nor_the_catalog() {
             stmt("SELECT * FROM users", vec![]),
         ],
     ];
-    for statements in escapes {
+    for (i, statements) in escapes.into_iter().enumerate() {
         let err = c
             .data
             .transaction(pb::TransactionRequest {
@@ -334,29 +384,54 @@ async fn a_tenant_reaches_neither_another_tenant_nor_the_catalog() {
             })
             .await
             .unwrap_err();
-        // Denied outright, or not even visible: without USAGE on a schema
-        // its tables are not found through the search_path.
-        assert!(
-            matches!(sqlstate(&err).as_deref(), Some("42501" | "42P01")),
-            "{statements:?}: {err:?}"
-        );
-        assert_eq!(
-            metadata(&err).get("statement_index").map(String::as_str),
-            Some("1")
-        );
+        if i == 0 {
+            // Denied outright.
+            assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{err:?}");
+            assert_eq!(
+                metadata(&err).get("statement_index").map(String::as_str),
+                Some("1")
+            );
+        } else {
+            // Moving the search_path is refused by the screen.
+            assert_screened(&err, "statements[0].sql");
+        }
     }
+    // Moved by SQL the screen never sees, the search_path finds nothing of
+    // B's: without USAGE on B's schema its tables are not found.
+    install_function(
+        &server,
+        &a,
+        "look_at_b",
+        &format!(
+            "PERFORM set_config('search_path', '{}', true); PERFORM count(*) FROM locations;",
+            b.schema_name
+        ),
+    )
+    .await;
+    let err = c
+        .data
+        .execute(read(&a.id, "SELECT look_at_b()"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(sqlstate(&err).as_deref(), Some("42501" | "42P01")),
+        "{err:?}"
+    );
 
     // A session setting made by one call does not reach the next: every
     // call starts as the tenant's role on its own schema.
+    install_function(
+        &server,
+        &a,
+        "move_path",
+        &format!(
+            "PERFORM set_config('search_path', '{}', false);",
+            b.schema_name
+        ),
+    )
+    .await;
     c.data
-        .execute(exec(
-            &a.id,
-            &format!(
-                "SELECT set_config('search_path', '{}', false)",
-                b.schema_name
-            ),
-            vec![],
-        ))
+        .execute(exec(&a.id, "SELECT move_path()", vec![]))
         .await
         .unwrap();
     for _ in 0..8 {
@@ -483,34 +558,54 @@ async fn writes_commit_atomically_and_read_only_calls_cannot_write() {
         Some(Kind::Text("C2".into()))
     );
 
-    // read_only is enforced by PostgreSQL, also against a statement that
-    // tries to switch the transaction to read-write.
-    for statements in [
-        vec![stmt("DELETE FROM customers", vec![])],
-        vec![
-            stmt("SET transaction_read_only = off", vec![]),
-            stmt("DELETE FROM customers", vec![]),
-        ],
-        vec![
-            stmt("SET TRANSACTION READ WRITE", vec![]),
-            stmt("DELETE FROM customers", vec![]),
-        ],
+    // read_only is enforced by PostgreSQL; a statement that tries to switch
+    // the transaction to read-write is refused before it runs, and SQL the
+    // screen never sees cannot switch it either.
+    let err = c
+        .data
+        .execute(pb::ExecuteRequest {
+            read_only: true,
+            ..exec(&t.id, "DELETE FROM customers", vec![])
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("25006"), "{err:?}");
+    for switch in [
+        "SET transaction_read_only = off",
+        "SET TRANSACTION READ WRITE",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
     ] {
         let err = c
             .data
             .transaction(pb::TransactionRequest {
                 tenant_id: t.id.clone(),
-                statements,
+                statements: vec![stmt(switch, vec![]), stmt("DELETE FROM customers", vec![])],
                 read_only: true,
                 ..Default::default()
             })
             .await
             .unwrap_err();
-        assert!(
-            matches!(sqlstate(&err).as_deref(), Some("25006" | "25001")),
-            "{err:?}"
-        );
+        assert_screened(&err, "statements[0].sql");
     }
+    install_function(
+        &server,
+        &t,
+        "go_read_write",
+        "PERFORM set_config('transaction_read_only', 'off', true); DELETE FROM customers;",
+    )
+    .await;
+    let err = c
+        .data
+        .execute(pb::ExecuteRequest {
+            read_only: true,
+            ..exec(&t.id, "SELECT go_read_write()", vec![])
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(sqlstate(&err).as_deref(), Some("25006" | "25001")),
+        "{err:?}"
+    );
     assert_eq!(
         read_scalar(&mut c, &t.id, "SELECT count(*) FROM customers").await,
         Kind::Int64(2),
@@ -608,24 +703,20 @@ async fn bad_requests_name_the_field_and_sql_errors_keep_their_sqlstate() {
         ),
         ("SELECT 1/0", Code::InvalidArgument, "22012"),
         ("SELECT 'abc'::int", Code::InvalidArgument, "22P02"),
-        ("SELECT 1; SELECT 2", Code::InvalidArgument, "42601"),
         (
             "INSERT INTO inventory_items (location_id, sku, name) VALUES (gen_random_uuid(), 'x', 'y')",
             Code::FailedPrecondition,
             "23503",
         ),
-        (
-            "DO $$ BEGIN RAISE EXCEPTION 'custom failure'; END $$",
-            Code::FailedPrecondition,
-            "P0001",
-        ),
-        (
-            "CREATE TABLE mine (id int)",
-            Code::PermissionDenied,
-            "42501",
-        ),
-        ("DROP TABLE locations", Code::PermissionDenied, "42501"),
+        ("SELECT raise_custom()", Code::FailedPrecondition, "P0001"),
     ];
+    install_function(
+        &server,
+        &t,
+        "raise_custom",
+        "RAISE EXCEPTION 'custom failure';",
+    )
+    .await;
     for (sql, code, state) in cases {
         let err = c.data.execute(exec(&t.id, sql, vec![])).await.unwrap_err();
         assert_eq!(err.code(), code, "{sql}: {err:?}");
@@ -638,6 +729,23 @@ async fn bad_requests_name_the_field_and_sql_errors_keep_their_sqlstate() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
+    // What the screen refuses never reaches PostgreSQL; what it would let
+    // through the tenant's role may not do anyway.
+    for sql in [
+        "SELECT 1; SELECT 2",
+        "CREATE TABLE mine (id int)",
+        "DROP TABLE locations",
+    ] {
+        let err = c.data.execute(exec(&t.id, sql, vec![])).await.unwrap_err();
+        assert_screened(&err, "sql");
+    }
+    install_function(&server, &t, "make_table", "CREATE TABLE mine (id int);").await;
+    let err = c
+        .data
+        .execute(exec(&t.id, "SELECT make_table()", vec![]))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{err:?}");
     // After all of that, the tenant's connections still work.
     assert_eq!(
         read_scalar(&mut c, &t.id, "SELECT 41 + 1").await,
@@ -706,13 +814,20 @@ async fn rows_past_max_rows_are_cut_and_timeouts_always_hold() {
     assert!(started.elapsed() < Duration::from_secs(3));
     // …and a statement that lifts it still cannot run past the call's
     // deadline: the query is cancelled and the connection closed.
+    install_function(
+        &server,
+        &t,
+        "lift_timeout",
+        "PERFORM set_config('statement_timeout', '0', true);",
+    )
+    .await;
     let started = std::time::Instant::now();
     let err = c
         .data
         .transaction(pb::TransactionRequest {
             tenant_id: t.id.clone(),
             statements: vec![
-                stmt("SET LOCAL statement_timeout = 0", vec![]),
+                stmt("SELECT lift_timeout()", vec![]),
                 stmt("SELECT pg_sleep(30)", vec![]),
             ],
             read_only: true,
@@ -994,10 +1109,14 @@ async fn calls_recover_after_every_tenant_backend_is_terminated() {
                         after += 1;
                     }
                 }
-                // Only a call caught on a dying connection may fail, and
-                // only with a retryable code.
+                // Only a call caught on a dying connection may fail: with
+                // UNAVAILABLE when nothing was written, UNKNOWN when a write
+                // may have committed.
                 Err(code) => {
-                    assert_eq!(code, Code::Unavailable);
+                    assert!(
+                        matches!(code, Code::Unavailable | Code::Unknown),
+                        "{code:?}"
+                    );
                     assert!(at < killed_at + Duration::from_millis(500));
                 }
             }
@@ -1133,40 +1252,131 @@ async fn nothing_a_call_leaves_in_the_session_reaches_the_next_call() {
     let server = TestServer::start_with(|c| c.tenant_pools.pool_size = 1).await;
     let mut c = server.clients().await;
     let t = tenant(&mut c, "session").await;
-    // A temporary table shadows the tenant's own for the rest of its session.
+    let role = &t.schema_name;
+    let mut db = server.db.connect().await;
+    // Privileges tenantd takes from every role are given back to this one,
+    // so that what is tested here is the session reset itself.
+    sqlx::raw_sql(&format!(
+        "GRANT TEMPORARY ON DATABASE \"{}\" TO {role}; \
+         GRANT EXECUTE ON FUNCTION pg_advisory_lock(bigint) TO {role}; \
+         CREATE SEQUENCE {role}.counter",
+        server.db.name
+    ))
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let check = "SELECT pg_backend_pid()::text || ' ' \
+        || current_setting('TimeZone') || ' ' || current_setting('work_mem') || ' ' \
+        || current_setting('search_path') || ' ' || current_setting('extra_float_digits') || ' ' \
+        || (SELECT count(*) FROM customers) || ' ' \
+        || (SELECT count(*) FROM pg_cursors) || ' ' \
+        || (SELECT count(*) FROM pg_listening_channels()) || ' ' \
+        || (SELECT count(*) FROM pg_prepared_statements WHERE name = 'mine') || ' ' \
+        || (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) || ' ' \
+        || (SELECT count(*) FROM pg_class WHERE relpersistence = 't')";
+    let Kind::Text(clean) = read_scalar(&mut c, &t.id, check).await else {
+        panic!("not text")
+    };
+    let pid = clean.split(' ').next().unwrap().to_owned();
+
+    // What a call may leave through the API: session settings it may SET,
+    // sequence state, a cursor.
+    for sql in [
+        "SET TimeZone = 'Asia/Tokyo'",
+        "SET extra_float_digits = 1",
+        "SELECT nextval('counter')",
+        "DECLARE open_one CURSOR FOR SELECT 1",
+    ] {
+        c.data.execute(exec(&t.id, sql, vec![])).await.unwrap();
+    }
+    // Everything else that makes state is refused before it runs…
+    for sql in [
+        "DECLARE held CURSOR WITH HOLD FOR SELECT 1",
+        "LISTEN somewhere",
+        "PREPARE mine AS SELECT 1",
+        "CREATE TEMP TABLE customers (code text)",
+        "SET work_mem = '1GB'",
+        "SELECT set_config('work_mem', '1GB', false)",
+        "ALTER ROLE CURRENT_USER SET work_mem = '2GB'",
+        "DO $$ BEGIN PERFORM 1; END $$",
+    ] {
+        let err = c.data.execute(exec(&t.id, sql, vec![])).await.unwrap_err();
+        assert_screened(&err, "sql");
+    }
+    // …and made by SQL the screen never sees, it is reset all the same.
+    install_function(
+        &server,
+        &t,
+        "leave_everything",
+        &format!(
+            "PERFORM set_config('work_mem', '1GB', false); \
+             PERFORM set_config('search_path', 'public', false); \
+             PERFORM set_config('TimeZone', 'Asia/Tokyo', false); \
+             EXECUTE 'LISTEN somewhere'; \
+             EXECUTE 'DECLARE held CURSOR WITH HOLD FOR SELECT 1'; \
+             CREATE TEMP TABLE customers (code text); \
+             INSERT INTO customers VALUES ('temp'); \
+             PERFORM pg_advisory_lock(42); \
+             PERFORM nextval('{role}.counter');"
+        ),
+    )
+    .await;
+    c.data
+        .execute(exec(&t.id, "SELECT leave_everything()", vec![]))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_scalar(&mut c, &t.id, check).await,
+        Kind::Text(clean.clone()),
+        "the same session ({pid}) as before, as clean as before"
+    );
+    // A statement prepared in SQL, or role settings (the values a session
+    // starts from, which RESET ALL returns to), cannot be taken back from
+    // inside the session: the session is closed, and the next one starts
+    // from a role reset to what tenantd gave it.
+    install_function(
+        &server,
+        &t,
+        "leave_prepared_and_role_settings",
+        "EXECUTE 'PREPARE mine AS SELECT 1'; \
+         EXECUTE format('ALTER ROLE %I SET work_mem = %L', current_user, '2GB'); \
+         EXECUTE format('ALTER ROLE %I IN DATABASE %I SET TimeZone = %L', \
+                        current_user, current_database(), 'Asia/Tokyo');",
+    )
+    .await;
     c.data
         .execute(exec(
             &t.id,
-            "DO $$ BEGIN CREATE TEMP TABLE customers (code text); \
-             INSERT INTO customers VALUES ('temp'); END $$",
+            "SELECT leave_prepared_and_role_settings()",
             vec![],
         ))
         .await
         .unwrap();
-    c.data
-        .execute(exec(
-            &t.id,
-            "DECLARE held CURSOR WITH HOLD FOR SELECT 1",
-            vec![],
-        ))
-        .await
-        .unwrap();
-    c.data
-        .execute(exec(&t.id, "LISTEN somewhere", vec![]))
-        .await
-        .unwrap();
-    let r = c
+    let Kind::Text(after) = read_scalar(&mut c, &t.id, check).await else {
+        panic!("not text")
+    };
+    let (new_pid, rest) = after.split_once(' ').unwrap();
+    assert_ne!(new_pid, pid, "a new session");
+    assert_eq!(
+        rest,
+        clean.split_once(' ').unwrap().1,
+        "as clean as the first"
+    );
+    let settings: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_db_role_setting s, unnest(s.setconfig) c \
+         WHERE s.setrole = $1::regrole AND c <> 'search_path=' || $1",
+    )
+    .bind(role)
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(settings, 0, "the role's own settings were reset");
+    let err = c
         .data
-        .execute(read(
-            &t.id,
-            "SELECT (SELECT count(*) FROM customers) || ' ' \
-             || (SELECT count(*) FROM pg_cursors WHERE name = 'held') || ' ' \
-             || (SELECT count(*) FROM pg_listening_channels())",
-        ))
+        .execute(read(&t.id, "SELECT lastval()"))
         .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(scalar(&r), Kind::Text("0 0 0".into()));
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("55000"), "{err:?}");
 
     // A read-only Transaction cannot commit early and write after it.
     let err = c
@@ -1189,26 +1399,25 @@ async fn nothing_a_call_leaves_in_the_session_reaches_the_next_call() {
 
     // Statements deallocated behind tenantd's back are prepared again.
     c.data.execute(read(&t.id, "SELECT 1")).await.unwrap();
+    install_function(&server, &t, "drop_prepared", "EXECUTE 'DEALLOCATE ALL';").await;
     c.data
-        .execute(exec(
-            &t.id,
-            "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$",
-            vec![],
-        ))
+        .execute(exec(&t.id, "SELECT drop_prepared()", vec![]))
         .await
         .unwrap();
     assert_eq!(read_scalar(&mut c, &t.id, "SELECT 1").await, Kind::Int64(1));
 
     // A role password changed from inside is set again at the next login.
+    install_function(
+        &server,
+        &t,
+        "change_password",
+        "EXECUTE format('ALTER ROLE %I PASSWORD %L', current_user, 'mine');",
+    )
+    .await;
     c.data
-        .execute(exec(
-            &t.id,
-            "DO $$ BEGIN EXECUTE format('ALTER ROLE %I PASSWORD %L', current_user, 'mine'); END $$",
-            vec![],
-        ))
+        .execute(exec(&t.id, "SELECT change_password()", vec![]))
         .await
         .unwrap();
-    let mut db = server.db.connect().await;
     sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1")
         .bind(&t.schema_name)
         .execute(&mut db)

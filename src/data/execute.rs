@@ -8,10 +8,17 @@
 //! per connection).
 //!
 //! Results are read as they stream in: rows past the row limit or the
-//! response size limit are counted and dropped, never buffered. A call that
-//! outlives its timeout on the client side too (a statement that lifted its
-//! own timeout) has its query cancelled and its connection closed, as does a
-//! call abandoned by its caller mid-way.
+//! response budget are counted and dropped, never buffered, and a value is
+//! measured in its wire form before it is decoded (see [`Budget`]).
+//!
+//! The whole call ends by its deadline, whatever its SQL does: at the
+//! deadline its query is cancelled and its connection closed (a backend
+//! that ignores the cancel notices the closed connection within
+//! `client_connection_check_interval` and ends). A call abandoned by its
+//! caller mid-way is cancelled and closed the same way.
+//!
+//! What each statement may be was decided before the call took a
+//! connection, by [`super::screen`].
 
 use std::time::Duration;
 
@@ -20,7 +27,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 use super::pools::Checkout;
-use super::values::{Value, check_column_type};
+use super::values::{Budget, RawCell, Value, check_column_type};
 
 /// One statement of a call.
 #[derive(Debug, Clone)]
@@ -45,10 +52,12 @@ pub struct Outcome {
 #[derive(Debug, Clone, Copy)]
 pub struct CallLimits {
     pub read_only: bool,
-    /// statement_timeout of each statement.
+    /// What the caller asked for: the call's whole wall time.
     pub timeout: Duration,
-    /// Bytes of rows in the whole response, roughly.
-    pub max_response_bytes: usize,
+    /// When the call ends, done or not (its start plus `timeout`).
+    pub deadline: tokio::time::Instant,
+    /// What the rows of the whole response may take.
+    pub budget: Budget,
 }
 
 /// Why a call failed. `statement` is the index of the failing statement in
@@ -74,16 +83,31 @@ pub enum ExecError {
         field: String,
         message: String,
     },
-    /// The call ran past its timeout on the client side too.
+    /// The call ran past its timeout and was cancelled.
     #[error("the call ran past its timeout of {0:?}")]
     TimedOut(Duration),
-    /// The connection broke. `retryable`: nothing can have been committed.
+    /// The connection broke; `stage` tells what may have been committed.
     #[error("connection to PostgreSQL lost: {message}")]
-    ConnectionLost { message: String, retryable: bool },
+    ConnectionLost { message: String, stage: Lost },
+    /// PostgreSQL sent a message larger than a response may hold (an error
+    /// message quoting a huge value); the connection was closed unread.
+    #[error("{0}")]
+    TooLarge(String),
     /// This side failed to encode a parameter or decode a result (the
     /// statement may have run, and committed).
     #[error("{0}")]
     Client(String),
+}
+
+/// Where a call was when its connection broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// Before any statement ran: the call may run again as it is.
+    BeforeAnyStatement,
+    /// Before COMMIT was sent: nothing was committed.
+    NotCommitted,
+    /// With COMMIT sent (or on its way): the writes may have committed.
+    OutcomeUnknown,
 }
 
 impl ExecError {
@@ -93,7 +117,7 @@ impl ExecError {
         matches!(
             self,
             ExecError::ConnectionLost {
-                retryable: true,
+                stage: Lost::BeforeAnyStatement,
                 ..
             }
         )
@@ -116,7 +140,10 @@ impl ExecError {
     pub fn breaks_connection(&self) -> bool {
         matches!(
             self,
-            ExecError::ConnectionLost { .. } | ExecError::TimedOut(_) | ExecError::Client(_)
+            ExecError::ConnectionLost { .. }
+                | ExecError::TimedOut(_)
+                | ExecError::Client(_)
+                | ExecError::TooLarge(_)
         )
     }
 
@@ -155,9 +182,9 @@ impl ExecError {
     }
 }
 
-/// Sorts a driver error; `before_any_statement` marks errors of the
-/// transaction's first message, after which nothing can have run.
-fn classify(err: tokio_postgres::Error, before_any_statement: bool) -> ExecError {
+/// Sorts a driver error; `stage` is what a lost connection means for the
+/// call at this point.
+fn classify(err: tokio_postgres::Error, stage: Lost) -> ExecError {
     if let Some(db) = err.as_db_error() {
         let code = db.code().code().to_owned();
         // 57P01 and friends: the server ended the session.
@@ -165,7 +192,7 @@ fn classify(err: tokio_postgres::Error, before_any_statement: bool) -> ExecError
         if lost {
             return ExecError::ConnectionLost {
                 message: db.message().to_owned(),
-                retryable: before_any_statement,
+                stage,
             };
         }
         return ExecError::Sql {
@@ -183,118 +210,12 @@ fn classify(err: tokio_postgres::Error, before_any_statement: bool) -> ExecError
     if err.is_closed() {
         return ExecError::ConnectionLost {
             message: err.to_string(),
-            retryable: before_any_statement,
+            stage,
         };
     }
     // Neither the server nor the connection: a value this side could not
     // encode or decode, or a message it did not expect.
     ExecError::Client(err.to_string())
-}
-
-/// Statements tenantd runs itself, or that would leave the connection in a
-/// state the next call must not inherit.
-const REFUSED: [(&str, &str); 10] = [
-    (
-        "BEGIN",
-        "transactions are managed by tenantd: use Transaction for several statements",
-    ),
-    (
-        "START",
-        "transactions are managed by tenantd: use Transaction for several statements",
-    ),
-    (
-        "COMMIT",
-        "transactions are managed by tenantd: a call commits when it succeeds",
-    ),
-    (
-        "END",
-        "transactions are managed by tenantd: a call commits when it succeeds",
-    ),
-    (
-        "ROLLBACK",
-        "transactions are managed by tenantd: a failing call rolls back",
-    ),
-    (
-        "ABORT",
-        "transactions are managed by tenantd: a failing call rolls back",
-    ),
-    (
-        "PREPARE",
-        "statements are prepared by tenantd: pass parameters instead",
-    ),
-    ("DEALLOCATE", "statements are prepared by tenantd"),
-    (
-        "DISCARD",
-        "session state is reset by tenantd after every call",
-    ),
-    (
-        "COPY",
-        "COPY is not supported; use INSERT … SELECT or SELECT",
-    ),
-];
-
-/// The first keyword of `sql`, upper-cased, past whitespace and comments.
-fn leading_keyword(sql: &str) -> String {
-    leading_keywords(sql).0
-}
-
-/// The first keyword of `sql` and the rest after it, past whitespace,
-/// empty statements and comments.
-fn leading_keywords(sql: &str) -> (String, &str) {
-    let mut rest = sql;
-    loop {
-        // PostgreSQL drops empty statements: ";COMMIT" is a COMMIT.
-        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
-        if let Some(after) = rest.strip_prefix("--") {
-            rest = after.split_once('\n').map_or("", |(_, r)| r);
-        } else if rest.starts_with("/*") {
-            // Block comments nest in PostgreSQL.
-            let mut depth = 0usize;
-            let mut end = rest.len();
-            let bytes = rest.as_bytes();
-            let mut i = 0;
-            while i + 1 < bytes.len() {
-                if bytes[i] == b'/' && bytes[i + 1] == b'*' {
-                    depth += 1;
-                    i += 2;
-                } else if bytes[i] == b'*' && bytes[i + 1] == b'/' {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        end = i;
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-            rest = &rest[end..];
-        } else {
-            break;
-        }
-    }
-    let end = rest
-        .find(|c: char| !c.is_ascii_alphabetic())
-        .unwrap_or(rest.len());
-    (rest[..end].to_ascii_uppercase(), &rest[end..])
-}
-
-/// Refuses what a call must not run, before anything is sent.
-fn screen(sql: &str) -> Result<(), ExecError> {
-    if sql.trim().is_empty() {
-        return Err(ExecError::invalid("sql", "is required"));
-    }
-    let (keyword, rest) = leading_keywords(sql);
-    if keyword == "ALTER" && matches!(leading_keyword(rest).as_str(), "ROLE" | "USER") {
-        return Err(ExecError::invalid(
-            "sql",
-            "the tenant's role is managed by tenantd",
-        ));
-    }
-    match REFUSED.iter().find(|(k, _)| *k == keyword) {
-        Some((_, why)) => Err(ExecError::invalid("sql", *why)),
-        None => Ok(()),
-    }
 }
 
 /// A statement ready to run: prepared, its parameters checked.
@@ -305,14 +226,13 @@ struct Prepared<'a> {
 }
 
 async fn prepare<'a>(conn: &Checkout, s: &'a Statement) -> Result<Prepared<'a>, ExecError> {
-    screen(&s.sql)?;
     let statement = match conn.statement_cache().prepare(conn.client(), &s.sql).await {
         Ok(statement) => statement,
         Err(e) => {
             // The cache keeps a placeholder for a statement that failed to
             // prepare; distinct bad statements must not pile up.
             conn.statement_cache().remove(&s.sql, &[]);
-            return Err(classify(e, true));
+            return Err(classify(e, Lost::BeforeAnyStatement));
         }
     };
     let types = statement.params();
@@ -342,24 +262,70 @@ async fn prepare<'a>(conn: &Checkout, s: &'a Statement) -> Result<Prepared<'a>, 
     })
 }
 
+/// Why reading a statement's rows failed.
+enum ReadError {
+    Pg(tokio_postgres::Error),
+    /// A value that came back could not be decoded.
+    Decode(String),
+}
+
+impl From<tokio_postgres::Error> for ReadError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ReadError::Pg(e)
+    }
+}
+
+impl ReadError {
+    fn into_exec(self, conn: &Checkout, stage: Lost) -> ExecError {
+        match self {
+            ReadError::Pg(e) => lost_or(conn, classify(e, stage)),
+            ReadError::Decode(m) => ExecError::Client(m),
+        }
+    }
+}
+
+/// A lost connection that the socket's guard ended over an oversized
+/// message is reported as such.
+fn lost_or(conn: &Checkout, err: ExecError) -> ExecError {
+    match err {
+        ExecError::ConnectionLost { .. } if conn.oversize().ended_connection() => {
+            ExecError::TooLarge(
+                "PostgreSQL's answer held a message larger than a response may; it was not read"
+                    .to_owned(),
+            )
+        }
+        other => other,
+    }
+}
+
 /// Runs one prepared statement and reads its rows within the limits.
 async fn run_one(
-    client: &tokio_postgres::Client,
+    conn: &Checkout,
     p: &Prepared<'_>,
-    budget: &mut usize,
-) -> Result<Outcome, tokio_postgres::Error> {
+    budget: &mut Budget,
+) -> Result<Outcome, ReadError> {
     let columns = p
         .statement
         .columns()
         .iter()
         .map(|c| (c.name().to_owned(), type_name(c.type_())))
         .collect();
-    let stream = client.query_raw(&p.statement, p.params.iter()).await?;
+    let dropped_before = conn.oversize().rows_dropped();
+    let stream = conn
+        .client()
+        .query_raw(&p.statement, p.params.iter())
+        .await?;
     futures::pin_mut!(stream);
     let mut out = Outcome {
         columns,
         ..Outcome::default()
     };
+    let types: Vec<Type> = p
+        .statement
+        .columns()
+        .iter()
+        .map(|c| c.type_().clone())
+        .collect();
     while let Some(row) = stream.try_next().await? {
         if out.truncated {
             continue;
@@ -368,19 +334,32 @@ async fn run_one(
             out.truncated = true;
             continue;
         }
+        // The row is taken whole or not at all.
+        let mut left = *budget;
         let mut values = Vec::with_capacity(row.len());
-        let mut size = 0;
-        for i in 0..row.len() {
-            let v: Value = row.try_get(i)?;
-            size += v.approximate_size();
-            values.push(v);
+        for (i, ty) in types.iter().enumerate() {
+            let RawCell(raw) = row.try_get(i)?;
+            match left.decode(ty, raw) {
+                Ok(Some(v)) => values.push(v),
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(ReadError::Decode(format!(
+                        "column {:?}: {e}",
+                        p.statement.columns()[i].name()
+                    )));
+                }
+            }
         }
-        if size > *budget {
+        if values.len() < types.len() {
             out.truncated = true;
             continue;
         }
-        *budget -= size;
+        *budget = left;
         out.rows.push(values);
+    }
+    // Rows too large to read at all were dropped by the socket.
+    if conn.oversize().rows_dropped() != dropped_before {
+        out.truncated = true;
     }
     out.rows_affected = stream.rows_affected().unwrap_or(0);
     Ok(out)
@@ -390,7 +369,8 @@ fn type_name(ty: &Type) -> String {
     ty.name().to_owned()
 }
 
-/// Runs `statements` as one transaction on `conn`.
+/// Runs `statements` as one transaction on `conn`, within the call's
+/// deadline.
 pub async fn run(
     conn: &mut Checkout,
     statements: &[Statement],
@@ -400,11 +380,7 @@ pub async fn run(
     // caller that goes away mid-call leaves it closed (and its query
     // cancelled), never half-way through a transaction.
     conn.set_discard(true);
-    let abandoned = CancelOnDrop(Some(conn.canceller()));
-    let deadline = limits
-        .timeout
-        .saturating_mul(u32::try_from(statements.len().max(1)).unwrap_or(u32::MAX))
-        .saturating_add(Duration::from_secs(2));
+    let abandoned = conn.cancel_on_drop();
     let mut dirty = false;
     let attempt = async {
         match run_inner(conn, statements, limits, &mut dirty).await {
@@ -416,10 +392,16 @@ pub async fn run(
             other => other,
         }
     };
-    let result = match tokio::time::timeout(deadline, attempt).await {
+    let result = match tokio::time::timeout_at(limits.deadline, attempt).await {
         Ok(r) => r,
-        // Dropping `abandoned` cancels the query.
-        Err(_) => return Err(ExecError::TimedOut(limits.timeout)),
+        // The statement is cancelled now, and the connection closed when
+        // the checkout is dropped: a backend that ignores the cancel (a
+        // function catching query_canceled) ends when it sees the closed
+        // connection.
+        Err(_) => {
+            abandoned.fire().await;
+            return Err(ExecError::TimedOut(limits.timeout));
+        }
     };
     abandoned.disarm();
     match &result {
@@ -431,32 +413,57 @@ pub async fn run(
 }
 
 /// Run after every call, whatever became of it, so that nothing a statement
-/// did to the session reaches the next call on the connection: settings,
-/// cursors kept open, LISTENs, session advisory locks, temporary tables.
+/// did to the session reaches the next call on the connection: settings
+/// (the role included, which RESET ALL leaves), cursors kept open, LISTENs,
+/// session advisory locks, temporary tables, sequence state (`currval`,
+/// `lastval`). Prepared statements are tenantd's own and stay; a call cannot
+/// PREPARE, but a function of the tenant's schema could, so the reset's last
+/// row says whether any SQL-level one exists, and such a session is closed
+/// rather than reused.
 macro_rules! reset {
     () => {
-        "RESET ALL; CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP"
+        "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; DISCARD TEMP; DISCARD SEQUENCES; \
+         SELECT pg_advisory_unlock_all(), EXISTS (SELECT FROM pg_prepared_statements WHERE from_sql)"
     };
 }
 const RESET: &str = reset!();
 
+/// Sends `sql`, which ends with the reset; `Ok(true)` when the session kept
+/// something the reset cannot take away.
+async fn reset(client: &tokio_postgres::Client, sql: &str) -> Result<bool, tokio_postgres::Error> {
+    let messages = client.simple_query(sql).await?;
+    Ok(messages.iter().any(
+        |m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(1) == Some("t")),
+    ))
+}
+
 /// Sends `end` (COMMIT or ROLLBACK) followed by the reset in one message;
 /// when `end` fails the rest of the message is skipped, so the reset is
-/// sent again on its own. A failed reset marks the connection `dirty`.
+/// sent again on its own. A failed or incomplete reset marks the connection
+/// `dirty`.
 async fn finish(
     client: &tokio_postgres::Client,
     end_and_reset: &str,
     dirty: &mut bool,
 ) -> Result<(), tokio_postgres::Error> {
-    let ended = client.batch_execute(end_and_reset).await;
-    if ended.is_err() {
-        *dirty |= client.batch_execute(RESET).await.is_err();
+    match reset(client, end_and_reset).await {
+        Ok(kept) => {
+            *dirty |= kept;
+            Ok(())
+        }
+        Err(e) => {
+            *dirty |= reset(client, RESET).await.unwrap_or(true);
+            Err(e)
+        }
     }
-    ended
 }
 
 const COMMIT_AND_RESET: &str = concat!("COMMIT; ", reset!());
 const ROLLBACK_AND_RESET: &str = concat!("ROLLBACK; ", reset!());
+
+/// How much before the call's deadline PostgreSQL's own statement_timeout
+/// fires.
+const SERVER_FIRST: Duration = Duration::from_millis(25);
 
 /// One attempt at the call. `dirty` is set when the connection's session
 /// could not be reset.
@@ -471,7 +478,14 @@ async fn run_inner(
         prepared.push(prepare(conn, s).await.map_err(|e| e.at(i))?);
     }
     let client = conn.client();
-    let timeout_ms = limits.timeout.as_millis().clamp(1, i32::MAX as u128);
+    // PostgreSQL ends each statement itself a little before the deadline
+    // (so the caller learns SQLSTATE 57014); at the deadline the client side
+    // cancels whatever lifted its own timeout.
+    let left = limits
+        .deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .saturating_sub(SERVER_FIRST);
+    let timeout_ms = left.as_millis().clamp(1, i32::MAX as u128);
     // A read-only transaction takes its snapshot at once, so no statement
     // can switch it to read-write afterwards.
     let begin = if limits.read_only {
@@ -479,7 +493,7 @@ async fn run_inner(
     } else {
         format!("BEGIN; SET LOCAL statement_timeout = {timeout_ms}")
     };
-    let mut budget = limits.max_response_bytes;
+    let mut budget = limits.budget;
     if let [only] = prepared.as_slice() {
         // BEGIN, the statement, COMMIT and the reset in one round trip:
         // tokio-postgres queues a request's messages when its future is
@@ -487,18 +501,19 @@ async fn run_inner(
         // COMMIT after a failed statement only rolls back.
         let (began, ran, committed) = futures::future::join3(
             client.batch_execute(&begin),
-            run_one(client, only, &mut budget),
-            client.batch_execute(COMMIT_AND_RESET),
+            run_one(conn, only, &mut budget),
+            reset(client, COMMIT_AND_RESET),
         )
         .await;
-        if committed.is_err() {
-            *dirty |= client.batch_execute(RESET).await.is_err();
+        match &committed {
+            Ok(kept) => *dirty |= kept,
+            Err(_) => *dirty |= reset(client, RESET).await.unwrap_or(true),
         }
         // The COMMIT went out with the BEGIN: after a lost connection the
         // outcome is unknown, so none of these is retried.
-        began.map_err(|e| classify(e, false))?;
-        let outcome = ran.map_err(|e| classify(e, false).at(0))?;
-        committed.map_err(|e| classify(e, false))?;
+        began.map_err(|e| lost_or(conn, classify(e, Lost::OutcomeUnknown)))?;
+        let outcome = ran.map_err(|e| e.into_exec(conn, Lost::OutcomeUnknown).at(0))?;
+        committed.map_err(|e| lost_or(conn, classify(e, Lost::OutcomeUnknown)))?;
         return Ok(vec![outcome]);
     }
     // Several statements: each waits for the one before; no COMMIT is sent
@@ -509,28 +524,28 @@ async fn run_inner(
         let ran = match began.take() {
             Some(begin) => {
                 let (began, ran) =
-                    futures::future::join(begin, run_one(client, p, &mut budget)).await;
+                    futures::future::join(begin, run_one(conn, p, &mut budget)).await;
                 if let Err(e) = began {
-                    let err = classify(e, true);
+                    let err = lost_or(conn, classify(e, Lost::BeforeAnyStatement));
                     if !err.breaks_connection() {
                         finish(client, ROLLBACK_AND_RESET, dirty)
                             .await
-                            .map_err(|e| classify(e, true))?;
+                            .map_err(|e| classify(e, Lost::NotCommitted))?;
                     }
                     return Err(err);
                 }
                 ran
             }
-            None => run_one(client, p, &mut budget).await,
+            None => run_one(conn, p, &mut budget).await,
         };
         match ran {
             Ok(outcome) => outcomes.push(outcome),
             Err(e) => {
-                let err = classify(e, true).at(i);
+                let err = e.into_exec(conn, Lost::NotCommitted).at(i);
                 if !err.breaks_connection() {
                     finish(client, ROLLBACK_AND_RESET, dirty)
                         .await
-                        .map_err(|e| classify(e, true))?;
+                        .map_err(|e| classify(e, Lost::NotCommitted))?;
                 }
                 return Err(err);
             }
@@ -538,66 +553,6 @@ async fn run_inner(
     }
     finish(client, COMMIT_AND_RESET, dirty)
         .await
-        .map_err(|e| classify(e, false))?;
+        .map_err(|e| lost_or(conn, classify(e, Lost::OutcomeUnknown)))?;
     Ok(outcomes)
-}
-
-/// Cancels the running query when a call is dropped before it finished.
-struct CancelOnDrop(Option<super::pools::Canceller>);
-
-impl CancelOnDrop {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if let Some(canceller) = self.0.take()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            rt.spawn(canceller.cancel());
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn leading_keywords_skip_comments() {
-        assert_eq!(leading_keyword("  select 1"), "SELECT");
-        assert_eq!(leading_keyword("-- hi\n commit"), "COMMIT");
-        assert_eq!(leading_keyword("/* a /* nested */ b */ begin;"), "BEGIN");
-        assert_eq!(leading_keyword("(select 1)"), "");
-        assert_eq!(leading_keyword(""), "");
-    }
-
-    #[test]
-    fn transaction_control_is_refused() {
-        for sql in [
-            ";COMMIT",
-            " ; /*x*/ DEALLOCATE ALL",
-            "alter role current_user password 'x'",
-            "COMMIT",
-            "rollback",
-            " begin",
-            "start transaction",
-            "copy t to stdout",
-        ] {
-            assert!(
-                matches!(screen(sql), Err(ExecError::Invalid { .. })),
-                "{sql}"
-            );
-        }
-        for sql in [
-            "select 1",
-            "insert into t values (1)",
-            "with x as (select 1) select * from x",
-        ] {
-            assert!(screen(sql).is_ok(), "{sql}");
-        }
-        assert!(screen("  ").is_err());
-    }
 }

@@ -4,12 +4,13 @@
 
 pub mod execute;
 pub mod pools;
-mod socket;
+pub mod screen;
+pub mod socket;
 pub mod values;
 
 use std::time::Duration;
 
-pub use execute::{CallLimits, ExecError, Outcome, Statement};
+pub use execute::{CallLimits, ExecError, Lost, Outcome, Statement};
 pub use pools::{PoolError, PoolSettings, TenantPools};
 pub use values::Value;
 
@@ -18,6 +19,8 @@ use crate::domain::TenantId;
 /// Rows of a response, roughly, in bytes: under gRPC's default 4 MiB
 /// message limit of clients, with room for the framing.
 pub const MAX_RESPONSE_BYTES: usize = 3 * 1024 * 1024;
+/// Bytes the decoded rows of one call may hold in memory.
+pub const MAX_DECODED_BYTES: usize = 2 * MAX_RESPONSE_BYTES;
 
 /// Limits of calls; see `tenantd serve --help`.
 #[derive(Debug, Clone)]
@@ -90,9 +93,11 @@ impl TenantData {
         &self.calls
     }
 
-    /// Runs `statements` in one transaction of tenant `id`. A call that
-    /// finds its connection broken before anything could have committed (or
-    /// any read-only call) runs once more on a fresh connection.
+    /// Runs `statements` in one transaction of tenant `id`, all within
+    /// `timeout` of wall time (waiting for a connection included). Every
+    /// statement passes the screen first. A call that finds its connection
+    /// broken before anything could have committed (or any read-only call)
+    /// runs once more on a fresh connection.
     pub async fn run(
         &self,
         id: TenantId,
@@ -100,14 +105,38 @@ impl TenantData {
         read_only: bool,
         timeout: Duration,
     ) -> Result<Vec<Outcome>, DataError> {
+        for (i, s) in statements.iter().enumerate() {
+            screen::screen(&s.sql).map_err(|refusal| match refusal.sqlstate {
+                // Text PostgreSQL would refuse too: answered as it would.
+                Some(code) => ExecError::Sql {
+                    statement: Some(i),
+                    code: code.to_owned(),
+                    message: refusal.why,
+                    detail: None,
+                    hint: None,
+                    position: None,
+                },
+                None => ExecError::Invalid {
+                    statement: i,
+                    field: "sql".to_owned(),
+                    message: refusal.to_string(),
+                },
+            })?;
+        }
         let limits = CallLimits {
             read_only,
             timeout,
-            max_response_bytes: MAX_RESPONSE_BYTES,
+            deadline: tokio::time::Instant::now() + timeout,
+            budget: values::Budget {
+                response: MAX_RESPONSE_BYTES,
+                memory: MAX_DECODED_BYTES,
+            },
         };
         let mut retried = false;
         loop {
-            let mut conn = self.pools.checkout(id).await?;
+            let mut conn = tokio::time::timeout_at(limits.deadline, self.pools.checkout(id))
+                .await
+                .map_err(|_| ExecError::TimedOut(timeout))??;
             match execute::run(&mut conn, statements, limits).await {
                 Err(e)
                     if !retried
@@ -116,6 +145,15 @@ impl TenantData {
                 {
                     tracing::info!(tenant_id = %id, error = %e, "running the call again on a fresh connection");
                     retried = true;
+                }
+                // A read-only call commits nothing: whatever the stage, its
+                // outcome is known.
+                Err(ExecError::ConnectionLost { message, .. }) if read_only => {
+                    return Err(ExecError::ConnectionLost {
+                        message,
+                        stage: Lost::NotCommitted,
+                    }
+                    .into());
                 }
                 result => return Ok(result?),
             }

@@ -16,8 +16,9 @@
 //! Broken connections (a restart, a terminated backend) are found when
 //! handed out again and replaced, never used.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics as ObjectMetrics, Object, RecycleError, RecycleResult};
@@ -25,7 +26,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::socket::Endpoint;
+use super::socket::{Endpoint, Oversize};
 use crate::domain::{TenantId, TenantStatus};
 use crate::metrics::{EvictionReason, Metrics};
 use crate::tenant::{role_password, role_verifier};
@@ -69,6 +70,12 @@ const WAIT_SLICE: Duration = Duration::from_millis(20);
 /// How many times one checkout looks its tenant's pool up when the pool it
 /// found is closed under it (dropped by the cache meanwhile).
 const MAX_POOL_LOOKUPS: u32 = 3;
+/// How soon a backend whose client closed the connection notices, even in
+/// the middle of a statement that ignores cancels.
+const CLIENT_CHECK_INTERVAL_MS: u32 = 500;
+/// Bytes one message from PostgreSQL may have: a row larger than a whole
+/// response is dropped unread, any other message ends the connection.
+const MAX_MESSAGE_BYTES: usize = super::MAX_RESPONSE_BYTES + 64 * 1024;
 
 /// Why no connection could be handed out.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -98,6 +105,13 @@ struct Shared {
     /// The cache, for closing idle connections of other pools.
     cache: moka::future::Cache<TenantId, Arc<TenantPool>>,
     started: Instant,
+    /// What cancels each call running now, so that shutdown can cancel
+    /// them all and wait for it.
+    running: Mutex<HashMap<u64, Canceller>>,
+    next_call: AtomicU64,
+    /// Cancels sent for calls abandoned by their callers, awaited at
+    /// shutdown so that none is lost with the runtime.
+    cancels: tokio_util::task::TaskTracker,
 }
 
 impl Shared {
@@ -189,6 +203,8 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
 pub struct TenantConn {
     client: deadpool_postgres::ClientWrapper,
     endpoint: Arc<Endpoint>,
+    /// What the socket's message guard dropped or refused.
+    oversize: Arc<Oversize>,
 }
 
 impl TenantConn {
@@ -228,15 +244,16 @@ impl TenantManager {
         (
             tokio_postgres::Client,
             tokio_postgres::Connection<super::socket::Socket, tokio_postgres::tls::NoTlsStream>,
+            Arc<Oversize>,
         ),
         ConnectError,
     > {
-        let socket = self
+        let (socket, oversize) = self
             .endpoint
-            .connect(CONNECT_TIMEOUT)
+            .connect_guarded(CONNECT_TIMEOUT, MAX_MESSAGE_BYTES)
             .await
             .map_err(ConnectError::Io)?;
-        tokio::time::timeout(
+        let (client, connection) = tokio::time::timeout(
             CONNECT_TIMEOUT,
             self.config.connect_raw(socket, tokio_postgres::NoTls),
         )
@@ -247,19 +264,25 @@ impl TenantManager {
                 "logging in to PostgreSQL timed out",
             ))
         })?
-        .map_err(ConnectError::Pg)
+        .map_err(ConnectError::Pg)?;
+        Ok((client, connection, oversize))
     }
 }
 
-impl managed::Manager for TenantManager {
-    type Type = TenantConn;
-    type Error = ConnectError;
-
-    async fn create(&self) -> Result<TenantConn, ConnectError> {
-        let permit = self.shared.permit().await.map_err(ConnectError::Budget)?;
-        let (client, connection) = match self.login().await {
-            // The role's password was changed behind tenantd's back (a
-            // tenant can change its own role's): set it again, and retry.
+impl TenantManager {
+    /// Logs in; when the role refuses its password (a tenant can change its
+    /// own role's), sets it again from the catalog secret and logs in again.
+    async fn login_repairing_password(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio_postgres::Connection<super::socket::Socket, tokio_postgres::tls::NoTlsStream>,
+            Arc<Oversize>,
+        ),
+        ConnectError,
+    > {
+        match self.login().await {
             Err(ConnectError::Pg(e))
                 if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD) =>
             {
@@ -273,16 +296,89 @@ impl managed::Manager for TenantManager {
                     .execute(&self.catalog)
                     .await
                     .map_err(|e| ConnectError::Io(std::io::Error::other(e.to_string())))?;
-                self.login().await?
+                self.login().await
             }
-            other => other?,
+            other => other,
+        }
+    }
+
+    /// Run by the tenant's own role (a role may reset its own settings):
+    /// every setting dropped, in this database and everywhere, and the one
+    /// tenantd gives it set again.
+    fn reset_role_settings_sql(&self) -> String {
+        let database = self
+            .config
+            .get_dbname()
+            .unwrap_or_default()
+            .replace('"', "\"\"");
+        format!(
+            "ALTER ROLE CURRENT_USER RESET ALL; \
+             ALTER ROLE CURRENT_USER IN DATABASE \"{database}\" RESET ALL; \
+             ALTER ROLE CURRENT_USER SET search_path TO {}",
+            self.tenant.schema_name().quoted()
+        )
+    }
+}
+
+/// Whether the session's role has settings of its own besides the
+/// search_path tenantd gave it (its schema, named as the role is).
+async fn role_settings_kept(
+    client: &tokio_postgres::Client,
+) -> Result<bool, tokio_postgres::Error> {
+    let messages = client
+        .simple_query(
+            "SELECT EXISTS (SELECT FROM pg_db_role_setting s, unnest(s.setconfig) c \
+             WHERE s.setrole = (SELECT oid FROM pg_roles WHERE rolname = current_user) \
+               AND c <> 'search_path=' || current_user)",
+        )
+        .await?;
+    Ok(messages.iter().any(
+        |m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(0) == Some("t")),
+    ))
+}
+
+impl managed::Manager for TenantManager {
+    type Type = TenantConn;
+    type Error = ConnectError;
+
+    async fn create(&self) -> Result<TenantConn, ConnectError> {
+        let permit = self.shared.permit().await.map_err(ConnectError::Budget)?;
+        let mut repaired = false;
+        let (client, connection, oversize) = loop {
+            let (client, connection, oversize) = self.login_repairing_password().await?;
+            let mut running = tokio::spawn(connection);
+            // Role settings are the session's starting values, which RESET
+            // ALL returns to: a role that set its own (ALTER ROLE … SET, from
+            // a function of its schema) gets them reset before it is used.
+            let kept = tokio::select! {
+                kept = role_settings_kept(&client) => kept,
+                ended = &mut running => {
+                    let message = match ended {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "the connection ended at once".to_owned(),
+                    };
+                    return Err(ConnectError::Io(std::io::Error::other(message)));
+                }
+            }
+            .map_err(ConnectError::Pg)?;
+            if !kept || repaired {
+                break (client, running, oversize);
+            }
+            tracing::warn!(tenant_id = %self.tenant, "tenant role had settings of its own; resetting them");
+            client
+                .batch_execute(&self.reset_role_settings_sql())
+                .await
+                .map_err(ConnectError::Pg)?;
+            drop(client);
+            let _ = running.await;
+            repaired = true;
         };
         // The connection's task owns the permit: it is given back when the
         // server has closed the socket, i.e. when the backend is gone.
         let metrics = self.shared.metrics.clone();
         metrics.pool().connections_open.inc();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            if let Ok(Err(e)) = connection.await {
                 tracing::debug!(error = %e, "tenant connection ended");
             }
             metrics.pool().connections_open.dec();
@@ -294,6 +390,7 @@ impl managed::Manager for TenantManager {
         Ok(TenantConn {
             client: deadpool_postgres::ClientWrapper::new(client, placeholder),
             endpoint: self.endpoint.clone(),
+            oversize,
         })
     }
 
@@ -392,9 +489,62 @@ impl Checkout {
         }
     }
 
+    /// What the socket's message guard dropped or refused.
+    pub fn oversize(&self) -> &Oversize {
+        match &self.obj {
+            Some(obj) => &obj.oversize,
+            None => unreachable!("the object is only taken on drop"),
+        }
+    }
+
+    /// Registers the call about to run, so that shutdown can cancel it; the
+    /// guard cancels it when dropped before [`Running::disarm`].
+    pub fn cancel_on_drop(&self) -> Running {
+        let id = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut running) = self.shared.running.lock() {
+            running.insert(id, self.canceller());
+        }
+        Running {
+            id,
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Close the connection instead of handing it back.
     pub fn set_discard(&mut self, discard: bool) {
         self.discard = discard;
+    }
+}
+
+/// A call running on a connection; see [`Checkout::cancel_on_drop`].
+pub struct Running {
+    id: u64,
+    shared: Arc<Shared>,
+}
+
+impl Running {
+    fn take(&self) -> Option<Canceller> {
+        self.shared.running.lock().ok()?.remove(&self.id)
+    }
+
+    /// Cancels the call's query now, and waits until the request is sent.
+    pub async fn fire(self) {
+        if let Some(canceller) = self.take() {
+            canceller.cancel().await;
+        }
+    }
+
+    /// The call finished: nothing to cancel.
+    pub fn disarm(self) {
+        self.take();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(canceller) = self.take() {
+            self.shared.cancels.spawn(canceller.cancel());
+        }
     }
 }
 
@@ -448,6 +598,9 @@ impl TenantPools {
             metrics,
             cache,
             started: Instant::now(),
+            running: Mutex::new(HashMap::new()),
+            next_call: AtomicU64::new(0),
+            cancels: tokio_util::task::TaskTracker::new(),
         });
         let endpoint = Arc::new(match database.get_socket() {
             Some(dir) => Endpoint::Unix {
@@ -619,7 +772,14 @@ impl TenantPools {
             .password(role_password(&self.role_secret, id))
             .dbname(db.get_database().unwrap_or(db.get_username()))
             .application_name("tenantd")
-            .options(format!("-c search_path={}", id.schema_name().as_str()));
+            // The statement screen reads strings with standard_conforming_strings
+            // = on, PostgreSQL's default; the session is pinned to it (a call
+            // cannot SET it, and RESET ALL returns to these values).
+            .options(format!(
+                "-c search_path={} -c standard_conforming_strings=on \
+                 -c client_connection_check_interval={CLIENT_CHECK_INTERVAL_MS}",
+                id.schema_name().as_str()
+            ));
         config
     }
 
@@ -655,10 +815,33 @@ impl TenantPools {
         self.shared.cache.run_pending_tasks().await;
     }
 
-    /// Closes every pool (shutdown).
+    /// Cancels every call running now and waits until the cancel requests
+    /// are sent (bounded): the shutdown deadline has come.
+    pub async fn cancel_running(&self) {
+        let running: Vec<Canceller> = match self.shared.running.lock() {
+            Ok(mut r) => r.drain().map(|(_, c)| c).collect(),
+            Err(_) => Vec::new(),
+        };
+        if !running.is_empty() {
+            tracing::warn!(
+                calls = running.len(),
+                "cancelling the tenant calls still running"
+            );
+        }
+        let cancels = futures::future::join_all(running.into_iter().map(Canceller::cancel));
+        let _ = tokio::time::timeout(CONNECT_TIMEOUT, cancels).await;
+        self.shared.cancels.close();
+        let _ = tokio::time::timeout(CONNECT_TIMEOUT, self.shared.cancels.wait()).await;
+    }
+
+    /// Closes every pool (shutdown): cancels what still runs, and waits
+    /// (bounded) until PostgreSQL has ended every backend of the pools.
     pub async fn close(&self) {
+        self.cancel_running().await;
         self.shared.cache.invalidate_all();
         self.shared.cache.run_pending_tasks().await;
+        let all = u32::try_from(self.shared.budget).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(CONNECT_TIMEOUT, self.shared.permits.acquire_many(all)).await;
     }
 
     /// Every `period`: housekeeping, and dropping the pools of tenants that

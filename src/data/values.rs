@@ -45,9 +45,8 @@ pub enum Value {
 }
 
 impl Value {
-    /// Bytes this value takes in a response, roughly: what the response size
-    /// limit counts.
-    /// At least what its protobuf encoding takes, with the framing.
+    /// Bytes this value takes in a response, roughly: at least what its
+    /// protobuf encoding takes, with the framing.
     pub fn approximate_size(&self) -> usize {
         match self {
             Value::Null | Value::Bool(_) => 4,
@@ -59,6 +58,17 @@ impl Value {
             Value::Bytea(b) => b.len() + 8,
             Value::Array(values) => 8 + values.iter().map(Value::approximate_size).sum::<usize>(),
         }
+    }
+
+    /// Bytes this value holds in memory, decoded.
+    pub fn footprint(&self) -> usize {
+        std::mem::size_of::<Value>()
+            + match self {
+                Value::Numeric(s) | Value::Text(s) | Value::Date(s) | Value::Json(s) => s.len(),
+                Value::Bytea(b) => b.len(),
+                Value::Array(values) => values.iter().map(Value::footprint).sum(),
+                _ => 0,
+            }
     }
 
     /// The text form PostgreSQL parses for a parameter of another type.
@@ -296,6 +306,83 @@ impl<'a> FromSql<'a> for Value {
     }
 }
 
+/// What the rows of a call may still take: bytes of response (their
+/// protobuf encoding, roughly) and bytes of memory once decoded. A value is
+/// measured in its wire form before it is decoded, and an array by its
+/// element count, so nothing larger than the budget is ever built.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub response: usize,
+    pub memory: usize,
+}
+
+impl Budget {
+    /// Takes `value` out of the budget, if it fits.
+    fn charge(&mut self, value: Value) -> Option<Value> {
+        let (response, memory) = (value.approximate_size(), value.footprint());
+        if response > self.response || memory > self.memory {
+            return None;
+        }
+        self.response -= response;
+        self.memory -= memory;
+        Some(value)
+    }
+
+    /// Decodes a cell of type `ty` (`None`: SQL NULL) if it fits; `Ok(None)`
+    /// when it does not.
+    pub fn decode(&mut self, ty: &Type, raw: Option<&[u8]>) -> Result<Option<Value>, BoxError> {
+        let Some(raw) = raw else {
+            return Ok(self.charge(Value::Null));
+        };
+        if raw.len() > self.response {
+            return Ok(None);
+        }
+        let value = match ty.kind() {
+            Kind::Domain(base) => return self.decode(base, Some(raw)),
+            Kind::Array(member) => {
+                let elements = array_len(raw)?;
+                let fits = elements
+                    .checked_mul(std::mem::size_of::<Value>())
+                    .is_some_and(|m| m <= self.memory)
+                    && elements.saturating_mul(2) <= self.response;
+                if !fits {
+                    return Ok(None);
+                }
+                decode_array(member, raw)?
+            }
+            _ => decode(ty, raw)?,
+        };
+        Ok(self.charge(value))
+    }
+}
+
+/// Elements of an array in its binary form, from its header alone.
+fn array_len(raw: &[u8]) -> Result<usize, BoxError> {
+    use fallible_iterator::FallibleIterator as _;
+    let array = wire::array_from_sql(raw)?;
+    array.dimensions().fold(1usize, |n, d| {
+        let len = usize::try_from(d.len).map_err(|_| "negative array dimension")?;
+        Ok(n.saturating_mul(len))
+    })
+}
+
+/// A cell's bytes as they came, undecoded (`None`: SQL NULL).
+pub struct RawCell<'a>(pub Option<&'a [u8]>);
+
+impl<'a> FromSql<'a> for RawCell<'a> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, BoxError> {
+        Ok(RawCell(Some(raw)))
+    }
+
+    fn from_sql_null(_: &Type) -> Result<Self, BoxError> {
+        Ok(RawCell(None))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
 fn decode(ty: &Type, raw: &[u8]) -> Result<Value, BoxError> {
     match ty.kind() {
         Kind::Enum(_) => return Ok(Value::Text(wire::text_from_sql(raw)?.to_owned())),
@@ -489,6 +576,59 @@ mod tests {
         assert_eq!(date_text(-1).unwrap(), "1999-12-31");
         assert_eq!(date_text(i32::MAX).unwrap(), "infinity");
         assert!(date_text(2_000_000_000).is_err());
+    }
+
+    fn int4_array(n: i32) -> Vec<u8> {
+        // ndim 1, no nulls flag, element oid int4, then (len, lower bound),
+        // then each element as length -1 (NULL).
+        let mut v = Vec::new();
+        for f in [1i32, 1, 23, n, 1] {
+            v.extend_from_slice(&f.to_be_bytes());
+        }
+        for _ in 0..n {
+            v.extend_from_slice(&(-1i32).to_be_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn arrays_larger_than_the_budget_are_not_built() {
+        let raw = int4_array(100_000);
+        let mut budget = Budget {
+            response: 3 << 20,
+            memory: 1 << 20,
+        };
+        // 400 kB on the wire, but 100,000 values of memory: refused by count.
+        assert_eq!(budget.decode(&Type::INT4_ARRAY, Some(&raw)).unwrap(), None);
+        assert_eq!(budget.memory, 1 << 20);
+        let raw = int4_array(1000);
+        let value = budget
+            .decode(&Type::INT4_ARRAY, Some(&raw))
+            .unwrap()
+            .unwrap();
+        assert_eq!(value, Value::Array(vec![Value::Null; 1000]));
+        assert_eq!(budget.memory, (1 << 20) - value.footprint());
+    }
+
+    #[test]
+    fn values_larger_than_the_response_are_not_decoded() {
+        let mut budget = Budget {
+            response: 10,
+            memory: 1000,
+        };
+        assert_eq!(
+            budget.decode(&Type::TEXT, Some(b"0123456789ab")).unwrap(),
+            None
+        );
+        assert_eq!(
+            budget.decode(&Type::TEXT, Some(b"ab")).unwrap(),
+            Some(Value::Text("ab".into()))
+        );
+        assert_eq!(
+            budget.decode(&Type::TEXT, None).unwrap(),
+            None,
+            "nothing is left, and a NULL costs 4"
+        );
     }
 
     #[test]

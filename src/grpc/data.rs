@@ -9,7 +9,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use super::auth::{caller, require_in_tenant};
 use super::pb::{self, tenant_data_service_server::TenantDataService};
 use super::status;
-use crate::data::{DataError, ExecError, Outcome, PoolError, Statement, TenantData, Value};
+use crate::data::{DataError, ExecError, Lost, Outcome, PoolError, Statement, TenantData, Value};
 use crate::domain::identity::{Permission, Scope};
 use crate::domain::{TenantId, ValidationError};
 use crate::identity::Identity;
@@ -326,10 +326,30 @@ fn data_status(err: DataError, prefix: fn(usize) -> String) -> Status {
             ExecError::TimedOut(t) => Status::deadline_exceeded(format!(
                 "the call ran past its timeout of {t:?} and was cancelled"
             )),
-            ExecError::ConnectionLost { message, .. } => {
-                tracing::warn!(error = %message, "tenant connection lost");
-                Status::unavailable(
-                    "connection to PostgreSQL lost; a write may or may not have committed",
+            ExecError::TooLarge(message) => Status::resource_exhausted(message),
+            // Whether a write may have committed decides whether the caller
+            // may simply try again: UNAVAILABLE says it may, UNKNOWN that it
+            // must find out first.
+            ExecError::ConnectionLost { message, stage } => {
+                tracing::warn!(error = %message, ?stage, "tenant connection lost");
+                let (code, text, reason) = match stage {
+                    Lost::OutcomeUnknown => (
+                        Code::Unknown,
+                        "connection to PostgreSQL lost after the call was sent: its writes \
+                         may have committed; check before trying again",
+                        "OUTCOME_UNKNOWN",
+                    ),
+                    Lost::BeforeAnyStatement | Lost::NotCommitted => (
+                        Code::Unavailable,
+                        "connection to PostgreSQL lost before the call committed: nothing was \
+                         written; try again",
+                        "NOT_EXECUTED",
+                    ),
+                };
+                Status::with_error_details(
+                    code,
+                    text,
+                    ErrorDetails::with_error_info(reason, "tenantd", HashMap::new()),
                 )
             }
             ExecError::Sql {

@@ -1,0 +1,600 @@
+//! The statement screen: what a data call may run, decided by PostgreSQL's
+//! own parser (libpg_query, through the `pg_query` crate) and never by
+//! reading the text.
+//!
+//! Each SQL string must parse to exactly one statement, whose parse-tree
+//! node is on an allow-list: queries and DML (SELECT, VALUES, TABLE,
+//! INSERT, UPDATE, DELETE, MERGE), EXPLAIN of those, SHOW, cursors inside
+//! the call (DECLARE without HOLD, FETCH, MOVE, CLOSE), LOCK, CALL, and SET
+//! of a few presentation settings. Everything else — transaction control,
+//! COPY, PREPARE/EXECUTE/DEALLOCATE, DISCARD, LISTEN/NOTIFY/UNLISTEN, LOAD,
+//! DO, SET/RESET of anything that matters, and any CREATE, ALTER or DROP —
+//! is refused before it reaches PostgreSQL.
+//!
+//! Inside an allowed statement, calls of functions that reach past the
+//! tenant's schema (large objects, backend signals, advisory locks,
+//! `set_config`, functions that run SQL given as text, NOTIFY) are refused
+//! too, wherever they are in the tree. That list is a second line: the
+//! first is the tenant role's privileges, which tenantd revokes where its
+//! own privileges allow (see docs/security.md).
+//!
+//! The parser is libpg_query's, with PostgreSQL's defaults
+//! (`standard_conforming_strings = on`); tenant connections are pinned to
+//! the same setting, so both read a string the same way. Verdicts are
+//! cached by SQL text, so a statement is parsed once per process.
+
+use std::sync::{Arc, OnceLock};
+
+use pg_query::NodeEnum;
+use serde_json::Value as Json;
+
+/// Why a statement is refused: its kind (as SQL words, e.g. `COMMIT`) and
+/// why that kind is not allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} is not allowed: {why}")]
+pub struct Refusal {
+    pub kind: String,
+    pub why: String,
+    /// The SQLSTATE PostgreSQL itself would answer with, when it would
+    /// refuse the text too (a syntax error: `42601`).
+    pub sqlstate: Option<&'static str>,
+}
+
+impl Refusal {
+    fn new(kind: impl Into<String>, why: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            why: why.into(),
+            sqlstate: None,
+        }
+    }
+}
+
+/// Bytes of SQL text the verdict cache holds at most.
+const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Stack reserved for judging one statement (address space; pages are
+/// touched only as deep as the tree goes).
+const PARSE_STACK: usize = 512 * 1024 * 1024;
+
+type Verdict = Result<(), Refusal>;
+
+fn cache() -> &'static moka::sync::Cache<Arc<str>, Verdict> {
+    static CACHE: OnceLock<moka::sync::Cache<Arc<str>, Verdict>> = OnceLock::new();
+    CACHE.get_or_init(|| {
+        moka::sync::Cache::builder()
+            .max_capacity(CACHE_BYTES)
+            .weigher(|sql: &Arc<str>, _| u32::try_from(sql.len() + 64).unwrap_or(u32::MAX))
+            .build()
+    })
+}
+
+/// Whether a data call may run `sql`; cached by text.
+pub fn screen(sql: &str) -> Result<(), Refusal> {
+    if let Some(verdict) = cache().get(sql) {
+        return verdict;
+    }
+    let verdict = judge(sql);
+    cache().insert(Arc::from(sql), verdict.clone());
+    verdict
+}
+
+/// Judges `sql` uncached. The parse tree is decoded and walked recursively
+/// (prost, serde): a deep one (`a || b || …` thousands of terms long, as
+/// deep as libpg_query allows) would overflow a task's stack, so it is
+/// judged on a stack of its own, mapped lazily: only what it touches is
+/// used.
+fn judge(sql: &str) -> Verdict {
+    stacker::grow(PARSE_STACK, || classify(sql))
+}
+
+/// Parses `sql` and judges its one statement.
+fn classify(sql: &str) -> Result<(), Refusal> {
+    let parsed = match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
+        Ok(parsed) => parsed,
+        // PostgreSQL would refuse it too; say why in its words.
+        Err(pg_query::Error::Parse(message)) => {
+            return Err(Refusal {
+                sqlstate: Some("42601"),
+                ..Refusal::new("the statement", message)
+            });
+        }
+        Err(pg_query::Error::Conversion(_)) => {
+            return Err(Refusal::new(
+                "the statement",
+                "SQL text may not contain a NUL character",
+            ));
+        }
+        Err(e) => {
+            return Err(Refusal::new(
+                "the statement",
+                format!("it cannot be parsed: {e}"),
+            ));
+        }
+    };
+    let statements = &parsed.protobuf.stmts;
+    let statement = match statements.as_slice() {
+        [] => return Err(Refusal::new("empty SQL", "give one statement")),
+        [one] => one,
+        more => {
+            return Err(Refusal::new(
+                format!("a string of {} statements", more.len()),
+                "each string holds exactly one statement; use Transaction for several",
+            ));
+        }
+    };
+    let Some(node) = inner(&statement.stmt) else {
+        return Err(Refusal::new("empty SQL", "give one statement"));
+    };
+    judge_statement(node)?;
+    let tree = serde_json::to_value(node).map_err(|e| {
+        Refusal::new(
+            "the statement",
+            format!("its parse tree cannot be read: {e}"),
+        )
+    })?;
+    refuse_functions(&tree)
+}
+
+/// The variant name of a serialised `Node` (`{"SelectStmt": {…}}`).
+fn variant_name(tree: &Json) -> &str {
+    match tree {
+        Json::Object(map) if map.len() == 1 => map.keys().next().map_or("", String::as_str),
+        _ => "",
+    }
+}
+
+/// The node inside an optional boxed `Node` message.
+fn inner(node: &Option<Box<pg_query::Node>>) -> Option<&NodeEnum> {
+    node.as_deref().and_then(|n| n.node.as_ref())
+}
+
+/// Settings a call may SET or RESET: how values are presented and how long
+/// a lock may be waited for. Nothing here widens what a call may do.
+const SETTABLE: [&str; 5] = [
+    "timezone",
+    "datestyle",
+    "intervalstyle",
+    "extra_float_digits",
+    "lock_timeout",
+];
+
+/// DECLARE … WITH HOLD: the cursor outlives the transaction.
+const CURSOR_OPT_HOLD: i32 = 0x0020;
+
+/// Judges the top-level statement node.
+fn judge_statement(node: &NodeEnum) -> Result<(), Refusal> {
+    match node {
+        NodeEnum::SelectStmt(select) => {
+            if select.into_clause.is_some() {
+                return Err(Refusal::new(
+                    "SELECT INTO",
+                    "it creates a table; tenant tables come from tenant migrations",
+                ));
+            }
+            Ok(())
+        }
+        NodeEnum::InsertStmt(_)
+        | NodeEnum::UpdateStmt(_)
+        | NodeEnum::DeleteStmt(_)
+        | NodeEnum::MergeStmt(_)
+        | NodeEnum::VariableShowStmt(_)
+        | NodeEnum::FetchStmt(_)
+        | NodeEnum::ClosePortalStmt(_)
+        | NodeEnum::LockStmt(_)
+        | NodeEnum::CallStmt(_) => Ok(()),
+        NodeEnum::ExplainStmt(explain) => match inner(&explain.query) {
+            Some(query) => judge_statement(query).map_err(|r| Refusal {
+                kind: format!("EXPLAIN of {}", r.kind),
+                ..r
+            }),
+            None => Err(Refusal::new("EXPLAIN", "it explains nothing")),
+        },
+        NodeEnum::DeclareCursorStmt(declare) => {
+            if declare.options & CURSOR_OPT_HOLD != 0 {
+                return Err(Refusal::new(
+                    "DECLARE … WITH HOLD",
+                    "a cursor may not outlive its call",
+                ));
+            }
+            match inner(&declare.query) {
+                Some(query) => judge_statement(query),
+                None => Err(Refusal::new("DECLARE", "it declares no query")),
+            }
+        }
+        NodeEnum::VariableSetStmt(set) => judge_set(set),
+        NodeEnum::TransactionStmt(t) => Err(Refusal::new(
+            transaction_kind(t.kind()),
+            "transactions are managed by tenantd: a call is one transaction, committed when \
+             it succeeds; use Transaction for several statements",
+        )),
+        NodeEnum::CopyStmt(_) => Err(Refusal::new(
+            "COPY",
+            "use INSERT … SELECT or SELECT instead",
+        )),
+        NodeEnum::PrepareStmt(_) | NodeEnum::ExecuteStmt(_) | NodeEnum::DeallocateStmt(_) => {
+            Err(Refusal::new(
+                kind_of(node),
+                "statements are prepared by tenantd: pass parameters instead",
+            ))
+        }
+        NodeEnum::DiscardStmt(_) => Err(Refusal::new(
+            "DISCARD",
+            "session state is reset by tenantd after every call",
+        )),
+        NodeEnum::ListenStmt(_) | NodeEnum::UnlistenStmt(_) | NodeEnum::NotifyStmt(_) => {
+            Err(Refusal::new(
+                kind_of(node),
+                "notification channels are shared by the whole database",
+            ))
+        }
+        NodeEnum::LoadStmt(_) => Err(Refusal::new("LOAD", "loading libraries is not allowed")),
+        NodeEnum::DoStmt(_) => Err(Refusal::new(
+            "DO",
+            "anonymous code blocks can run any SQL; send the statements themselves",
+        )),
+        NodeEnum::AlterRoleStmt(_)
+        | NodeEnum::AlterRoleSetStmt(_)
+        | NodeEnum::CreateRoleStmt(_)
+        | NodeEnum::DropRoleStmt(_)
+        | NodeEnum::GrantRoleStmt(_) => Err(Refusal::new(
+            kind_of(node),
+            "the tenant's role is managed by tenantd",
+        )),
+        _ => {
+            let kind = kind_of(node);
+            let ddl = [
+                "CREATE", "ALTER", "DROP", "INDEX", "VIEW", "RULE", "RENAME", "COMMENT", "GRANT",
+                "TRUNCATE",
+            ]
+            .iter()
+            .any(|w| kind.starts_with(w));
+            let why = if ddl {
+                "the tenant's schema is changed by tenant migrations, not by data calls"
+            } else {
+                "data calls run queries and DML only"
+            };
+            Err(Refusal::new(kind, why))
+        }
+    }
+}
+
+/// SET and RESET: only of [`SETTABLE`], never `SET TRANSACTION`, `SET
+/// SESSION CHARACTERISTICS`, `SET ROLE` or `SET SESSION AUTHORIZATION`.
+fn judge_set(set: &pg_query::protobuf::VariableSetStmt) -> Result<(), Refusal> {
+    use pg_query::protobuf::VariableSetKind as K;
+    let name = set.name.as_str();
+    let verb = match set.kind() {
+        K::VarReset | K::VarResetAll => "RESET",
+        _ if set.is_local => "SET LOCAL",
+        _ => "SET",
+    };
+    match set.kind() {
+        K::VarResetAll => Err(Refusal::new(
+            "RESET ALL",
+            "tenantd sets the call's limits and resets the session after it",
+        )),
+        K::VarSetMulti => Err(Refusal::new(
+            format!("{verb} {}", name.to_ascii_uppercase()),
+            "transaction characteristics are set by tenantd (read_only, timeout_ms)",
+        )),
+        K::VarSetValue | K::VarSetDefault | K::VarReset
+            if SETTABLE.contains(&name.to_ascii_lowercase().as_str()) =>
+        {
+            Ok(())
+        }
+        _ => Err(Refusal::new(
+            format!("{verb} {name}"),
+            format!("only {} may be set by a data call", SETTABLE.join(", ")),
+        )),
+    }
+}
+
+/// `BEGIN`, `COMMIT`, `SAVEPOINT` … of a TransactionStmt.
+fn transaction_kind(kind: pg_query::protobuf::TransactionStmtKind) -> &'static str {
+    use pg_query::protobuf::TransactionStmtKind as K;
+    match kind {
+        K::TransStmtBegin => "BEGIN",
+        K::TransStmtStart => "START TRANSACTION",
+        K::TransStmtCommit => "COMMIT",
+        K::TransStmtRollback => "ROLLBACK",
+        K::TransStmtSavepoint => "SAVEPOINT",
+        K::TransStmtRelease => "RELEASE SAVEPOINT",
+        K::TransStmtRollbackTo => "ROLLBACK TO SAVEPOINT",
+        K::TransStmtPrepare => "PREPARE TRANSACTION",
+        K::TransStmtCommitPrepared => "COMMIT PREPARED",
+        K::TransStmtRollbackPrepared => "ROLLBACK PREPARED",
+        K::Undefined => "transaction control",
+    }
+}
+
+/// A statement node's kind in SQL's words: `AlterRoleSetStmt` → `ALTER
+/// ROLE SET`.
+fn kind_of(node: &NodeEnum) -> String {
+    let tree = serde_json::to_value(node).unwrap_or(Json::Null);
+    sql_words(variant_name(&tree))
+}
+
+/// A node name in SQL's words.
+fn sql_words(node: &str) -> String {
+    let name = node.strip_suffix("Stmt").unwrap_or(node);
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// Functions a tenant role must not call, by name (any schema): what they
+/// reach is shared by the whole database or cluster, or they run SQL given
+/// as text, which no screen could read.
+fn forbidden_function(name: &str) -> Option<&'static str> {
+    const LARGE_OBJECTS: &str =
+        "large objects are shared by the whole database; store bytes in a bytea column";
+    const RUNS_TEXT: &str = "it runs SQL given as text; send the statement itself";
+    let name = name.to_ascii_lowercase();
+    let why = match name.as_str() {
+        "loread" | "lowrite" => LARGE_OBJECTS,
+        n if n.starts_with("lo_") => LARGE_OBJECTS,
+        "pg_terminate_backend" | "pg_cancel_backend" => {
+            "signalling backends is tenantd's; a call ends at its own deadline"
+        }
+        n if n.starts_with("pg_advisory") || n.starts_with("pg_try_advisory") => {
+            "advisory lock keys are shared by the whole database"
+        }
+        "set_config" => "settings are managed by tenantd; SET LOCAL the presentation settings",
+        "pg_notify" => "notification channels are shared by the whole database",
+        n if n.starts_with("query_to_xml")
+            || n.starts_with("cursor_to_xml")
+            || n.starts_with("table_to_xml")
+            || n.starts_with("schema_to_xml")
+            || n.starts_with("database_to_xml")
+            || n == "ts_stat"
+            || n == "ts_rewrite" =>
+        {
+            RUNS_TEXT
+        }
+        n if n.starts_with("dblink") => "connections to other databases are not allowed",
+        n if n.starts_with("pg_read_")
+            || n.starts_with("pg_ls_")
+            || n == "pg_stat_file"
+            || n == "pg_reload_conf"
+            || n == "pg_rotate_logfile" =>
+        {
+            "server files and configuration are not the tenant's"
+        }
+        _ => return None,
+    };
+    Some(why)
+}
+
+/// Walks the whole tree (without recursion, however deep it is) and
+/// refuses the first call of a forbidden function.
+fn refuse_functions(tree: &Json) -> Result<(), Refusal> {
+    let mut stack = vec![tree];
+    while let Some(node) = stack.pop() {
+        match node {
+            Json::Object(map) => {
+                if let Some(call) = map.get("FuncCall") {
+                    let name = call
+                        .get("funcname")
+                        .and_then(Json::as_array)
+                        .and_then(|parts| parts.last())
+                        .and_then(|n| n.get("node"))
+                        .and_then(|n| n.get("String"))
+                        .and_then(|s| s.get("sval"))
+                        .and_then(Json::as_str)
+                        .unwrap_or("");
+                    if let Some(why) = forbidden_function(name) {
+                        return Err(Refusal::new(format!("calling {name}()"), why));
+                    }
+                }
+                stack.extend(map.values());
+            }
+            Json::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(sql: &str) -> Refusal {
+        match judge(sql) {
+            Err(r) => r,
+            Ok(()) => panic!("{sql:?} was allowed"),
+        }
+    }
+
+    #[test]
+    fn queries_and_dml_are_allowed() {
+        for sql in [
+            "select 1",
+            "SELECT * FROM t WHERE a = $1",
+            "insert into t values (1) returning *",
+            "update t set a = 2",
+            "delete from t",
+            "with x as (select 1) select * from x",
+            "with d as (delete from t returning *) select count(*) from d",
+            "values (1), (2)",
+            "table t",
+            "merge into t using s on t.a = s.a when matched then update set b = s.b",
+            "explain select 1",
+            "explain analyze update t set a = 1",
+            "show timezone",
+            "set local timezone = 'UTC'",
+            "SET TIME ZONE 'Europe/Berlin'",
+            "declare c cursor for select 1",
+            "fetch 10 from c",
+            "close c",
+            "lock table t in share mode",
+            "select 1;",
+            ";;select 1;;",
+            "-- comment\nselect 1",
+            "/* a /* nested */ comment */ select 1",
+            "select $$COMMIT$$",
+            "select 'lo_import'",
+            "select \"lo_get\" from t",
+        ] {
+            assert_eq!(judge(sql), Ok(()), "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_comment_ended_by_a_carriage_return_hides_nothing() {
+        let r = refused("-- harmless\rCOMMIT");
+        assert_eq!(r.kind, "COMMIT");
+        let r = refused("select 1 -- x\r; commit");
+        assert!(r.kind.contains("2 statements"), "{r:?}");
+    }
+
+    #[test]
+    fn forbidden_kinds_name_themselves() {
+        for (sql, kind) in [
+            ("COMMIT", "COMMIT"),
+            ("end", "COMMIT"),
+            ("abort", "ROLLBACK"),
+            ("begin", "BEGIN"),
+            ("start transaction read write", "START TRANSACTION"),
+            ("savepoint a", "SAVEPOINT"),
+            ("prepare transaction 'x'", "PREPARE TRANSACTION"),
+            ("copy t to stdout", "COPY"),
+            ("prepare p as select 1", "PREPARE"),
+            ("execute p", "EXECUTE"),
+            ("deallocate all", "DEALLOCATE"),
+            ("discard all", "DISCARD"),
+            ("listen x", "LISTEN"),
+            ("notify x", "NOTIFY"),
+            ("unlisten *", "UNLISTEN"),
+            ("load 'auto_explain'", "LOAD"),
+            ("do $$ begin commit; end $$", "DO"),
+            ("set statement_timeout = 0", "SET statement_timeout"),
+            (
+                "set local statement_timeout = 0",
+                "SET LOCAL statement_timeout",
+            ),
+            ("reset statement_timeout", "RESET statement_timeout"),
+            ("reset all", "RESET ALL"),
+            ("set role postgres", "SET role"),
+            ("reset role", "RESET role"),
+            (
+                "set session authorization postgres",
+                "SET session_authorization",
+            ),
+            ("set transaction read write", "SET TRANSACTION"),
+            (
+                "set session characteristics as transaction read write",
+                "SET SESSION CHARACTERISTICS",
+            ),
+            ("set search_path = public", "SET search_path"),
+            ("alter role current_user password 'x'", "ALTER ROLE"),
+            (
+                "alter user current_user set work_mem = '1GB'",
+                "ALTER ROLE SET",
+            ),
+            ("create table x (a int)", "CREATE"),
+            ("create temp table x (a int)", "CREATE"),
+            ("drop table t", "DROP"),
+            ("alter table t add column b int", "ALTER TABLE"),
+            ("truncate t", "TRUNCATE"),
+            ("grant select on t to public", "GRANT"),
+            ("select 1 into x", "SELECT INTO"),
+            ("create table x as select 1", "CREATE TABLE AS"),
+            (
+                "declare c cursor with hold for select 1",
+                "DECLARE … WITH HOLD",
+            ),
+            (
+                "explain analyze create table x as select 1",
+                "EXPLAIN of CREATE TABLE AS",
+            ),
+            ("vacuum t", "VACUUM"),
+            ("checkpoint", "CHECK POINT"),
+            ("select lo_from_bytea(0, 'x')", "calling lo_from_bytea()"),
+            ("select pg_catalog.lo_put(1, 0, 'x')", "calling lo_put()"),
+            (
+                "select * from t where pg_terminate_backend(1)",
+                "calling pg_terminate_backend()",
+            ),
+            ("select pg_advisory_lock(1)", "calling pg_advisory_lock()"),
+            (
+                "select set_config('role', 'x', false)",
+                "calling set_config()",
+            ),
+            (
+                "select query_to_xml('commit', true, true, '')",
+                "calling query_to_xml()",
+            ),
+            ("select pg_notify('c', 'x')", "calling pg_notify()"),
+            (
+                "with x as (select lo_creat(-1)) select 1",
+                "calling lo_creat()",
+            ),
+            ("insert into t select * from lo_get(1)", "calling lo_get()"),
+        ] {
+            let r = refused(sql);
+            assert!(r.kind.starts_with(kind), "{sql}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn several_statements_and_none_are_refused() {
+        assert!(refused("select 1; select 2").kind.contains("2 statements"));
+        assert_eq!(refused("").kind, "empty SQL");
+        assert_eq!(refused(" -- nothing\n ;; /* */").kind, "empty SQL");
+        assert!(refused("select \0").why.contains("NUL"));
+        let r = refused("selec 1");
+        assert!(r.why.contains("syntax error"), "{r:?}");
+        assert_eq!(r.sqlstate, Some("42601"));
+    }
+
+    #[test]
+    fn deep_nesting_is_judged_or_refused_without_crashing() {
+        for depth in [10, 100, 1_000, 4_900, 10_000] {
+            for sql in [
+                format!("select {}1{}", "(".repeat(depth), ")".repeat(depth)),
+                format!("select {}1{}", "array[".repeat(depth), "]".repeat(depth)),
+                format!(
+                    "select {}",
+                    (0..depth)
+                        .map(|i| format!("a{i}"))
+                        .collect::<Vec<_>>()
+                        .join(" || ")
+                ),
+                format!(
+                    "select {}lo_get(1){}",
+                    "coalesce(".repeat(depth),
+                    ", 1)".repeat(depth)
+                ),
+            ] {
+                let verdict = screen(&sql);
+                if sql.contains("lo_get") {
+                    assert!(verdict.is_err(), "depth {depth}");
+                }
+            }
+        }
+        // An ordinary report-sized expression is allowed.
+        let sql = format!(
+            "select {} from t",
+            (0..200)
+                .map(|i| format!("c{i}"))
+                .collect::<Vec<_>>()
+                .join(" || ")
+        );
+        assert_eq!(judge(&sql), Ok(()));
+    }
+
+    #[test]
+    fn verdicts_are_cached() {
+        let sql = "select 4242 /* cached */";
+        assert_eq!(screen(sql), Ok(()));
+        assert!(cache().contains_key(sql));
+        assert_eq!(screen(sql), Ok(()));
+    }
+}
