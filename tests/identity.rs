@@ -1323,3 +1323,240 @@ async fn an_expired_access_token_stops_validating_and_permissions_are_explained(
         .into_inner();
     validate(&mut c, &fresh.access_token).await.unwrap();
 }
+
+/// How many audit events of each action the log holds.
+async fn audit_counts(db: &mut sqlx::PgConnection) -> std::collections::BTreeMap<String, i64> {
+    sqlx::query_as::<_, (String, i64)>(
+        "SELECT action, count(*) FROM tenantd.audit_log GROUP BY action",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect()
+}
+
+/// Checks that the audit events added since `before` are exactly one of each
+/// `expected` action, then moves `before` on.
+async fn audited(
+    db: &mut sqlx::PgConnection,
+    before: &mut std::collections::BTreeMap<String, i64>,
+    what: &str,
+    expected: &[&str],
+) {
+    let after = audit_counts(db).await;
+    let added: std::collections::BTreeMap<String, i64> = after
+        .iter()
+        .map(|(a, n)| (a.clone(), n - before.get(a).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n != 0)
+        .collect();
+    let expected: std::collections::BTreeMap<String, i64> =
+        expected.iter().map(|a| (a.to_string(), 1)).collect();
+    assert_eq!(added, expected, "audit events of {what}");
+    *before = after;
+}
+
+#[tokio::test]
+async fn every_session_change_leaves_exactly_one_audit_event() {
+    let server = TestServer::start().await;
+    let mut c = server.clients().await;
+    let mut db = server.db.connect().await;
+    let owner = c
+        .users
+        .create_user(user("Frances", "frances@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut request = new_tenant("audited");
+    request.owner_user_id = owner.id.clone();
+    let t = c.tenants.create_tenant(request).await.unwrap().into_inner();
+    let staff = c
+        .users
+        .create_user(user("Mary", "mary@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let mut before = audit_counts(&mut db).await;
+    let unbound = c
+        .sessions
+        .login(login("frances@example.com", PASSWORD, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    audited(&mut db, &mut before, "login", &["session.login"]).await;
+    let bound = c
+        .sessions
+        .login(login("frances@example.com", PASSWORD, &t.id))
+        .await
+        .unwrap()
+        .into_inner();
+    audited(
+        &mut db,
+        &mut before,
+        "login to a tenant",
+        &["session.login"],
+    )
+    .await;
+    let _ = c
+        .sessions
+        .login(login(
+            "frances@example.com",
+            "wrong horse battery staple",
+            "",
+        ))
+        .await
+        .unwrap_err();
+    audited(&mut db, &mut before, "a failed login", &[]).await;
+
+    let refresh = |token: &str| pb::RefreshRequest {
+        refresh_token: token.into(),
+        client_ip: "192.0.2.11".into(),
+    };
+    let rotated = c
+        .sessions
+        .refresh(refresh(&bound.refresh_token))
+        .await
+        .unwrap()
+        .into_inner();
+    audited(&mut db, &mut before, "refresh", &["session.refresh"]).await;
+    let again = c
+        .sessions
+        .refresh(refresh(&rotated.refresh_token))
+        .await
+        .unwrap()
+        .into_inner();
+    audited(&mut db, &mut before, "refresh again", &["session.refresh"]).await;
+    let err = c
+        .sessions
+        .refresh(refresh("tdr_not-a-refresh-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    audited(&mut db, &mut before, "an unknown refresh token", &[]).await;
+
+    // The owner manages members with their token; a refused change leaves nothing.
+    let mut as_owner = server.clients_as(&again.access_token).await;
+    as_owner
+        .users
+        .add_member(pb::AddMemberRequest {
+            tenant_id: t.id.clone(),
+            user_id: staff.id.clone(),
+            role: pb::MemberRole::Employee as i32,
+        })
+        .await
+        .unwrap();
+    audited(&mut db, &mut before, "add member", &["member.add"]).await;
+    as_owner
+        .users
+        .change_role(pb::ChangeRoleRequest {
+            tenant_id: t.id.clone(),
+            user_id: staff.id.clone(),
+            role: pb::MemberRole::Admin as i32,
+        })
+        .await
+        .unwrap();
+    audited(&mut db, &mut before, "change role", &["member.change_role"]).await;
+    let staff_session = c
+        .sessions
+        .login(login("mary@example.com", PASSWORD, &t.id))
+        .await
+        .unwrap()
+        .into_inner();
+    audited(
+        &mut db,
+        &mut before,
+        "the admin logs in",
+        &["session.login"],
+    )
+    .await;
+    let mut as_staff = server.clients_as(&staff_session.access_token).await;
+    let err = as_staff
+        .users
+        .change_role(pb::ChangeRoleRequest {
+            tenant_id: t.id.clone(),
+            user_id: staff.id.clone(),
+            role: pb::MemberRole::Owner as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::PermissionDenied,
+        "an ADMIN cannot make itself OWNER"
+    );
+    audited(&mut db, &mut before, "a refused promotion", &[]).await;
+
+    // Logout of one session; logging out again changes nothing.
+    let mut own = server.clients_as(&unbound.access_token).await;
+    own.sessions
+        .logout(pb::LogoutRequest {
+            access_token: String::new(),
+        })
+        .await
+        .unwrap();
+    audited(&mut db, &mut before, "logout", &["session.revoke"]).await;
+    c.sessions
+        .logout(pb::LogoutRequest {
+            access_token: unbound.access_token.clone(),
+        })
+        .await
+        .ok();
+    audited(&mut db, &mut before, "logout again", &[]).await;
+
+    // A rotated-away refresh token comes back: one event, and the session ends.
+    let err = c
+        .sessions
+        .refresh(refresh(&bound.refresh_token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    audited(
+        &mut db,
+        &mut before,
+        "refresh token reuse",
+        &["session.reuse_detected"],
+    )
+    .await;
+    let err = c
+        .sessions
+        .refresh(refresh(&again.refresh_token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    audited(&mut db, &mut before, "refresh of an ended session", &[]).await;
+
+    c.sessions
+        .revoke_all_sessions(pb::RevokeAllSessionsRequest {
+            user_id: staff.id.clone(),
+            reason: "audit test".into(),
+        })
+        .await
+        .unwrap();
+    audited(&mut db, &mut before, "revoke all", &["session.revoke"]).await;
+    c.sessions
+        .revoke_all_sessions(pb::RevokeAllSessionsRequest {
+            user_id: staff.id.clone(),
+            reason: "again".into(),
+        })
+        .await
+        .unwrap();
+    audited(&mut db, &mut before, "revoke all, none left", &[]).await;
+    c.users
+        .remove_member(pb::RemoveMemberRequest {
+            tenant_id: t.id.clone(),
+            user_id: staff.id.clone(),
+        })
+        .await
+        .unwrap();
+    audited(&mut db, &mut before, "remove member", &["member.remove"]).await;
+
+    let verified = c
+        .users
+        .verify_audit(pb::VerifyAuditRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.ok, "{verified:?}");
+    assert_eq!(verified.events_checked, before.values().sum::<i64>());
+}

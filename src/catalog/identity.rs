@@ -252,6 +252,119 @@ pub async fn delete_member(
         .map(|r| r.rows_affected() == 1)
 }
 
+// ---- access: a user's role in a tenant, and when it last changed ----
+
+/// A user's role in a tenant, the tenant's status and whether the user is
+/// active: what deciding the user's rights there needs.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AccessRow {
+    pub role: String,
+    pub tenant_status: String,
+    pub user_active: bool,
+}
+
+const ACCESS_QUERY: &str = "SELECT m.role, t.status AS tenant_status, u.status = 'active' AS user_active \
+     FROM tenantd.user_tenants m JOIN tenantd.tenants t ON t.id = m.tenant_id \
+     JOIN tenantd.users u ON u.id = m.user_id WHERE m.tenant_id = $1 AND m.user_id = $2";
+
+/// `None` when the user is not a member of the tenant.
+pub async fn access(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    user: Uuid,
+) -> Result<Option<AccessRow>, sqlx::Error> {
+    sqlx::query_as(ACCESS_QUERY)
+        .bind(tenant)
+        .bind(user)
+        .fetch_optional(conn)
+        .await
+}
+
+/// [`access`], with the tenant's row share-locked until the caller's
+/// transaction ends: a membership change ([`lock_tenant_members`]) or a
+/// status change of the tenant waits for it, and so is later than anything
+/// the caller does (such as issuing an access token that names the role).
+/// The lock is taken first, and the membership read by a statement of its
+/// own, so that what it reads is what was committed when the lock came.
+pub async fn lock_access(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    user: Uuid,
+) -> Result<Option<AccessRow>, sqlx::Error> {
+    sqlx::query("SELECT FROM tenantd.tenants WHERE id = $1 FOR SHARE")
+        .bind(tenant)
+        .execute(&mut *conn)
+        .await?;
+    access(conn, tenant, user).await
+}
+
+/// Locks the tenant's row against other membership changes, status changes
+/// and token issues ([`lock_access`]) until the caller's transaction ends;
+/// returns its status (`None`: no such tenant). Every change of the
+/// tenant's memberships takes it first, so they run one after another.
+pub async fn lock_tenant_members(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT status FROM tenantd.tenants WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(tenant)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Records that the user's membership of the tenant changed (added, new
+/// role, removed), at the clock of this statement, which follows the
+/// change's own row lock; returns that time.
+pub async fn note_membership_change(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    user: Uuid,
+) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO tenantd.membership_changes (tenant_id, user_id, changed_at) \
+         VALUES ($1, $2, clock_timestamp()) \
+         ON CONFLICT (tenant_id, user_id) DO UPDATE SET changed_at = excluded.changed_at \
+         RETURNING changed_at",
+    )
+    .bind(tenant)
+    .bind(user)
+    .fetch_one(conn)
+    .await
+}
+
+/// One change of access: a member's (`user: Some`) or a whole tenant's
+/// status (`user: None`).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AccessChange {
+    pub tenant_id: Uuid,
+    pub user_id: Option<Uuid>,
+    pub changed_at: DateTime<Utc>,
+}
+
+/// Membership and tenant-status changes within `window` of now.
+pub async fn access_changes(
+    conn: &mut PgConnection,
+    window: std::time::Duration,
+) -> Result<Vec<AccessChange>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT tenant_id, user_id, changed_at FROM tenantd.membership_changes \
+         WHERE changed_at > now() - $1 \
+         UNION ALL SELECT id, NULL, status_changed_at FROM tenantd.tenants \
+         WHERE status_changed_at > now() - $1",
+    )
+    .bind(window)
+    .fetch_all(conn)
+    .await
+}
+
+/// The database's clock now (not the transaction's start): the issue time of
+/// access tokens, so that it compares with the changes' times on one clock.
+pub async fn clock(conn: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(conn)
+        .await
+}
+
 /// Members of a tenant in user-id order after `after`.
 pub async fn list_members(
     conn: &mut PgConnection,

@@ -180,7 +180,9 @@ pub async fn update(
     row.try_into()
 }
 
-/// Moves a tenant to `status` and bumps the row version.
+/// Moves a tenant to `status` and bumps the row version. `status_changed_at`
+/// is the clock when the row is written, not when the transaction began: an
+/// access token issued under a share lock of the row before then is older.
 pub async fn set_status(
     conn: &mut PgConnection,
     id: TenantId,
@@ -188,6 +190,7 @@ pub async fn set_status(
 ) -> Result<Tenant, sqlx::Error> {
     let sql = format!(
         "UPDATE tenantd.tenants SET status = $2, version = version + 1, updated_at = now(), \
+             status_changed_at = clock_timestamp(), \
              purged_at = CASE WHEN $2 = 'purged' THEN now() ELSE purged_at END \
          WHERE id = $1 RETURNING {COLUMNS}"
     );
@@ -197,6 +200,18 @@ pub async fn set_status(
         .fetch_one(conn)
         .await?;
     row.try_into()
+}
+
+/// When the tenant's status last changed, if it ever did.
+pub async fn status_changed_at(
+    conn: &mut PgConnection,
+    id: TenantId,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT status_changed_at FROM tenantd.tenants WHERE id = $1")
+        .bind(id.as_uuid())
+        .fetch_optional(conn)
+        .await
+        .map(Option::flatten)
 }
 
 /// Makes `user_id` an OWNER of the tenant; false when no active user has that id.

@@ -1,10 +1,12 @@
 //! Who callers are and what they may do: tenant roles and the permission
-//! matrix, service-key scopes, and the validated shapes of user data.
+//! matrix, the role ceiling on membership changes, what a tenant that is not
+//! ACTIVE still grants, service-key scopes, and the validated shapes of user
+//! data.
 
 use std::fmt;
 use std::str::FromStr;
 
-use super::ValidationError;
+use super::{TenantStatus, ValidationError};
 
 /// A member's role in a tenant, strongest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -112,6 +114,22 @@ impl Permission {
         }
     }
 
+    /// Whether it only reads: all a member keeps in a tenant that is not
+    /// ACTIVE (suspended, archived).
+    pub const fn is_read(self) -> bool {
+        matches!(self, Self::TenantRead | Self::DataRead | Self::MembersRead)
+    }
+
+    /// Whether it changes who may do what, or the tenant itself (members,
+    /// settings, lifecycle, schema): decided from the catalog at the time of
+    /// the call, never from the role an access token names.
+    pub const fn changes_authority(self) -> bool {
+        matches!(
+            self,
+            Self::MembersManage | Self::TenantUpdate | Self::TenantDelete | Self::UpgradesRun
+        )
+    }
+
     pub const fn weakest_role(self) -> Role {
         match self {
             Self::TenantRead | Self::DataRead => Role::Employee,
@@ -135,6 +153,71 @@ impl Permission {
 impl fmt::Display for Permission {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The role ceiling: whether a member whose role is `actor` may move a
+/// membership (another's or their own) from `old` to `new` (`None`: not a
+/// member, so `old: None` adds and `new: None` removes). It needs
+/// members:manage, and both roles strictly below the actor's own, except
+/// that an OWNER may do anything, to OWNERs too. So nobody raises their own
+/// role. The last-OWNER rule is checked apart, as it binds service keys too.
+/// The error says why, for the caller.
+pub fn check_membership_change(
+    actor: Role,
+    old: Option<Role>,
+    new: Option<Role>,
+) -> Result<(), String> {
+    if !actor.grants(Permission::MembersManage) {
+        return Err(format!(
+            "role {actor} in this tenant does not grant {} (needs {} or stronger)",
+            Permission::MembersManage,
+            Permission::MembersManage.weakest_role()
+        ));
+    }
+    if actor == Role::Owner {
+        return Ok(());
+    }
+    let above = |r: Option<Role>| r.filter(|r| r.rank() >= actor.rank());
+    if let Some(role) = above(old) {
+        return Err(format!(
+            "role {actor} may add, change or remove only members below {actor}: this member is {role}"
+        ));
+    }
+    if let Some(role) = above(new) {
+        return Err(format!(
+            "role {actor} may grant only roles below {actor}, not {role}"
+        ));
+    }
+    Ok(())
+}
+
+/// What a user holds in a tenant: their role, and the tenant's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    pub role: Role,
+    pub tenant_status: TenantStatus,
+}
+
+impl Access {
+    /// Whether this grants `permission`: the role's matrix while the tenant
+    /// is ACTIVE, and of that only the reads while it is not. `Ok` says why
+    /// it is allowed, `Err` why not.
+    pub fn check(&self, permission: Permission) -> Result<String, String> {
+        let role = self.role;
+        if !role.grants(permission) {
+            return Err(format!(
+                "role {role} in this tenant does not grant {permission} (needs {} or stronger)",
+                permission.weakest_role()
+            ));
+        }
+        if self.tenant_status != TenantStatus::Active && !permission.is_read() {
+            return Err(format!(
+                "the tenant is {}: its members may only read, not {permission}",
+                self.tenant_status
+            ));
+        }
+        Ok(format!("role {role} in this tenant grants {permission}"))
     }
 }
 
@@ -327,6 +410,68 @@ mod tests {
         assert!(Role::Admin.grants(Permission::UpgradesRun));
         assert!(!Role::Admin.grants(Permission::TenantDelete));
         assert!(Role::Owner.grants(Permission::TenantDelete));
+    }
+
+    /// Spot checks of the ceiling; the whole table is walked end to end in
+    /// tests/authority.rs.
+    #[test]
+    fn the_role_ceiling() {
+        use Role::*;
+        let allowed = [
+            (Owner, None, Some(Owner)),
+            (Owner, Some(Owner), None),
+            (Owner, Some(Owner), Some(Employee)),
+            (Admin, None, Some(Manager)),
+            (Admin, Some(Employee), Some(Manager)),
+            (Admin, Some(Manager), None),
+        ];
+        let denied = [
+            (Admin, None, Some(Admin)),
+            (Admin, Some(Admin), Some(Owner)),
+            (Admin, Some(Admin), Some(Employee)),
+            (Admin, Some(Owner), None),
+            (Admin, Some(Employee), Some(Owner)),
+            (Manager, None, Some(Employee)),
+            (Employee, Some(Employee), None),
+        ];
+        for (actor, old, new) in allowed {
+            assert!(
+                check_membership_change(actor, old, new).is_ok(),
+                "{actor} {old:?} -> {new:?}"
+            );
+        }
+        for (actor, old, new) in denied {
+            let why = check_membership_change(actor, old, new).unwrap_err();
+            assert!(why.contains(actor.as_str()), "{why}");
+        }
+    }
+
+    #[test]
+    fn a_tenant_that_is_not_active_grants_only_reads() {
+        for status in [
+            TenantStatus::Suspended,
+            TenantStatus::Archived,
+            TenantStatus::Purged,
+        ] {
+            let owner = Access {
+                role: Role::Owner,
+                tenant_status: status,
+            };
+            for p in Permission::ALL {
+                assert_eq!(owner.check(p).is_ok(), p.is_read(), "{status} {p}");
+                assert!(!(p.is_read() && p.changes_authority()), "{p}");
+            }
+        }
+        let active = Access {
+            role: Role::Manager,
+            tenant_status: TenantStatus::Active,
+        };
+        assert!(active.check(Permission::DataWrite).is_ok());
+        let why = active.check(Permission::MembersManage).unwrap_err();
+        assert!(
+            why.contains("MANAGER") && why.contains("members:manage"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -107,8 +107,9 @@ pub fn require_scope(caller: &Caller, scope: Scope) -> Result<(), Status> {
 }
 
 /// A service key with `scope`, or a user whose role in `tenant` grants
-/// `permission` (from the token when it is bound to that tenant, otherwise
-/// from the catalog).
+/// `permission`: the token's role while it is bound to that tenant and
+/// current, the catalog's otherwise (and always for permissions that change
+/// authority). A tenant that is not ACTIVE grants its members only reads.
 pub async fn require_in_tenant(
     identity: &Identity,
     caller: &Caller,
@@ -119,22 +120,17 @@ pub async fn require_in_tenant(
     tracing::Span::current().record("tenant_id", tenant.to_string());
     match caller {
         Caller::Service(_) => require_scope(caller, scope),
-        Caller::User(p) => {
-            let role = match p.tenant {
-                Some((t, role)) if t == tenant => Some(role),
-                _ => identity
-                    .role_in(tenant, p.user_id)
-                    .await
-                    .map_err(super::identity::identity_status)?,
-            };
-            match role {
-                Some(role) if role.grants(permission) => Ok(()),
-                Some(role) => Err(denied(&format!(
-                    "role {role} does not grant {permission} in this tenant"
-                ))),
-                None => Err(denied("not a member of this tenant")),
-            }
-        }
+        Caller::User(p) => match identity
+            .access(p, tenant, permission)
+            .await
+            .map_err(super::identity::identity_status)?
+        {
+            Some(access) => access
+                .check(permission)
+                .map(drop)
+                .map_err(|why| denied(&why)),
+            None => Err(denied("not a member of this tenant")),
+        },
     }
 }
 

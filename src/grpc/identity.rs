@@ -24,6 +24,7 @@ pub fn identity_status(err: IdentityError) -> Status {
         IdentityError::LastOwner | IdentityError::Precondition(_) => {
             Status::failed_precondition(err.to_string())
         }
+        IdentityError::Forbidden(why) => Status::permission_denied(why),
         IdentityError::BadCredentials | IdentityError::BadToken => {
             Status::unauthenticated(err.to_string())
         }
@@ -98,8 +99,8 @@ fn principal_to_pb(p: &Principal) -> pb::Principal {
     pb::Principal {
         user_id: p.user_id.to_string(),
         session_id: p.session_id.to_string(),
-        tenant_id: p.tenant.map(|(t, _)| t.to_string()).unwrap_or_default(),
-        role: role_to_pb(p.tenant.map(|(_, r)| r)),
+        tenant_id: p.tenant_id.map(|t| t.to_string()).unwrap_or_default(),
+        role: role_to_pb(p.role),
         expires_at: ts(p.expires_at),
     }
 }
@@ -302,7 +303,7 @@ impl UserService for UserApi {
         let role = role_from_pb("role", r.role)?;
         let m = self
             .identity
-            .add_member(tenant, user, role, &who.actor())
+            .add_member(tenant, user, role, &who.actor(), who.user_id())
             .await
             .map_err(identity_status)?;
         Ok(Response::new(member_to_pb(m)))
@@ -318,7 +319,7 @@ impl UserService for UserApi {
         let role = role_from_pb("role", r.role)?;
         let m = self
             .identity
-            .change_role(tenant, user, role, &who.actor())
+            .change_role(tenant, user, role, &who.actor(), who.user_id())
             .await
             .map_err(identity_status)?;
         Ok(Response::new(member_to_pb(m)))
@@ -332,7 +333,7 @@ impl UserService for UserApi {
         let r = request.into_inner();
         let (tenant, user) = self.membership(&who, &r.tenant_id, &r.user_id).await?;
         self.identity
-            .remove_member(tenant, user, &who.actor())
+            .remove_member(tenant, user, &who.actor(), who.user_id())
             .await
             .map_err(identity_status)?;
         Ok(Response::new(pb::RemoveMemberResponse {}))
@@ -595,6 +596,12 @@ impl SessionService for SessionApi {
         let p = self
             .identity
             .validate(&request.get_ref().access_token)
+            .map_err(identity_status)?;
+        // The role the user holds now, when the token's is no longer current.
+        let p = self
+            .identity
+            .with_current_role(p)
+            .await
             .map_err(identity_status)?;
         Ok(Response::new(principal_to_pb(&p)))
     }

@@ -75,11 +75,13 @@ impl TenantApi {
             .await?;
         let tenants = self.tenants.clone();
         let pools = self.pools.clone();
+        let identity = self.identity.clone();
         let tenant = self
             .spawn(async move {
                 let changed = tenants
                     .change_status(id, action, expected, &request.reason, &actor)
                     .await?;
+                identity.tenant_status_changed(id).await;
                 if changed.status != TenantStatus::Active {
                     pools.invalidate(id).await;
                 }
@@ -264,11 +266,13 @@ impl TenantService for TenantApi {
             .await?;
         let tenants = self.tenants.clone();
         let pools = self.pools.clone();
+        let identity = self.identity.clone();
         let tenant = self
             .spawn(async move {
                 let purged = tenants
                     .purge(id, &r.confirm_slug, expected, &r.reason, &actor)
                     .await?;
+                identity.tenant_status_changed(id).await;
                 pools.invalidate(id).await;
                 Ok(purged)
             })

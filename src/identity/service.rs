@@ -1,5 +1,13 @@
 //! The identity operations. Each state change is one transaction with its
 //! audit event; reads of tokens and keys are answered from memory.
+//!
+//! Authority over a tenant is read from the catalog whenever it matters:
+//! membership changes check the acting user's current role, in the change's
+//! transaction, against the role ceiling; a token's role is trusted only
+//! until its membership or its tenant's status changes (see `revocations`).
+//! Every membership change of a tenant holds the tenant's row lock, and
+//! every token naming a role is issued under a share lock of that row, so
+//! the two are ordered.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -20,11 +28,11 @@ use super::passwords::Hasher;
 use super::revocations::{REFRESH_INTERVAL, Revocations};
 use super::tokens::{Claims, Tokens};
 use crate::catalog::identity::{
-    self as store, MemberRow, NewSession, NewUser, SessionRow, UserRow,
+    self as store, AccessRow, MemberRow, NewSession, NewUser, SessionRow, UserRow,
 };
 use crate::catalog::{DbErrorKind, DbFailure, audit, classify};
-use crate::domain::ValidationError;
-use crate::domain::identity::{Email, Permission, Phone, Role};
+use crate::domain::identity::{Access, Email, Permission, Phone, Role, check_membership_change};
+use crate::domain::{TenantId, TenantStatus, ValidationError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -38,6 +46,9 @@ pub enum IdentityError {
     VersionConflict { expected: i64, actual: i64 },
     #[error("the last OWNER of a tenant can be neither removed nor demoted")]
     LastOwner,
+    /// The acting user's role does not allow it; says why.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Precondition(String),
     /// Unknown user, wrong password, deactivated user: one answer for all.
@@ -94,8 +105,35 @@ impl Default for IdentitySettings {
 pub struct Principal {
     pub user_id: Uuid,
     pub session_id: Uuid,
-    pub tenant: Option<(Uuid, Role)>,
+    /// The tenant the token is bound to, if any.
+    pub tenant_id: Option<Uuid>,
+    /// The user's role in that tenant, when it is known to be current: as
+    /// the token names it until the membership or the tenant's status
+    /// changes (then `None`, and the catalog decides), or as just read.
+    pub role: Option<Role>,
     pub expires_at: DateTime<Utc>,
+}
+
+/// What a new access token says about its tenant.
+#[derive(Debug, Clone, Copy)]
+struct Binding {
+    tenant: Uuid,
+    role: Role,
+    /// Whether the tenant is ACTIVE: only then does the token name the role
+    /// (a token trusted for its role stands for an ACTIVE tenant's rights).
+    active: bool,
+}
+
+/// The access an [`AccessRow`] describes, if the user is active and the row
+/// makes sense; otherwise none (fail closed).
+fn access_of(row: AccessRow) -> Option<Access> {
+    if !row.user_active {
+        return None;
+    }
+    Some(Access {
+        role: row.role.parse().ok()?,
+        tenant_status: row.tenant_status.parse().ok()?,
+    })
 }
 
 /// A session as ListSessions shows it.
@@ -418,6 +456,33 @@ impl Identity {
     }
 
     // ---- memberships ----
+    //
+    // `by` is the acting user; `None` for a service key, which is above the
+    // role ceiling (but not the last-OWNER rule).
+
+    /// Checks, in the change's transaction, that the acting user may move
+    /// a membership of `tenant` from `old` to `new`: their current role (not
+    /// their token's) in an ACTIVE tenant, under the role ceiling.
+    async fn check_actor(
+        tx: &mut sqlx::PgConnection,
+        tenant: Uuid,
+        by: Option<Uuid>,
+        old: Option<Role>,
+        new: Option<Role>,
+    ) -> Result<(), IdentityError> {
+        let Some(by) = by else {
+            return Ok(());
+        };
+        let access = store::access(tx, tenant, by)
+            .await
+            .map_err(db("read the acting user's role"))?
+            .and_then(access_of)
+            .ok_or_else(|| IdentityError::Forbidden("not a member of this tenant".into()))?;
+        access
+            .check(Permission::MembersManage)
+            .map_err(IdentityError::Forbidden)?;
+        check_membership_change(access.role, old, new).map_err(IdentityError::Forbidden)
+    }
 
     pub async fn add_member(
         &self,
@@ -425,14 +490,13 @@ impl Identity {
         user: Uuid,
         role: Role,
         actor: &str,
+        by: Option<Uuid>,
     ) -> Result<MemberRow, IdentityError> {
         let mut tx = self.pool.begin().await.map_err(db("begin add member"))?;
-        let live: Option<String> =
-            sqlx::query_scalar("SELECT status FROM tenantd.tenants WHERE id = $1")
-                .bind(tenant)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db("look up tenant"))?;
+        let live = store::lock_tenant_members(&mut tx, tenant)
+            .await
+            .map_err(db("lock tenant"))?;
+        Self::check_actor(&mut tx, tenant, by, None, Some(role)).await?;
         match live.as_deref() {
             None | Some("purged") => return Err(IdentityError::NotFound("tenant")),
             _ => {}
@@ -452,6 +516,9 @@ impl Identity {
             .ok_or_else(|| {
                 IdentityError::AlreadyExists("the user is a member of this tenant already".into())
             })?;
+        let changed = store::note_membership_change(&mut tx, tenant, user)
+            .await
+            .map_err(db("note membership change"))?;
         audit::append(
             &mut tx,
             actor,
@@ -462,6 +529,7 @@ impl Identity {
         .await
         .map_err(db("audit member add"))?;
         tx.commit().await.map_err(db("commit add member"))?;
+        self.revocations.membership_changed(tenant, user, changed);
         Ok(member)
     }
 
@@ -471,15 +539,27 @@ impl Identity {
         user: Uuid,
         role: Role,
         actor: &str,
+        by: Option<Uuid>,
     ) -> Result<MemberRow, IdentityError> {
         let mut tx = self.pool.begin().await.map_err(db("begin change role"))?;
+        store::lock_tenant_members(&mut tx, tenant)
+            .await
+            .map_err(db("lock tenant"))?;
         let owners = store::lock_owners(&mut tx, tenant)
             .await
             .map_err(db("lock owners"))?;
         let current = store::get_member(&mut tx, tenant, user)
             .await
-            .map_err(db("get member"))?
-            .ok_or(IdentityError::NotFound("membership"))?;
+            .map_err(db("get member"))?;
+        Self::check_actor(
+            &mut tx,
+            tenant,
+            by,
+            current.as_ref().and_then(MemberRow::role),
+            Some(role),
+        )
+        .await?;
+        let current = current.ok_or(IdentityError::NotFound("membership"))?;
         if current.role() == Some(Role::Owner) && role != Role::Owner && owners <= 1 {
             return Err(IdentityError::LastOwner);
         }
@@ -487,6 +567,9 @@ impl Identity {
             .await
             .map_err(db("change role"))?
             .ok_or(IdentityError::NotFound("membership"))?;
+        let changed = store::note_membership_change(&mut tx, tenant, user)
+            .await
+            .map_err(db("note membership change"))?;
         audit::append(
             &mut tx,
             actor,
@@ -497,6 +580,7 @@ impl Identity {
         .await
         .map_err(db("audit role change"))?;
         tx.commit().await.map_err(db("commit change role"))?;
+        self.revocations.membership_changed(tenant, user, changed);
         Ok(member)
     }
 
@@ -505,21 +589,36 @@ impl Identity {
         tenant: Uuid,
         user: Uuid,
         actor: &str,
+        by: Option<Uuid>,
     ) -> Result<(), IdentityError> {
         let mut tx = self.pool.begin().await.map_err(db("begin remove member"))?;
+        store::lock_tenant_members(&mut tx, tenant)
+            .await
+            .map_err(db("lock tenant"))?;
         let owners = store::lock_owners(&mut tx, tenant)
             .await
             .map_err(db("lock owners"))?;
         let current = store::get_member(&mut tx, tenant, user)
             .await
-            .map_err(db("get member"))?
-            .ok_or(IdentityError::NotFound("membership"))?;
+            .map_err(db("get member"))?;
+        Self::check_actor(
+            &mut tx,
+            tenant,
+            by,
+            current.as_ref().and_then(MemberRow::role),
+            None,
+        )
+        .await?;
+        let current = current.ok_or(IdentityError::NotFound("membership"))?;
         if current.role() == Some(Role::Owner) && owners <= 1 {
             return Err(IdentityError::LastOwner);
         }
         store::delete_member(&mut tx, tenant, user)
             .await
             .map_err(db("remove member"))?;
+        let changed = store::note_membership_change(&mut tx, tenant, user)
+            .await
+            .map_err(db("note membership change"))?;
         audit::append(
             &mut tx,
             actor,
@@ -530,6 +629,7 @@ impl Identity {
         .await
         .map_err(db("audit member removal"))?;
         tx.commit().await.map_err(db("commit remove member"))?;
+        self.revocations.membership_changed(tenant, user, changed);
         Ok(())
     }
 
@@ -567,17 +667,91 @@ impl Identity {
             .map_err(db("list user tenants"))
     }
 
-    /// The role of `user` in `tenant`, if a member.
-    pub async fn role_in(&self, tenant: Uuid, user: Uuid) -> Result<Option<Role>, IdentityError> {
+    /// What `user` holds in `tenant` by the catalog now; `None` when not a
+    /// member (or deactivated).
+    async fn access_in_catalog(
+        &self,
+        tenant: Uuid,
+        user: Uuid,
+    ) -> Result<Option<Access>, IdentityError> {
         let mut c = self
             .pool
             .acquire()
             .await
             .map_err(db("acquire catalog connection"))?;
-        Ok(store::get_member(&mut c, tenant, user)
+        Ok(store::access(&mut c, tenant, user)
             .await
-            .map_err(db("get member"))?
-            .and_then(|m| m.role()))
+            .map_err(db("read the user's role"))?
+            .and_then(access_of))
+    }
+
+    /// What the principal holds in `tenant` for deciding `permission`: the
+    /// token's role while it is current and bound to that tenant (then the
+    /// tenant is ACTIVE), except for permissions that change authority; the
+    /// catalog's otherwise.
+    pub async fn access(
+        &self,
+        p: &Principal,
+        tenant: Uuid,
+        permission: Permission,
+    ) -> Result<Option<Access>, IdentityError> {
+        match p.role {
+            Some(role) if p.tenant_id == Some(tenant) && !permission.changes_authority() => {
+                Ok(Some(Access {
+                    role,
+                    tenant_status: TenantStatus::Active,
+                }))
+            }
+            _ => self.access_in_catalog(tenant, p.user_id).await,
+        }
+    }
+
+    /// The principal with its role read from the catalog when the token's
+    /// own is not current (or it named none).
+    pub async fn with_current_role(&self, mut p: Principal) -> Result<Principal, IdentityError> {
+        if let (Some(tenant), None) = (p.tenant_id, p.role) {
+            p.role = self
+                .access_in_catalog(tenant, p.user_id)
+                .await?
+                .map(|a| a.role);
+        }
+        Ok(p)
+    }
+
+    /// A tenant's status changed here: its members' tokens stop vouching for
+    /// their roles at once on this replica (elsewhere at the next reload).
+    pub async fn tenant_status_changed(&self, tenant: TenantId) {
+        let at = match self.pool.acquire().await {
+            Ok(mut c) => crate::catalog::tenants::status_changed_at(&mut c, tenant).await,
+            Err(e) => Err(e),
+        };
+        match at {
+            Ok(Some(at)) => self.revocations.tenant_changed(*tenant.as_uuid(), at),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(tenant_id = %tenant, error = %e, "cannot read the tenant's status change; other replicas' reload will bring it")
+            }
+        }
+    }
+
+    /// The user's role in `tenant` for a new token, with the tenant's row
+    /// share-locked until the transaction ends: a membership or status
+    /// change waits for it, so is later than the token. `None` when not a
+    /// member (or deactivated).
+    async fn binding(
+        tx: &mut sqlx::PgConnection,
+        tenant: Uuid,
+        user: Uuid,
+    ) -> Result<Option<Binding>, IdentityError> {
+        Ok(store::lock_access(tx, tenant, user)
+            .await
+            .map_err(db("read the user's role"))?
+            .and_then(access_of)
+            .map(|a| Binding {
+                tenant,
+                role: a.role,
+                active: a.tenant_status == TenantStatus::Active,
+            }))
     }
 
     // ---- sessions ----
@@ -629,24 +803,25 @@ impl Identity {
         let Some((user, _)) = found.filter(|(u, _)| ok && u.status == "active") else {
             return Err(IdentityError::BadCredentials);
         };
+        let mut tx = self.pool.begin().await.map_err(db("begin login"))?;
         let tenant = match input.tenant_id {
-            Some(t) => match self.role_in(t, user.id).await? {
-                Some(role) => Some((t, role)),
+            Some(t) => match Self::binding(&mut tx, t, user.id).await? {
+                Some(binding) => Some(binding),
                 None => return Err(IdentityError::BadCredentials),
             },
             None => None,
         };
+        let now = store::clock(&mut tx).await.map_err(db("read the clock"))?;
         let session = Uuid::now_v7();
         let refresh = new_refresh_token();
-        let refresh_expires_at = Utc::now() + self.settings.refresh_ttl;
+        let refresh_expires_at = now + self.settings.refresh_ttl;
         let ip = input.client_ip.map(|a| a.to_string());
-        let mut tx = self.pool.begin().await.map_err(db("begin login"))?;
         store::insert_session(
             &mut tx,
             &NewSession {
                 id: session,
                 user_id: user.id,
-                tenant_id: tenant.map(|(t, _)| t),
+                tenant_id: tenant.map(|b| b.tenant),
                 device: &input.device,
                 client_ip: ip.as_deref(),
                 expires_at: refresh_expires_at,
@@ -660,25 +835,36 @@ impl Identity {
             actor,
             "session.login",
             &format!("user:{}", user.id),
-            &json!({ "session_id": session, "tenant_id": tenant.map(|(t, _)| t), "client_ip": ip }),
+            &json!({ "session_id": session, "tenant_id": tenant.map(|b| b.tenant), "client_ip": ip }),
         )
         .await
         .map_err(db("audit login"))?;
+        let issued = self.issue(user.id, session, tenant, now, refresh, refresh_expires_at)?;
         tx.commit().await.map_err(db("commit login"))?;
-        self.issue(user.id, session, tenant, refresh, refresh_expires_at)
+        Ok(issued)
     }
 
+    /// Signs an access token issued at `now` (the database's clock, read
+    /// under the binding's lock). It names the role only for an ACTIVE
+    /// tenant; the principal answered names it either way.
     fn issue(
         &self,
         user: Uuid,
         session: Uuid,
-        tenant: Option<(Uuid, Role)>,
+        tenant: Option<Binding>,
+        now: DateTime<Utc>,
         refresh: String,
         refresh_expires_at: DateTime<Utc>,
     ) -> Result<Issued, IdentityError> {
         let (access_token, claims) = self
             .tokens
-            .issue(user, session, tenant)
+            .issue(
+                user,
+                session,
+                tenant.map(|b| b.tenant),
+                tenant.filter(|b| b.active).map(|b| b.role),
+                now,
+            )
             .map_err(internal("sign access token"))?;
         Ok(Issued {
             access_token,
@@ -688,14 +874,16 @@ impl Identity {
             principal: Principal {
                 user_id: user,
                 session_id: session,
-                tenant,
+                tenant_id: tenant.map(|b| b.tenant),
+                role: tenant.map(|b| b.role),
                 expires_at: claims.expires_at(),
             },
         })
     }
 
-    /// Rotates a refresh token. A token that was already rotated away was
-    /// stolen or replayed: the whole session is revoked.
+    /// Rotates a refresh token; the new access token names the role the
+    /// user holds now. A token that was already rotated away was stolen or
+    /// replayed: the whole session is revoked.
     pub async fn refresh(
         &self,
         token: &str,
@@ -744,29 +932,42 @@ impl Identity {
             return Err(IdentityError::BadToken);
         }
         let tenant = match session.tenant_id {
-            Some(t) => match store::get_member(&mut tx, t, session.user_id)
-                .await
-                .map_err(db("get member"))?
-                .and_then(|m| m.role())
-            {
-                Some(role) => Some((t, role)),
+            Some(t) => match Self::binding(&mut tx, t, session.user_id).await? {
+                Some(binding) => Some(binding),
                 None => return Err(IdentityError::BadToken),
             },
             None => None,
         };
+        let now = store::clock(&mut tx).await.map_err(db("read the clock"))?;
         let fresh = new_refresh_token();
         let ip = client_ip.map(|a| a.to_string());
         store::rotate_refresh(&mut tx, session.id, &old, &sha256(&fresh), ip.as_deref())
             .await
             .map_err(db("rotate refresh token"))?;
-        tx.commit().await.map_err(db("commit refresh"))?;
-        self.issue(
+        audit::append(
+            &mut tx,
+            actor,
+            "session.refresh",
+            &format!("user:{}", session.user_id),
+            &json!({
+                "session_id": session.id,
+                "tenant_id": session.tenant_id,
+                "role": tenant.map(|b| b.role.as_str()),
+                "client_ip": ip,
+            }),
+        )
+        .await
+        .map_err(db("audit refresh"))?;
+        let issued = self.issue(
             session.user_id,
             session.id,
             tenant,
+            now,
             fresh,
             session.expires_at,
-        )
+        )?;
+        tx.commit().await.map_err(db("commit refresh"))?;
+        Ok(issued)
     }
 
     /// The principal of an access token: signature, expiry and the in-memory
@@ -776,10 +977,17 @@ impl Identity {
         if self.revocations.is_revoked(&claims.sid) {
             return Err(IdentityError::BadToken);
         }
+        let role = claims.tid.and_then(|tenant| {
+            claims.role().filter(|_| {
+                self.revocations
+                    .role_is_current(tenant, claims.sub, claims.iat)
+            })
+        });
         Ok(Principal {
             user_id: claims.sub,
             session_id: claims.sid,
-            tenant: claims.tid.zip(claims.role()),
+            tenant_id: claims.tid,
+            role,
             expires_at: claims.expires_at(),
         })
     }
@@ -792,24 +1000,11 @@ impl Identity {
         permission: Permission,
     ) -> Result<(bool, String, Option<Role>), IdentityError> {
         let p = self.validate(token)?;
-        let role = match p.tenant {
-            Some((t, role)) if t == tenant => Some(role),
-            _ => self.role_in(tenant, p.user_id).await?,
-        };
-        Ok(match role {
-            Some(role) if role.grants(permission) => (
-                true,
-                format!("role {role} in this tenant grants {permission}"),
-                Some(role),
-            ),
-            Some(role) => (
-                false,
-                format!(
-                    "role {role} in this tenant does not grant {permission} (needs {} or stronger)",
-                    permission.weakest_role()
-                ),
-                Some(role),
-            ),
+        Ok(match self.access(&p, tenant, permission).await? {
+            Some(access) => match access.check(permission) {
+                Ok(why) => (true, why, Some(access.role)),
+                Err(why) => (false, why, Some(access.role)),
+            },
             None => (
                 false,
                 "the user is not a member of this tenant".into(),

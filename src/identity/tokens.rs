@@ -23,9 +23,12 @@ pub struct Claims {
     /// The tenant the session is bound to, if any.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub tid: Option<Uuid>,
-    /// The user's role in that tenant when the token was issued.
+    /// The user's role in that tenant when the token was issued, if the
+    /// tenant was ACTIVE then. It holds only while neither the membership
+    /// nor the tenant's status changed (see `revocations`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub role: Option<String>,
+    /// When it was issued, by the database's clock, in whole seconds.
     pub iat: i64,
     pub exp: i64,
     pub iss: String,
@@ -64,18 +67,22 @@ impl Tokens {
         }
     }
 
+    /// A token for `user`'s `session`, bound to `tenant` with `role` there
+    /// (if any), issued at `now`.
     pub fn issue(
         &self,
         user: Uuid,
         session: Uuid,
-        tenant: Option<(Uuid, Role)>,
+        tenant: Option<Uuid>,
+        role: Option<Role>,
+        now: DateTime<Utc>,
     ) -> anyhow::Result<(String, Claims)> {
-        let now = Utc::now().timestamp();
+        let now = now.timestamp();
         let claims = Claims {
             sub: user,
             sid: session,
-            tid: tenant.map(|(t, _)| t),
-            role: tenant.map(|(_, r)| r.as_str().to_owned()),
+            tid: tenant,
+            role: tenant.and(role).map(|r| r.as_str().to_owned()),
             iat: now,
             exp: now + self.ttl.as_secs() as i64,
             iss: ISSUER.to_owned(),
@@ -101,7 +108,7 @@ mod tests {
         let tokens = Tokens::new(b"0123456789abcdef0123456789abcdef", Duration::from_secs(60));
         let (user, session, tenant) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         let (token, claims) = tokens
-            .issue(user, session, Some((tenant, Role::Manager)))
+            .issue(user, session, Some(tenant), Some(Role::Manager), Utc::now())
             .unwrap();
         let back = tokens.verify(&token).unwrap();
         assert_eq!(back, claims);
@@ -115,7 +122,9 @@ mod tests {
         tampered.insert(tampered.len() - 2, 'x');
         assert!(tokens.verify(&tampered).is_none());
         let expired = Tokens::new(b"0123456789abcdef0123456789abcdef", Duration::ZERO);
-        let (old, _) = expired.issue(user, session, None).unwrap();
+        let (old, _) = expired
+            .issue(user, session, None, None, Utc::now())
+            .unwrap();
         let mut strict = tokens.clone();
         strict.validation.leeway = 0;
         std::thread::sleep(Duration::from_millis(1100));
