@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure()
+        // Requests that do not decode are INVALID_ARGUMENT, not INTERNAL.
+        .codec_path("crate::grpc::codec::Codec")
         .file_descriptor_set_path(out_dir.join("tenantd_descriptor.bin"))
         .compile_with_config(config, &protos, &["proto"])?;
     embed_tenant_migrations(&out_dir)?;

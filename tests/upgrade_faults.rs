@@ -5,12 +5,11 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TestServer;
+use common::binary::Tenantd;
 use common::fleet::{self, Replica};
 use tenantd::pb;
 
@@ -160,96 +159,6 @@ async fn a_replica_that_does_not_know_the_target_does_not_finish_tenants_short_o
     new.stop().await;
 }
 
-/// The real `tenantd serve` binary as a child process; killed (SIGKILL) when
-/// dropped, also when the test panics.
-struct Tenantd {
-    child: Child,
-    addr: String,
-    /// Holds the admin key the binary is started with.
-    _key_file: tempfile::NamedTempFile,
-}
-
-impl Tenantd {
-    /// Starts the binary over `database_url` and waits until it listens.
-    fn start(database_url: &str, migrations: &Path) -> Tenantd {
-        let key = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(key.path(), common::admin_key()).unwrap();
-        let key_file = key.path().to_path_buf();
-        let child = Command::new(env!("CARGO_BIN_EXE_tenantd"))
-            .args([
-                "serve",
-                "--listen-addr",
-                "127.0.0.1:0",
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--upgrade-lease",
-                "2s",
-            ])
-            .arg("--database-url")
-            .arg(database_url)
-            .arg("--admin-key-file")
-            .arg(&key_file)
-            .arg("--tenant-migrations")
-            .arg(migrations)
-            .env_remove("TENANTD_UPGRADE_WORKERS")
-            .env_remove("TENANTD_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run tenantd");
-        let mut server = Tenantd {
-            child,
-            addr: String::new(),
-            _key_file: key,
-        };
-        let stderr = server.child.stderr.take().unwrap();
-        let pid = server.child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("tenantd[{pid}]: {line}");
-                if !sent && line.contains("tenantd listening") {
-                    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                    let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_owned());
-                    sent = true;
-                }
-            }
-        });
-        server.addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("tenantd reports its address");
-        server
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// SIGKILL, and wait until the process is gone.
-    fn kill(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.child.id() as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Tenantd {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Polls the run until `done` exceeds `above`; None when the run ended first.
 async fn wait_for_done_above(
     client: &mut fleet::MigrationClient,
@@ -327,7 +236,7 @@ async fn a_run_survives_kill_9_of_its_process_twice_and_finishes_after_restart()
     let mut db = seed.db.connect().await;
     let t0 = Instant::now();
 
-    let mut first = Tenantd::start(&url, dir.path());
+    let mut first = Tenantd::start(&url, &fault_flags(dir.path()));
     let mut client = fleet::migration_client(first.endpoint()).await;
     let run = client
         .start_upgrade(fleet::start_request(2, 0))
@@ -347,7 +256,7 @@ async fn a_run_survives_kill_9_of_its_process_twice_and_finishes_after_restart()
     );
 
     // Second life: killed again once it has made progress of its own.
-    let mut second = Tenantd::start(&url, dir.path());
+    let mut second = Tenantd::start(&url, &fault_flags(dir.path()));
     let mut client = fleet::migration_client(second.endpoint()).await;
     let mut killed_twice = false;
     if let Some(run_now) = wait_for_done_above(&mut client, &run.id, done_at_first_kill + 5).await {
@@ -360,7 +269,7 @@ async fn a_run_survives_kill_9_of_its_process_twice_and_finishes_after_restart()
     }
     let mut third = None;
     if killed_twice {
-        let started = Tenantd::start(&url, dir.path());
+        let started = Tenantd::start(&url, &fault_flags(dir.path()));
         client = fleet::migration_client(started.endpoint()).await;
         third = Some(started);
     }
@@ -386,4 +295,15 @@ async fn a_run_survives_kill_9_of_its_process_twice_and_finishes_after_restart()
     .unwrap();
     assert_eq!(with_column, TENANTS as i64);
     drop((second, third));
+}
+
+/// The flags the fault tests start the binary with: short leases, and the
+/// test's own tenant migrations.
+fn fault_flags(migrations: &Path) -> Vec<&str> {
+    vec![
+        "--upgrade-lease",
+        "2s",
+        "--tenant-migrations",
+        migrations.to_str().expect("a UTF-8 path"),
+    ]
 }

@@ -288,7 +288,7 @@ impl ReadError {
 /// message is reported as such.
 fn lost_or(conn: &Checkout, err: ExecError) -> ExecError {
     match err {
-        ExecError::ConnectionLost { .. } if conn.oversize().ended_connection() => {
+        ExecError::ConnectionLost { .. } if conn.socket().ended_connection() => {
             ExecError::TooLarge(
                 "PostgreSQL's answer held a message larger than a response may; it was not read"
                     .to_owned(),
@@ -310,7 +310,7 @@ async fn run_one(
         .iter()
         .map(|c| (c.name().to_owned(), type_name(c.type_())))
         .collect();
-    let dropped_before = conn.oversize().rows_dropped();
+    let dropped_before = conn.socket().rows_dropped();
     let stream = conn
         .client()
         .query_raw(&p.statement, p.params.iter())
@@ -358,7 +358,7 @@ async fn run_one(
         out.rows.push(values);
     }
     // Rows too large to read at all were dropped by the socket.
-    if conn.oversize().rows_dropped() != dropped_before {
+    if conn.socket().rows_dropped() != dropped_before {
         out.truncated = true;
     }
     out.rows_affected = stream.rows_affected().unwrap_or(0);

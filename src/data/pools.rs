@@ -26,7 +26,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::socket::{Endpoint, Oversize};
+use super::socket::{Control, Endpoint};
 use crate::domain::{TenantId, TenantStatus};
 use crate::metrics::{EvictionReason, Metrics};
 use crate::tenant::{role_password, role_verifier};
@@ -203,8 +203,9 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
 pub struct TenantConn {
     client: deadpool_postgres::ClientWrapper,
     endpoint: Arc<Endpoint>,
-    /// What the socket's message guard dropped or refused.
-    oversize: Arc<Oversize>,
+    /// What the socket's message guard dropped or refused, and the switch
+    /// that closes it.
+    control: Arc<Control>,
 }
 
 impl TenantConn {
@@ -244,11 +245,11 @@ impl TenantManager {
         (
             tokio_postgres::Client,
             tokio_postgres::Connection<super::socket::Socket, tokio_postgres::tls::NoTlsStream>,
-            Arc<Oversize>,
+            Arc<Control>,
         ),
         ConnectError,
     > {
-        let (socket, oversize) = self
+        let (socket, control) = self
             .endpoint
             .connect_guarded(CONNECT_TIMEOUT, MAX_MESSAGE_BYTES)
             .await
@@ -265,7 +266,7 @@ impl TenantManager {
             ))
         })?
         .map_err(ConnectError::Pg)?;
-        Ok((client, connection, oversize))
+        Ok((client, connection, control))
     }
 }
 
@@ -278,7 +279,7 @@ impl TenantManager {
         (
             tokio_postgres::Client,
             tokio_postgres::Connection<super::socket::Socket, tokio_postgres::tls::NoTlsStream>,
-            Arc<Oversize>,
+            Arc<Control>,
         ),
         ConnectError,
     > {
@@ -344,8 +345,8 @@ impl managed::Manager for TenantManager {
     async fn create(&self) -> Result<TenantConn, ConnectError> {
         let permit = self.shared.permit().await.map_err(ConnectError::Budget)?;
         let mut repaired = false;
-        let (client, connection, oversize) = loop {
-            let (client, connection, oversize) = self.login_repairing_password().await?;
+        let (client, connection, control) = loop {
+            let (client, connection, control) = self.login_repairing_password().await?;
             let mut running = tokio::spawn(connection);
             // Role settings are the session's starting values, which RESET
             // ALL returns to: a role that set its own (ALTER ROLE … SET, from
@@ -362,7 +363,7 @@ impl managed::Manager for TenantManager {
             }
             .map_err(ConnectError::Pg)?;
             if !kept || repaired {
-                break (client, running, oversize);
+                break (client, running, control);
             }
             tracing::warn!(tenant_id = %self.tenant, "tenant role had settings of its own; resetting them");
             client
@@ -390,7 +391,7 @@ impl managed::Manager for TenantManager {
         Ok(TenantConn {
             client: deadpool_postgres::ClientWrapper::new(client, placeholder),
             endpoint: self.endpoint.clone(),
-            oversize,
+            control,
         })
     }
 
@@ -438,13 +439,18 @@ pub struct TenantPools {
     invalidated: moka::sync::Cache<TenantId, u64>,
 }
 
-/// Cancels a connection's running query over a connection of its own.
+/// Stops a connection's running call: cancels its query over a connection
+/// of its own, and closes the connection.
 pub struct Canceller {
     token: tokio_postgres::CancelToken,
     endpoint: Arc<Endpoint>,
+    control: Arc<Control>,
 }
 
 impl Canceller {
+    /// Cancels the connection's running query, then closes the connection:
+    /// a statement that catches the cancel ends when its backend sees the
+    /// connection closed.
     pub async fn cancel(self) {
         if let Ok(socket) = self.endpoint.connect(CONNECT_TIMEOUT).await {
             let _ = self
@@ -452,6 +458,7 @@ impl Canceller {
                 .cancel_query_raw(socket, tokio_postgres::NoTls)
                 .await;
         }
+        self.control.close_now();
     }
 }
 
@@ -477,6 +484,7 @@ impl Checkout {
             Some(obj) => Canceller {
                 token: obj.client().cancel_token(),
                 endpoint: obj.endpoint.clone(),
+                control: obj.control.clone(),
             },
             None => unreachable!("the object is only taken on drop"),
         }
@@ -490,9 +498,9 @@ impl Checkout {
     }
 
     /// What the socket's message guard dropped or refused.
-    pub fn oversize(&self) -> &Oversize {
+    pub fn socket(&self) -> &Control {
         match &self.obj {
-            Some(obj) => &obj.oversize,
+            Some(obj) => &obj.control,
             None => unreachable!("the object is only taken on drop"),
         }
     }

@@ -13,6 +13,13 @@
 //! and notices larger than the limit as they stream past, counting them so
 //! the call can report its result truncated; any other message larger than
 //! the limit ends the connection with [`MessageTooLarge`].
+//!
+//! And it can be closed from outside while a statement runs ([`Control::
+//! close_now`]): the driver closes a connection only once every response it
+//! waits for has come, which a statement that ignores cancels never sends.
+//! The socket then closes its sending side at once; the backend notices
+//! within `client_connection_check_interval` and ends, and the socket is
+//! given up when the server has hung up, as on any close.
 
 use std::future::Future as _;
 use std::io;
@@ -44,16 +51,18 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// A socket whose incoming messages are bounded by `limit` bytes.
+    /// A socket whose incoming messages are bounded by `limit` bytes, and
+    /// its control.
     pub async fn connect_guarded(
         &self,
         timeout: Duration,
         limit: usize,
-    ) -> io::Result<(Socket, Arc<Oversize>)> {
+    ) -> io::Result<(Socket, Arc<Control>)> {
         let mut socket = self.connect(timeout).await?;
-        let oversize = Arc::new(Oversize::default());
-        socket.guard = Some(Guard::new(limit, oversize.clone()));
-        Ok((socket, oversize))
+        let control = Arc::new(Control::default());
+        socket.guard = Some(Guard::new(limit, control.clone()));
+        socket.control = Some(control.clone());
+        Ok((socket, control))
     }
 
     pub async fn connect(&self, timeout: Duration) -> io::Result<Socket> {
@@ -80,6 +89,7 @@ impl Endpoint {
             write_closed: false,
             close_deadline: None,
             guard: None,
+            control: None,
         })
     }
 }
@@ -96,9 +106,18 @@ pub struct Socket {
     close_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Bounds incoming messages, when asked for.
     guard: Option<Guard>,
+    /// Lets the connection be closed from outside, when asked for.
+    control: Option<Arc<Control>>,
 }
 
 impl Inner {
+    fn poll_shutdown_raw(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Inner::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Inner::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+
     fn poll_read_raw(
         &mut self,
         cx: &mut Context<'_>,
@@ -118,6 +137,15 @@ impl AsyncRead for Socket {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Some(control) = &this.control {
+            control.waker.register(cx.waker());
+            if control.close_requested.load(Ordering::Acquire) && !this.write_closed {
+                // Only the sending side: what the server still sends (its
+                // last words, then its hang-up) is read as usual.
+                let _ = ready!(this.inner.poll_shutdown_raw(cx));
+                this.write_closed = true;
+            }
+        }
         match &mut this.guard {
             None => this.inner.poll_read_raw(cx, buf),
             Some(guard) => guard.poll_read(&mut this.inner, cx, buf),
@@ -125,15 +153,25 @@ impl AsyncRead for Socket {
     }
 }
 
-/// What the guard of a connection saw: rows it dropped, and whether it
-/// ended the connection over a message too large to drop.
+/// Shared with a connection's socket: what its guard saw (rows it dropped,
+/// whether it ended the connection over a message too large to drop), and
+/// the switch that closes it from outside.
 #[derive(Debug, Default)]
-pub struct Oversize {
+pub struct Control {
     rows_dropped: AtomicU64,
     fatal: AtomicBool,
+    close_requested: AtomicBool,
+    /// Wakes the connection's reader to close.
+    waker: futures::task::AtomicWaker,
 }
 
-impl Oversize {
+impl Control {
+    /// Closes the connection's sending side now, whatever it waits for.
+    pub fn close_now(&self) {
+        self.close_requested.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
     /// Rows (and notices) dropped so far.
     pub fn rows_dropped(&self) -> u64 {
         self.rows_dropped.load(Ordering::Relaxed)
@@ -170,14 +208,14 @@ struct Guard {
     carry: Vec<u8>,
     carry_at: usize,
     scratch: Box<[u8]>,
-    seen: Arc<Oversize>,
+    seen: Arc<Control>,
 }
 
 /// Bytes read from the socket at once.
 const SCRATCH: usize = 16 * 1024;
 
 impl Guard {
-    fn new(limit: usize, seen: Arc<Oversize>) -> Self {
+    fn new(limit: usize, seen: Arc<Control>) -> Self {
         Self {
             limit,
             frame: Frame::Header,
@@ -306,6 +344,12 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.write_closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the connection was closed",
+            )));
+        }
         match &mut self.inner {
             Inner::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Inner::Unix(s) => Pin::new(s).poll_write(cx, buf),
@@ -366,7 +410,7 @@ mod tests {
     /// Feeds `stream` through a guard in chunks of `chunk` bytes into
     /// reader buffers of `room` bytes.
     fn run(stream: &[u8], limit: usize, chunk: usize, room: usize) -> (io::Result<Vec<u8>>, u64) {
-        let seen = Arc::new(Oversize::default());
+        let seen = Arc::new(Control::default());
         let mut guard = Guard::new(limit, seen.clone());
         let mut out = Vec::new();
         for piece in stream.chunks(chunk) {

@@ -197,8 +197,20 @@ fn result_to_pb(o: Outcome) -> pb::StatementResult {
     }
 }
 
+/// Dimensions an array may have: PostgreSQL's MAXDIM.
+const MAX_ARRAY_DIMENSIONS: usize = 6;
+
 /// A request value; `field` names it in errors (made only for one).
 pub fn value_from_pb(v: pb::Value, field: &dyn Fn() -> String) -> Result<Value, ValidationError> {
+    value_at_depth(v, field, 0)
+}
+
+/// A value inside `depth` arrays.
+fn value_at_depth(
+    v: pb::Value,
+    field: &dyn Fn() -> String,
+    depth: usize,
+) -> Result<Value, ValidationError> {
     use pb::value::Kind;
     Ok(match v.kind {
         None | Some(Kind::Null(_)) => Value::Null,
@@ -252,11 +264,17 @@ pub fn value_from_pb(v: pb::Value, field: &dyn Fn() -> String) -> Result<Value, 
                 .map_err(|e| ValidationError::single(field(), format!("must be JSON: {e}")))?;
             Value::Json(s)
         }
+        Some(Kind::Array(_)) if depth >= MAX_ARRAY_DIMENSIONS => {
+            return Err(ValidationError::single(
+                field(),
+                format!("arrays nest at most {MAX_ARRAY_DIMENSIONS} levels deep"),
+            ));
+        }
         Some(Kind::Array(a)) => Value::Array(
             a.values
                 .into_iter()
                 .enumerate()
-                .map(|(i, v)| value_from_pb(v, &|| format!("{}[{i}]", field())))
+                .map(|(i, v)| value_at_depth(v, &|| format!("{}[{i}]", field()), depth + 1))
                 .collect::<Result<_, _>>()?,
         ),
     })

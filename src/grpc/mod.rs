@@ -3,6 +3,7 @@
 //! module sees a generated type or a `tonic::Status`.
 
 pub mod auth;
+pub mod codec;
 mod convert;
 pub mod data;
 pub mod identity;

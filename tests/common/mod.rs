@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod fleet;
 
 use std::net::SocketAddr;
@@ -202,6 +203,23 @@ pub struct Clients {
     pub data: tenantd::pb::tenant_data_service_client::TenantDataServiceClient<Authed>,
 }
 
+/// Clients of every service at `endpoint` with `credential`.
+pub async fn clients_with(endpoint: &str, credential: &str) -> Clients {
+    let ch = authed_channel(endpoint, credential).await;
+    Clients {
+        tenants: TenantServiceClient::new(ch.clone()),
+        migrations: tenantd::pb::migration_service_client::MigrationServiceClient::new(ch.clone()),
+        users: tenantd::pb::user_service_client::UserServiceClient::new(ch.clone()),
+        sessions: tenantd::pb::session_service_client::SessionServiceClient::new(ch.clone()),
+        data: tenantd::pb::tenant_data_service_client::TenantDataServiceClient::new(ch),
+    }
+}
+
+/// Clients of every service at `endpoint` with the admin key.
+pub async fn clients_at(endpoint: &str) -> Clients {
+    clients_with(endpoint, admin_key()).await
+}
+
 /// The real server on port 0 against a fresh database.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -259,16 +277,7 @@ impl TestServer {
 
     /// Clients of every service with `credential` (a key or access token).
     pub async fn clients_as(&self, credential: &str) -> Clients {
-        let ch = authed_channel(&self.endpoint(), credential).await;
-        Clients {
-            tenants: TenantServiceClient::new(ch.clone()),
-            migrations: tenantd::pb::migration_service_client::MigrationServiceClient::new(
-                ch.clone(),
-            ),
-            users: tenantd::pb::user_service_client::UserServiceClient::new(ch.clone()),
-            sessions: tenantd::pb::session_service_client::SessionServiceClient::new(ch.clone()),
-            data: tenantd::pb::tenant_data_service_client::TenantDataServiceClient::new(ch),
-        }
+        clients_with(&self.endpoint(), credential).await
     }
 
     /// Clients of every service with the admin key.
