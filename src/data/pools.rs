@@ -139,13 +139,13 @@ impl Shared {
     /// Closes up to `want` idle connections, least recently used pool
     /// first; returns how many it closed.
     fn close_idle(&self, want: usize) -> usize {
-        let mut pools: Vec<Arc<TenantPool>> = self
-            .cache
-            .iter()
-            .map(|(_, p)| p)
-            .filter(|p| p.pool.status().available > 0)
-            .collect();
-        pools.sort_by_key(|p| p.last_used.load(Ordering::Relaxed));
+        let pools = oldest_first(
+            self.cache
+                .iter()
+                .map(|(_, p)| p)
+                .filter(|p| p.pool.status().available > 0),
+            |p| p.last_used.load(Ordering::Relaxed),
+        );
         let mut closed = 0;
         for p in pools {
             if closed >= want {
@@ -170,6 +170,17 @@ impl Shared {
         }
         closed
     }
+}
+
+/// `items` ordered by `last_used`, oldest first, each item's time read once.
+/// Checkouts on other threads move a pool's time on while this runs; a sort
+/// that read the times as it compared would see them contradict each other,
+/// and Rust's sort may then panic ("does not correctly implement a total
+/// order"), failing the call that needed a connection.
+fn oldest_first<T>(items: impl IntoIterator<Item = T>, last_used: impl Fn(&T) -> u64) -> Vec<T> {
+    let mut timed: Vec<(u64, T)> = items.into_iter().map(|t| (last_used(&t), t)).collect();
+    timed.sort_by_key(|&(at, _)| at);
+    timed.into_iter().map(|(_, t)| t).collect()
 }
 
 /// Runs `f` when dropped.
@@ -716,5 +727,55 @@ impl TenantPools {
         .fetch_all(&self.catalog)
         .await?;
         Ok((now, ids.into_iter().map(TenantId::from_uuid).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many pools (Rust's sort checks its comparisons from 21 elements on),
+    /// their times moved on by another thread during the sort, as checkouts
+    /// do; and, deterministically, a time that is different at every read.
+    #[test]
+    fn ordering_by_last_use_reads_each_time_once() {
+        const POOLS: usize = 100;
+        let times: Arc<Vec<AtomicU64>> = Arc::new((0..POOLS as u64).map(AtomicU64::new).collect());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mover = {
+            let (times, stop) = (times.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut now = POOLS as u64;
+                while !stop.load(Ordering::Relaxed) {
+                    now += 1;
+                    // A pseudo-random pool is used "now".
+                    let i = (now.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % POOLS;
+                    times[i].store(now, Ordering::Relaxed);
+                }
+            })
+        };
+        for _ in 0..2000 {
+            let reads = AtomicUsize::new(0);
+            let ordered = oldest_first(0..POOLS, |&i| {
+                reads.fetch_add(1, Ordering::Relaxed);
+                times[i].load(Ordering::Relaxed)
+            });
+            assert_eq!(
+                reads.load(Ordering::Relaxed),
+                POOLS,
+                "each time is read once"
+            );
+            let mut seen = ordered.clone();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..POOLS).collect::<Vec<_>>(), "every pool, once");
+        }
+        stop.store(true, Ordering::Relaxed);
+        mover.join().unwrap();
+
+        // Every read answers an earlier time than the one before: ordered by
+        // what was read, the pools come out last first.
+        let clock = AtomicU64::new(u64::MAX);
+        let ordered = oldest_first(0..POOLS, |_| clock.fetch_sub(1, Ordering::Relaxed));
+        assert_eq!(ordered, (0..POOLS).rev().collect::<Vec<_>>());
     }
 }
