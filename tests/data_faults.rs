@@ -3,10 +3,13 @@
 
 mod common;
 
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{TestServer, new_tenant};
 use tenantd::pb;
+use tonic::Code;
+use tonic_types::StatusExt as _;
 
 fn read(tenant: &str, sql: &str) -> pb::ExecuteRequest {
     pb::ExecuteRequest {
@@ -15,6 +18,43 @@ fn read(tenant: &str, sql: &str) -> pb::ExecuteRequest {
         read_only: true,
         ..Default::default()
     }
+}
+
+fn write(tenant: &str, sql: &str) -> pb::ExecuteRequest {
+    pb::ExecuteRequest {
+        read_only: false,
+        ..read(tenant, sql)
+    }
+}
+
+/// Every log line of this test process at WARN and above, as JSON objects
+/// (the first call installs the subscriber).
+fn logs() -> Vec<serde_json::Value> {
+    static LINES: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
+    let lines = LINES.get_or_init(|| {
+        let lines: &'static Mutex<Vec<u8>> = Box::leak(Box::default());
+        struct Sink(&'static Mutex<Vec<u8>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || Sink(lines))
+            .init();
+        lines
+    });
+    let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON log line"))
+        .collect()
 }
 
 /// Creates `n` tenants, ten at a time; answers their ids.
@@ -139,4 +179,138 @@ async fn metric(server: &TestServer, sample: &str) -> f64 {
     body.lines()
         .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {sample} in {body}"))
+}
+
+/// PostgreSQL refusing a tenant's login for want of connection slots (53300:
+/// the role's CONNECTION LIMIT here; max_connections alike) is
+/// RESOURCE_EXHAUSTED naming the SQLSTATE, for every kind of call, not
+/// "cannot reach the database". The log says what PostgreSQL said, once for
+/// the whole burst, then how many more there were.
+#[tokio::test]
+async fn a_tenant_database_out_of_connection_slots_is_resource_exhausted() {
+    logs();
+    let server = TestServer::start().await;
+    let mut c = server.clients().await;
+    let ids = tenants(&c, "slots", 3).await;
+    let mut db = server.db.connect().await;
+    let mut roles = Vec::new();
+    for id in &ids {
+        let t = c
+            .tenants
+            .get_tenant(pb::GetTenantRequest {
+                selector: Some(pb::get_tenant_request::Selector::Id(id.clone())),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        sqlx::raw_sql(&format!(
+            "ALTER ROLE \"{}\" CONNECTION LIMIT 0",
+            t.schema_name
+        ))
+        .execute(&mut db)
+        .await
+        .unwrap();
+        roles.push(t.schema_name);
+    }
+    let mut calls = 0;
+    for id in &ids {
+        let statuses = [
+            c.data.execute(read(id, "SELECT 1")).await.unwrap_err(),
+            c.data
+                .execute(write(id, "INSERT INTO locations (name) VALUES ('x')"))
+                .await
+                .unwrap_err(),
+            c.data
+                .transaction(pb::TransactionRequest {
+                    tenant_id: id.clone(),
+                    statements: vec![pb::Statement {
+                        sql: "SELECT count(*) FROM locations".into(),
+                        ..Default::default()
+                    }],
+                    read_only: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err(),
+            c.data
+                .transaction(pb::TransactionRequest {
+                    tenant_id: id.clone(),
+                    statements: vec![
+                        pb::Statement {
+                            sql: "INSERT INTO locations (name) VALUES ('y')".into(),
+                            ..Default::default()
+                        },
+                        pb::Statement {
+                            sql: "SELECT 1".into(),
+                            ..Default::default()
+                        },
+                    ],
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err(),
+        ];
+        for status in statuses {
+            calls += 1;
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            assert!(
+                status.message().contains("too many connections")
+                    && status.message().contains("53300"),
+                "{status:?}"
+            );
+            let info = status.get_error_details().error_info().cloned();
+            let sqlstate = info.and_then(|i| i.metadata.get("sqlstate").cloned());
+            assert_eq!(sqlstate.as_deref(), Some("53300"), "{status:?}");
+        }
+    }
+
+    // One line, with the SQLSTATE and PostgreSQL's own message (not just
+    // tokio_postgres's "db error"), for the whole burst.
+    let mine = |line: &serde_json::Value| {
+        line["error"]
+            .as_str()
+            .is_some_and(|e| roles.iter().any(|r| e.contains(r.as_str())))
+    };
+    let full: Vec<_> = logs()
+        .into_iter()
+        .filter(|l| {
+            mine(l)
+                && l["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("no tenant connection")
+        })
+        .collect();
+    assert_eq!(full.len(), 1, "{full:#?}");
+    assert_eq!(full[0]["sqlstate"], "53300", "{:#?}", full[0]);
+    let error = full[0]["error"].as_str().unwrap();
+    assert!(error.contains("too many connections for role"), "{error}");
+    // Within a few seconds of the window, a summary counts the rest.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let summary = loop {
+        let found = logs().into_iter().find(|l| {
+            mine(l)
+                && l["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("more tenant connection failures like this")
+        });
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "no summary of the burst logged");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(summary["more"], calls - 1, "{summary:#?}");
+
+    // Slots again: the same pools serve.
+    for role in &roles {
+        sqlx::raw_sql(&format!("ALTER ROLE \"{role}\" CONNECTION LIMIT -1"))
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
+    for id in &ids {
+        c.data.execute(read(id, "SELECT 1")).await.unwrap();
+    }
 }

@@ -27,6 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::socket::Endpoint;
 use crate::domain::{TenantId, TenantStatus};
+use crate::log_bursts::LogBursts;
 use crate::metrics::{EvictionReason, Metrics};
 use crate::tenant::{role_password, role_verifier};
 
@@ -69,6 +70,9 @@ const WAIT_SLICE: Duration = Duration::from_millis(20);
 /// How many times one checkout looks its tenant's pool up when the pool it
 /// found is closed under it (dropped by the cache meanwhile).
 const MAX_POOL_LOOKUPS: u32 = 3;
+/// A failure logged in full is not logged again for this long: its repeats
+/// are counted and logged as one summary line per period.
+const FAILURE_LOG_WINDOW: Duration = Duration::from_secs(10);
 
 /// Why no connection could be handed out.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -79,12 +83,54 @@ pub enum PoolError {
     NotActive(TenantStatus),
     #[error("no tenant connection free within {0:?} (connection budget {1})")]
     Exhausted(Duration, usize),
-    #[error("cannot connect as the tenant's role: {0}")]
-    Connect(String),
+    /// PostgreSQL, or the way to it, refused the tenant role's login.
+    #[error("cannot connect as the tenant's role: {}", with_sqlstate(sqlstate.as_deref(), message))]
+    Connect {
+        /// The SQLSTATE PostgreSQL refused the login with; none for I/O
+        /// failures and time-outs.
+        sqlstate: Option<String>,
+        /// The error and its whole cause chain.
+        message: String,
+    },
     #[error("catalog lookup failed: {0}")]
     Catalog(String),
     #[error("tenant pools are closed")]
     Closed,
+}
+
+impl PoolError {
+    /// A refused login, with PostgreSQL's SQLSTATE when it has one.
+    fn connect(e: &(dyn std::error::Error + 'static), sqlstate: Option<&str>) -> Self {
+        PoolError::Connect {
+            sqlstate: sqlstate.map(str::to_owned),
+            message: cause_chain(e),
+        }
+    }
+}
+
+/// `message`, led by its SQLSTATE when there is one.
+fn with_sqlstate(sqlstate: Option<&str>, message: &str) -> String {
+    match sqlstate {
+        Some(code) => format!("SQLSTATE {code}: {message}"),
+        None => message.to_owned(),
+    }
+}
+
+/// `e` and every `source()` below it, "outer: inner: innermost"; a source
+/// whose text the outer ones already show is left out. (tokio_postgres's
+/// own text is only "db error": PostgreSQL's message is its source.)
+fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// State every pool and connection shares.
@@ -231,6 +277,21 @@ pub enum ConnectError {
     Pg(tokio_postgres::Error),
 }
 
+impl ConnectError {
+    /// What the caller is told: a budget failure as it is, anything else
+    /// as a refused login with its SQLSTATE and cause chain.
+    fn into_pool_error(self) -> PoolError {
+        match self {
+            ConnectError::Budget(e) => e,
+            ConnectError::Pg(e) => {
+                let sqlstate = e.code().map(|c| c.code().to_owned());
+                PoolError::connect(&e, sqlstate.as_deref())
+            }
+            ConnectError::Io(e) => PoolError::connect(&e, None),
+        }
+    }
+}
+
 impl TenantManager {
     /// Opens a socket and logs in as the tenant's role.
     async fn login(
@@ -242,11 +303,18 @@ impl TenantManager {
         ),
         ConnectError,
     > {
-        let socket = self
-            .endpoint
-            .connect(CONNECT_TIMEOUT)
-            .await
-            .map_err(ConnectError::Io)?;
+        let socket = self.endpoint.connect(CONNECT_TIMEOUT).await.map_err(|e| {
+            let place = match &*self.endpoint {
+                Endpoint::Unix { dir, port } => {
+                    dir.join(format!(".s.PGSQL.{port}")).display().to_string()
+                }
+                Endpoint::Tcp { host, port } => format!("{host}:{port}"),
+            };
+            ConnectError::Io(std::io::Error::new(
+                e.kind(),
+                format!("connect to PostgreSQL at {place}: {e}"),
+            ))
+        })?;
         tokio::time::timeout(
             CONNECT_TIMEOUT,
             self.config.connect_raw(socket, tokio_postgres::NoTls),
@@ -283,7 +351,12 @@ impl managed::Manager for TenantManager {
                 sqlx::raw_sql(&sql)
                     .execute(&self.catalog)
                     .await
-                    .map_err(|e| ConnectError::Io(std::io::Error::other(e.to_string())))?;
+                    .map_err(|e| {
+                        ConnectError::Io(std::io::Error::other(format!(
+                            "set the tenant role's password again: {}",
+                            cause_chain(&e)
+                        )))
+                    })?;
                 self.login().await?
             }
             other => other?,
@@ -350,6 +423,9 @@ pub struct TenantPools {
     /// Tenants invalidated recently, with the epoch: a pool built before it
     /// (its status read before the change) is not used.
     invalidated: moka::sync::Cache<TenantId, u64>,
+    /// Failed logins and catalog lookups, so that a burst of one failure
+    /// (a PostgreSQL restart fails every call alike) is logged once.
+    failures: Arc<LogBursts>,
 }
 
 /// Cancels a connection's running query over a connection of its own.
@@ -481,6 +557,7 @@ impl TenantPools {
             invalidated: moka::sync::Cache::builder()
                 .time_to_live(Duration::from_secs(600))
                 .build(),
+            failures: Arc::new(LogBursts::new(FAILURE_LOG_WINDOW)),
         }
     }
 
@@ -494,7 +571,7 @@ impl TenantPools {
         let deadline = tokio::time::Instant::now() + self.settings.wait;
         let mut lookups = 0;
         let obj = loop {
-            let pool = self.pool(id).await?;
+            let pool = self.pool(id).await.map_err(|e| self.failed(id, e))?;
             lookups += 1;
             pool.last_used
                 .store(self.shared.now_ms(), Ordering::Relaxed);
@@ -514,7 +591,7 @@ impl TenantPools {
                     self.invalidate(id).await;
                 }
                 Ok(Err(managed::PoolError::Backend(e))) => {
-                    return Err(PoolError::Connect(e.to_string()));
+                    return Err(self.failed(id, e.into_pool_error()));
                 }
                 // The cache dropped the pool while this call was getting a
                 // connection of it (the cache was full, or the tenant left
@@ -522,7 +599,7 @@ impl TenantPools {
                 // or refuses a tenant that is no longer active.
                 Ok(Err(managed::PoolError::Closed)) if lookups < MAX_POOL_LOOKUPS => {}
                 Ok(Err(managed::PoolError::Closed)) => return Err(PoolError::Closed),
-                Ok(Err(e)) => return Err(PoolError::Connect(e.to_string())),
+                Ok(Err(e)) => return Err(self.failed(id, PoolError::connect(&e, None))),
                 Err(_) => {
                     self.shared.metrics.pool().budget_timeouts.inc();
                     return Err(PoolError::Exhausted(self.settings.wait, self.shared.budget));
@@ -583,6 +660,46 @@ impl TenantPools {
         Ok(pool)
     }
 
+    /// Logs a checkout that failed through PostgreSQL or the catalog — its
+    /// SQLSTATE and cause chain, once per burst of one kind of failure, the
+    /// repeats counted into a summary — and answers the error.
+    fn failed(&self, id: TenantId, e: PoolError) -> PoolError {
+        let (key, sqlstate) = match &e {
+            PoolError::Connect { sqlstate, message } => (
+                sqlstate.as_ref().unwrap_or(message).clone(),
+                sqlstate.as_deref(),
+            ),
+            PoolError::Catalog(message) => (format!("catalog: {message}"), None),
+            _ => return e,
+        };
+        let now = Instant::now();
+        self.log_failure_summaries(now);
+        if self.failures.first(&key, &e.to_string(), now) {
+            tracing::warn!(
+                tenant_id = %id,
+                sqlstate = sqlstate.unwrap_or_default(),
+                error = %e,
+                "no tenant connection; repeats of this failure are counted and summed up every {}s",
+                FAILURE_LOG_WINDOW.as_secs()
+            );
+        }
+        e
+    }
+
+    /// Logs how many failures were counted, not logged, per kind whose
+    /// window has passed.
+    fn log_failure_summaries(&self, now: Instant) {
+        for s in self.failures.due(now) {
+            tracing::warn!(
+                error = %s.sample,
+                more = s.more,
+                "{} more tenant connection failures like this in the last {}s",
+                s.more,
+                s.over.as_secs()
+            );
+        }
+    }
+
     /// Checks that the tenant is active and makes its (empty) pool.
     async fn build(&self, id: TenantId) -> Result<Arc<TenantPool>, PoolError> {
         let built_at = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
@@ -591,7 +708,10 @@ impl TenantPools {
                 .bind(id.as_uuid())
                 .fetch_optional(&self.catalog)
                 .await
-                .map_err(|e| PoolError::Catalog(e.to_string()))?;
+                .map_err(|e| {
+                    let sqlstate = e.as_database_error().and_then(|d| d.code());
+                    PoolError::Catalog(with_sqlstate(sqlstate.as_deref(), &cause_chain(&e)))
+                })?;
         let status = status.ok_or(PoolError::NotFound)?;
         let status: TenantStatus = status
             .parse()
@@ -611,7 +731,7 @@ impl TenantPools {
         let pool = managed::Pool::builder(manager)
             .max_size(self.settings.pool_size)
             .build()
-            .map_err(|e| PoolError::Connect(e.to_string()))?;
+            .map_err(|e| PoolError::connect(&e, None))?;
         self.shared.metrics.pool().pools_open.inc();
         Ok(Arc::new(TenantPool {
             pool,
@@ -685,6 +805,7 @@ impl TenantPools {
                     () = tokio::time::sleep(period) => {}
                 }
                 self.maintain().await;
+                self.log_failure_summaries(Instant::now());
             }
             match self.changed_since(since).await {
                 Ok((now, ids)) => {
