@@ -67,7 +67,8 @@ pub struct ServeArgs {
     pub database_url: Option<Secret>,
 
     /// Directory of the private PostgreSQL cluster used when no database URL
-    /// is given; created on first start and reused afterwards.
+    /// is given; created on first start and reused afterwards. One tenantd
+    /// owns it at a time (lock file tenantd.lock, naming its pid).
     #[arg(long, env = "TENANTD_DATA_DIR", default_value = "tenantd-data")]
     pub data_dir: PathBuf,
 

@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod grpc;
 pub mod identity;
 pub mod local_pg;
+pub mod log_bursts;
 pub mod metrics;
 pub mod telemetry;
 pub mod tenant;

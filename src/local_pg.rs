@@ -4,12 +4,19 @@
 //! when needed and stopped on request. As root the server runs as the
 //! `postgres` user, as PostgreSQL requires. Used by `tenantd serve` without a
 //! database URL, by the tests and by the benchmark.
+//!
+//! The cluster belongs to one `tenantd serve` at a time: [`DataDirOwner`]
+//! holds an exclusive lock on `<data-dir>/tenantd.lock` for the process's
+//! whole life, so no second process adopts a cluster that another is serving
+//! or still stopping.
 
 use std::ffi::OsStr;
-use std::os::unix::fs::PermissionsExt;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use sqlx::postgres::PgConnectOptions;
@@ -258,6 +265,163 @@ impl LocalCluster {
     }
 }
 
+/// The lock file of a data directory, which names the owner's pid.
+pub const OWNER_LOCK_FILE: &str = "tenantd.lock";
+/// How long a live owner that is not (yet) marked as stopping is looked at
+/// before a second process gives up: covers an owner that was just sent
+/// SIGINT and has not written "stopping" yet.
+const OWNER_GRACE: Duration = Duration::from_secs(1);
+/// How often the lock is tried again while waiting.
+const OWNER_POLL: Duration = Duration::from_millis(100);
+
+/// This process's exclusive hold on a data directory: an flock on
+/// `<dir>/tenantd.lock`, kept until the value is dropped or the process ends
+/// (the kernel lets go then, however it ends). The file holds the owner's
+/// pid and `running` or `stopping`; it is never deleted, since a lock on a
+/// file that another process could delete and recreate would lock nothing.
+#[derive(Debug)]
+pub struct DataDirOwner {
+    /// The locked file; unlocked (and closed) on drop. Opened close-on-exec,
+    /// so PostgreSQL, started from here, does not inherit the lock.
+    file: nix::fcntl::Flock<File>,
+    path: PathBuf,
+}
+
+/// Why a data directory could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnerError {
+    #[error(
+        "the data directory {} is in use by another tenantd ({}; lock file {}): stop that \
+         one first, or give this one another --data-dir",
+        dir.display(), pid_text(*pid), lock.display()
+    )]
+    InUse {
+        dir: PathBuf,
+        lock: PathBuf,
+        pid: Option<u32>,
+    },
+    #[error(
+        "the previous tenantd ({}) was still stopping after {waited:?} and holds the data \
+         directory {}; try again once it has exited",
+        pid_text(*pid), dir.display()
+    )]
+    StillStopping {
+        dir: PathBuf,
+        pid: Option<u32>,
+        waited: Duration,
+    },
+    #[error("lock {}: {source}", lock.display())]
+    Io {
+        lock: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn pid_text(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("pid {pid}"),
+        None => "pid unknown".to_owned(),
+    }
+}
+
+/// What the lock file says of its holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Holder {
+    pid: Option<u32>,
+    stopping: bool,
+}
+
+impl Holder {
+    /// `<pid>\n<running|stopping>\n`; anything unreadable (the holder may
+    /// be writing it) names no pid and does not count as stopping.
+    fn parse(text: &str) -> Self {
+        let mut lines = text.lines();
+        let pid = lines.next().and_then(|l| l.trim().parse().ok());
+        let stopping = lines.next().is_some_and(|l| l.trim() == "stopping");
+        Holder { pid, stopping }
+    }
+}
+
+impl DataDirOwner {
+    /// Takes `dir` for this process. A holder that says it is stopping (a
+    /// restart right after Ctrl-C) is waited for, up to `wait`, saying so
+    /// once; a holder that is running is refused at once (after a second's
+    /// look, in case it was just told to stop), naming its pid.
+    pub async fn acquire(dir: &Path, wait: Duration) -> Result<Self, OwnerError> {
+        use nix::fcntl::{Flock, FlockArg};
+        let path = dir.join(OWNER_LOCK_FILE);
+        let io = |source| OwnerError::Io {
+            lock: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        let started = Instant::now();
+        let mut said = false;
+        loop {
+            file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(file) => {
+                    let owner = DataDirOwner {
+                        file,
+                        path: path.clone(),
+                    };
+                    owner.write_state("running").map_err(io)?;
+                    return Ok(owner);
+                }
+                Err((file, nix::errno::Errno::EWOULDBLOCK)) => file,
+                Err((_, e)) => return Err(io(e.into())),
+            };
+            let holder = Holder::parse(&std::fs::read_to_string(&path).unwrap_or_default());
+            let waited = started.elapsed();
+            if holder.stopping {
+                if !said {
+                    tracing::info!(
+                        pid = holder.pid,
+                        data_dir = %dir.display(),
+                        "waiting up to {wait:?} for the previous tenantd ({}) to stop and let go of the data directory",
+                        pid_text(holder.pid)
+                    );
+                    said = true;
+                }
+                if waited >= wait {
+                    return Err(OwnerError::StillStopping {
+                        dir: dir.to_path_buf(),
+                        pid: holder.pid,
+                        waited,
+                    });
+                }
+            } else if waited >= OWNER_GRACE {
+                return Err(OwnerError::InUse {
+                    dir: dir.to_path_buf(),
+                    lock: path.clone(),
+                    pid: holder.pid,
+                });
+            }
+            tokio::time::sleep(OWNER_POLL).await;
+        }
+    }
+
+    /// Tells a process waiting to take the directory over that this one is
+    /// on its way out (call when shutdown begins).
+    pub fn stopping(&self) {
+        if let Err(e) = self.write_state("stopping") {
+            tracing::warn!(lock = %self.path.display(), error = %e, "cannot mark the data directory's lock as stopping");
+        }
+    }
+
+    fn write_state(&self, state: &str) -> std::io::Result<()> {
+        let text = format!("{}\n{state}\n", std::process::id());
+        self.file.set_len(0)?;
+        self.file.write_all_at(text.as_bytes(), 0)
+    }
+}
+
 /// The directory holding initdb, pg_ctl and postgres: on PATH, or the newest
 /// `/usr/lib/postgresql/<version>/bin`.
 pub fn find_binaries() -> Result<PathBuf, NoBinaries> {
@@ -339,6 +503,72 @@ mod tests {
             std::fs::write(root.join(b), "").unwrap();
         }
         root.to_path_buf()
+    }
+
+    /// flock locks belong to an open file, so two owners in one process
+    /// conflict just as two processes do.
+    #[tokio::test]
+    async fn a_data_dir_has_one_owner_and_a_stopping_one_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::process::id();
+        let first = DataDirOwner::acquire(dir.path(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let text = std::fs::read_to_string(dir.path().join(OWNER_LOCK_FILE)).unwrap();
+        assert_eq!(text, format!("{me}\nrunning\n"));
+
+        // A running owner: refused after the grace, naming its pid.
+        let asked = Instant::now();
+        let err = DataDirOwner::acquire(dir.path(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(asked.elapsed() < OWNER_GRACE * 3, "{:?}", asked.elapsed());
+        assert!(
+            matches!(err, OwnerError::InUse { pid: Some(p), .. } if p == me),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(&format!("pid {me}")), "{err}");
+
+        // A stopping owner that does not let go in time.
+        first.stopping();
+        let err = DataDirOwner::acquire(dir.path(), Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, OwnerError::StillStopping { pid: Some(p), .. } if p == me),
+            "{err:?}"
+        );
+
+        // A stopping owner that lets go while the next one waits.
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            drop(first);
+        });
+        let second = DataDirOwner::acquire(dir.path(), Duration::from_secs(10))
+            .await
+            .unwrap();
+        release.await.unwrap();
+        let text = std::fs::read_to_string(dir.path().join(OWNER_LOCK_FILE)).unwrap();
+        assert_eq!(text, format!("{me}\nrunning\n"));
+        drop(second);
+        // Let go: the next one takes it at once.
+        DataDirOwner::acquire(dir.path(), Duration::ZERO)
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn lock_file_text_is_read_leniently() {
+        let cases = [
+            ("42\nrunning\n", Some(42), false),
+            ("42\nstopping\n", Some(42), true),
+            ("42\n", Some(42), false),
+            ("", None, false),
+            ("garbage\nstopping", None, true),
+        ];
+        for (text, pid, stopping) in cases {
+            assert_eq!(Holder::parse(text), Holder { pid, stopping }, "{text:?}");
+        }
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! `tenantd serve` as a newcomer runs it: no database URL, so it starts its
 //! own private PostgreSQL cluster, serves, and on SIGTERM shuts down in order
 //! (health NOT_SERVING, requests finish, cluster stopped, exit 0). The second
-//! start reuses the cluster and its data.
+//! start reuses the cluster and its data. The data directory has one owner:
+//! a restart right after Ctrl-C waits for the previous process, and a second
+//! process on a live data directory is refused.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
 
 use tenantd::pb::{self, tenant_service_client::TenantServiceClient};
 use tonic_health::pb::{
@@ -17,11 +22,34 @@ use tonic_health::pb::{
 struct Server {
     child: Child,
     addr: String,
+    /// Its log so far.
+    lines: Arc<Mutex<Vec<String>>>,
 }
 
-/// Starts the binary and reads its JSON log until it says where it listens.
-fn start(data_dir: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tenantd"))
+impl Drop for Server {
+    /// A test that failed half-way leaves no server (and cluster) behind:
+    /// SIGTERM, then SIGKILL if it has not exited within 30 s.
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        send(self, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `tenantd serve` on `data_dir`, on ports of its own.
+fn command(data_dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tenantd"));
+    command
         .args([
             "serve",
             "--listen-addr",
@@ -34,15 +62,22 @@ fn start(data_dir: &Path) -> Server {
         .arg("--data-dir")
         .arg(data_dir)
         .env_remove("TENANTD_DATABASE_URL")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tenantd");
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Starts the binary and reads its JSON log until it says where it listens.
+fn start(data_dir: &Path) -> Server {
+    let mut child = command(data_dir).spawn().expect("run tenantd");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let log = lines.clone();
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("tenantd: {line}");
+            log.lock().unwrap().push(line.clone());
             if !sent && line.contains("tenantd listening") {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap();
                 tx.send(v["addr"].as_str().unwrap().to_owned()).unwrap();
@@ -53,15 +88,15 @@ fn start(data_dir: &Path) -> Server {
     let addr = rx
         .recv_timeout(Duration::from_secs(90))
         .expect("tenantd reports its address");
-    Server { child, addr }
+    Server { child, addr, lines }
 }
 
-async fn stop(mut server: Server) -> std::process::ExitStatus {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+fn send(server: &Server, signal: Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.child.id() as i32), signal).unwrap();
+}
+
+/// Waits for the process to exit.
+async fn exited(mut server: Server) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = server.child.try_wait().unwrap() {
@@ -69,10 +104,24 @@ async fn stop(mut server: Server) -> std::process::ExitStatus {
         }
         assert!(
             Instant::now() < deadline,
-            "tenantd did not stop within 60 s of SIGTERM"
+            "tenantd did not stop within 60 s of the signal"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+async fn stop(server: Server) -> std::process::ExitStatus {
+    send(&server, Signal::SIGTERM);
+    exited(server).await
+}
+
+/// A fresh data directory that the postgres user can reach when the tests
+/// run as root.
+fn data_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data_dir = dir.path().join("data");
+    (dir, data_dir)
 }
 
 async fn channel(addr: &str) -> tonic::transport::Channel {
@@ -112,10 +161,7 @@ async fn serving(addr: &str) -> i32 {
 
 #[tokio::test]
 async fn private_cluster_starts_serves_stops_and_is_reused() {
-    let dir = tempfile::tempdir().unwrap();
-    // Let the postgres user reach it when the tests run as root.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let data_dir = dir.path().join("data");
+    let (_dir, data_dir) = data_dir();
 
     let server = start(&data_dir);
     assert_eq!(serving(&server.addr).await, ServingStatus::Serving as i32);
@@ -196,4 +242,95 @@ async fn private_cluster_starts_serves_stops_and_is_reused() {
     drop(client);
     assert!(stop(server).await.success());
     assert!(!pgdata.join("postmaster.pid").exists());
+}
+
+/// Ctrl-C and at once `tenantd serve` again, as a newcomer does: the new
+/// process waits (and says for which pid) until the old one has stopped the
+/// cluster, then starts it again and serves — for SIGINT and SIGTERM alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_right_after_a_signal_waits_for_the_previous_process() {
+    let (_dir, data_dir) = data_dir();
+    let mut server = start(&data_dir);
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        let old_pid = server.child.id();
+        send(&server, signal);
+        let next = start(&data_dir);
+        assert!(
+            exited(server).await.success(),
+            "the previous process exits 0 after {signal}"
+        );
+        assert_eq!(serving(&next.addr).await, ServingStatus::Serving as i32);
+        let key = std::fs::read_to_string(data_dir.join("admin.key")).unwrap();
+        let mut client = api_client(&next.addr, key.trim()).await;
+        client
+            .list_tenants(pb::ListTenantsRequest::default())
+            .await
+            .expect("the catalog answers");
+        drop(client);
+        let waited = next
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("waiting") && l.contains(&format!("pid {old_pid}")));
+        assert!(waited, "the new process said it waited for pid {old_pid}");
+        let lock = std::fs::read_to_string(data_dir.join("tenantd.lock")).unwrap();
+        assert_eq!(lock, format!("{}\nrunning\n", next.child.id()));
+        server = next;
+    }
+    assert!(stop(server).await.success());
+}
+
+/// A second `tenantd serve` on a data directory another one is serving
+/// (other ports) exits at once, naming the owner's pid, and leaves the
+/// owner's database alone.
+#[tokio::test]
+async fn a_second_process_on_a_live_data_dir_is_refused() {
+    let (_dir, data_dir) = data_dir();
+    let first = start(&data_dir);
+    let key = std::fs::read_to_string(data_dir.join("admin.key")).unwrap();
+    for attempt in 0..2 {
+        let started = Instant::now();
+        let mut second = command(&data_dir).spawn().expect("run tenantd");
+        let mut pipe = second.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        });
+        let status = loop {
+            if let Some(status) = second.try_wait().unwrap() {
+                break Some(status);
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                second.kill().unwrap();
+                second.wait().unwrap();
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let stderr = reader.join().unwrap();
+        let status = status.unwrap_or_else(|| {
+            panic!("attempt {attempt}: still running after 20 s, not refused:\n{stderr}")
+        });
+        assert!(!status.success(), "attempt {attempt}: {status}\n{stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "refused at once, not after {:?}",
+            started.elapsed()
+        );
+        assert!(
+            stderr.contains(&format!("pid {}", first.child.id())),
+            "the error names the owner: {stderr}"
+        );
+        assert!(!stderr.contains("tenantd listening"), "{stderr}");
+        // The first still serves, its database with it.
+        assert_eq!(serving(&first.addr).await, ServingStatus::Serving as i32);
+        let mut client = api_client(&first.addr, key.trim()).await;
+        client
+            .list_tenants(pb::ListTenantsRequest::default())
+            .await
+            .expect("the first one's catalog answers");
+    }
+    assert!(stop(first).await.success());
 }

@@ -1,7 +1,12 @@
 //! The tenantd server binary: parse the configuration, start telemetry,
 //! bring up the database (a private cluster when no URL is given), serve
 //! until SIGINT or SIGTERM, then shut down in order.
+//!
+//! With a private cluster the process owns its data directory for its whole
+//! life (`<data-dir>/tenantd.lock`): a second `tenantd serve` on it is
+//! refused, and a restart waits for the previous one to have stopped it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -9,8 +14,9 @@ use clap::{Parser, Subcommand};
 use tenantd::app::{self, AppConfig};
 use tenantd::catalog::PoolSettings;
 use tenantd::config::{ServeArgs, parse_database_url};
-use tenantd::local_pg::LocalCluster;
+use tenantd::local_pg::{DataDirOwner, LocalCluster};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// gRPC control plane for schema-per-tenant PostgreSQL.
 #[derive(Parser)]
@@ -28,6 +34,9 @@ enum Command {
 
 /// The database of the private cluster that holds the catalog.
 const LOCAL_DATABASE: &str = "tenantd";
+/// How long the private cluster may take to stop, beyond the shutdown
+/// timeouts, when a start waits for the previous owner of the data directory.
+const CLUSTER_STOP_WAIT: Duration = Duration::from_secs(30);
 
 fn main() -> std::process::ExitCode {
     let Cli {
@@ -53,9 +62,40 @@ fn main() -> std::process::ExitCode {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     args.validate()?;
-    let (database, cluster) = match &args.database_url {
-        Some(url) => (parse_database_url(url)?, None),
+    // Listening from the start: a signal during start-up (the cluster
+    // starting, say) must not kill the process before it stops the cluster;
+    // the server then shuts down as soon as it is up.
+    let stop = CancellationToken::new();
+    let signal = shutdown_signal()?;
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            signal.await;
+            stop.cancel();
+        }
+    });
+    let (database, cluster, owner) = match &args.database_url {
+        Some(url) => (parse_database_url(url)?, None, None),
         None => {
+            // Taken before anything touches the directory, held until the
+            // cluster is stopped and the process exits. A previous owner
+            // that is stopping (a restart right after Ctrl-C) is waited for
+            // as long as stopping may take: requests, then tenant changes,
+            // each up to the shutdown timeout, then the cluster.
+            let takeover = args.shutdown_timeout * 2 + CLUSTER_STOP_WAIT;
+            let owner = tokio::select! {
+                owner = DataDirOwner::acquire(&args.data_dir, takeover) => Arc::new(owner?),
+                () = stop.cancelled() => anyhow::bail!("stopped while waiting for the data directory"),
+            };
+            // A restart may be waiting for the directory: say when this
+            // process is on its way out.
+            tokio::spawn({
+                let (owner, stop) = (owner.clone(), stop.clone());
+                async move {
+                    stop.cancelled().await;
+                    owner.stopping();
+                }
+            });
             let cluster = LocalCluster::new(&args.data_dir)?;
             let c = cluster.clone();
             tokio::task::spawn_blocking(move || c.ensure_running()).await??;
@@ -65,7 +105,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 "private PostgreSQL cluster running"
             );
             create_database_if_missing(&cluster, LOCAL_DATABASE).await?;
-            (cluster.connect_options(LOCAL_DATABASE), Some(cluster))
+            (
+                cluster.connect_options(LOCAL_DATABASE),
+                Some(cluster),
+                Some(owner),
+            )
         }
     };
     let admin_key_file = args
@@ -82,7 +126,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let result = run(&args, database, admin_key).await;
+    let result = run(&args, database, admin_key, stop).await;
+    if let Some(owner) = &owner {
+        owner.stopping();
+    }
     if let Some(cluster) = cluster {
         tracing::info!("stopping the private PostgreSQL cluster");
         let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await?;
@@ -101,6 +148,7 @@ async fn run(
     args: &ServeArgs,
     database: sqlx::postgres::PgConnectOptions,
     admin_key: Option<tenantd::config::Secret>,
+    stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen_addr)
         .await
@@ -134,26 +182,24 @@ async fn run(
     tracing::info!(addr = %running.local_addr(), "tenantd listening");
     let token = running.shutdown_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        stop.cancelled().await;
         token.cancel();
     });
     running.wait().await
 }
 
-async fn wait_for_signal() {
+/// Handles SIGINT and SIGTERM from now on (instead of dying of them); the
+/// future ends at the first one.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops tenantd");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let mut int = signal(SignalKind::interrupt()).context("listen for SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
+    })
 }
 
 async fn create_database_if_missing(cluster: &LocalCluster, name: &str) -> anyhow::Result<()> {

@@ -28,6 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::socket::{Control, Endpoint};
 use crate::domain::{TenantId, TenantStatus};
+use crate::log_bursts::LogBursts;
 use crate::metrics::{EvictionReason, Metrics};
 use crate::tenant::{role_password, role_verifier};
 
@@ -76,6 +77,9 @@ const CLIENT_CHECK_INTERVAL_MS: u32 = 500;
 /// Bytes one message from PostgreSQL may have: a row larger than a whole
 /// response is dropped unread, any other message ends the connection.
 const MAX_MESSAGE_BYTES: usize = super::MAX_RESPONSE_BYTES + 64 * 1024;
+/// A failure logged in full is not logged again for this long: its repeats
+/// are counted and logged as one summary line per period.
+const FAILURE_LOG_WINDOW: Duration = Duration::from_secs(10);
 
 /// Why no connection could be handed out.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -86,12 +90,54 @@ pub enum PoolError {
     NotActive(TenantStatus),
     #[error("no tenant connection free within {0:?} (connection budget {1})")]
     Exhausted(Duration, usize),
-    #[error("cannot connect as the tenant's role: {0}")]
-    Connect(String),
+    /// PostgreSQL, or the way to it, refused the tenant role's login.
+    #[error("cannot connect as the tenant's role: {}", with_sqlstate(sqlstate.as_deref(), message))]
+    Connect {
+        /// The SQLSTATE PostgreSQL refused the login with; none for I/O
+        /// failures and time-outs.
+        sqlstate: Option<String>,
+        /// The error and its whole cause chain.
+        message: String,
+    },
     #[error("catalog lookup failed: {0}")]
     Catalog(String),
     #[error("tenant pools are closed")]
     Closed,
+}
+
+impl PoolError {
+    /// A refused login, with PostgreSQL's SQLSTATE when it has one.
+    fn connect(e: &(dyn std::error::Error + 'static), sqlstate: Option<&str>) -> Self {
+        PoolError::Connect {
+            sqlstate: sqlstate.map(str::to_owned),
+            message: cause_chain(e),
+        }
+    }
+}
+
+/// `message`, led by its SQLSTATE when there is one.
+fn with_sqlstate(sqlstate: Option<&str>, message: &str) -> String {
+    match sqlstate {
+        Some(code) => format!("SQLSTATE {code}: {message}"),
+        None => message.to_owned(),
+    }
+}
+
+/// `e` and every `source()` below it, "outer: inner: innermost"; a source
+/// whose text the outer ones already show is left out. (tokio_postgres's
+/// own text is only "db error": PostgreSQL's message is its source.)
+fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// State every pool and connection shares.
@@ -153,13 +199,13 @@ impl Shared {
     /// Closes up to `want` idle connections, least recently used pool
     /// first; returns how many it closed.
     fn close_idle(&self, want: usize) -> usize {
-        let mut pools: Vec<Arc<TenantPool>> = self
-            .cache
-            .iter()
-            .map(|(_, p)| p)
-            .filter(|p| p.pool.status().available > 0)
-            .collect();
-        pools.sort_by_key(|p| p.last_used.load(Ordering::Relaxed));
+        let pools = oldest_first(
+            self.cache
+                .iter()
+                .map(|(_, p)| p)
+                .filter(|p| p.pool.status().available > 0),
+            |p| p.last_used.load(Ordering::Relaxed),
+        );
         let mut closed = 0;
         for p in pools {
             if closed >= want {
@@ -184,6 +230,17 @@ impl Shared {
         }
         closed
     }
+}
+
+/// `items` ordered by `last_used`, oldest first, each item's time read once.
+/// Checkouts on other threads move a pool's time on while this runs; a sort
+/// that read the times as it compared would see them contradict each other,
+/// and Rust's sort may then panic ("does not correctly implement a total
+/// order"), failing the call that needed a connection.
+fn oldest_first<T>(items: impl IntoIterator<Item = T>, last_used: impl Fn(&T) -> u64) -> Vec<T> {
+    let mut timed: Vec<(u64, T)> = items.into_iter().map(|t| (last_used(&t), t)).collect();
+    timed.sort_by_key(|&(at, _)| at);
+    timed.into_iter().map(|(_, t)| t).collect()
 }
 
 /// Runs `f` when dropped.
@@ -237,6 +294,21 @@ pub enum ConnectError {
     Pg(tokio_postgres::Error),
 }
 
+impl ConnectError {
+    /// What the caller is told: a budget failure as it is, anything else
+    /// as a refused login with its SQLSTATE and cause chain.
+    fn into_pool_error(self) -> PoolError {
+        match self {
+            ConnectError::Budget(e) => e,
+            ConnectError::Pg(e) => {
+                let sqlstate = e.code().map(|c| c.code().to_owned());
+                PoolError::connect(&e, sqlstate.as_deref())
+            }
+            ConnectError::Io(e) => PoolError::connect(&e, None),
+        }
+    }
+}
+
 impl TenantManager {
     /// Opens a socket and logs in as the tenant's role.
     async fn login(
@@ -253,7 +325,18 @@ impl TenantManager {
             .endpoint
             .connect_guarded(CONNECT_TIMEOUT, MAX_MESSAGE_BYTES)
             .await
-            .map_err(ConnectError::Io)?;
+            .map_err(|e| {
+                let place = match &*self.endpoint {
+                    Endpoint::Unix { dir, port } => {
+                        dir.join(format!(".s.PGSQL.{port}")).display().to_string()
+                    }
+                    Endpoint::Tcp { host, port } => format!("{host}:{port}"),
+                };
+                ConnectError::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("connect to PostgreSQL at {place}: {e}"),
+                ))
+            })?;
         let (client, connection) = tokio::time::timeout(
             CONNECT_TIMEOUT,
             self.config.connect_raw(socket, tokio_postgres::NoTls),
@@ -296,7 +379,12 @@ impl TenantManager {
                 sqlx::raw_sql(&sql)
                     .execute(&self.catalog)
                     .await
-                    .map_err(|e| ConnectError::Io(std::io::Error::other(e.to_string())))?;
+                    .map_err(|e| {
+                        ConnectError::Io(std::io::Error::other(format!(
+                            "set the tenant role's password again: {}",
+                            cause_chain(&e)
+                        )))
+                    })?;
                 self.login().await
             }
             other => other,
@@ -437,6 +525,9 @@ pub struct TenantPools {
     /// Tenants invalidated recently, with the epoch: a pool built before it
     /// (its status read before the change) is not used.
     invalidated: moka::sync::Cache<TenantId, u64>,
+    /// Failed logins and catalog lookups, so that a burst of one failure
+    /// (a PostgreSQL restart fails every call alike) is logged once.
+    failures: Arc<LogBursts>,
 }
 
 /// Stops a connection's running call: cancels its query over a connection
@@ -631,6 +722,7 @@ impl TenantPools {
             invalidated: moka::sync::Cache::builder()
                 .time_to_live(Duration::from_secs(600))
                 .build(),
+            failures: Arc::new(LogBursts::new(FAILURE_LOG_WINDOW)),
         }
     }
 
@@ -644,7 +736,7 @@ impl TenantPools {
         let deadline = tokio::time::Instant::now() + self.settings.wait;
         let mut lookups = 0;
         let obj = loop {
-            let pool = self.pool(id).await?;
+            let pool = self.pool(id).await.map_err(|e| self.failed(id, e))?;
             lookups += 1;
             pool.last_used
                 .store(self.shared.now_ms(), Ordering::Relaxed);
@@ -664,7 +756,7 @@ impl TenantPools {
                     self.invalidate(id).await;
                 }
                 Ok(Err(managed::PoolError::Backend(e))) => {
-                    return Err(PoolError::Connect(e.to_string()));
+                    return Err(self.failed(id, e.into_pool_error()));
                 }
                 // The cache dropped the pool while this call was getting a
                 // connection of it (the cache was full, or the tenant left
@@ -672,7 +764,7 @@ impl TenantPools {
                 // or refuses a tenant that is no longer active.
                 Ok(Err(managed::PoolError::Closed)) if lookups < MAX_POOL_LOOKUPS => {}
                 Ok(Err(managed::PoolError::Closed)) => return Err(PoolError::Closed),
-                Ok(Err(e)) => return Err(PoolError::Connect(e.to_string())),
+                Ok(Err(e)) => return Err(self.failed(id, PoolError::connect(&e, None))),
                 Err(_) => {
                     self.shared.metrics.pool().budget_timeouts.inc();
                     return Err(PoolError::Exhausted(self.settings.wait, self.shared.budget));
@@ -733,6 +825,46 @@ impl TenantPools {
         Ok(pool)
     }
 
+    /// Logs a checkout that failed through PostgreSQL or the catalog — its
+    /// SQLSTATE and cause chain, once per burst of one kind of failure, the
+    /// repeats counted into a summary — and answers the error.
+    fn failed(&self, id: TenantId, e: PoolError) -> PoolError {
+        let (key, sqlstate) = match &e {
+            PoolError::Connect { sqlstate, message } => (
+                sqlstate.as_ref().unwrap_or(message).clone(),
+                sqlstate.as_deref(),
+            ),
+            PoolError::Catalog(message) => (format!("catalog: {message}"), None),
+            _ => return e,
+        };
+        let now = Instant::now();
+        self.log_failure_summaries(now);
+        if self.failures.first(&key, &e.to_string(), now) {
+            tracing::warn!(
+                tenant_id = %id,
+                sqlstate = sqlstate.unwrap_or_default(),
+                error = %e,
+                "no tenant connection; repeats of this failure are counted and summed up every {}s",
+                FAILURE_LOG_WINDOW.as_secs()
+            );
+        }
+        e
+    }
+
+    /// Logs how many failures were counted, not logged, per kind whose
+    /// window has passed.
+    fn log_failure_summaries(&self, now: Instant) {
+        for s in self.failures.due(now) {
+            tracing::warn!(
+                error = %s.sample,
+                more = s.more,
+                "{} more tenant connection failures like this in the last {}s",
+                s.more,
+                s.over.as_secs()
+            );
+        }
+    }
+
     /// Checks that the tenant is active and makes its (empty) pool.
     async fn build(&self, id: TenantId) -> Result<Arc<TenantPool>, PoolError> {
         let built_at = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
@@ -741,7 +873,10 @@ impl TenantPools {
                 .bind(id.as_uuid())
                 .fetch_optional(&self.catalog)
                 .await
-                .map_err(|e| PoolError::Catalog(e.to_string()))?;
+                .map_err(|e| {
+                    let sqlstate = e.as_database_error().and_then(|d| d.code());
+                    PoolError::Catalog(with_sqlstate(sqlstate.as_deref(), &cause_chain(&e)))
+                })?;
         let status = status.ok_or(PoolError::NotFound)?;
         let status: TenantStatus = status
             .parse()
@@ -761,7 +896,7 @@ impl TenantPools {
         let pool = managed::Pool::builder(manager)
             .max_size(self.settings.pool_size)
             .build()
-            .map_err(|e| PoolError::Connect(e.to_string()))?;
+            .map_err(|e| PoolError::connect(&e, None))?;
         self.shared.metrics.pool().pools_open.inc();
         Ok(Arc::new(TenantPool {
             pool,
@@ -865,6 +1000,7 @@ impl TenantPools {
                     () = tokio::time::sleep(period) => {}
                 }
                 self.maintain().await;
+                self.log_failure_summaries(Instant::now());
             }
             match self.changed_since(since).await {
                 Ok((now, ids)) => {
@@ -907,5 +1043,55 @@ impl TenantPools {
         .fetch_all(&self.catalog)
         .await?;
         Ok((now, ids.into_iter().map(TenantId::from_uuid).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many pools (Rust's sort checks its comparisons from 21 elements on),
+    /// their times moved on by another thread during the sort, as checkouts
+    /// do; and, deterministically, a time that is different at every read.
+    #[test]
+    fn ordering_by_last_use_reads_each_time_once() {
+        const POOLS: usize = 100;
+        let times: Arc<Vec<AtomicU64>> = Arc::new((0..POOLS as u64).map(AtomicU64::new).collect());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mover = {
+            let (times, stop) = (times.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut now = POOLS as u64;
+                while !stop.load(Ordering::Relaxed) {
+                    now += 1;
+                    // A pseudo-random pool is used "now".
+                    let i = (now.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % POOLS;
+                    times[i].store(now, Ordering::Relaxed);
+                }
+            })
+        };
+        for _ in 0..2000 {
+            let reads = AtomicUsize::new(0);
+            let ordered = oldest_first(0..POOLS, |&i| {
+                reads.fetch_add(1, Ordering::Relaxed);
+                times[i].load(Ordering::Relaxed)
+            });
+            assert_eq!(
+                reads.load(Ordering::Relaxed),
+                POOLS,
+                "each time is read once"
+            );
+            let mut seen = ordered.clone();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..POOLS).collect::<Vec<_>>(), "every pool, once");
+        }
+        stop.store(true, Ordering::Relaxed);
+        mover.join().unwrap();
+
+        // Every read answers an earlier time than the one before: ordered by
+        // what was read, the pools come out last first.
+        let clock = AtomicU64::new(u64::MAX);
+        let ordered = oldest_first(0..POOLS, |_| clock.fetch_sub(1, Ordering::Relaxed));
+        assert_eq!(ordered, (0..POOLS).rev().collect::<Vec<_>>());
     }
 }

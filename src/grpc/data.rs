@@ -320,8 +320,35 @@ fn data_status(err: DataError, prefix: fn(usize) -> String) -> Status {
                 ),
             ),
             PoolError::Exhausted(..) => Status::resource_exhausted(e.to_string()),
-            // The driver's text (role names, addresses) stays in the log.
-            PoolError::Connect(_) | PoolError::Catalog(_) | PoolError::Closed => {
+            // PostgreSQL has no connection slot (53300: max_connections or
+            // the role's CONNECTION LIMIT) or other resources (class 53) left.
+            PoolError::Connect {
+                sqlstate: Some(code),
+                ..
+            } if code.starts_with("53") => {
+                let what = if code == "53300" {
+                    "too many connections"
+                } else {
+                    "insufficient resources"
+                };
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    format!(
+                        "PostgreSQL refused the tenant's connection: {what} (SQLSTATE {code}); try again later"
+                    ),
+                    ErrorDetails::with_error_info(
+                        "TENANT_DATABASE_EXHAUSTED",
+                        "tenantd",
+                        HashMap::from([("sqlstate".to_owned(), code)]),
+                    ),
+                )
+            }
+            // Logged where it failed, once per burst; the driver's text (role
+            // names, addresses) stays in the log.
+            PoolError::Connect { .. } | PoolError::Catalog(_) => {
+                Status::unavailable("cannot reach the tenant's database; try again")
+            }
+            PoolError::Closed => {
                 tracing::warn!(error = %e, "no tenant connection");
                 Status::unavailable("cannot reach the tenant's database; try again")
             }
