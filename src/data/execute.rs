@@ -426,7 +426,8 @@ macro_rules! reset {
          SELECT pg_advisory_unlock_all(), EXISTS (SELECT FROM pg_prepared_statements WHERE from_sql)"
     };
 }
-const RESET: &str = reset!();
+/// The session reset on its own (also what the benchmark's raw side sends).
+pub const SESSION_RESET: &str = reset!();
 
 /// Sends `sql`, which ends with the reset; `Ok(true)` when the session kept
 /// something the reset cannot take away.
@@ -452,7 +453,7 @@ async fn finish(
             Ok(())
         }
         Err(e) => {
-            *dirty |= reset(client, RESET).await.unwrap_or(true);
+            *dirty |= reset(client, SESSION_RESET).await.unwrap_or(true);
             Err(e)
         }
     }
@@ -507,7 +508,7 @@ async fn run_inner(
         .await;
         match &committed {
             Ok(kept) => *dirty |= kept,
-            Err(_) => *dirty |= reset(client, RESET).await.unwrap_or(true),
+            Err(_) => *dirty |= reset(client, SESSION_RESET).await.unwrap_or(true),
         }
         // The COMMIT went out with the BEGIN: after a lost connection the
         // outcome is unknown, so none of these is retried.

@@ -98,9 +98,20 @@ pub struct ExecuteArgs {
     #[arg(long)]
     no_transaction: bool,
 
+    /// Another tenantd build (e.g. the last release) to measure in a phase of
+    /// its own right after each tenantd phase, over the same database and
+    /// tenant: two builds compared in one run. It starts first, so that it
+    /// finds the catalog at the version it knows.
+    #[arg(long)]
+    baseline_tenantd: Option<PathBuf>,
+
     #[command(flatten)]
     target: Target,
 }
+
+/// What the build under test must keep of the baseline build's rate, at
+/// every client count.
+const MIN_SHARE_OF_BASELINE: f64 = 0.95;
 
 /// Target of the issue, absolute: requests/s at the best client count.
 const MIN_EXECUTE_PER_SECOND: f64 = 10_000.0;
@@ -120,6 +131,8 @@ enum Route {
     RawTransaction,
     /// tenantd's Execute over gRPC.
     Tenantd,
+    /// The same, served by the baseline build.
+    Baseline,
 }
 
 impl Route {
@@ -128,6 +141,7 @@ impl Route {
             Route::RawSelect => "raw-sel",
             Route::RawTransaction => "raw-tx",
             Route::Tenantd => "tenantd",
+            Route::Baseline => "baseline",
         }
     }
 
@@ -136,6 +150,7 @@ impl Route {
             Route::RawSelect => "pgbench, the SELECT alone, -M prepared",
             Route::RawTransaction => "pgbench, tenantd's transaction around it, pipelined",
             Route::Tenantd => "tenantd Execute, gRPC",
+            Route::Baseline => "baseline build's Execute, gRPC",
         }
     }
 }
@@ -324,79 +339,124 @@ async fn run_phases(
 ) -> anyhow::Result<Results> {
     let pool_size = args.pool_size.to_string();
     let extra = [OsStr::new("--tenant-pool-size"), OsStr::new(&pool_size)];
-    TenantdServer::serve(tenantd_bin, &db.url, &db.name, &extra, async |server| {
-        eprintln!(
-            "tenantd-bench: tenantd serving on {} (--tenant-pool-size {})",
-            server.addr, args.pool_size
-        );
-        let (ids, _) = crate::tenants::create(server, "execute", 1, 1).await?;
-        let tenant = ids[0];
-        let raw = setup_table(db, tenant, args.rows, pgbench).await?;
-        let threads_max = args
-            .pgbench_threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        ensure!(threads_max >= 1, "--pgbench-threads must be at least 1");
-        let tenantd_pid = server.pid()?;
-
-        // The tenant's pool answers before anything is timed.
-        let mut check = ExecuteWorker::open_all(server, 1, 1, tenant, args.rows).await?;
-        let request = check[0].prepare(0);
-        check[0].send(request).await.context("a first Execute")?;
-
-        let mut phases = Vec::new();
-        for &clients in &args.clients {
-            let threads = threads_max.min(clients);
-            phases.push(pgbench_phase(&raw, Route::RawSelect, clients, threads, window).await?);
-            if !args.no_transaction {
-                phases.push(
-                    pgbench_phase(&raw, Route::RawTransaction, clients, threads, window).await?,
-                );
-            }
-            let channels = args.channels.min(clients);
-            let workers =
-                ExecuteWorker::open_all(server, clients, channels, tenant, args.rows).await?;
-            eprintln!("tenantd-bench: tenantd clients={clients} channels={channels}: {window}");
-            let start = Instant::now();
-            let (latencies, cpu) = tokio::join!(
-                measure(workers, window),
-                cpu_over(start, window, Some(tenantd_pid))
-            );
-            let latencies = latencies
-                .with_context(|| format!("run the tenantd phase with {clients} clients"))?;
-            let calls = latencies.len().max(1) as f64;
-            let cpu = cpu.map(|(a, b)| {
-                let us = |d: Duration| d.as_secs_f64() * 1e6 / calls;
-                let busy = b.machine.busy.saturating_sub(a.machine.busy);
-                let own = b.own.saturating_sub(a.own);
-                let tenantd = b
-                    .tenantd
-                    .unwrap_or_default()
-                    .saturating_sub(a.tenantd.unwrap_or_default());
-                CpuShare {
-                    busy_share: share(a.machine, b.machine),
-                    client_us: us(own),
-                    tenantd_us: Some(us(tenantd)),
-                    rest_us: us(busy.saturating_sub(own + tenantd)),
-                }
-            });
-            let phase = Phase::new(Route::Tenantd, clients, window, latencies, cpu)?;
-            println!("{}", phase.line());
-            phases.push(phase);
-        }
-        let metrics = server.scrape().await?;
-        Ok(Results {
-            rows: args.rows,
-            pool_size: args.pool_size,
-            channels: args.channels,
-            pgbench_threads: threads_max,
-            phases,
-            connections_open: metrics.get("tenantd_tenant_connections_open").copied(),
-            budget_waits: metrics
-                .get("tenantd_tenant_connection_budget_waits_total")
-                .copied(),
+    let Some(baseline) = &args.baseline_tenantd else {
+        return TenantdServer::serve(tenantd_bin, &db.url, &db.name, &extra, async |server| {
+            phases_with(args, window, pgbench, db, server, None).await
         })
+        .await;
+    };
+    ensure!(
+        baseline.is_file(),
+        "no tenantd binary at {}",
+        baseline.display()
+    );
+    let tag = format!("{}-baseline", db.name);
+    TenantdServer::serve(baseline, &db.url, &tag, &extra, async |base| {
+        TenantdServer::serve(tenantd_bin, &db.url, &db.name, &extra, async |server| {
+            phases_with(args, window, pgbench, db, server, Some(base)).await
+        })
+        .await
     })
     .await
+}
+
+/// The phases at every client count: pgbench's, then tenantd's, then the
+/// baseline build's when there is one.
+async fn phases_with(
+    args: &ExecuteArgs,
+    window: Window,
+    pgbench: &Path,
+    db: &BenchDatabase,
+    server: &TenantdServer,
+    baseline: Option<&TenantdServer>,
+) -> anyhow::Result<Results> {
+    eprintln!(
+        "tenantd-bench: tenantd serving on {} (--tenant-pool-size {})",
+        server.addr, args.pool_size
+    );
+    let (ids, _) = crate::tenants::create(server, "execute", 1, 1).await?;
+    let tenant = ids[0];
+    let raw = setup_table(db, tenant, args.rows, pgbench).await?;
+    let threads_max = args
+        .pgbench_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    ensure!(threads_max >= 1, "--pgbench-threads must be at least 1");
+
+    // The tenant's pool answers before anything is timed, on each build.
+    for s in std::iter::once(server).chain(baseline) {
+        let mut check = ExecuteWorker::open_all(s, 1, 1, tenant, args.rows).await?;
+        let request = check[0].prepare(0);
+        check[0].send(request).await.context("a first Execute")?;
+    }
+
+    let mut phases = Vec::new();
+    for &clients in &args.clients {
+        let threads = threads_max.min(clients);
+        phases.push(pgbench_phase(&raw, Route::RawSelect, clients, threads, window).await?);
+        if !args.no_transaction {
+            phases
+                .push(pgbench_phase(&raw, Route::RawTransaction, clients, threads, window).await?);
+        }
+        phases.push(grpc_phase(args, window, server, Route::Tenantd, clients, tenant).await?);
+        if let Some(base) = baseline {
+            phases.push(grpc_phase(args, window, base, Route::Baseline, clients, tenant).await?);
+        }
+    }
+    let metrics = server.scrape().await?;
+    Ok(Results {
+        rows: args.rows,
+        pool_size: args.pool_size,
+        channels: args.channels,
+        pgbench_threads: threads_max,
+        phases,
+        connections_open: metrics.get("tenantd_tenant_connections_open").copied(),
+        budget_waits: metrics
+            .get("tenantd_tenant_connection_budget_waits_total")
+            .copied(),
+    })
+}
+
+/// One phase of `clients` calling Execute on `server`.
+async fn grpc_phase(
+    args: &ExecuteArgs,
+    window: Window,
+    server: &TenantdServer,
+    route: Route,
+    clients: usize,
+    tenant: TenantId,
+) -> anyhow::Result<Phase> {
+    let channels = args.channels.min(clients);
+    let workers = ExecuteWorker::open_all(server, clients, channels, tenant, args.rows).await?;
+    eprintln!(
+        "tenantd-bench: {} clients={clients} channels={channels}: {window}",
+        route.label()
+    );
+    let start = Instant::now();
+    let (latencies, cpu) = tokio::join!(
+        measure(workers, window),
+        cpu_over(start, window, Some(server.pid()?))
+    );
+    let latencies = latencies
+        .with_context(|| format!("run the {} phase with {clients} clients", route.label()))?;
+    let calls = latencies.len().max(1) as f64;
+    let cpu = cpu.map(|(a, b)| {
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / calls;
+        let busy = b.machine.busy.saturating_sub(a.machine.busy);
+        let own = b.own.saturating_sub(a.own);
+        let tenantd = b
+            .tenantd
+            .unwrap_or_default()
+            .saturating_sub(a.tenantd.unwrap_or_default());
+        CpuShare {
+            busy_share: share(a.machine, b.machine),
+            client_us: us(own),
+            tenantd_us: Some(us(tenantd)),
+            rest_us: us(busy.saturating_sub(own + tenantd)),
+        }
+    });
+    let phase = Phase::new(route, clients, window, latencies, cpu)?;
+    println!("{}", phase.line());
+    Ok(phase)
 }
 
 fn share(a: MachineCpu, b: MachineCpu) -> f64 {
@@ -458,13 +518,16 @@ async fn setup_table(
     // default timeout, one statement per pgbench command, in one round trip.
     let timeout_ms = CallSettings::default().default_timeout.as_millis();
     let transaction_script = dir.0.join("transaction.sql");
+    let reset: String = tenantd::data::execute::SESSION_RESET
+        .split("; ")
+        .map(|statement| format!("{statement};\n"))
+        .collect();
     std::fs::write(
         &transaction_script,
         format!(
             "\\set id random(1, {rows})\n\\startpipeline\nBEGIN READ ONLY;\n\
              SET LOCAL statement_timeout = {timeout_ms};\nSELECT 1;\n{select};\nCOMMIT;\n\
-             RESET ALL;\nCLOSE ALL;\nUNLISTEN *;\nSELECT pg_advisory_unlock_all();\nDISCARD TEMP;\n\
-             \\endpipeline\n"
+             {reset}\\endpipeline\n"
         ),
     )
     .with_context(|| format!("write {}", transaction_script.display()))?;
@@ -695,6 +758,9 @@ impl Worker for ExecuteWorker {
 fn report(args: &ExecuteArgs, window: Window, server: &PgServer, r: &Results) {
     let check = check(r);
     println!("{}", check.line());
+    if let Some(baseline) = baseline_check(r) {
+        println!("{}", baseline.line());
+    }
     if let Some(best) = best_sentence(r) {
         println!("best tenantd phase: {best}");
     }
@@ -752,6 +818,30 @@ fn check(r: &Results) -> Check {
     }
 }
 
+/// The build under test against the baseline build: the lowest ratio of
+/// their rates over the client counts.
+fn baseline_check(r: &Results) -> Option<Check> {
+    let ratios: Vec<f64> = r
+        .phases
+        .iter()
+        .filter(|p| p.route == Route::Tenantd)
+        .filter_map(|p| {
+            let base = phase(r, Route::Baseline, p.clients)?;
+            Some(p.stats.per_second / base.stats.per_second)
+        })
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    Some(Check {
+        label: "Execute requests/s / the baseline build's (lowest over client counts)",
+        markdown: "Execute requests/s ÷ the baseline build's, lowest over client counts",
+        value: ratios.into_iter().reduce(f64::min),
+        limit: Limit::AtLeast(MIN_SHARE_OF_BASELINE),
+        missing: "no baseline phase",
+    })
+}
+
 fn markdown(window: Window, server: &PgServer, r: &Results, check: &Check) -> String {
     let mut md = String::new();
     let _ = writeln!(
@@ -782,7 +872,10 @@ fn markdown(window: Window, server: &PgServer, r: &Results, check: &Check) -> St
             ms(p.stats.p99)
         );
     }
-    targets_table(&mut md, "value", std::slice::from_ref(check), 0);
+    let checks: Vec<Check> = std::iter::once(check.clone())
+        .chain(baseline_check(r))
+        .collect();
+    targets_table(&mut md, "value", &checks, 2);
     if let Some(best) = best_sentence(r) {
         let _ = writeln!(md, "\nBest tenantd phase: {best}.");
     }

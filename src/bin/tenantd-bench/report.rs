@@ -9,6 +9,7 @@ use crate::Target;
 use crate::pg::PgServer;
 
 /// A target: a figure of the run and the limit it must keep.
+#[derive(Clone)]
 pub struct Check {
     pub label: &'static str,
     pub markdown: &'static str,
