@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::binary::Tenantd;
+use common::proxy::PgProxy;
 use common::{Clients, TestServer, bad_fields, database_url, new_tenant};
 use proptest::prelude::*;
 use tenantd::pb::{self, value::Kind};
@@ -680,4 +681,115 @@ async fn nothing_keeps_running_on_postgresql_after_tenantd_exits() {
     for call in calls {
         let _ = call.await;
     }
+}
+
+/// The ErrorInfo reason of a status.
+fn reason(status: &tonic::Status) -> Option<String> {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+}
+
+#[tokio::test]
+async fn a_lost_connection_says_whether_a_write_may_have_committed() {
+    let db = common::TestDb::create().await;
+    let proxy = PgProxy::start(&db.options()).await;
+    let through = proxy.options(&db.options());
+    let server = TestServer::start_in(db, |c| c.database = through).await;
+    let mut c = server.clients().await;
+    let t = tenant(&mut c, "lost").await;
+    let s = &t.schema_name;
+    let mut db = server.db.connect().await;
+    // A table whose inserts take 2 s to commit: a deferred constraint
+    // trigger sleeps in COMMIT.
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {s}.slow (id int); \
+         CREATE FUNCTION {s}.slow_commit() RETURNS trigger LANGUAGE plpgsql \
+           AS $f$ BEGIN PERFORM pg_sleep(2); RETURN NULL; END $f$; \
+         CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON {s}.slow \
+           DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {s}.slow_commit();"
+    ))
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let sleeping = "SELECT count(*) FROM pg_stat_activity \
+                    WHERE usename = $1 AND state = 'active' AND wait_event = 'PgSleep'";
+
+    // (statements, what the caller must be told, whether the insert exists)
+    let cases: Vec<(Vec<&str>, Code, &str)> = vec![
+        // The COMMIT was sent and its answer never came.
+        (
+            vec!["INSERT INTO slow VALUES (1)"],
+            Code::Unknown,
+            "OUTCOME_UNKNOWN",
+        ),
+        // Lost while a statement ran, before COMMIT was sent.
+        (
+            vec![
+                "INSERT INTO locations (name) VALUES ('lost')",
+                "SELECT pg_sleep(2)",
+            ],
+            Code::Unavailable,
+            "NOT_EXECUTED",
+        ),
+    ];
+    let count = async |db: &mut sqlx::PgConnection| -> i64 {
+        sqlx::query_scalar(sleeping)
+            .bind(s)
+            .fetch_one(db)
+            .await
+            .unwrap()
+    };
+    for (statements, code, why) in cases {
+        // The backend of the case before (cut off mid-sleep) is gone first.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while count(&mut db).await > 0 {
+            assert!(Instant::now() < deadline, "a cut-off backend kept sleeping");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut data = c.data.clone();
+        let id = t.id.clone();
+        let sent: Vec<pb::Statement> = statements.iter().map(|s| stmt(s)).collect();
+        let call = tokio::spawn(async move {
+            data.transaction(pb::TransactionRequest {
+                tenant_id: id,
+                statements: sent,
+                read_only: false,
+                timeout_ms: 20_000,
+            })
+            .await
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while count(&mut db).await == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the call never reached its sleep"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        proxy.cut_tenant_connections();
+        let err = call.await.unwrap().unwrap_err();
+        assert_eq!(err.code(), code, "{statements:?}: {err:?}");
+        assert_eq!(
+            reason(&err).as_deref(),
+            Some(why),
+            "{statements:?}: {err:?}"
+        );
+    }
+    let written: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {s}.locations WHERE name = 'lost'"
+    ))
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(written, 0, "NOT_EXECUTED wrote nothing");
+    // Calls work again, on fresh connections.
+    let r = c
+        .data
+        .execute(exec(&t.id, "SELECT 5", vec![]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.rows[0].values[0].kind, Some(Kind::Int64(5)));
 }

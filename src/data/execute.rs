@@ -99,8 +99,8 @@ pub enum ExecError {
     Client(String),
 }
 
-/// Where a call was when its connection broke.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a call was when its connection broke, in the order of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Lost {
     /// Before any statement ran: the call may run again as it is.
     BeforeAnyStatement,
@@ -187,12 +187,15 @@ impl ExecError {
 fn classify(err: tokio_postgres::Error, stage: Lost) -> ExecError {
     if let Some(db) = err.as_db_error() {
         let code = db.code().code().to_owned();
-        // 57P01 and friends: the server ended the session.
+        // 57P01 and friends: the server ended the session. It said so in
+        // answer to the statement or the COMMIT in flight, which therefore
+        // did not commit: only a connection lost without an answer leaves
+        // the outcome unknown.
         let lost = code.starts_with("57P") || code.starts_with("08");
         if lost {
             return ExecError::ConnectionLost {
                 message: db.message().to_owned(),
-                stage,
+                stage: stage.min(Lost::NotCommitted),
             };
         }
         return ExecError::Sql {

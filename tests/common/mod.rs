@@ -9,6 +9,7 @@
 
 pub mod binary;
 pub mod fleet;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -235,7 +236,11 @@ impl TestServer {
 
     /// Starts with a configuration the test may adjust first.
     pub async fn start_with(adjust: impl FnOnce(&mut AppConfig)) -> TestServer {
-        let db = TestDb::create().await;
+        Self::start_in(TestDb::create().await, adjust).await
+    }
+
+    /// Starts over `db` with a configuration the test may adjust first.
+    pub async fn start_in(db: TestDb, adjust: impl FnOnce(&mut AppConfig)) -> TestServer {
         let mut config = test_config(&db);
         adjust(&mut config);
         let running = Self::run(config).await.expect("start tenantd");
