@@ -309,18 +309,19 @@ impl ConnectError {
     }
 }
 
+/// A tenant session just logged in: the client, the connection to drive,
+/// and its socket's control.
+type Login = (
+    tokio_postgres::Client,
+    tokio_postgres::Connection<super::socket::Socket, tokio_postgres::tls::NoTlsStream>,
+    Arc<Control>,
+);
+
 impl TenantManager {
     /// Opens a socket and logs in as the tenant's role.
     async fn login(
         &self,
-    ) -> Result<
-        (
-            tokio_postgres::Client,
-            tokio_postgres::Connection<super::socket::Socket, tokio_postgres::tls::NoTlsStream>,
-            Arc<Control>,
-        ),
-        ConnectError,
-    > {
+    ) -> Result<Login, ConnectError> {
         let (socket, control) = self
             .endpoint
             .connect_guarded(CONNECT_TIMEOUT, MAX_MESSAGE_BYTES)
@@ -351,21 +352,12 @@ impl TenantManager {
         .map_err(ConnectError::Pg)?;
         Ok((client, connection, control))
     }
-}
 
-impl TenantManager {
     /// Logs in; when the role refuses its password (a tenant can change its
     /// own role's), sets it again from the catalog secret and logs in again.
     async fn login_repairing_password(
         &self,
-    ) -> Result<
-        (
-            tokio_postgres::Client,
-            tokio_postgres::Connection<super::socket::Socket, tokio_postgres::tls::NoTlsStream>,
-            Arc<Control>,
-        ),
-        ConnectError,
-    > {
+    ) -> Result<Login, ConnectError> {
         match self.login().await {
             Err(ConnectError::Pg(e))
                 if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD) =>
