@@ -419,47 +419,30 @@ pub async fn run(
 /// did to the session reaches the next call on the connection: settings
 /// (the role included, which RESET ALL leaves), cursors kept open, LISTENs,
 /// session advisory locks, temporary tables, sequence state (`currval`,
-/// `lastval`). Prepared statements are tenantd's own and stay; a call cannot
-/// PREPARE, but a function of the tenant's schema could, so the reset's last
-/// row says whether any SQL-level one exists, and such a session is closed
-/// rather than reused.
+/// `lastval`). Prepared statements stay: they are tenantd's own, and a call
+/// cannot PREPARE (the screen refuses it in every form a call could send).
 macro_rules! reset {
     () => {
         "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; DISCARD TEMP; DISCARD SEQUENCES; \
-         SELECT pg_advisory_unlock_all(), EXISTS (SELECT FROM pg_prepared_statements WHERE from_sql)"
+         SELECT pg_advisory_unlock_all()"
     };
 }
 /// The session reset on its own (also what the benchmark's raw side sends).
 pub const SESSION_RESET: &str = reset!();
 
-/// Sends `sql`, which ends with the reset; `Ok(true)` when the session kept
-/// something the reset cannot take away.
-async fn reset(client: &tokio_postgres::Client, sql: &str) -> Result<bool, tokio_postgres::Error> {
-    let messages = client.simple_query(sql).await?;
-    Ok(messages.iter().any(
-        |m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(1) == Some("t")),
-    ))
-}
-
 /// Sends `end` (COMMIT or ROLLBACK) followed by the reset in one message;
 /// when `end` fails the rest of the message is skipped, so the reset is
-/// sent again on its own. A failed or incomplete reset marks the connection
-/// `dirty`.
+/// sent again on its own. A failed reset marks the connection `dirty`.
 async fn finish(
     client: &tokio_postgres::Client,
     end_and_reset: &str,
     dirty: &mut bool,
 ) -> Result<(), tokio_postgres::Error> {
-    match reset(client, end_and_reset).await {
-        Ok(kept) => {
-            *dirty |= kept;
-            Ok(())
-        }
-        Err(e) => {
-            *dirty |= reset(client, SESSION_RESET).await.unwrap_or(true);
-            Err(e)
-        }
+    let ended = client.batch_execute(end_and_reset).await;
+    if ended.is_err() {
+        *dirty |= client.batch_execute(SESSION_RESET).await.is_err();
     }
+    ended
 }
 
 const COMMIT_AND_RESET: &str = concat!("COMMIT; ", reset!());
@@ -506,12 +489,11 @@ async fn run_inner(
         let (began, ran, committed) = futures::future::join3(
             client.batch_execute(&begin),
             run_one(conn, only, &mut budget),
-            reset(client, COMMIT_AND_RESET),
+            client.batch_execute(COMMIT_AND_RESET),
         )
         .await;
-        match &committed {
-            Ok(kept) => *dirty |= kept,
-            Err(_) => *dirty |= reset(client, SESSION_RESET).await.unwrap_or(true),
+        if committed.is_err() {
+            *dirty |= client.batch_execute(SESSION_RESET).await.is_err();
         }
         // The COMMIT went out with the BEGIN: after a lost connection the
         // outcome is unknown, so none of these is retried.

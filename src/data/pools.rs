@@ -319,9 +319,7 @@ type Login = (
 
 impl TenantManager {
     /// Opens a socket and logs in as the tenant's role.
-    async fn login(
-        &self,
-    ) -> Result<Login, ConnectError> {
+    async fn login(&self) -> Result<Login, ConnectError> {
         let (socket, control) = self
             .endpoint
             .connect_guarded(CONNECT_TIMEOUT, MAX_MESSAGE_BYTES)
@@ -355,9 +353,7 @@ impl TenantManager {
 
     /// Logs in; when the role refuses its password (a tenant can change its
     /// own role's), sets it again from the catalog secret and logs in again.
-    async fn login_repairing_password(
-        &self,
-    ) -> Result<Login, ConnectError> {
+    async fn login_repairing_password(&self) -> Result<Login, ConnectError> {
         match self.login().await {
             Err(ConnectError::Pg(e))
                 if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD) =>
