@@ -222,6 +222,11 @@ async fn every_value_type_round_trips() {
                 assert_eq!(g, w);
             }
             ("float4", Kind::Float64(g), Kind::Float64(w)) => assert_eq!(*g as f32, *w as f32),
+            // -infinity goes in as PostgreSQL's own microseconds and comes
+            // back as text: a protobuf Timestamp cannot hold it.
+            ("timestamptz", Kind::Text(g), Kind::Timestamptz(w)) if w.seconds < -62_135_596_800 => {
+                assert_eq!(g, "-infinity")
+            }
             _ => assert_eq!(got, want, "{ty} round trip"),
         }
     }
@@ -271,7 +276,7 @@ async fn every_value_type_round_trips() {
     assert_eq!(got[1], Kind::Numeric("0.001".into()));
     assert_eq!(got[2], Kind::Numeric("NaN".into()));
     assert_eq!(got[3], Kind::Numeric("100000000000000000000".into()));
-    assert!(matches!(got[4], Kind::Timestamptz(_)));
+    assert_eq!(got[4], Kind::Text("-infinity".into()));
     assert_eq!(got[5], Kind::Date("1999-12-31".into()));
     assert_eq!(got[6], Kind::Date("0044-03-15 BC".into()));
     assert_eq!(got[7], Kind::Text("x  ".into()));

@@ -1356,6 +1356,165 @@ async fn audited(
     *before = after;
 }
 
+/// One way a user may try to change its own login identifiers.
+struct LoginChange {
+    what: &'static str,
+    email: Option<&'static str>,
+    phone: Option<&'static str>,
+}
+
+#[tokio::test]
+async fn a_stolen_token_alone_cannot_change_how_the_user_logs_in() {
+    let server = TestServer::start().await;
+    let mut c = server.clients().await;
+    let mut db = server.db.connect().await;
+    let u = c
+        .users
+        .create_user(user("Grace", "grace@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    let issued = c
+        .sessions
+        .login(login("grace@example.com", PASSWORD, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut own = server.clients_as(&issued.access_token).await;
+    let changes = [
+        LoginChange {
+            what: "e-mail",
+            email: Some("attacker@example.com"),
+            phone: None,
+        },
+        LoginChange {
+            what: "e-mail in another case",
+            email: Some("GRACE@example.org"),
+            phone: None,
+        },
+        LoginChange {
+            what: "phone",
+            email: None,
+            phone: Some("+1 202 555 0100"),
+        },
+        LoginChange {
+            what: "both",
+            email: Some("a2@example.com"),
+            phone: Some("+1 202 555 0101"),
+        },
+        LoginChange {
+            what: "cleared phone",
+            email: None,
+            phone: Some(""),
+        },
+    ];
+    for change in &changes {
+        for (given, why) in [
+            ("", "no current password"),
+            ("wrong password guess", "a wrong one"),
+        ] {
+            let err = own
+                .users
+                .update_user(pb::UpdateUserRequest {
+                    id: u.id.clone(),
+                    email: change.email.map(Into::into),
+                    phone: change.phone.map(Into::into),
+                    current_password: given.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                bad_fields(&err),
+                ["current_password"],
+                "{} with {why}: {err:?}",
+                change.what
+            );
+        }
+    }
+    let unchanged = c
+        .users
+        .get_user(pb::GetUserRequest { id: u.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (unchanged.email.as_str(), unchanged.version),
+        ("grace@example.com", u.version)
+    );
+
+    // Names need no password; the login identifiers do, and take it.
+    own.users
+        .update_user(pb::UpdateUserRequest {
+            id: u.id.clone(),
+            first_name: Some("Grace B.".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let moved = own
+        .users
+        .update_user(pb::UpdateUserRequest {
+            id: u.id.clone(),
+            email: Some("grace.hopper@example.com".into()),
+            current_password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(moved.email, "grace.hopper@example.com");
+    // A service key is not a user and is trusted to change it.
+    c.users
+        .update_user(pb::UpdateUserRequest {
+            id: u.id.clone(),
+            phone: Some("+1 202 555 0199".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // The audit log names the fields each change touched, not their values.
+    let fields: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT details->'fields' FROM tenantd.audit_log \
+          WHERE action = 'user.update' AND target = $1 ORDER BY seq",
+    )
+    .bind(format!("user:{}", u.id))
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(
+        fields,
+        [
+            serde_json::json!(["first_name"]),
+            serde_json::json!(["email"]),
+            serde_json::json!(["phone"]),
+        ]
+    );
+
+    // Guessing the current password through a stolen token is rate limited
+    // like a login.
+    let mut limited = false;
+    for i in 0..40 {
+        let err = own
+            .users
+            .update_user(pb::UpdateUserRequest {
+                id: u.id.clone(),
+                email: Some("attacker@example.com".into()),
+                current_password: format!("guess number {i}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        if err.code() == Code::ResourceExhausted {
+            limited = true;
+            break;
+        }
+        assert_eq!(bad_fields(&err), ["current_password"]);
+    }
+    assert!(limited, "40 guesses were all checked");
+}
+
 #[tokio::test]
 async fn every_session_change_leaves_exactly_one_audit_event() {
     let server = TestServer::start().await;

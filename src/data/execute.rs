@@ -228,13 +228,28 @@ struct Prepared<'a> {
     max_rows: usize,
 }
 
+/// Statements longer than this are prepared for their call only, not kept
+/// on the connection: the cache is bounded by bytes, not only by count.
+const MAX_CACHED_SQL: usize = 8 * 1024;
+
 async fn prepare<'a>(conn: &Checkout, s: &'a Statement) -> Result<Prepared<'a>, ExecError> {
-    let statement = match conn.statement_cache().prepare(conn.client(), &s.sql).await {
+    let cache = conn.statement_cache();
+    let prepared = if s.sql.len() > MAX_CACHED_SQL {
+        conn.client().prepare(&s.sql).await
+    } else {
+        let before = cache.size();
+        let prepared = cache.prepare(conn.client(), &s.sql).await;
+        if cache.size() > before {
+            conn.note_cached(s.sql.len());
+        }
+        prepared
+    };
+    let statement = match prepared {
         Ok(statement) => statement,
         Err(e) => {
             // The cache keeps a placeholder for a statement that failed to
             // prepare; distinct bad statements must not pile up.
-            conn.statement_cache().remove(&s.sql, &[]);
+            cache.remove(&s.sql, &[]);
             return Err(classify(e, Lost::BeforeAnyStatement));
         }
     };

@@ -64,6 +64,9 @@ impl Default for PoolSettings {
 
 /// Statements one connection keeps prepared before its cache is cleared.
 const STATEMENT_CACHE_LIMIT: usize = 256;
+/// Bytes of SQL text one connection keeps prepared before its cache is
+/// cleared (the statements' plans live in the backend as long).
+const STATEMENT_CACHE_BYTES: usize = 512 * 1024;
 /// How long establishing one connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a waiter looks again for idle connections to close.
@@ -88,8 +91,15 @@ pub enum PoolError {
     NotFound,
     #[error("tenant is {0}, not active")]
     NotActive(TenantStatus),
-    #[error("no tenant connection free within {0:?} (connection budget {1})")]
+    #[error(
+        "no tenant connection free within {0:?}: the replica's connection budget of {1} is in use"
+    )]
     Exhausted(Duration, usize),
+    #[error(
+        "all {1} connections of the tenant's pool stayed busy for {0:?}; \
+         the tenant's calls are too many or too long"
+    )]
+    PoolBusy(Duration, usize),
     /// PostgreSQL, or the way to it, refused the tenant role's login.
     #[error("cannot connect as the tenant's role: {}", with_sqlstate(sqlstate.as_deref(), message))]
     Connect {
@@ -263,6 +273,9 @@ pub struct TenantConn {
     /// What the socket's message guard dropped or refused, and the switch
     /// that closes it.
     control: Arc<Control>,
+    /// Bytes of SQL prepared into the statement cache since it was last
+    /// cleared.
+    cached_sql: AtomicUsize,
 }
 
 impl TenantConn {
@@ -468,6 +481,7 @@ impl managed::Manager for TenantManager {
             client: deadpool_postgres::ClientWrapper::new(client, placeholder),
             endpoint: self.endpoint.clone(),
             control,
+            cached_sql: AtomicUsize::new(0),
         })
     }
 
@@ -483,8 +497,11 @@ impl managed::Manager for TenantManager {
         if metrics.age() > self.lifetime {
             return Err(RecycleError::message("connection lifetime reached"));
         }
-        if conn.client.statement_cache.size() > STATEMENT_CACHE_LIMIT {
+        if conn.client.statement_cache.size() > STATEMENT_CACHE_LIMIT
+            || conn.cached_sql.load(Ordering::Relaxed) > STATEMENT_CACHE_BYTES
+        {
             conn.client.statement_cache.clear();
+            conn.cached_sql.store(0, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -573,6 +590,13 @@ impl Checkout {
         match &self.obj {
             Some(obj) => &obj.client().statement_cache,
             None => unreachable!("the object is only taken on drop"),
+        }
+    }
+
+    /// Counts `bytes` of SQL going into the statement cache.
+    pub fn note_cached(&self, bytes: usize) {
+        if let Some(obj) = &self.obj {
+            obj.cached_sql.fetch_add(bytes, Ordering::Relaxed);
         }
     }
 
@@ -723,12 +747,13 @@ impl TenantPools {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.settings.wait;
         let mut lookups = 0;
-        let obj = loop {
-            let pool = self.pool(id).await.map_err(|e| self.failed(id, e))?;
-            lookups += 1;
-            pool.last_used
-                .store(self.shared.now_ms(), Ordering::Relaxed);
-            match tokio::time::timeout_at(deadline, pool.pool.get()).await {
+        let obj =
+            loop {
+                let pool = self.pool(id).await.map_err(|e| self.failed(id, e))?;
+                lookups += 1;
+                pool.last_used
+                    .store(self.shared.now_ms(), Ordering::Relaxed);
+                match tokio::time::timeout_at(deadline, pool.pool.get()).await {
                 Ok(Ok(obj)) => break obj,
                 Ok(Err(managed::PoolError::Backend(ConnectError::Budget(e)))) => return Err(e),
                 // The role may not log in: the tenant left ACTIVE (through
@@ -753,12 +778,17 @@ impl TenantPools {
                 Ok(Err(managed::PoolError::Closed)) if lookups < MAX_POOL_LOOKUPS => {}
                 Ok(Err(managed::PoolError::Closed)) => return Err(PoolError::Closed),
                 Ok(Err(e)) => return Err(self.failed(id, PoolError::connect(&e, None))),
+                // Waited past the deadline: for a connection of the
+                // tenant's own full pool, or for the replica's budget.
+                Err(_) if pool.pool.status().size >= self.settings.pool_size => {
+                    return Err(PoolError::PoolBusy(self.settings.wait, self.settings.pool_size));
+                }
                 Err(_) => {
                     self.shared.metrics.pool().budget_timeouts.inc();
                     return Err(PoolError::Exhausted(self.settings.wait, self.shared.budget));
                 }
             }
-        };
+            };
         // The cache applies its evictions in batches (every 64 inserts or
         // 300 ms), so a full cache would hold up to 64 pools more than its
         // capacity until then: evict now. After the connection is out, so

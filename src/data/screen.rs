@@ -51,7 +51,10 @@ impl Refusal {
 }
 
 /// Bytes of SQL text the verdict cache holds at most.
-const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// Longer statements are judged every time: they are rare, and a cache of
+/// them would be spent by a few.
+const MAX_CACHED_SQL: usize = 16 * 1024;
 
 /// Stack reserved for judging one statement (address space; pages are
 /// touched only as deep as the tree goes).
@@ -75,7 +78,9 @@ pub fn screen(sql: &str) -> Result<(), Refusal> {
         return verdict;
     }
     let verdict = judge(sql);
-    cache().insert(Arc::from(sql), verdict.clone());
+    if sql.len() <= MAX_CACHED_SQL {
+        cache().insert(Arc::from(sql), verdict.clone());
+    }
     verdict
 }
 
@@ -181,7 +186,6 @@ fn judge_statement(node: &NodeEnum) -> Result<(), Refusal> {
         | NodeEnum::VariableShowStmt(_)
         | NodeEnum::FetchStmt(_)
         | NodeEnum::ClosePortalStmt(_)
-        | NodeEnum::LockStmt(_)
         | NodeEnum::CallStmt(_) => Ok(()),
         NodeEnum::ExplainStmt(explain) => match inner(&explain.query) {
             Some(query) => judge_statement(query).map_err(|r| Refusal {
@@ -229,6 +233,11 @@ fn judge_statement(node: &NodeEnum) -> Result<(), Refusal> {
             ))
         }
         NodeEnum::LoadStmt(_) => Err(Refusal::new("LOAD", "loading libraries is not allowed")),
+        NodeEnum::LockStmt(_) => Err(Refusal::new(
+            "LOCK",
+            "an explicit lock would hold the tenant's other calls, or any session, for the \
+             call's whole time; rows are locked by the statements that change them",
+        )),
         NodeEnum::DoStmt(_) => Err(Refusal::new(
             "DO",
             "anonymous code blocks can run any SQL; send the statements themselves",
@@ -347,6 +356,8 @@ fn forbidden_function(name: &str) -> Option<&'static str> {
         }
         "set_config" => "settings are managed by tenantd; SET LOCAL the presentation settings",
         "pg_notify" => "notification channels are shared by the whole database",
+        "setseed" => "the seed of random() would outlive the call on the connection",
+        "pg_prepared_statement" | "pg_stat_get_activity" | "pg_stat_statements" => SHOWS_OTHERS,
         n if n.starts_with("query_to_xml")
             || n.starts_with("cursor_to_xml")
             || n.starts_with("table_to_xml")
@@ -371,13 +382,62 @@ fn forbidden_function(name: &str) -> Option<&'static str> {
     Some(why)
 }
 
+/// Views that show the SQL of other calls: the statements other members'
+/// calls prepared on the same pooled connection, the queries of the
+/// tenant's other sessions.
+const SHOWS_OTHERS: &str = "it shows the SQL of the tenant's other calls";
+
+/// Why a relation may not be read, if so.
+fn forbidden_relation(name: &str) -> Option<&'static str> {
+    match name.to_ascii_lowercase().as_str() {
+        "pg_prepared_statements"
+        | "pg_stat_activity"
+        | "pg_stat_statements"
+        | "pg_stat_statements_info" => Some(SHOWS_OTHERS),
+        _ => None,
+    }
+}
+
+/// Why a statement may not change `relation` (a serialised RangeVar), if
+/// so: PostgreSQL's catalog is not the tenant's, and some of its views turn
+/// a change into something else (`UPDATE pg_settings` runs `set_config`).
+fn forbidden_target(relation: &Json) -> Option<&'static str> {
+    let field = |f: &str| {
+        relation
+            .get(f)
+            .and_then(Json::as_str)
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    };
+    let (schema, name) = (field("schemaname"), field("relname"));
+    let catalog = matches!(schema.as_str(), "pg_catalog" | "information_schema")
+        || schema.starts_with("pg_")
+        || name.starts_with("pg_");
+    catalog.then_some("PostgreSQL's catalog and settings are not the tenant's to change")
+}
+
 /// Walks the whole tree (without recursion, however deep it is) and
-/// refuses the first call of a forbidden function.
+/// refuses the first call of a forbidden function, read of a forbidden
+/// view, or change of PostgreSQL's catalog.
 fn refuse_functions(tree: &Json) -> Result<(), Refusal> {
     let mut stack = vec![tree];
     while let Some(node) = stack.pop() {
         match node {
             Json::Object(map) => {
+                if let Some(range) = map.get("RangeVar")
+                    && let Some(name) = range.get("relname").and_then(Json::as_str)
+                    && let Some(why) = forbidden_relation(name)
+                {
+                    return Err(Refusal::new(format!("reading {name}"), why));
+                }
+                for change in ["InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"] {
+                    if let Some(relation) = map.get(change).and_then(|s| s.get("relation"))
+                        && let Some(why) = forbidden_target(relation)
+                    {
+                        let name = relation.get("relname").and_then(Json::as_str).unwrap_or("");
+                        return Err(Refusal::new(format!("changing {name}"), why));
+                    }
+                }
                 if let Some(call) = map.get("FuncCall") {
                     let name = call
                         .get("funcname")
@@ -433,7 +493,6 @@ mod tests {
             "declare c cursor for select 1",
             "fetch 10 from c",
             "close c",
-            "lock table t in share mode",
             "select 1;",
             ";;select 1;;",
             "-- comment\nselect 1",
@@ -517,6 +576,40 @@ mod tests {
             ("vacuum t", "VACUUM"),
             ("checkpoint", "CHECK POINT"),
             ("select lo_from_bytea(0, 'x')", "calling lo_from_bytea()"),
+            ("lock table t in access exclusive mode", "LOCK"),
+            (
+                "update pg_settings set setting = '0' where name = 'statement_timeout'",
+                "changing pg_settings",
+            ),
+            (
+                "UPDATE pg_catalog.PG_SETTINGS SET setting = 'off'",
+                "changing pg_settings",
+            ),
+            (
+                "with x as (update pg_settings set setting = '3GB' where name = 'work_mem' returning 1) select * from x",
+                "changing pg_settings",
+            ),
+            (
+                "insert into information_schema.sql_features select * from t",
+                "changing sql_features",
+            ),
+            ("select setseed(0.42)", "calling setseed()"),
+            (
+                "select statement from pg_prepared_statements",
+                "reading pg_prepared_statements",
+            ),
+            (
+                "select query from pg_catalog.pg_stat_activity",
+                "reading pg_stat_activity",
+            ),
+            (
+                "select * from t where exists (select from pg_stat_activity)",
+                "reading pg_stat_activity",
+            ),
+            (
+                "select pg_stat_get_activity(null)",
+                "calling pg_stat_get_activity()",
+            ),
             ("select pg_catalog.lo_put(1, 0, 'x')", "calling lo_put()"),
             (
                 "select * from t where pg_terminate_backend(1)",

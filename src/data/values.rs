@@ -403,14 +403,7 @@ fn decode(ty: &Type, raw: &[u8]) -> Result<Value, BoxError> {
         Type::BYTEA => Value::Bytea(wire::bytea_from_sql(raw).to_vec()),
         Type::UUID => Value::Uuid(uuid::Uuid::from_bytes(wire::uuid_from_sql(raw)?)),
         Type::DATE => Value::Date(date_text(wire::date_from_sql(raw)?)?),
-        Type::TIMESTAMPTZ | Type::TIMESTAMP => {
-            Value::Timestamptz(match wire::timestamp_from_sql(raw)? {
-                m @ (i64::MAX | i64::MIN) => m,
-                m => m
-                    .checked_add(PG_EPOCH_MICROS)
-                    .ok_or("timestamp out of range")?,
-            })
-        }
+        Type::TIMESTAMPTZ | Type::TIMESTAMP => timestamp(wire::timestamp_from_sql(raw)?),
         Type::VOID => Value::Null,
         Type::JSON => Value::Json(wire::text_from_sql(raw)?.to_owned()),
         Type::JSONB => match raw.split_first() {
@@ -420,6 +413,58 @@ fn decode(ty: &Type, raw: &[u8]) -> Result<Value, BoxError> {
         ref t if decodable(t) => Value::Text(wire::text_from_sql(raw)?.to_owned()),
         ref t => return Err(check_column_type(t).unwrap_err().into()),
     })
+}
+
+/// Microseconds since the Unix epoch of 0001-01-01 and of the end of
+/// 9999-12-31: what `google.protobuf.Timestamp` can hold.
+const TIMESTAMP_MIN_MICROS: i128 = -62_135_596_800_000_000;
+const TIMESTAMP_MAX_MICROS: i128 = 253_402_300_799_999_999;
+
+/// A timestamp (PostgreSQL's microseconds since 2000-01-01). One that a
+/// protobuf Timestamp cannot hold (the infinities, years past 9999) comes
+/// back as its ISO text, as a text value.
+fn timestamp(pg_micros: i64) -> Value {
+    match pg_micros {
+        i64::MAX => return Value::Text("infinity".to_owned()),
+        i64::MIN => return Value::Text("-infinity".to_owned()),
+        _ => {}
+    }
+    let micros = i128::from(pg_micros) + i128::from(PG_EPOCH_MICROS);
+    match i64::try_from(micros) {
+        Ok(m) if (TIMESTAMP_MIN_MICROS..=TIMESTAMP_MAX_MICROS).contains(&micros) => {
+            Value::Timestamptz(m)
+        }
+        _ => Value::Text(iso_timestamp(micros)),
+    }
+}
+
+/// `micros` since the Unix epoch as ISO 8601 UTC text, for any year
+/// PostgreSQL allows (days to a civil date after Howard Hinnant).
+fn iso_timestamp(micros: i128) -> String {
+    let seconds = micros.div_euclid(1_000_000);
+    let fraction = micros.rem_euclid(1_000_000);
+    let days = seconds.div_euclid(86_400);
+    let of_day = seconds.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i128::from(month <= 2);
+    let (year, era_suffix) = if year > 0 {
+        (year, "")
+    } else {
+        (1 - year, " BC")
+    };
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{fraction:06}Z{era_suffix}",
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60
+    )
 }
 
 fn decode_array(member: &Type, raw: &[u8]) -> Result<Value, BoxError> {
@@ -568,6 +613,35 @@ mod tests {
         let mut s = String::new();
         v.write_text(&mut s);
         assert_eq!(s, r#"{"a\"b",NULL,{"1","x\\y"}}"#);
+    }
+
+    #[test]
+    fn timestamps_a_protobuf_timestamp_cannot_hold_come_back_as_text() {
+        assert_eq!(timestamp(i64::MAX), Value::Text("infinity".into()));
+        assert_eq!(timestamp(i64::MIN), Value::Text("-infinity".into()));
+        assert_eq!(timestamp(0), Value::Timestamptz(PG_EPOCH_MICROS));
+        // PostgreSQL's largest: 294276-12-31 23:59:59.999999.
+        assert_eq!(
+            timestamp(9_223_371_331_199_999_999),
+            Value::Text("294276-12-31T23:59:59.999999Z".into())
+        );
+        assert_eq!(
+            iso_timestamp(TIMESTAMP_MAX_MICROS + 1),
+            "10000-01-01T00:00:00.000000Z"
+        );
+        assert_eq!(iso_timestamp(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            iso_timestamp(TIMESTAMP_MIN_MICROS),
+            "0001-01-01T00:00:00.000000Z"
+        );
+        assert_eq!(
+            iso_timestamp(TIMESTAMP_MIN_MICROS - 1),
+            "0001-12-31T23:59:59.999999Z BC"
+        );
+        assert!(matches!(
+            timestamp((TIMESTAMP_MAX_MICROS - i128::from(PG_EPOCH_MICROS)) as i64),
+            Value::Timestamptz(_)
+        ));
     }
 
     #[test]

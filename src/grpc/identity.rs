@@ -238,9 +238,10 @@ impl UserService for UserApi {
             expected_version: r.expected_version,
         };
         v.finish().map_err(status::invalid)?;
+        let current = current_password_of(&who, patch.changes_login(), &r.current_password)?;
         let user = self
             .identity
-            .update_user(id, patch, &who.actor())
+            .update_user(id, patch, current, &who.actor())
             .await
             .map_err(identity_status)?;
         Ok(Response::new(user_to_pb(user)))
@@ -271,17 +272,10 @@ impl UserService for UserApi {
         let id = uuid("user_id", &r.user_id)?;
         require_self_or(&who, Scope::IdentityAdmin, id)?;
         check_password_strength("new_password", &r.new_password).map_err(status::invalid)?;
-        let (current, keep) = match &who {
-            Caller::User(p) => {
-                if r.current_password.is_empty() {
-                    return Err(status::invalid(ValidationError::single(
-                        "current_password",
-                        "is required",
-                    )));
-                }
-                (Some(r.current_password.as_str()), Some(p.session_id))
-            }
-            Caller::Service(_) => (None, None),
+        let current = current_password_of(&who, true, &r.current_password)?;
+        let keep = match &who {
+            Caller::User(p) => Some(p.session_id),
+            Caller::Service(_) => None,
         };
         let n = self
             .identity
@@ -624,5 +618,27 @@ impl SessionService for SessionApi {
             reason,
             role: role_to_pb(role),
         }))
+    }
+}
+
+/// The current password a user must give to change how it logs in; a
+/// service key gives none.
+fn current_password_of<'a>(
+    who: &Caller,
+    sensitive: bool,
+    given: &'a str,
+) -> Result<Option<&'a str>, Status> {
+    match who {
+        Caller::User(_) if sensitive => {
+            if given.is_empty() {
+                Err(status::invalid(ValidationError::single(
+                    "current_password",
+                    "is required to change a password, e-mail address or phone number",
+                )))
+            } else {
+                Ok(Some(given))
+            }
+        }
+        _ => Ok(None),
     }
 }

@@ -67,12 +67,18 @@ impl TenantApi {
         let id = TenantId::parse("id", &request.id).map_err(status::invalid)?;
         let expected = convert::expected_version("expected_version", request.expected_version)
             .map_err(status::invalid)?;
-        let permission = match action {
-            LifecycleAction::Archive | LifecycleAction::Purge => Permission::TenantDelete,
-            _ => Permission::TenantUpdate,
-        };
-        self.allow(&who, Scope::TenantsWrite, id, permission)
-            .await?;
+        match action {
+            // The platform's decision (billing, abuse): a member could
+            // otherwise suspend a tenant its OWNER cannot resume, since a
+            // tenant that is not ACTIVE grants its members only reads.
+            LifecycleAction::Suspend | LifecycleAction::Resume => {
+                require_scope(&who, Scope::TenantsWrite)?
+            }
+            LifecycleAction::Archive | LifecycleAction::Purge => {
+                self.allow(&who, Scope::TenantsWrite, id, Permission::TenantDelete)
+                    .await?
+            }
+        }
         let tenants = self.tenants.clone();
         let pools = self.pools.clone();
         let identity = self.identity.clone();

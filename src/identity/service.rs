@@ -166,6 +166,27 @@ pub struct UserPatch {
     pub expected_version: Option<i64>,
 }
 
+impl UserPatch {
+    /// Whether the patch changes what the user logs in with.
+    pub fn changes_login(&self) -> bool {
+        self.email.is_some() || self.phone.is_some()
+    }
+
+    /// The names of the fields the patch sets, for the audit log (the
+    /// values stay out of it: they are personal data).
+    fn fields(&self) -> Vec<&'static str> {
+        [
+            ("first_name", self.first_name.is_some()),
+            ("last_name", self.last_name.is_some()),
+            ("email", self.email.is_some()),
+            ("phone", self.phone.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+}
+
 /// Users, memberships and sessions over the catalog pool.
 #[derive(Clone)]
 pub struct Identity {
@@ -301,8 +322,12 @@ impl Identity {
         &self,
         id: Uuid,
         patch: UserPatch,
+        current_password: Option<&str>,
         actor: &str,
     ) -> Result<UserRow, IdentityError> {
+        if let Some(current) = current_password {
+            self.verify_current_password(id, current).await?;
+        }
         let mut tx = self.pool.begin().await.map_err(db("begin update user"))?;
         let current = store::lock_user(&mut tx, id)
             .await
@@ -342,12 +367,38 @@ impl Identity {
             actor,
             "user.update",
             &format!("user:{id}"),
-            &json!({ "version": updated.version }),
+            &json!({ "version": updated.version, "fields": patch.fields() }),
         )
         .await
         .map_err(db("audit user update"))?;
         tx.commit().await.map_err(db("commit update user"))?;
         Ok(updated)
+    }
+
+    /// Checks the password a user gave to confirm a sensitive change of its
+    /// own account. Guesses count against the same per-account limit as
+    /// logins, so a stolen token cannot be used to try passwords at speed.
+    async fn verify_current_password(&self, id: Uuid, password: &str) -> Result<(), IdentityError> {
+        self.rate_limit(&format!("user:{id}"), None)?;
+        let mut c = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db("acquire catalog connection"))?;
+        let hash = store::password_hash(&mut c, id)
+            .await
+            .map_err(db("read password hash"))?;
+        drop(c);
+        if self
+            .hasher
+            .verify(password, hash.as_deref())
+            .await
+            .map_err(internal("verify password"))?
+        {
+            Ok(())
+        } else {
+            Err(ValidationError::single("current_password", "does not match").into())
+        }
     }
 
     /// Deactivates the user and ends every session.
@@ -400,23 +451,7 @@ impl Identity {
         actor: &str,
     ) -> Result<usize, IdentityError> {
         if let Some(current) = current {
-            let mut c = self
-                .pool
-                .acquire()
-                .await
-                .map_err(db("acquire catalog connection"))?;
-            let hash = store::password_hash(&mut c, id)
-                .await
-                .map_err(db("read password hash"))?;
-            drop(c);
-            if !self
-                .hasher
-                .verify(current, hash.as_deref())
-                .await
-                .map_err(internal("verify password"))?
-            {
-                return Err(ValidationError::single("current_password", "does not match").into());
-            }
+            self.verify_current_password(id, current).await?;
         }
         let hash = self
             .hasher

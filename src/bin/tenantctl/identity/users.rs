@@ -82,6 +82,11 @@ pub struct UpdateArgs {
     /// Apply only if the user's version is still this one.
     #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
     expected_version: Option<i64>,
+    /// The current password, from this file: needed to change the e-mail
+    /// address or phone number when tenantctl runs with the user's own
+    /// access token instead of a service key.
+    #[arg(long, value_name = "PATH")]
+    current_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -130,6 +135,7 @@ pub async fn run(command: UsersCommand, session: &Session) -> Result<(), CliErro
                 .await?
         }
         UsersCommand::Update(a) => {
+            let current_password = current_password(a.current_password_file.as_deref())?;
             let request = pb::UpdateUserRequest {
                 id: a.user.user_id,
                 first_name: a.first_name,
@@ -137,10 +143,14 @@ pub async fn run(command: UsersCommand, session: &Session) -> Result<(), CliErro
                 email: a.email,
                 phone: a.phone,
                 expected_version: a.expected_version,
+                current_password,
             };
-            session
-                .call(client.update_user(session.request(request)))
-                .await?
+            let call = client.update_user(session.request(request));
+            if a.current_password_file.is_some() {
+                session.call_judging(call, WRONG_CURRENT_PASSWORD).await?
+            } else {
+                session.call(call).await?
+            }
         }
         UsersCommand::Deactivate(a) => {
             let request = pb::DeactivateUserRequest {
@@ -168,11 +178,16 @@ pub async fn run(command: UsersCommand, session: &Session) -> Result<(), CliErro
     print_user(session.output, &user)
 }
 
+/// The current password from `--current-password-file`, or none.
+fn current_password(file: Option<&std::path::Path>) -> Result<String, CliError> {
+    match file {
+        Some(path) => secret::from_file(path, "current password"),
+        None => Ok(String::new()),
+    }
+}
+
 async fn set_password(a: SetPasswordArgs, session: &Session) -> Result<(), CliError> {
-    let current_password = match &a.current_password_file {
-        Some(path) => secret::from_file(path, "current password")?,
-        None => String::new(),
-    };
+    let current_password = current_password(a.current_password_file.as_deref())?;
     let request = session.request(pb::ChangePasswordRequest {
         user_id: a.user.user_id.clone(),
         current_password,

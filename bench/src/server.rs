@@ -56,8 +56,8 @@ pub fn tenantd_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     };
     ensure!(
         path.is_file(),
-        "no tenantd binary at {}: build it with the bench (`cargo build --release --bin tenantd \
-         --bin tenantd-bench`) or pass --tenantd",
+        "no tenantd binary at {}: build it with the bench (`cargo build --release -p tenantd \
+         -p tenantd-bench`) or pass --tenantd",
         path.display()
     );
     Ok(path)
