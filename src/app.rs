@@ -240,7 +240,7 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
     let stop = shutdown.clone();
     let drain = shutdown.clone();
     let router = Server::builder()
-        .layer(crate::metrics::GrpcMetricsLayer::new(metrics.clone()))
+        .layer(crate::grpc::metrics::GrpcMetricsLayer::new(metrics.clone()))
         .layer(crate::grpc::request_id::RequestIdLayer)
         // One span per call: method and request id, and the caller and
         // tenant once the handler knows them.
@@ -272,7 +272,7 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
     let metrics_stop = CancellationToken::new();
     let metrics_server = metrics_listener.map(|(listener, addr)| {
         tracing::info!(%addr, "serving metrics at /metrics");
-        let collector = crate::metrics::catalog::CatalogCollector::new(metrics, pool.clone());
+        let collector = crate::catalog::metrics::CatalogCollector::new(metrics, pool.clone());
         tokio::spawn(crate::metrics::http::serve(
             listener,
             collector,

@@ -7,9 +7,16 @@
 //! the catalog's CHECK constraints, a reason listed here. A tenant, user or
 //! run id can therefore never become a label value.
 
-pub mod catalog;
-pub mod grpc;
 pub mod http;
+
+/// What the metrics listener asks before each scrape: bring the gauges read
+/// at scrape time up to date, then hand over the metrics to encode. The
+/// implementation lives where the numbers come from (the catalog), so this
+/// module stays a leaf.
+pub trait Refresh: Send + Sync + 'static {
+    fn refresh(&self) -> impl std::future::Future<Output = ()> + Send;
+    fn metrics(&self) -> &Metrics;
+}
 
 use std::sync::Arc;
 
@@ -19,8 +26,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-
-pub use grpc::GrpcMetricsLayer;
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

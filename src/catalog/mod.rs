@@ -6,6 +6,7 @@
 pub mod audit;
 mod error;
 pub mod identity;
+pub mod metrics;
 pub mod settings;
 pub mod tenants;
 pub mod upgrades;

@@ -123,7 +123,7 @@ pub async fn require_in_tenant(
         Caller::User(p) => match identity
             .access(p, tenant, permission)
             .await
-            .map_err(super::identity::identity_status)?
+            .map_err(super::status::identity)?
         {
             Some(access) => access
                 .check(permission)

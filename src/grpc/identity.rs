@@ -13,26 +13,7 @@ use crate::domain::identity::{
     Email, Permission, Phone, Role, Scope, check_password_strength, person_name,
 };
 use crate::domain::{TenantId, ValidationError, Violations};
-use crate::identity::{Identity, IdentityError, LoginInput, Principal, UserPatch};
-
-pub fn identity_status(err: IdentityError) -> Status {
-    match err {
-        IdentityError::Invalid(v) => status::invalid(v),
-        IdentityError::NotFound(what) => Status::not_found(format!("{what} not found")),
-        IdentityError::AlreadyExists(m) => Status::already_exists(m),
-        IdentityError::VersionConflict { .. } => Status::aborted(err.to_string()),
-        IdentityError::LastOwner | IdentityError::Precondition(_) => {
-            Status::failed_precondition(err.to_string())
-        }
-        IdentityError::Forbidden(why) => Status::permission_denied(why),
-        IdentityError::BadCredentials | IdentityError::BadToken => {
-            Status::unauthenticated(err.to_string())
-        }
-        IdentityError::RateLimited => Status::resource_exhausted(err.to_string()),
-        IdentityError::Db(f) => status::db(f),
-        IdentityError::Internal { context, source } => status::internal(context, &source),
-    }
-}
+use crate::identity::{Identity, LoginInput, Principal, UserPatch};
 
 fn uuid(field: &str, value: &str) -> Result<Uuid, Status> {
     TenantId::parse(field, value)
@@ -193,7 +174,7 @@ impl UserService for UserApi {
             .identity
             .create_user(first, last, email, phone, &r.password, &who.actor())
             .await
-            .map_err(identity_status)?;
+            .map_err(status::identity)?;
         Ok(Response::new(user_to_pb(user)))
     }
 
@@ -205,7 +186,7 @@ impl UserService for UserApi {
         let id = uuid("id", &request.get_ref().id)?;
         require_self_or(&who, Scope::IdentityAdmin, id)?;
         Ok(Response::new(user_to_pb(
-            self.identity.get_user(id).await.map_err(identity_status)?,
+            self.identity.get_user(id).await.map_err(status::identity)?,
         )))
     }
 
@@ -243,7 +224,7 @@ impl UserService for UserApi {
             .identity
             .update_user(id, patch, current, &who.actor())
             .await
-            .map_err(identity_status)?;
+            .map_err(status::identity)?;
         Ok(Response::new(user_to_pb(user)))
     }
 
@@ -259,7 +240,7 @@ impl UserService for UserApi {
             .identity
             .deactivate_user(id, &r.reason, &who.actor())
             .await
-            .map_err(identity_status)?;
+            .map_err(status::identity)?;
         Ok(Response::new(user_to_pb(user)))
     }
 
@@ -281,7 +262,7 @@ impl UserService for UserApi {
             .identity
             .change_password(id, current, &r.new_password, keep, &who.actor())
             .await
-            .map_err(identity_status)?;
+            .map_err(status::identity)?;
         Ok(Response::new(pb::ChangePasswordResponse {
             sessions_revoked: n as i32,
         }))
@@ -299,7 +280,7 @@ impl UserService for UserApi {
             .identity
             .add_member(tenant, user, role, &who.actor(), who.user_id())
             .await
-            .map_err(identity_status)?;
+            .map_err(status::identity)?;
         Ok(Response::new(member_to_pb(m)))
     }
 
@@ -315,7 +296,7 @@ impl UserService for UserApi {
             .identity
             .change_role(tenant, user, role, &who.actor(), who.user_id())
             .await
-            .map_err(identity_status)?;
+            .map_err(status::identity)?;
         Ok(Response::new(member_to_pb(m)))
     }
 
@@ -329,7 +310,7 @@ impl UserService for UserApi {
         self.identity
             .remove_member(tenant, user, &who.actor(), who.user_id())
             .await
-            .map_err(identity_status)?;
+            .map_err(status::identity)?;
         Ok(Response::new(pb::RemoveMemberResponse {}))
     }
 
@@ -367,7 +348,7 @@ impl UserService for UserApi {
             .identity
             .list_members(tenant, after, size)
             .await
-            .map_err(identity_status)?;
+            .map_err(status::identity)?;
         Ok(Response::new(pb::ListMembersResponse {
             members: rows.into_iter().map(member_to_pb).collect(),
             next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
@@ -385,7 +366,7 @@ impl UserService for UserApi {
             .identity
             .user_tenants(user)
             .await
-            .map_err(identity_status)?;
+            .map_err(status::identity)?;
         Ok(Response::new(pb::ListUserTenantsResponse {
             memberships: rows.into_iter().map(member_to_pb).collect(),
         }))
@@ -400,7 +381,7 @@ impl UserService for UserApi {
             .identity
             .verify_audit()
             .await
-            .map_err(identity_status)?;
+            .map_err(status::identity)?;
         Ok(Response::new(pb::VerifyAuditResponse {
             ok: v.first_broken.is_none(),
             events_checked: v.checked,
@@ -475,7 +456,7 @@ impl SessionService for SessionApi {
             .identity
             .login(input, &who.actor())
             .await
-            .map_err(identity_status)?;
+            .map_err(status::identity)?;
         Ok(Response::new(issued_to_pb(issued)))
     }
 
@@ -497,7 +478,7 @@ impl SessionService for SessionApi {
             .identity
             .refresh(&r.refresh_token, ip, &who.actor())
             .await
-            .map_err(identity_status)?;
+            .map_err(status::identity)?;
         Ok(Response::new(issued_to_pb(issued)))
     }
 
@@ -510,7 +491,7 @@ impl SessionService for SessionApi {
         let session = match (&who, token.is_empty()) {
             (Caller::User(p), true) => p.session_id,
             (_, false) => {
-                let p = self.identity.validate(token).map_err(identity_status)?;
+                let p = self.identity.validate(token).map_err(status::identity)?;
                 if who.user_id().is_some_and(|u| u != p.user_id) {
                     return Err(Status::permission_denied(
                         "users may only end their own sessions",
@@ -531,7 +512,7 @@ impl SessionService for SessionApi {
         self.identity
             .logout(session, &who.actor())
             .await
-            .map_err(identity_status)?;
+            .map_err(status::identity)?;
         Ok(Response::new(pb::LogoutResponse {}))
     }
 
@@ -547,7 +528,7 @@ impl SessionService for SessionApi {
             .identity
             .revoke_all(user, &r.reason, &who.actor())
             .await
-            .map_err(identity_status)?;
+            .map_err(status::identity)?;
         Ok(Response::new(pb::RevokeAllSessionsResponse {
             sessions_revoked: n as i32,
         }))
@@ -564,7 +545,7 @@ impl SessionService for SessionApi {
             .identity
             .list_sessions(user)
             .await
-            .map_err(identity_status)?;
+            .map_err(status::identity)?;
         Ok(Response::new(pb::ListSessionsResponse {
             sessions: rows
                 .into_iter()
@@ -590,13 +571,13 @@ impl SessionService for SessionApi {
         let p = self
             .identity
             .validate(&request.get_ref().access_token)
-            .map_err(identity_status)?;
+            .map_err(status::identity)?;
         // The role the user holds now, when the token's is no longer current.
         let p = self
             .identity
             .with_current_role(p)
             .await
-            .map_err(identity_status)?;
+            .map_err(status::identity)?;
         Ok(Response::new(principal_to_pb(&p)))
     }
 
@@ -612,7 +593,7 @@ impl SessionService for SessionApi {
             .identity
             .check_permission(&r.access_token, tenant, permission)
             .await
-            .map_err(identity_status)?;
+            .map_err(status::identity)?;
         Ok(Response::new(pb::CheckPermissionResponse {
             allowed,
             reason,

@@ -41,17 +41,8 @@ impl MigrationApi {
             .upgrades
             .act(id, action, &r.reason, &actor)
             .await
-            .map_err(upgrade_status)?;
+            .map_err(status::upgrade)?;
         Ok(Response::new(run_to_pb(run)))
-    }
-}
-
-pub fn upgrade_status(err: UpgradeError) -> Status {
-    match err {
-        UpgradeError::Invalid(v) => status::invalid(v),
-        UpgradeError::NotFound => Status::not_found("upgrade run not found"),
-        UpgradeError::InvalidTransition { .. } => Status::failed_precondition(err.to_string()),
-        UpgradeError::Db(failure) => status::db(failure),
     }
 }
 
@@ -179,7 +170,7 @@ impl MigrationService for MigrationApi {
             .upgrades
             .plan(r.target_version, &sel, sample, r.check_drift)
             .await
-            .map_err(upgrade_status)?;
+            .map_err(status::upgrade)?;
         Ok(Response::new(pb::UpgradePlan {
             target_version: plan.target_version,
             latest_version: plan.latest_version,
@@ -247,7 +238,7 @@ impl MigrationService for MigrationApi {
             .upgrades
             .start(input, sel.unwrap_or_default(), r.dry_run, &actor)
             .await
-            .map_err(upgrade_status)?;
+            .map_err(status::upgrade)?;
         Ok(Response::new(run_to_pb(run)))
     }
 
@@ -271,7 +262,7 @@ impl MigrationService for MigrationApi {
             }
         };
         // Fails fast for an unknown run.
-        self.upgrades.get(id).await.map_err(upgrade_status)?;
+        self.upgrades.get(id).await.map_err(status::upgrade)?;
         let mut cursor = None;
         // Outcomes sent whose transactions are above the cursor.
         let mut seen = std::collections::HashSet::new();
@@ -281,7 +272,7 @@ impl MigrationService for MigrationApi {
             self.upgrades
                 .new_outcomes(id, &mut cursor, &mut seen)
                 .await
-                .map_err(upgrade_status)?;
+                .map_err(status::upgrade)?;
         }
         let (tx, rx) = mpsc::channel(256);
         let upgrades = self.upgrades.clone();
@@ -316,7 +307,7 @@ impl MigrationService for MigrationApi {
                     Ok(Some(false)) => {}
                     Ok(Some(true) | None) => return,
                     Err(e) => {
-                        let _ = tx.send(Err(upgrade_status(e))).await;
+                        let _ = tx.send(Err(status::upgrade(e))).await;
                         return;
                     }
                 }
@@ -339,7 +330,7 @@ impl MigrationService for MigrationApi {
     ) -> Result<Response<pb::UpgradeRun>, Status> {
         require_scope(&caller(&request)?, Scope::UpgradesRun)?;
         let id = RunId::parse("run_id", &request.into_inner().run_id).map_err(status::invalid)?;
-        let run = self.upgrades.get(id).await.map_err(upgrade_status)?;
+        let run = self.upgrades.get(id).await.map_err(status::upgrade)?;
         Ok(Response::new(run_to_pb(run)))
     }
 
@@ -375,7 +366,7 @@ impl MigrationService for MigrationApi {
             .upgrades
             .list(before, limit)
             .await
-            .map_err(upgrade_status)?;
+            .map_err(status::upgrade)?;
         Ok(Response::new(pb::ListUpgradesResponse {
             runs: runs.into_iter().map(run_to_pb).collect(),
             next_page_token: next

@@ -7,6 +7,7 @@ pub mod codec;
 mod convert;
 pub mod data;
 pub mod identity;
+pub mod metrics;
 mod migrations;
 pub mod request_id;
 mod status;

@@ -19,15 +19,14 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::CONTENT_TYPE;
-use super::catalog::CatalogCollector;
+use super::{CONTENT_TYPE, Refresh};
 
 /// Scrapers are few; anything beyond this is not one.
 const MAX_CONNECTIONS: usize = 32;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `collector`'s metrics on `listener` until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, collector: CatalogCollector, stop: CancellationToken) {
+pub async fn serve<C: Refresh>(listener: TcpListener, collector: C, stop: CancellationToken) {
     let collector = Arc::new(collector);
     let mut connections = JoinSet::new();
     loop {
@@ -56,7 +55,7 @@ pub async fn serve(listener: TcpListener, collector: CatalogCollector, stop: Can
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let collector = collector.clone();
-                async move { Ok::<_, Infallible>(answer(&request, &collector).await) }
+                async move { Ok::<_, Infallible>(answer(&request, &*collector).await) }
             });
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -72,10 +71,7 @@ pub async fn serve(listener: TcpListener, collector: CatalogCollector, stop: Can
     connections.shutdown().await;
 }
 
-async fn answer(
-    request: &Request<Incoming>,
-    collector: &CatalogCollector,
-) -> Response<Full<Bytes>> {
+async fn answer<C: Refresh>(request: &Request<Incoming>, collector: &C) -> Response<Full<Bytes>> {
     if request.uri().path() != "/metrics" {
         return plain(
             StatusCode::NOT_FOUND,

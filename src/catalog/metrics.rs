@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::PgPool;
 
-use super::{ITEM_STATES, Metrics, Name, RUN_STATES, StateLabels};
+use crate::metrics::{ITEM_STATES, Metrics, Name, RUN_STATES, Refresh, StateLabels};
 
 /// How long the catalog query may run on the server.
 const STATEMENT_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -36,30 +36,6 @@ impl CatalogCollector {
             pool,
             running: tokio::sync::Mutex::new(()),
         }
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    /// Brings the scrape-time gauges up to date, as far as the database
-    /// allows within [`COLLECT_TIMEOUT`].
-    pub async fn refresh(&self) {
-        self.pool_stats();
-        let Ok(_one) = self.running.try_lock() else {
-            // Another scrape's query is under way: serve the last values.
-            return;
-        };
-        let failure = match tokio::time::timeout(COLLECT_TIMEOUT, self.upgrade_states()).await {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => format!("{e:#}"),
-            Err(_) => format!("no answer within {COLLECT_TIMEOUT:?}"),
-        };
-        self.metrics.collect_errors().inc();
-        tracing::warn!(
-            error = failure,
-            "could not read upgrade states for metrics; serving the last values"
-        );
     }
 
     fn pool_stats(&self) {
@@ -88,7 +64,7 @@ impl CatalogCollector {
             .execute(&mut *tx)
             .await
             .context("set the statement timeout")?;
-        let rows = crate::catalog::upgrades::status_counts(&mut tx)
+        let rows = super::upgrades::status_counts(&mut tx)
             .await
             .context("count upgrade runs and items by status")?;
         tx.commit().await.context("end the metrics transaction")?;
@@ -111,5 +87,31 @@ impl CatalogCollector {
             }
         }
         Ok(())
+    }
+}
+
+impl Refresh for CatalogCollector {
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Brings the scrape-time gauges up to date, as far as the database
+    /// allows within [`COLLECT_TIMEOUT`].
+    async fn refresh(&self) {
+        self.pool_stats();
+        let Ok(_one) = self.running.try_lock() else {
+            // Another scrape's query is under way: serve the last values.
+            return;
+        };
+        let failure = match tokio::time::timeout(COLLECT_TIMEOUT, self.upgrade_states()).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(_) => format!("no answer within {COLLECT_TIMEOUT:?}"),
+        };
+        self.metrics.collect_errors().inc();
+        tracing::warn!(
+            error = failure,
+            "could not read upgrade states for metrics; serving the last values"
+        );
     }
 }

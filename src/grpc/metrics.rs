@@ -26,8 +26,8 @@ use prost::Message as _;
 use tonic::Code;
 use tower::{Layer, Service};
 
-use super::{CallLabels, MethodLabels, Metrics, Name};
-use crate::grpc::code_name;
+use super::code_name;
+use crate::metrics::{CallLabels, MethodLabels, Metrics, Name};
 
 /// The label of a path outside the served API.
 pub const UNKNOWN_METHOD: &str = "unknown";
