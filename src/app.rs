@@ -28,10 +28,6 @@ use crate::identity::{Identity, IdentitySettings, keys};
 use crate::metrics::Metrics;
 use crate::tenant::{TenantMigrations, Tenants};
 
-/// Serializes tenant-migration registration between processes starting at
-/// once ("tenmig" in ASCII).
-const REGISTER_LOCK_KEY: i64 = 0x7465_6e6d_6967;
-
 /// What the app needs, already validated.
 #[derive(Debug, Clone)]
 pub struct AppConfig {
@@ -132,9 +128,7 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
     let pool = catalog::connect(config.database.clone(), &config.catalog_pool).await?;
     {
         let mut tx = pool.begin().await.context("begin tenant migration check")?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(REGISTER_LOCK_KEY)
-            .execute(&mut *tx)
+        catalog::tenant_migrations::lock_registration(&mut tx)
             .await
             .context("take the tenant migration registration lock")?;
         migrations.register(&mut tx).await?;

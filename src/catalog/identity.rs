@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::identity::Role;
+use crate::domain::TenantStatus;
+use crate::domain::identity::{Role, UserStatus};
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct UserRow {
@@ -14,7 +15,8 @@ pub struct UserRow {
     pub last_name: String,
     pub email: Option<String>,
     pub phone: Option<String>,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: UserStatus,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -165,15 +167,10 @@ pub async fn deactivate_user(conn: &mut PgConnection, id: Uuid) -> Result<UserRo
 pub struct MemberRow {
     pub tenant_id: Uuid,
     pub user_id: Uuid,
-    pub role: String,
+    #[sqlx(try_from = "String")]
+    pub role: Role,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-}
-
-impl MemberRow {
-    pub fn role(&self) -> Option<Role> {
-        self.role.parse().ok()
-    }
 }
 
 const MEMBER_COLUMNS: &str = "tenant_id, user_id, role, created_at, updated_at";
@@ -258,8 +255,10 @@ pub async fn delete_member(
 /// active: what deciding the user's rights there needs.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct AccessRow {
-    pub role: String,
-    pub tenant_status: String,
+    #[sqlx(try_from = "String")]
+    pub role: Role,
+    #[sqlx(try_from = "String")]
+    pub tenant_status: TenantStatus,
     pub user_active: bool,
 }
 
@@ -305,11 +304,15 @@ pub async fn lock_access(
 pub async fn lock_tenant_members(
     conn: &mut PgConnection,
     tenant: Uuid,
-) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT status FROM tenantd.tenants WHERE id = $1 FOR NO KEY UPDATE")
-        .bind(tenant)
-        .fetch_optional(conn)
-        .await
+) -> Result<Option<TenantStatus>, sqlx::Error> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM tenantd.tenants WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(tenant)
+            .fetch_optional(conn)
+            .await?;
+    status
+        .map(|s| s.parse().map_err(|e: String| sqlx::Error::Decode(e.into())))
+        .transpose()
 }
 
 /// Records that the user's membership of the tenant changed (added, new
@@ -533,6 +536,59 @@ pub async fn list_sessions(
          ORDER BY created_at DESC LIMIT 200"
     ))
     .bind(user)
+    .fetch_all(conn)
+    .await
+}
+
+// ---- service keys ----
+
+/// Stores a service key's hash under its id unless that id exists already.
+pub async fn insert_service_key(
+    conn: &mut PgConnection,
+    id: &str,
+    name: &str,
+    secret_hash: &[u8],
+    scopes: &[&str],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO tenantd.service_keys (id, name, secret_hash, scopes) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(secret_hash)
+    .bind(scopes)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A stored service key: id, name, secret hash, scope names.
+pub type ServiceKeyRow = (String, String, Vec<u8>, Vec<String>);
+
+/// Every service key not revoked.
+pub async fn active_service_keys(
+    conn: &mut PgConnection,
+) -> Result<Vec<ServiceKeyRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, name, secret_hash, scopes FROM tenantd.service_keys WHERE revoked_at IS NULL",
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Sessions revoked within `window`, and the unexpired sessions of
+/// deactivated users: those whose tokens must be refused.
+pub async fn ended_sessions(
+    conn: &mut PgConnection,
+    window: std::time::Duration,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM tenantd.sessions WHERE revoked_at > now() - $1 \
+         UNION SELECT s.id FROM tenantd.sessions s JOIN tenantd.users u ON u.id = s.user_id \
+         WHERE u.status = 'deactivated' AND s.expires_at > now()",
+    )
+    .bind(window)
     .fetch_all(conn)
     .await
 }

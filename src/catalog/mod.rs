@@ -8,7 +8,9 @@ mod error;
 pub mod identity;
 pub mod metrics;
 pub mod settings;
+pub mod tenant_migrations;
 pub mod tenants;
+pub mod upgrade_batches;
 pub mod upgrades;
 
 use std::time::Duration;

@@ -230,3 +230,39 @@ pub async fn add_owner(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// The tenant's status alone; `None` when there is no such tenant.
+pub async fn status_of(
+    db: impl sqlx::PgExecutor<'_>,
+    id: TenantId,
+) -> Result<Option<TenantStatus>, sqlx::Error> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM tenantd.tenants WHERE id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(db)
+            .await?;
+    status
+        .map(|s| s.parse().map_err(|e: String| sqlx::Error::Decode(e.into())))
+        .transpose()
+}
+
+/// The database's clock now.
+pub async fn now(db: impl sqlx::PgExecutor<'_>) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar("SELECT now()").fetch_one(db).await
+}
+
+/// Tenants not ACTIVE whose row changed since `since`, with 30 s of slack
+/// for transactions that committed late.
+pub async fn left_active_since(
+    db: impl sqlx::PgExecutor<'_>,
+    since: DateTime<Utc>,
+) -> Result<Vec<TenantId>, sqlx::Error> {
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT id FROM tenantd.tenants \
+         WHERE updated_at >= $1 - interval '30 seconds' AND status <> 'active'",
+    )
+    .bind(since)
+    .fetch_all(db)
+    .await?;
+    Ok(ids.into_iter().map(TenantId::from_uuid).collect())
+}

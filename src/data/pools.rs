@@ -27,6 +27,7 @@ use sqlx::postgres::PgConnectOptions;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::socket::{Control, Endpoint};
+use crate::catalog;
 use crate::domain::{TenantId, TenantStatus};
 use crate::log_bursts::LogBursts;
 use crate::metrics::{EvictionReason, Metrics};
@@ -886,19 +887,13 @@ impl TenantPools {
     /// Checks that the tenant is active and makes its (empty) pool.
     async fn build(&self, id: TenantId) -> Result<Arc<TenantPool>, PoolError> {
         let built_at = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM tenantd.tenants WHERE id = $1")
-                .bind(id.as_uuid())
-                .fetch_optional(&self.catalog)
-                .await
-                .map_err(|e| {
-                    let sqlstate = e.as_database_error().and_then(|d| d.code());
-                    PoolError::Catalog(with_sqlstate(sqlstate.as_deref(), &cause_chain(&e)))
-                })?;
-        let status = status.ok_or(PoolError::NotFound)?;
-        let status: TenantStatus = status
-            .parse()
-            .map_err(|_| PoolError::Catalog(format!("unknown tenant status {status:?}")))?;
+        let status = catalog::tenants::status_of(&self.catalog, id)
+            .await
+            .map_err(|e| {
+                let sqlstate = e.as_database_error().and_then(|d| d.code());
+                PoolError::Catalog(with_sqlstate(sqlstate.as_deref(), &cause_chain(&e)))
+            })?
+            .ok_or(PoolError::NotFound)?;
         if status != TenantStatus::Active {
             return Err(PoolError::NotActive(status));
         }
@@ -1047,20 +1042,14 @@ impl TenantPools {
         &self,
         since: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<(chrono::DateTime<chrono::Utc>, Vec<TenantId>), sqlx::Error> {
-        let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
-            .fetch_one(&self.catalog)
-            .await?;
+        let now = catalog::tenants::now(&self.catalog).await?;
         let Some(since) = since else {
             return Ok((now, Vec::new()));
         };
-        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
-            "SELECT id FROM tenantd.tenants \
-             WHERE updated_at >= $1 - interval '30 seconds' AND status <> 'active'",
-        )
-        .bind(since)
-        .fetch_all(&self.catalog)
-        .await?;
-        Ok((now, ids.into_iter().map(TenantId::from_uuid).collect()))
+        Ok((
+            now,
+            catalog::tenants::left_active_since(&self.catalog, since).await?,
+        ))
     }
 }
 

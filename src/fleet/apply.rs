@@ -9,11 +9,15 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 
 use crate::catalog::execute_batch;
-use crate::domain::TenantId;
-use crate::domain::upgrade::RunId;
+use crate::catalog::upgrade_batches::{
+    self as batch, LockedTenant, STALE, item_done, item_gone, lock_and_read, lock_expected,
+    set_version,
+};
+use crate::domain::upgrade::{RunId, RunStatus};
+use crate::domain::{TenantId, TenantStatus};
 use crate::tenant::{TenantMigration, TenantMigrations, ledger_rows};
 
 /// What happened to a tenant.
@@ -109,9 +113,6 @@ pub async fn upgrade_tenant(
     result
 }
 
-/// SQLSTATE of `tenantd.stale_upgrade()`.
-const STALE: &str = "TD001";
-
 /// The common case in one batch: lock, check the tenant is still at `from`
 /// and the run still running (else `tenantd.stale_upgrade()` raises), apply,
 /// record, commit.
@@ -124,20 +125,15 @@ fn one_round_trip(
     lock_timeout: Duration,
     statement_timeout: Duration,
 ) -> String {
-    let id = tenant.as_uuid();
     let schema = tenant.schema_name().quoted();
     let mut sql = String::with_capacity(4096);
     let _ = writeln!(
         sql,
-        "BEGIN; SET LOCAL synchronous_commit = off; {} SELECT pg_advisory_xact_lock({});\n\
-         SELECT CASE WHEN t.status <> 'purged' AND t.schema_version = {from} \
-                      AND (SELECT r.status FROM tenantd.upgrade_runs r WHERE r.id = '{run}') = 'running' \
-                     THEN 0 ELSE tenantd.stale_upgrade() END \
-         FROM tenantd.tenants t WHERE t.id = '{id}' FOR UPDATE OF t;\n\
+        "BEGIN; SET LOCAL synchronous_commit = off; {} SELECT pg_advisory_xact_lock({});\n{}\n\
          SET LOCAL search_path TO {schema};",
         timeouts(lock_timeout, statement_timeout, "LOCAL"),
         lock_key(tenant),
-        run = run.0,
+        lock_expected(run, tenant, from),
     );
     for m in pending {
         let _ = writeln!(sql, "-- {}\n{}\n;", m.name, m.sql);
@@ -148,12 +144,9 @@ fn one_round_trip(
     ledger_rows(&mut sql, &schema, pending);
     let _ = write!(
         sql,
-        "UPDATE tenantd.tenants SET schema_version = {to}, updated_at = now() WHERE id = '{id}';\n\
-         UPDATE tenantd.upgrade_items SET status = 'done', to_version = {to}, finished_at = now(), \
-             finished_xid = pg_current_xact_id(), lease_owner = NULL, lease_expires_at = NULL, \
-             last_sqlstate = NULL, last_error = NULL WHERE run_id = '{run}' AND tenant_id = '{id}';\n\
-         COMMIT",
-        run = run.0,
+        "{}\n{}\nCOMMIT",
+        set_version(tenant, to),
+        item_done(run, tenant, to)
     );
     sql
 }
@@ -167,47 +160,35 @@ async fn upgrade_in_transaction(
     lock_timeout: Duration,
     statement_timeout: Duration,
 ) -> Result<Applied, sqlx::Error> {
-    let id = tenant.as_uuid();
     let schema = tenant.schema_name().quoted();
     // Round trip 1: open the transaction, lock the tenant, read catalog and ledger.
     let open = format!(
-        "BEGIN; {} SELECT pg_advisory_xact_lock({}); \
-         SELECT t.status, t.schema_version, tenantd.ledger_version(t.schema_name), \
-                (SELECT r.status FROM tenantd.upgrade_runs r WHERE r.id = '{run}') \
-         FROM tenantd.tenants t WHERE t.id = '{id}' FOR UPDATE OF t",
+        "BEGIN; {} SELECT pg_advisory_xact_lock({}); {}",
         timeouts(lock_timeout, statement_timeout, "LOCAL"),
         lock_key(tenant),
-        run = run.0,
+        lock_and_read(run, tenant),
     );
     let rows = sqlx::Executor::fetch_all(&mut *conn, sqlx::raw_sql(&open)).await?;
-    let state = rows.last().filter(|r| r.columns().len() == 4).map(|r| {
-        (
-            r.try_get::<String, _>(0).unwrap_or_default(),
-            r.try_get::<i64, _>(1).unwrap_or(0),
-            r.try_get::<Option<i64>, _>(2).unwrap_or(None),
-            r.try_get::<Option<String>, _>(3).unwrap_or(None),
-        )
-    });
+    let state = LockedTenant::from_batch(&rows)?;
     // Paused, halted or cancelled since the claim: leave the tenant alone.
-    if let Some((.., run_status)) = &state {
-        if run_status.as_deref() != Some("running") {
+    if let Some(locked) = &state {
+        if locked.run_status != Some(RunStatus::Running) {
             execute_batch(&mut *conn, "ROLLBACK").await?;
             return Ok(Applied::RunStopped);
         }
     }
-    let item = format!("run_id = '{}' AND tenant_id = '{id}'", run.0);
-    let (status, catalog_version, ledger) = match state {
-        Some((status, catalog, Some(ledger), _)) if status != "purged" => (status, catalog, ledger),
+    let (catalog_version, ledger) = match state {
+        Some(LockedTenant {
+            status,
+            catalog_version,
+            ledger_version: Some(ledger),
+            ..
+        }) if status != TenantStatus::Purged => (catalog_version, ledger),
         _ => {
-            let sql = format!(
-                "UPDATE tenantd.upgrade_items SET status = 'skipped', finished_at = now(), finished_xid = pg_current_xact_id(), lease_owner = NULL, \
-                     last_error = 'tenant has no schema any more' WHERE {item}; COMMIT"
-            );
-            execute_batch(&mut *conn, &sql).await?;
+            execute_batch(&mut *conn, &format!("{} COMMIT", item_gone(run, tenant))).await?;
             return Ok(Applied::Gone);
         }
     };
-    let _ = status;
     if target > migrations.latest() {
         // Claims already keep runs from replicas that do not know their
         // target; never record a tenant as done short of it.
@@ -240,17 +221,9 @@ async fn upgrade_in_transaction(
         ledger_rows(&mut sql, &schema, pending);
     }
     if catalog_version != to || !pending.is_empty() {
-        let _ = writeln!(
-            sql,
-            "UPDATE tenantd.tenants SET schema_version = {to}, updated_at = now() WHERE id = '{id}';"
-        );
+        let _ = writeln!(sql, "{}", set_version(tenant, to));
     }
-    let _ = write!(
-        sql,
-        "UPDATE tenantd.upgrade_items SET status = 'done', to_version = {to}, finished_at = now(), finished_xid = pg_current_xact_id(), \
-             lease_owner = NULL, lease_expires_at = NULL, last_sqlstate = NULL, last_error = NULL WHERE {item};\n\
-         COMMIT"
-    );
+    let _ = write!(sql, "{}\nCOMMIT", item_done(run, tenant, to));
     execute_batch(&mut *conn, &sql).await?;
     Ok(if pending.is_empty() {
         Applied::AlreadyCurrent { version: ledger }
@@ -273,7 +246,6 @@ async fn upgrade_step_by_step(
     lock_timeout: Duration,
     statement_timeout: Duration,
 ) -> Result<Applied, sqlx::Error> {
-    let id = tenant.as_uuid();
     let schema = tenant.schema_name().quoted();
     let key = lock_key(tenant);
     execute_batch(
@@ -286,20 +258,12 @@ async fn upgrade_step_by_step(
     .await?;
     let result = async {
         // Another worker may have moved the ledger since the first read.
-        let ledger: Option<i64> = sqlx::query_scalar("SELECT tenantd.ledger_version($1)")
-            .bind(tenant.schema_name().as_str())
-            .fetch_one(&mut *conn)
-            .await?;
-        let ledger = ledger.unwrap_or(from);
+        let ledger = batch::ledger_version(&mut *conn, tenant).await?.unwrap_or(from);
         let mut to = ledger;
         for m in pending.iter().filter(|m| m.version > ledger) {
             let mut record = String::new();
             ledger_rows(&mut record, &schema, std::slice::from_ref(m));
-            let _ = write!(
-                record,
-                "UPDATE tenantd.tenants SET schema_version = {}, updated_at = now() WHERE id = '{id}';",
-                m.version
-            );
+            record.push_str(&set_version(tenant, m.version));
             if m.transactional {
                 let sql = format!(
                     "BEGIN; SET LOCAL search_path TO {schema};\n{}\n;\nSET LOCAL search_path TO DEFAULT;\n{record}\nCOMMIT",
@@ -318,12 +282,7 @@ async fn upgrade_step_by_step(
             }
             to = m.version;
         }
-        execute_batch(&mut *conn, &format!(
-            "UPDATE tenantd.upgrade_items SET status = 'done', to_version = {to}, finished_at = now(), finished_xid = pg_current_xact_id(), \
-                 lease_owner = NULL, lease_expires_at = NULL, last_sqlstate = NULL, last_error = NULL \
-             WHERE run_id = '{}' AND tenant_id = '{id}'",
-            run.0
-        )).await?;
+        execute_batch(&mut *conn, &item_done(run, tenant, to)).await?;
         Ok(if to == ledger { Applied::AlreadyCurrent { version: to } } else { Applied::Upgraded { from: ledger, to } })
     }
     .await;

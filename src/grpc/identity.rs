@@ -55,7 +55,7 @@ fn user_to_pb(u: UserRow) -> pb::User {
         last_name: u.last_name,
         email: u.email.unwrap_or_default(),
         phone: u.phone.unwrap_or_default(),
-        status: if u.status == "active" {
+        status: if u.status == crate::domain::identity::UserStatus::Active {
             pb::UserStatus::Active
         } else {
             pb::UserStatus::Deactivated
@@ -70,7 +70,7 @@ fn member_to_pb(m: MemberRow) -> pb::Membership {
     pb::Membership {
         tenant_id: m.tenant_id.to_string(),
         user_id: m.user_id.to_string(),
-        role: role_to_pb(m.role()),
+        role: role_to_pb(Some(m.role)),
         created_at: ts(m.created_at),
         updated_at: ts(m.updated_at),
     }

@@ -71,15 +71,13 @@ pub async fn ensure(
         return Ok(None);
     };
     let scope_names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
-    sqlx::query(
-        "INSERT INTO tenantd.service_keys (id, name, secret_hash, scopes) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (id) DO NOTHING",
+    crate::catalog::identity::insert_service_key(
+        conn,
+        id,
+        name,
+        hash(secret).as_slice(),
+        &scope_names,
     )
-    .bind(id)
-    .bind(name)
-    .bind(hash(secret).as_slice())
-    .bind(&scope_names)
-    .execute(conn)
     .await?;
     Ok(Some(ServiceKey {
         id: id.to_owned(),
@@ -128,11 +126,8 @@ impl KeyCache {
 
     /// Reloads every active key from the catalog.
     pub async fn refresh(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
-        let rows: Vec<(String, String, Vec<u8>, Vec<String>)> = sqlx::query_as(
-            "SELECT id, name, secret_hash, scopes FROM tenantd.service_keys WHERE revoked_at IS NULL",
-        )
-        .fetch_all(pool)
-        .await?;
+        let rows =
+            crate::catalog::identity::active_service_keys(&mut *pool.acquire().await?).await?;
         let mut fresh = HashMap::with_capacity(rows.len());
         for (id, name, secret_hash, scopes) in rows {
             let Ok(stored) = <[u8; 32]>::try_from(secret_hash.as_slice()) else {

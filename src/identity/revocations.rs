@@ -107,15 +107,8 @@ impl Revocations {
     /// since the last reload stay until they are that old, in case the reload
     /// read the catalog before they committed.
     pub async fn refresh(&self, pool: &PgPool, window: Duration) -> Result<(), sqlx::Error> {
-        let ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM tenantd.sessions WHERE revoked_at > now() - $1 \
-             UNION SELECT s.id FROM tenantd.sessions s JOIN tenantd.users u ON u.id = s.user_id \
-             WHERE u.status = 'deactivated' AND s.expires_at > now()",
-        )
-        .bind(window)
-        .fetch_all(pool)
-        .await?;
         let mut conn = pool.acquire().await?;
+        let ids = store::ended_sessions(&mut conn, window).await?;
         let changes = store::access_changes(&mut conn, window).await?;
         drop(conn);
         let mut fresh = Cache {

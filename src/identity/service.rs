@@ -31,7 +31,9 @@ use crate::catalog::identity::{
     self as store, AccessRow, MemberRow, NewSession, NewUser, SessionRow, UserRow,
 };
 use crate::catalog::{DbErrorKind, DbFailure, audit, classify};
-use crate::domain::identity::{Access, Email, Permission, Phone, Role, check_membership_change};
+use crate::domain::identity::{
+    Access, Email, Permission, Phone, Role, UserStatus, check_membership_change,
+};
 use crate::domain::{TenantId, TenantStatus, ValidationError};
 
 #[derive(Debug, thiserror::Error)]
@@ -131,8 +133,8 @@ fn access_of(row: AccessRow) -> Option<Access> {
         return None;
     }
     Some(Access {
-        role: row.role.parse().ok()?,
-        tenant_status: row.tenant_status.parse().ok()?,
+        role: row.role,
+        tenant_status: row.tenant_status,
     })
 }
 
@@ -417,7 +419,7 @@ impl Identity {
             .await
             .map_err(db("lock user"))?
             .ok_or(IdentityError::NotFound("user"))?;
-        if current.status == "deactivated" {
+        if current.status == UserStatus::Deactivated {
             return Ok(current);
         }
         let user = store::deactivate_user(&mut tx, id)
@@ -532,15 +534,14 @@ impl Identity {
             .await
             .map_err(db("lock tenant"))?;
         Self::check_actor(&mut tx, tenant, by, None, Some(role)).await?;
-        match live.as_deref() {
-            None | Some("purged") => return Err(IdentityError::NotFound("tenant")),
-            _ => {}
+        if matches!(live, None | Some(TenantStatus::Purged)) {
+            return Err(IdentityError::NotFound("tenant"));
         }
         let user_row = store::get_user(&mut tx, user)
             .await
             .map_err(db("look up user"))?
             .ok_or(IdentityError::NotFound("user"))?;
-        if user_row.status != "active" {
+        if user_row.status != UserStatus::Active {
             return Err(IdentityError::Precondition(
                 "the user is deactivated".into(),
             ));
@@ -590,12 +591,12 @@ impl Identity {
             &mut tx,
             tenant,
             by,
-            current.as_ref().and_then(MemberRow::role),
+            current.as_ref().map(|m| m.role),
             Some(role),
         )
         .await?;
         let current = current.ok_or(IdentityError::NotFound("membership"))?;
-        if current.role() == Some(Role::Owner) && role != Role::Owner && owners <= 1 {
+        if current.role == Role::Owner && role != Role::Owner && owners <= 1 {
             return Err(IdentityError::LastOwner);
         }
         let member = store::set_role(&mut tx, tenant, user, role)
@@ -610,7 +611,7 @@ impl Identity {
             actor,
             "member.change_role",
             &format!("tenant:{tenant}"),
-            &json!({ "user_id": user, "from": current.role, "to": role.as_str() }),
+            &json!({ "user_id": user, "from": current.role.as_str(), "to": role.as_str() }),
         )
         .await
         .map_err(db("audit role change"))?;
@@ -636,16 +637,9 @@ impl Identity {
         let current = store::get_member(&mut tx, tenant, user)
             .await
             .map_err(db("get member"))?;
-        Self::check_actor(
-            &mut tx,
-            tenant,
-            by,
-            current.as_ref().and_then(MemberRow::role),
-            None,
-        )
-        .await?;
+        Self::check_actor(&mut tx, tenant, by, current.as_ref().map(|m| m.role), None).await?;
         let current = current.ok_or(IdentityError::NotFound("membership"))?;
-        if current.role() == Some(Role::Owner) && owners <= 1 {
+        if current.role == Role::Owner && owners <= 1 {
             return Err(IdentityError::LastOwner);
         }
         store::delete_member(&mut tx, tenant, user)
@@ -659,7 +653,7 @@ impl Identity {
             actor,
             "member.remove",
             &format!("tenant:{tenant}"),
-            &json!({ "user_id": user, "role": current.role }),
+            &json!({ "user_id": user, "role": current.role.as_str() }),
         )
         .await
         .map_err(db("audit member removal"))?;
@@ -835,7 +829,7 @@ impl Identity {
             .verify(&input.password, hash.as_deref())
             .await
             .map_err(internal("verify password"))?;
-        let Some((user, _)) = found.filter(|(u, _)| ok && u.status == "active") else {
+        let Some((user, _)) = found.filter(|(u, _)| ok && u.status == UserStatus::Active) else {
             return Err(IdentityError::BadCredentials);
         };
         let mut tx = self.pool.begin().await.map_err(db("begin login"))?;
@@ -962,7 +956,7 @@ impl Identity {
             .map_err(db("get user"))?;
         if session.revoked_at.is_some()
             || session.expires_at <= Utc::now()
-            || user.as_ref().is_none_or(|u| u.status != "active")
+            || user.as_ref().is_none_or(|u| u.status != UserStatus::Active)
         {
             return Err(IdentityError::BadToken);
         }

@@ -187,12 +187,9 @@ impl TenantMigrations {
     /// registers the new ones. Call under the catalog migration lock or in a
     /// transaction: concurrent callers register each version once.
     pub async fn register(&self, conn: &mut PgConnection) -> anyhow::Result<()> {
-        let known: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
-            "SELECT version, name, checksum FROM tenantd.tenant_migrations ORDER BY version",
-        )
-        .fetch_all(&mut *conn)
-        .await
-        .context("read the tenant migration catalog")?;
+        let known = crate::catalog::tenant_migrations::registered(&mut *conn)
+            .await
+            .context("read the tenant migration catalog")?;
         if let Some((catalog_latest, ..)) = known.last() {
             if *catalog_latest > self.latest() {
                 return Err(MigrationSetError::CatalogAhead {
@@ -215,15 +212,13 @@ impl TenantMigrations {
             }
         }
         for m in &self.list[known.len()..] {
-            sqlx::query(
-                "INSERT INTO tenantd.tenant_migrations (version, name, checksum, transactional) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (version) DO NOTHING",
+            crate::catalog::tenant_migrations::register(
+                &mut *conn,
+                m.version,
+                &m.name,
+                m.checksum.as_slice(),
+                m.transactional,
             )
-            .bind(m.version)
-            .bind(&m.name)
-            .bind(m.checksum.as_slice())
-            .bind(m.transactional)
-            .execute(&mut *conn)
             .await
             .with_context(|| format!("register tenant migration {}", m.name))?;
         }
