@@ -5,9 +5,64 @@
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
-/// Appends one event; returns its sequence number.
+/// A catalog transaction whose commit carries its audit event: the change
+/// and the event describing it commit together or not at all, and the event
+/// is appended last, so the chain's head row is held only for the commit.
+///
+/// It dereferences to the connection, so catalog functions take `&mut tx`.
+/// Dropped without a commit, it rolls back.
+pub struct Audited(Transaction<'static, Postgres>);
+
+impl Audited {
+    pub async fn begin(pool: &PgPool) -> Result<Self, sqlx::Error> {
+        Ok(Self(pool.begin().await?))
+    }
+
+    /// Appends the event and commits; returns the event's sequence number.
+    pub async fn commit(
+        mut self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        details: &serde_json::Value,
+    ) -> Result<i64, sqlx::Error> {
+        let seq = append(&mut self.0, actor, action, target, details).await?;
+        self.0.commit().await?;
+        Ok(seq)
+    }
+
+    /// Gives the change up.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.0.rollback().await
+    }
+
+    /// Commits a transaction whose change is not an event of its own (a
+    /// retry that requeued items of a run without changing its status, say);
+    /// `why` says so where it is called.
+    pub async fn commit_unaudited(self, why: &'static str) -> Result<(), sqlx::Error> {
+        let _ = why;
+        self.0.commit().await
+    }
+}
+
+impl std::ops::Deref for Audited {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Audited {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.0
+    }
+}
+
+/// Appends one event; returns its sequence number. Within a change, use
+/// [`Audited::commit`].
 pub async fn append(
     conn: &mut PgConnection,
     actor: &str,

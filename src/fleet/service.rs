@@ -8,7 +8,7 @@ use chrono::Utc;
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::catalog::{DbFailure, audit, upgrades};
+use crate::catalog::{DbFailure, audit::Audited, upgrades};
 use crate::domain::TenantId;
 use crate::domain::ValidationError;
 use crate::domain::upgrade::{
@@ -194,7 +194,9 @@ impl Upgrades {
     ) -> Result<Run, UpgradeError> {
         let settings = input.validate(self.migrations.latest())?;
         let id = RunId::new();
-        let mut tx = self.pool.begin().await.map_err(db("begin start upgrade"))?;
+        let mut tx = Audited::begin(&self.pool)
+            .await
+            .map_err(db("begin start upgrade"))?;
         if dry_run {
             let behind = upgrades::count_behind(&mut tx, &selector, settings.target_version)
                 .await
@@ -236,20 +238,13 @@ impl Upgrades {
             "max_failures": settings.max_failures,
             "selector": selector,
         });
-        audit::append(
-            &mut tx,
-            actor,
-            "upgrade.start",
-            &format!("upgrade:{id}"),
-            &details,
-        )
-        .await
-        .map_err(db("audit upgrade start"))?;
         let run = upgrades::get_run(&mut tx, id)
             .await
             .map_err(db("read the new run"))?
             .ok_or(UpgradeError::NotFound)?;
-        tx.commit().await.map_err(db("commit start upgrade"))?;
+        tx.commit(actor, "upgrade.start", &format!("upgrade:{id}"), &details)
+            .await
+            .map_err(db("commit start upgrade"))?;
         tracing::info!(run = %id, tenants = items, target = settings.target_version, "upgrade run started");
         self.wake.notify_waiters();
         Ok(run)
@@ -298,7 +293,9 @@ impl Upgrades {
         reason: &str,
         actor: &str,
     ) -> Result<Run, UpgradeError> {
-        let mut tx = self.pool.begin().await.map_err(db("begin run change"))?;
+        let mut tx = Audited::begin(&self.pool)
+            .await
+            .map_err(db("begin run change"))?;
         let status = upgrades::lock_run(&mut tx, id)
             .await
             .map_err(db("lock upgrade run"))?
@@ -330,17 +327,21 @@ impl Upgrades {
                     .map_err(db("change run status"))?;
             }
             let details = json!({ "from": status.as_str(), "to": next.as_str(), "reason": reason, "tenants": changed });
-            audit::append(
-                &mut tx,
+            tx.commit(
                 actor,
                 &format!("upgrade.{}", action.as_str()),
                 &format!("upgrade:{id}"),
                 &details,
             )
             .await
-            .map_err(db("audit run change"))?;
+            .map_err(db("commit run change"))?;
+        } else {
+            // Retrying a running run's failed tenants requeues them without
+            // changing the run's status: not an event of its own.
+            tx.commit_unaudited("requeued failed tenants of a running run")
+                .await
+                .map_err(db("commit run change"))?;
         }
-        tx.commit().await.map_err(db("commit run change"))?;
         // Read after the commit: a tenant that finished while the change was
         // being made is counted, so what the caller sees is the run as the
         // change left it, with at most the tenants then in flight to come.

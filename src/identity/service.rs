@@ -30,7 +30,11 @@ use super::tokens::{Claims, Tokens};
 use crate::catalog::identity::{
     self as store, AccessRow, MemberRow, NewSession, NewUser, SessionRow, UserRow,
 };
-use crate::catalog::{DbErrorKind, DbFailure, audit, classify};
+use crate::catalog::{
+    DbErrorKind, DbFailure,
+    audit::{self, Audited},
+    classify,
+};
 use crate::domain::identity::{
     Access, Email, Permission, Phone, Role, UserStatus, check_membership_change,
 };
@@ -280,7 +284,9 @@ impl Identity {
             .await
             .map_err(internal("hash password"))?;
         let id = Uuid::now_v7();
-        let mut tx = self.pool.begin().await.map_err(db("begin create user"))?;
+        let mut tx = Audited::begin(&self.pool)
+            .await
+            .map_err(db("begin create user"))?;
         let new = NewUser {
             id,
             first_name: &first_name,
@@ -295,16 +301,14 @@ impl Identity {
             .ok_or_else(|| {
                 IdentityError::AlreadyExists("a user with this e-mail or phone exists".into())
             })?;
-        audit::append(
-            &mut tx,
+        tx.commit(
             actor,
             "user.create",
             &format!("user:{id}"),
             &json!({ "email": user.email, "phone": user.phone }),
         )
         .await
-        .map_err(db("audit user creation"))?;
-        tx.commit().await.map_err(db("commit create user"))?;
+        .map_err(db("commit create user"))?;
         Ok(user)
     }
 
@@ -330,7 +334,9 @@ impl Identity {
         if let Some(current) = current_password {
             self.verify_current_password(id, current).await?;
         }
-        let mut tx = self.pool.begin().await.map_err(db("begin update user"))?;
+        let mut tx = Audited::begin(&self.pool)
+            .await
+            .map_err(db("begin update user"))?;
         let current = store::lock_user(&mut tx, id)
             .await
             .map_err(db("lock user"))?
@@ -364,16 +370,14 @@ impl Identity {
             }
             _ => db("update user")(e),
         })?;
-        audit::append(
-            &mut tx,
+        tx.commit(
             actor,
             "user.update",
             &format!("user:{id}"),
             &json!({ "version": updated.version, "fields": patch.fields() }),
         )
         .await
-        .map_err(db("audit user update"))?;
-        tx.commit().await.map_err(db("commit update user"))?;
+        .map_err(db("commit update user"))?;
         Ok(updated)
     }
 
@@ -410,9 +414,7 @@ impl Identity {
         reason: &str,
         actor: &str,
     ) -> Result<UserRow, IdentityError> {
-        let mut tx = self
-            .pool
-            .begin()
+        let mut tx = Audited::begin(&self.pool)
             .await
             .map_err(db("begin deactivate user"))?;
         let current = store::lock_user(&mut tx, id)
@@ -428,16 +430,14 @@ impl Identity {
         let ended = store::revoke_sessions(&mut tx, None, Some(id), None, "user deactivated")
             .await
             .map_err(db("revoke sessions"))?;
-        audit::append(
-            &mut tx,
+        tx.commit(
             actor,
             "user.deactivate",
             &format!("user:{id}"),
             &json!({ "reason": reason, "sessions_revoked": ended.len() }),
         )
         .await
-        .map_err(db("audit user deactivation"))?;
-        tx.commit().await.map_err(db("commit deactivate user"))?;
+        .map_err(db("commit deactivate user"))?;
         self.revocations.add(ended);
         Ok(user)
     }
@@ -460,9 +460,7 @@ impl Identity {
             .hash(new)
             .await
             .map_err(internal("hash password"))?;
-        let mut tx = self
-            .pool
-            .begin()
+        let mut tx = Audited::begin(&self.pool)
             .await
             .map_err(db("begin change password"))?;
         store::lock_user(&mut tx, id)
@@ -477,16 +475,14 @@ impl Identity {
             store::revoke_sessions(&mut tx, None, Some(id), keep_session, "password changed")
                 .await
                 .map_err(db("revoke sessions"))?;
-        audit::append(
-            &mut tx,
+        tx.commit(
             actor,
             "user.change_password",
             &format!("user:{id}"),
             &json!({ "sessions_revoked": ended.len() }),
         )
         .await
-        .map_err(db("audit password change"))?;
-        tx.commit().await.map_err(db("commit change password"))?;
+        .map_err(db("commit change password"))?;
         let n = ended.len();
         self.revocations.add(ended);
         Ok(n)
@@ -529,7 +525,9 @@ impl Identity {
         actor: &str,
         by: Option<Uuid>,
     ) -> Result<MemberRow, IdentityError> {
-        let mut tx = self.pool.begin().await.map_err(db("begin add member"))?;
+        let mut tx = Audited::begin(&self.pool)
+            .await
+            .map_err(db("begin add member"))?;
         let live = store::lock_tenant_members(&mut tx, tenant)
             .await
             .map_err(db("lock tenant"))?;
@@ -555,16 +553,14 @@ impl Identity {
         let changed = store::note_membership_change(&mut tx, tenant, user)
             .await
             .map_err(db("note membership change"))?;
-        audit::append(
-            &mut tx,
+        tx.commit(
             actor,
             "member.add",
             &format!("tenant:{tenant}"),
             &json!({ "user_id": user, "role": role.as_str() }),
         )
         .await
-        .map_err(db("audit member add"))?;
-        tx.commit().await.map_err(db("commit add member"))?;
+        .map_err(db("commit add member"))?;
         self.revocations.membership_changed(tenant, user, changed);
         Ok(member)
     }
@@ -577,7 +573,9 @@ impl Identity {
         actor: &str,
         by: Option<Uuid>,
     ) -> Result<MemberRow, IdentityError> {
-        let mut tx = self.pool.begin().await.map_err(db("begin change role"))?;
+        let mut tx = Audited::begin(&self.pool)
+            .await
+            .map_err(db("begin change role"))?;
         store::lock_tenant_members(&mut tx, tenant)
             .await
             .map_err(db("lock tenant"))?;
@@ -606,16 +604,14 @@ impl Identity {
         let changed = store::note_membership_change(&mut tx, tenant, user)
             .await
             .map_err(db("note membership change"))?;
-        audit::append(
-            &mut tx,
+        tx.commit(
             actor,
             "member.change_role",
             &format!("tenant:{tenant}"),
             &json!({ "user_id": user, "from": current.role.as_str(), "to": role.as_str() }),
         )
         .await
-        .map_err(db("audit role change"))?;
-        tx.commit().await.map_err(db("commit change role"))?;
+        .map_err(db("commit change role"))?;
         self.revocations.membership_changed(tenant, user, changed);
         Ok(member)
     }
@@ -627,7 +623,9 @@ impl Identity {
         actor: &str,
         by: Option<Uuid>,
     ) -> Result<(), IdentityError> {
-        let mut tx = self.pool.begin().await.map_err(db("begin remove member"))?;
+        let mut tx = Audited::begin(&self.pool)
+            .await
+            .map_err(db("begin remove member"))?;
         store::lock_tenant_members(&mut tx, tenant)
             .await
             .map_err(db("lock tenant"))?;
@@ -648,16 +646,14 @@ impl Identity {
         let changed = store::note_membership_change(&mut tx, tenant, user)
             .await
             .map_err(db("note membership change"))?;
-        audit::append(
-            &mut tx,
+        tx.commit(
             actor,
             "member.remove",
             &format!("tenant:{tenant}"),
             &json!({ "user_id": user, "role": current.role.as_str() }),
         )
         .await
-        .map_err(db("audit member removal"))?;
-        tx.commit().await.map_err(db("commit remove member"))?;
+        .map_err(db("commit remove member"))?;
         self.revocations.membership_changed(tenant, user, changed);
         Ok(())
     }
@@ -832,7 +828,9 @@ impl Identity {
         let Some((user, _)) = found.filter(|(u, _)| ok && u.status == UserStatus::Active) else {
             return Err(IdentityError::BadCredentials);
         };
-        let mut tx = self.pool.begin().await.map_err(db("begin login"))?;
+        let mut tx = Audited::begin(&self.pool)
+            .await
+            .map_err(db("begin login"))?;
         let tenant = match input.tenant_id {
             Some(t) => match Self::binding(&mut tx, t, user.id).await? {
                 Some(binding) => Some(binding),
@@ -859,17 +857,15 @@ impl Identity {
         )
         .await
         .map_err(db("create session"))?;
-        audit::append(
-            &mut tx,
+        let issued = self.issue(user.id, session, tenant, now, refresh, refresh_expires_at)?;
+        tx.commit(
             actor,
             "session.login",
             &format!("user:{}", user.id),
             &json!({ "session_id": session, "tenant_id": tenant.map(|b| b.tenant), "client_ip": ip }),
         )
         .await
-        .map_err(db("audit login"))?;
-        let issued = self.issue(user.id, session, tenant, now, refresh, refresh_expires_at)?;
-        tx.commit().await.map_err(db("commit login"))?;
+        .map_err(db("commit login"))?;
         Ok(issued)
     }
 
@@ -920,7 +916,9 @@ impl Identity {
         actor: &str,
     ) -> Result<Issued, IdentityError> {
         let old = sha256(token);
-        let mut tx = self.pool.begin().await.map_err(db("begin refresh"))?;
+        let mut tx = Audited::begin(&self.pool)
+            .await
+            .map_err(db("begin refresh"))?;
         let Some((session, rotated)) = store::lock_refresh(&mut tx, &old)
             .await
             .map_err(db("look up refresh token"))?
@@ -937,16 +935,14 @@ impl Identity {
             )
             .await
             .map_err(db("revoke session"))?;
-            audit::append(
-                &mut tx,
+            tx.commit(
                 actor,
                 "session.reuse_detected",
                 &format!("user:{}", session.user_id),
                 &json!({ "session_id": session.id }),
             )
             .await
-            .map_err(db("audit refresh reuse"))?;
-            tx.commit().await.map_err(db("commit revoke"))?;
+            .map_err(db("commit revoke"))?;
             self.revocations.add(ended);
             tracing::warn!(session = %session.id, user = %session.user_id, "refresh token reused; session revoked");
             return Err(IdentityError::BadToken);
@@ -973,8 +969,15 @@ impl Identity {
         store::rotate_refresh(&mut tx, session.id, &old, &sha256(&fresh), ip.as_deref())
             .await
             .map_err(db("rotate refresh token"))?;
-        audit::append(
-            &mut tx,
+        let issued = self.issue(
+            session.user_id,
+            session.id,
+            tenant,
+            now,
+            fresh,
+            session.expires_at,
+        )?;
+        tx.commit(
             actor,
             "session.refresh",
             &format!("user:{}", session.user_id),
@@ -986,16 +989,7 @@ impl Identity {
             }),
         )
         .await
-        .map_err(db("audit refresh"))?;
-        let issued = self.issue(
-            session.user_id,
-            session.id,
-            tenant,
-            now,
-            fresh,
-            session.expires_at,
-        )?;
-        tx.commit().await.map_err(db("commit refresh"))?;
+        .map_err(db("commit refresh"))?;
         Ok(issued)
     }
 
@@ -1064,7 +1058,9 @@ impl Identity {
         reason: &str,
         actor: &str,
     ) -> Result<usize, IdentityError> {
-        let mut tx = self.pool.begin().await.map_err(db("begin revoke"))?;
+        let mut tx = Audited::begin(&self.pool)
+            .await
+            .map_err(db("begin revoke"))?;
         let ended = store::revoke_sessions(&mut tx, session, user, None, reason)
             .await
             .map_err(db("revoke sessions"))?;
@@ -1073,17 +1069,15 @@ impl Identity {
                 .map(|u| format!("user:{u}"))
                 .or(session.map(|s| format!("session:{s}")))
                 .unwrap_or_default();
-            audit::append(
-                &mut tx,
+            tx.commit(
                 actor,
                 "session.revoke",
                 &target,
                 &json!({ "sessions": ended, "reason": reason }),
             )
             .await
-            .map_err(db("audit revocation"))?;
+            .map_err(db("commit revoke"))?;
         }
-        tx.commit().await.map_err(db("commit revoke"))?;
         let n = ended.len();
         self.revocations.add(ended);
         Ok(n)

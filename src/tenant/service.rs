@@ -9,7 +9,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{TenantMigrations, create_tenant_ddl, purge_tenant_ddl, role_login_ddl, role_verifier};
-use crate::catalog::{self, DbFailure, audit, tenants};
+use crate::catalog::{self, DbFailure, audit::Audited, tenants};
 use crate::domain::{LifecycleAction, NewTenant, Tenant, TenantId, TenantPatch, TenantStatus};
 
 /// Why a tenant operation failed. The gRPC layer maps each variant to a status.
@@ -81,9 +81,7 @@ impl Tenants {
         let verifier = role_verifier(&self.role_secret, id);
         let ddl = create_tenant_ddl(id, &verifier, &self.migrations);
 
-        let mut tx = self
-            .pool
-            .begin()
+        let mut tx = Audited::begin(&self.pool)
             .await
             .map_err(TenantError::db("begin create tenant"))?;
         let inserted = tenants::insert(&mut tx, id, &new, self.migrations.latest())
@@ -113,10 +111,7 @@ impl Tenants {
             "schema_version": tenant.schema_version,
             "owner_user_id": new.owner_user_id,
         });
-        audit::append(&mut tx, actor, "tenant.create", &target(id), &details)
-            .await
-            .map_err(TenantError::db("audit tenant creation"))?;
-        tx.commit()
+        tx.commit(actor, "tenant.create", &target(id), &details)
             .await
             .map_err(TenantError::db("commit create tenant"))?;
         Ok((tenant, true))
@@ -188,9 +183,7 @@ impl Tenants {
         patch: TenantPatch,
         actor: &str,
     ) -> Result<Tenant, TenantError> {
-        let mut tx = self
-            .pool
-            .begin()
+        let mut tx = Audited::begin(&self.pool)
             .await
             .map_err(TenantError::db("begin update tenant"))?;
         let current = lock(&mut tx, id, patch.expected_version).await?;
@@ -213,10 +206,7 @@ impl Tenants {
             "country": patch.country.map(|c| c.map(|c| c.as_str().to_owned())),
             "version": updated.version,
         });
-        audit::append(&mut tx, actor, "tenant.update", &target(id), &details)
-            .await
-            .map_err(TenantError::db("audit tenant update"))?;
-        tx.commit()
+        tx.commit(actor, "tenant.update", &target(id), &details)
             .await
             .map_err(TenantError::db("commit update tenant"))?;
         Ok(updated)
@@ -233,9 +223,7 @@ impl Tenants {
         actor: &str,
     ) -> Result<Tenant, TenantError> {
         debug_assert_ne!(action, LifecycleAction::Purge, "purge has its own method");
-        let mut tx = self
-            .pool
-            .begin()
+        let mut tx = Audited::begin(&self.pool)
             .await
             .map_err(TenantError::db("begin tenant status change"))?;
         let current = lock(&mut tx, id, expected_version).await?;
@@ -251,18 +239,14 @@ impl Tenants {
             .map_err(TenantError::db("change the tenant role's login"))?;
         let details =
             json!({ "from": current.status.as_str(), "to": next.as_str(), "reason": reason });
-        audit::append(
-            &mut tx,
+        tx.commit(
             actor,
             &format!("tenant.{}", action.as_str()),
             &target(id),
             &details,
         )
         .await
-        .map_err(TenantError::db("audit tenant status change"))?;
-        tx.commit()
-            .await
-            .map_err(TenantError::db("commit tenant status change"))?;
+        .map_err(TenantError::db("commit tenant status change"))?;
         if next != TenantStatus::Active {
             // Sessions already logged in end too (needs a superuser or
             // pg_signal_backend; otherwise they end with their pools).
@@ -290,9 +274,7 @@ impl Tenants {
         reason: &str,
         actor: &str,
     ) -> Result<Tenant, TenantError> {
-        let mut tx = self
-            .pool
-            .begin()
+        let mut tx = Audited::begin(&self.pool)
             .await
             .map_err(TenantError::db("begin purge tenant"))?;
         let current = lock(&mut tx, id, expected_version).await?;
@@ -309,10 +291,7 @@ impl Tenants {
             .await
             .map_err(TenantError::db("mark tenant purged"))?;
         let details = json!({ "slug": current.slug, "schema": current.schema_name.as_str(), "reason": reason });
-        audit::append(&mut tx, actor, "tenant.purge", &target(id), &details)
-            .await
-            .map_err(TenantError::db("audit tenant purge"))?;
-        tx.commit()
+        tx.commit(actor, "tenant.purge", &target(id), &details)
             .await
             .map_err(TenantError::db("commit purge tenant"))?;
         Ok(purged)
