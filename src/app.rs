@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -16,13 +17,19 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
+use tonic::transport::server::Router;
+use tonic_health::server::HealthReporter;
+use tower::layer::util as layer;
 
+use crate::catalog::metrics::CatalogCollector;
 use crate::catalog::{self, PoolSettings};
 use crate::config::Secret;
 use crate::data::{CallSettings, PoolSettings as TenantPoolSettings, TenantData, TenantPools};
 use crate::domain::identity::Scope;
 use crate::fleet::{self, RunnerSettings, Upgrades};
 use crate::grpc::auth::Authenticator;
+use crate::grpc::metrics::GrpcMetricsLayer;
+use crate::grpc::request_id;
 use crate::grpc::{DataApi, MigrationApi, SessionApi, TenantApi, UserApi, pb};
 use crate::identity::{Identity, IdentitySettings, keys};
 use crate::metrics::Metrics;
@@ -100,51 +107,132 @@ impl Running {
     }
 }
 
-/// Prepares the database and starts serving on `listener`.
+/// Prepares the database and starts serving on `listener`: the steps below,
+/// in order.
 pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<Running> {
     let local_addr = listener
         .local_addr()
         .context("read the listener's address")?;
     // Bound first: a taken port fails the start before any database work.
-    let metrics_listener = match config.metrics_addr {
-        Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listen for metrics on {addr}"))?;
-            let bound = listener
-                .local_addr()
-                .context("read the metrics listener's address")?;
-            Some((listener, bound))
-        }
-        None => None,
-    };
+    let metrics_listener = bind_metrics(config.metrics_addr).await?;
     let metrics_addr = metrics_listener.as_ref().map(|&(_, addr)| addr);
     let metrics = Metrics::new();
+    let catalog = prepare_catalog(&config).await?;
+    let background = Background::default();
+    let services = build_services(&config, &catalog, &metrics, &background).await?;
+    let pools = services.pools.clone();
+    let (health, router) = router(services, &metrics, &background).await?;
+    // Metrics stay up while requests drain, and stop before the pool closes.
+    let metrics_stop = CancellationToken::new();
+    let metrics_server = metrics_listener.map(|(listener, addr)| {
+        tracing::info!(%addr, "serving metrics at /metrics");
+        let collector = CatalogCollector::new(metrics, catalog.pool.clone());
+        tokio::spawn(crate::metrics::http::serve(
+            listener,
+            collector,
+            metrics_stop.clone(),
+        ))
+    });
+    let shutdown = background.shutdown.clone();
+    let handle = tokio::spawn(serve(
+        router,
+        listener,
+        Stopping {
+            background,
+            health,
+            timeout: config.shutdown_timeout,
+            pools,
+            metrics_stop,
+            metrics_server,
+            catalog: catalog.pool,
+        },
+    ));
+    Ok(Running {
+        local_addr,
+        metrics_addr,
+        shutdown,
+        handle,
+    })
+}
+
+/// Binds the metrics listener, if one is configured.
+async fn bind_metrics(
+    addr: Option<SocketAddr>,
+) -> anyhow::Result<Option<(TcpListener, SocketAddr)>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listen for metrics on {addr}"))?;
+    let bound = listener
+        .local_addr()
+        .context("read the metrics listener's address")?;
+    Ok(Some((listener, bound)))
+}
+
+/// The catalog, migrated and checked, and what it keeps for the services.
+struct Catalog {
+    pool: PgPool,
+    migrations: Arc<TenantMigrations>,
+    role_secret: Vec<u8>,
+    signing_key: Vec<u8>,
+}
+
+/// Migrates the catalog, checks this build's tenant migrations against the
+/// ones registered (registering new ones, one replica at a time), and reads
+/// the secrets the catalog keeps.
+async fn prepare_catalog(config: &AppConfig) -> anyhow::Result<Catalog> {
     catalog::migrate(&config.database).await?;
     let migrations = match &config.tenant_migrations {
         Some(dir) => TenantMigrations::from_dir(dir)?,
         None => TenantMigrations::embedded()?,
     };
     let pool = catalog::connect(config.database.clone(), &config.catalog_pool).await?;
-    {
-        let mut tx = pool.begin().await.context("begin tenant migration check")?;
-        catalog::tenant_migrations::lock_registration(&mut tx)
-            .await
-            .context("take the tenant migration registration lock")?;
-        migrations.register(&mut tx).await?;
-        tx.commit()
-            .await
-            .context("commit tenant migration registration")?;
-    }
+    let mut tx = pool.begin().await.context("begin tenant migration check")?;
+    catalog::tenant_migrations::lock_registration(&mut tx)
+        .await
+        .context("take the tenant migration registration lock")?;
+    migrations.register(&mut tx).await?;
+    tx.commit()
+        .await
+        .context("commit tenant migration registration")?;
     let role_secret = catalog::settings::role_secret(&pool).await?;
-    tracing::info!(tenant_migrations = migrations.latest(), "catalog ready");
-
-    let tasks = TaskTracker::new();
-    let shutdown = CancellationToken::new();
-    let migrations = Arc::new(migrations);
-
     let signing_key = catalog::settings::token_signing_key(&pool).await?;
-    let identity = Identity::new(pool.clone(), &signing_key, config.identity.clone());
+    tracing::info!(tenant_migrations = migrations.latest(), "catalog ready");
+    Ok(Catalog {
+        pool,
+        migrations: Arc::new(migrations),
+        role_secret,
+        signing_key,
+    })
+}
+
+/// The background tasks of a server and the token that stops them.
+#[derive(Default)]
+struct Background {
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// The services behind the API, with their background loops started.
+struct Services {
+    identity: Identity,
+    pools: TenantPools,
+    data: TenantData,
+    tenants: Tenants,
+    upgrades: Upgrades,
+}
+
+async fn build_services(
+    config: &AppConfig,
+    catalog: &Catalog,
+    metrics: &Metrics,
+    background: &Background,
+) -> anyhow::Result<Services> {
+    let Background { tasks, shutdown } = background;
+    let pool = &catalog.pool;
+    let identity = Identity::new(pool.clone(), &catalog.signing_key, config.identity.clone());
     if let Some(admin) = &config.admin_key {
         let mut conn = pool
             .acquire()
@@ -160,14 +248,11 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
         .await
         .context("load service keys and revoked sessions")?;
     tasks.spawn(identity.clone().refresh_loop(shutdown.child_token()));
-    // Every API service authenticates its callers; health and reflection
-    // stay open for probes and tooling.
-    let auth = Authenticator::new(identity.clone());
 
     let pools = TenantPools::new(
         pool.clone(),
         config.database.clone(),
-        role_secret.clone(),
+        catalog.role_secret.clone(),
         config.tenant_pools.clone(),
         metrics.clone(),
     );
@@ -176,28 +261,66 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
             .clone()
             .watch_statuses(POOL_WATCH_PERIOD, shutdown.child_token()),
     );
+    let data = TenantData::new(pools.clone(), config.data_calls.clone());
+    let tenants = Tenants::new(
+        pool.clone(),
+        catalog.migrations.clone(),
+        catalog.role_secret.clone(),
+    );
+
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let upgrades = Upgrades::new(pool.clone(), catalog.migrations.clone(), wake.clone());
+    let owner = fleet::runner::spawn(
+        pool.clone(),
+        config.database.clone(),
+        catalog.migrations.clone(),
+        config.runner.clone(),
+        wake,
+        shutdown.child_token(),
+        tasks,
+    );
+    tracing::info!(workers = config.runner.workers, %owner, "fleet upgrade workers started");
+    Ok(Services {
+        identity,
+        pools,
+        data,
+        tenants,
+        upgrades,
+    })
+}
+
+/// The gRPC router: every API service behind the authenticator; health and
+/// reflection open for probes and tooling; metrics, request ids and one
+/// tracing span per call around them all.
+async fn router(
+    services: Services,
+    metrics: &Metrics,
+    background: &Background,
+) -> anyhow::Result<(HealthReporter, Router<Stack>)> {
+    let Services {
+        identity,
+        pools,
+        data,
+        tenants,
+        upgrades,
+    } = services;
+    let auth = Authenticator::new(identity.clone());
     let data_api = pb::tenant_data_service_server::TenantDataServiceServer::with_interceptor(
-        DataApi::new(
-            TenantData::new(pools.clone(), config.data_calls.clone()),
-            identity.clone(),
-        ),
+        DataApi::new(data, identity.clone()),
         auth.clone(),
     );
-    let tenants = Tenants::new(pool.clone(), migrations.clone(), role_secret);
     let tenant_api = pb::tenant_service_server::TenantServiceServer::with_interceptor(
         TenantApi::new(
             tenants,
             identity.clone(),
-            tasks.clone(),
+            background.tasks.clone(),
             metrics.clone(),
-            pools.clone(),
+            pools,
         ),
         auth.clone(),
     );
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let upgrades = Upgrades::new(pool.clone(), migrations.clone(), wake.clone());
     let migration_api = pb::migration_service_server::MigrationServiceServer::with_interceptor(
-        MigrationApi::new(upgrades, shutdown.clone()),
+        MigrationApi::new(upgrades, background.shutdown.clone()),
         auth.clone(),
     );
     let user_api = pb::user_service_server::UserServiceServer::with_interceptor(
@@ -208,16 +331,6 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
         SessionApi::new(identity),
         auth,
     );
-    let owner = fleet::runner::spawn(
-        pool.clone(),
-        config.database.clone(),
-        migrations,
-        config.runner.clone(),
-        wake,
-        shutdown.child_token(),
-        &tasks,
-    );
-    tracing::info!(workers = config.runner.workers, %owner, "fleet upgrade workers started");
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in SERVICES {
@@ -231,11 +344,8 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
         .build_v1()
         .context("build the reflection service")?;
 
-    let stop = shutdown.clone();
-    let drain = shutdown.clone();
     let router = Server::builder()
-        .layer(crate::grpc::metrics::GrpcMetricsLayer::new(metrics.clone()))
-        .layer(crate::grpc::request_id::RequestIdLayer)
+        .layer(stack(metrics))
         // One span per call: method and request id, and the caller and
         // tenant once the handler knows them.
         .trace_fn(|req| {
@@ -247,9 +357,7 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
                 tenant_id = tracing::field::Empty,
             );
             // A made-up id is recorded by the request-id layer instead.
-            if let Some(id) =
-                crate::grpc::request_id::given(req.headers().get(crate::grpc::request_id::HEADER))
-            {
+            if let Some(id) = request_id::given(req.headers().get(request_id::HEADER)) {
                 span.record("request_id", id);
             }
             span
@@ -261,78 +369,101 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
         .add_service(user_api)
         .add_service(session_api)
         .add_service(data_api);
-    let shutdown_timeout = config.shutdown_timeout;
-    // Metrics stay up while requests drain, and stop before the pool closes.
-    let metrics_stop = CancellationToken::new();
-    let metrics_server = metrics_listener.map(|(listener, addr)| {
-        tracing::info!(%addr, "serving metrics at /metrics");
-        let collector = crate::catalog::metrics::CatalogCollector::new(metrics, pool.clone());
-        tokio::spawn(crate::metrics::http::serve(
-            listener,
-            collector,
-            metrics_stop.clone(),
-        ))
-    });
-    let handle = tokio::spawn(async move {
-        let signal = {
-            let health = health.clone();
-            async move {
-                stop.cancelled().await;
-                tracing::info!("shutting down: no new requests, finishing the ones in flight");
-                for name in SERVICES {
-                    health
-                        .set_service_status(name, tonic_health::ServingStatus::NotServing)
-                        .await;
-                }
-            }
-        };
-        // Small request/response frames must not wait for Nagle's algorithm.
-        let incoming = TcpListenerStream::new(listener).map(|conn| {
-            conn.and_then(|c| {
-                c.set_nodelay(true)?;
-                Ok(c)
-            })
-        });
-        let serve = router.serve_with_incoming_shutdown(incoming, signal);
-        // A client that keeps a connection or a stream open must not hold
-        // shutdown up for ever: past the deadline the connections are dropped.
-        let deadline = async {
-            drain.cancelled().await;
-            tokio::time::sleep(shutdown_timeout).await;
-        };
-        let served = tokio::select! {
-            served = serve => served.context("serve gRPC"),
-            () = deadline => {
-                tracing::warn!(?shutdown_timeout, "connections still open at the shutdown deadline; closing them");
-                // Calls still running are cancelled now, on PostgreSQL
-                // too, not left to run on after tenantd is gone.
-                pools.cancel_running().await;
-                Ok(())
-            }
-        };
-        tasks.close();
-        if tokio::time::timeout(shutdown_timeout, tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                ?shutdown_timeout,
-                "tenant changes still running at the shutdown deadline"
-            );
+    Ok((health, router))
+}
+
+/// The layers around every call: metrics outermost, then request ids.
+type Layers =
+    layer::Stack<request_id::RequestIdLayer, layer::Stack<GrpcMetricsLayer, layer::Identity>>;
+/// [`Layers`] as the server builder holds them.
+type Stack = layer::Stack<Layers, layer::Identity>;
+
+fn stack(metrics: &Metrics) -> Layers {
+    tower::ServiceBuilder::new()
+        .layer(GrpcMetricsLayer::new(metrics.clone()))
+        .layer(request_id::RequestIdLayer)
+        .into_inner()
+}
+
+/// What a stopping server winds down, in order.
+struct Stopping {
+    background: Background,
+    health: HealthReporter,
+    timeout: Duration,
+    pools: TenantPools,
+    metrics_stop: CancellationToken,
+    metrics_server: Option<JoinHandle<()>>,
+    catalog: PgPool,
+}
+
+/// Serves until the shutdown token is cancelled, then stops in order:
+/// health says NOT_SERVING, calls in flight finish (or are cancelled, on
+/// PostgreSQL too, at the deadline), background tasks end, the metrics
+/// listener closes, then the tenant pools and the catalog pool.
+async fn serve(
+    router: Router<Stack>,
+    listener: TcpListener,
+    stopping: Stopping,
+) -> anyhow::Result<()> {
+    let Stopping {
+        background,
+        health,
+        timeout,
+        pools,
+        metrics_stop,
+        metrics_server,
+        catalog,
+    } = stopping;
+    let stop = background.shutdown.clone();
+    let signal = async move {
+        stop.cancelled().await;
+        tracing::info!("shutting down: no new requests, finishing the ones in flight");
+        for name in SERVICES {
+            health
+                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                .await;
         }
-        metrics_stop.cancel();
-        if let Some(server) = metrics_server {
-            let _ = server.await;
-        }
-        pools.close().await;
-        pool.close().await;
-        tracing::info!("stopped");
-        served
+    };
+    // Small request/response frames must not wait for Nagle's algorithm.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.and_then(|c| {
+            c.set_nodelay(true)?;
+            Ok(c)
+        })
     });
-    Ok(Running {
-        local_addr,
-        metrics_addr,
-        shutdown,
-        handle,
-    })
+    let serve = router.serve_with_incoming_shutdown(incoming, signal);
+    // A client that keeps a connection or a stream open must not hold
+    // shutdown up for ever: past the deadline the connections are dropped.
+    let deadline = async {
+        background.shutdown.cancelled().await;
+        tokio::time::sleep(timeout).await;
+    };
+    let served = tokio::select! {
+        served = serve => served.context("serve gRPC"),
+        () = deadline => {
+            tracing::warn!(shutdown_timeout = ?timeout, "connections still open at the shutdown deadline; closing them");
+            // Calls still running are cancelled now, on PostgreSQL too, not
+            // left to run on after tenantd is gone.
+            pools.cancel_running().await;
+            Ok(())
+        }
+    };
+    background.tasks.close();
+    if tokio::time::timeout(timeout, background.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            shutdown_timeout = ?timeout,
+            "tenant changes still running at the shutdown deadline"
+        );
+    }
+    metrics_stop.cancel();
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
+    pools.close().await;
+    catalog.close().await;
+    tracing::info!("stopped");
+    served
 }
