@@ -3,11 +3,14 @@
 //! decide what a caller may do.
 
 pub mod keys;
+mod memberships;
 pub mod passwords;
 pub mod revocations;
 mod service;
+mod sessions;
 pub mod tokens;
+mod users;
 
-pub use service::{
-    Identity, IdentityError, IdentitySettings, Issued, LoginInput, Principal, Session, UserPatch,
-};
+pub use service::{Identity, IdentityError, IdentitySettings, Principal};
+pub use sessions::{Issued, LoginInput, Session};
+pub use users::UserPatch;
