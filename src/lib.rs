@@ -1,8 +1,14 @@
 //! tenantd: the control plane of a schema-per-tenant PostgreSQL platform.
 //!
-//! Dependencies point one way: `app` → `grpc` → `tenant` → `catalog` →
-//! `domain`. `domain` knows no SQL and no gRPC; only `grpc` knows tonic and
-//! the generated types.
+//! Dependencies point one way (ARCHITECTURE.md draws it):
+//! binaries → [`app`] → [`grpc`] → ([`fleet`], [`data`], [`identity`],
+//! [`tenant`]) → [`catalog`] → [`domain`], with [`metrics`] a leaf that
+//! knows no tonic and no SQL. Only [`grpc`] knows tonic and the generated
+//! types ([`pb`]); only [`catalog`] names a `tenantd.*` table; one module,
+//! `grpc::status`, turns errors into statuses.
+//!
+//! The public surface is what the binaries, the bench and the integration
+//! tests use; every other submodule is `pub(crate)`.
 
 pub mod app;
 pub mod catalog;

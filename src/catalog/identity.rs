@@ -493,18 +493,6 @@ pub async fn rotate_refresh(
     .map(drop)
 }
 
-pub async fn get_session(
-    conn: &mut PgConnection,
-    id: Uuid,
-) -> Result<Option<SessionRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {SESSION_COLUMNS} FROM tenantd.sessions WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(conn)
-    .await
-}
-
 /// Revokes sessions (one, or every live one of a user but `except`);
 /// returns their ids.
 pub async fn revoke_sessions(

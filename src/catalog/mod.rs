@@ -5,13 +5,13 @@
 
 pub mod audit;
 mod error;
-pub mod identity;
-pub mod metrics;
+pub(crate) mod identity;
+pub(crate) mod metrics;
 pub mod settings;
-pub mod tenant_migrations;
-pub mod tenants;
-pub mod upgrade_batches;
-pub mod upgrades;
+pub(crate) mod tenant_migrations;
+pub(crate) mod tenants;
+pub(crate) mod upgrade_batches;
+pub(crate) mod upgrades;
 
 use std::time::Duration;
 

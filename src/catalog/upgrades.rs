@@ -713,19 +713,6 @@ pub async fn finish_if_complete(
     status.map(|s| parse_status(&s)).transpose()
 }
 
-/// The run's status alone (workers check it between tenants).
-pub async fn run_status(
-    conn: &mut PgConnection,
-    run: RunId,
-) -> Result<Option<RunStatus>, sqlx::Error> {
-    let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM tenantd.upgrade_runs WHERE id = $1")
-            .bind(run.0)
-            .fetch_optional(conn)
-            .await?;
-    status.map(|s| parse_status(&s)).transpose()
-}
-
 fn parse_status(s: &str) -> Result<RunStatus, sqlx::Error> {
     s.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))
 }

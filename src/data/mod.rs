@@ -3,10 +3,10 @@
 //! database itself keeps every call inside its tenant's schema.
 
 pub mod execute;
-pub mod pools;
-pub mod screen;
-pub mod socket;
-pub mod values;
+pub(crate) mod pools;
+pub(crate) mod screen;
+pub(crate) mod socket;
+pub(crate) mod values;
 
 use std::time::Duration;
 

@@ -1,8 +1,8 @@
 //! Fleet-wide tenant schema upgrades: planning from the catalog, durable
 //! runs, the workers that execute them in every replica, and watching.
 
-pub mod apply;
-pub mod runner;
+pub(crate) mod apply;
+pub(crate) mod runner;
 mod service;
 
 pub use runner::RunnerSettings;

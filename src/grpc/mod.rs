@@ -3,13 +3,13 @@
 //! module sees a generated type or a `tonic::Status`.
 
 pub mod auth;
-pub mod codec;
+pub(crate) mod codec;
 mod convert;
-pub mod data;
-pub mod identity;
-pub mod metrics;
+pub(crate) mod data;
+pub(crate) mod identity;
+pub(crate) mod metrics;
 mod migrations;
-pub mod request_id;
+pub(crate) mod request_id;
 mod status;
 mod tenants;
 

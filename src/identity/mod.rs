@@ -5,10 +5,10 @@
 pub mod keys;
 mod memberships;
 pub mod passwords;
-pub mod revocations;
+pub(crate) mod revocations;
 mod service;
 mod sessions;
-pub mod tokens;
+pub(crate) mod tokens;
 mod users;
 
 pub use service::{Identity, IdentityError, IdentitySettings, Principal};

@@ -2,7 +2,7 @@
 //! purges a tenant, and the tenant lifecycle built on the catalog.
 
 mod ddl;
-pub mod migrations;
+pub(crate) mod migrations;
 mod service;
 
 pub use ddl::{

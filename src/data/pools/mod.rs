@@ -39,8 +39,8 @@ mod manager;
 mod watch;
 
 use budget::*;
-pub use checkout::{Canceller, Checkout, Running};
-pub use manager::{ConnectError, TenantConn, TenantManager};
+pub use checkout::{Canceller, Checkout};
+pub use manager::{ConnectError, TenantManager};
 
 /// Sizing of the tenant pools; see `tenantd serve --help`.
 #[derive(Debug, Clone)]
