@@ -94,18 +94,15 @@ impl Identity {
             .ok_or_else(|| {
                 IdentityError::AlreadyExists("the user is a member of this tenant already".into())
             })?;
-        let changed = store::note_membership_change(&mut tx, tenant, user)
-            .await
-            .map_err(db("note membership change"))?;
-        tx.commit(
+        self.commit_member_change(
+            tx,
+            tenant,
+            user,
             actor,
             "member.add",
-            &format!("tenant:{tenant}"),
-            &json!({ "user_id": user, "role": role.as_str() }),
+            json!({ "user_id": user, "role": role.as_str() }),
         )
-        .await
-        .map_err(db("commit add member"))?;
-        self.revocations.membership_changed(tenant, user, changed);
+        .await?;
         Ok(member)
     }
 
@@ -120,43 +117,20 @@ impl Identity {
         let mut tx = Audited::begin(&self.pool)
             .await
             .map_err(db("begin change role"))?;
-        store::lock_tenant_members(&mut tx, tenant)
-            .await
-            .map_err(db("lock tenant"))?;
-        let owners = store::lock_owners(&mut tx, tenant)
-            .await
-            .map_err(db("lock owners"))?;
-        let current = store::get_member(&mut tx, tenant, user)
-            .await
-            .map_err(db("get member"))?;
-        Self::check_actor(
-            &mut tx,
-            tenant,
-            by,
-            current.as_ref().map(|m| m.role),
-            Some(role),
-        )
-        .await?;
-        let current = current.ok_or(IdentityError::NotFound("membership"))?;
-        if current.role == Role::Owner && role != Role::Owner && owners <= 1 {
-            return Err(IdentityError::LastOwner);
-        }
+        let current = Self::lock_member_for_change(&mut tx, tenant, user, by, Some(role)).await?;
         let member = store::set_role(&mut tx, tenant, user, role)
             .await
             .map_err(db("change role"))?
             .ok_or(IdentityError::NotFound("membership"))?;
-        let changed = store::note_membership_change(&mut tx, tenant, user)
-            .await
-            .map_err(db("note membership change"))?;
-        tx.commit(
+        self.commit_member_change(
+            tx,
+            tenant,
+            user,
             actor,
             "member.change_role",
-            &format!("tenant:{tenant}"),
-            &json!({ "user_id": user, "from": current.role.as_str(), "to": role.as_str() }),
+            json!({ "user_id": user, "from": current.role.as_str(), "to": role.as_str() }),
         )
-        .await
-        .map_err(db("commit change role"))?;
-        self.revocations.membership_changed(tenant, user, changed);
+        .await?;
         Ok(member)
     }
 
@@ -170,34 +144,65 @@ impl Identity {
         let mut tx = Audited::begin(&self.pool)
             .await
             .map_err(db("begin remove member"))?;
-        store::lock_tenant_members(&mut tx, tenant)
-            .await
-            .map_err(db("lock tenant"))?;
-        let owners = store::lock_owners(&mut tx, tenant)
-            .await
-            .map_err(db("lock owners"))?;
-        let current = store::get_member(&mut tx, tenant, user)
-            .await
-            .map_err(db("get member"))?;
-        Self::check_actor(&mut tx, tenant, by, current.as_ref().map(|m| m.role), None).await?;
-        let current = current.ok_or(IdentityError::NotFound("membership"))?;
-        if current.role == Role::Owner && owners <= 1 {
-            return Err(IdentityError::LastOwner);
-        }
+        let current = Self::lock_member_for_change(&mut tx, tenant, user, by, None).await?;
         store::delete_member(&mut tx, tenant, user)
             .await
             .map_err(db("remove member"))?;
+        self.commit_member_change(
+            tx,
+            tenant,
+            user,
+            actor,
+            "member.remove",
+            json!({ "user_id": user, "role": current.role.as_str() }),
+        )
+        .await
+    }
+
+    /// Locks the tenant's memberships and its owners, reads `user`'s
+    /// membership, and checks that `by` may move it to `new` (`None`:
+    /// remove it) and that the tenant keeps an owner.
+    async fn lock_member_for_change(
+        tx: &mut Audited,
+        tenant: Uuid,
+        user: Uuid,
+        by: Option<Uuid>,
+        new: Option<Role>,
+    ) -> Result<MemberRow, IdentityError> {
+        store::lock_tenant_members(tx, tenant)
+            .await
+            .map_err(db("lock tenant"))?;
+        let owners = store::lock_owners(tx, tenant)
+            .await
+            .map_err(db("lock owners"))?;
+        let current = store::get_member(tx, tenant, user)
+            .await
+            .map_err(db("get member"))?;
+        Self::check_actor(tx, tenant, by, current.as_ref().map(|m| m.role), new).await?;
+        let current = current.ok_or(IdentityError::NotFound("membership"))?;
+        if current.role == Role::Owner && new != Some(Role::Owner) && owners <= 1 {
+            return Err(IdentityError::LastOwner);
+        }
+        Ok(current)
+    }
+
+    /// Notes the membership change (tokens naming the old role stop being
+    /// trusted for it) and commits it with its audit event.
+    async fn commit_member_change(
+        &self,
+        mut tx: Audited,
+        tenant: Uuid,
+        user: Uuid,
+        actor: &str,
+        action: &str,
+        details: serde_json::Value,
+    ) -> Result<(), IdentityError> {
         let changed = store::note_membership_change(&mut tx, tenant, user)
             .await
             .map_err(db("note membership change"))?;
-        tx.commit(
-            actor,
-            "member.remove",
-            &format!("tenant:{tenant}"),
-            &json!({ "user_id": user, "role": current.role.as_str() }),
-        )
-        .await
-        .map_err(db("commit remove member"))?;
+        tx.commit(actor, action, &format!("tenant:{tenant}"), &details)
+            .await
+            .map_err(db("commit membership change"))?;
         self.revocations.membership_changed(tenant, user, changed);
         Ok(())
     }
