@@ -106,7 +106,7 @@ pub struct ServeArgs {
 
     /// File holding the bootstrap admin service key (every scope). Created
     /// with a fresh key (mode 0600) when missing; the key is stored (hashed)
-    /// in the catalog if it is not there yet. Defaults to <data-dir>/admin.key
+    /// in the catalog if it is not there yet. Defaults to `<data-dir>/admin.key`
     /// when tenantd runs its private cluster; otherwise no bootstrap key.
     #[arg(long, env = "TENANTD_ADMIN_KEY_FILE")]
     pub admin_key_file: Option<PathBuf>,

@@ -9,7 +9,7 @@
 //!
 //! Results are read as they stream in: rows past the row limit or the
 //! response budget are counted and dropped, never buffered, and a value is
-//! measured in its wire form before it is decoded (see [`Budget`]).
+//! measured in its wire form before it is decoded (see `Budget`).
 //!
 //! The whole call ends by its deadline, whatever its SQL does: at the
 //! deadline its query is cancelled and its connection closed (a backend
@@ -18,7 +18,7 @@
 //! caller mid-way is cancelled and closed the same way.
 //!
 //! What each statement may be was decided before the call took a
-//! connection, by [`super::screen`].
+//! connection, by the statement screen (`data::screen`).
 
 use std::time::Duration;
 
@@ -79,7 +79,7 @@ pub enum ExecError {
     Invalid {
         statement: usize,
         /// The request field, relative to the statement ("sql",
-        /// "params", "params[2]").
+        /// "params", "params\[2\]").
         field: String,
         message: String,
     },

@@ -3,8 +3,8 @@
 //! /metrics). It is separate from the gRPC port so that it can be exposed to
 //! the scraper only.
 //!
-//! Bounded: at most [`MAX_CONNECTIONS`] connections at once (more are closed
-//! on accept), request headers within [`HEADER_TIMEOUT`]. It stops, dropping
+//! Bounded: at most `MAX_CONNECTIONS` connections at once (more are closed
+//! on accept), request headers within `HEADER_TIMEOUT`. It stops, dropping
 //! its connections, when `stop` is cancelled.
 
 use std::convert::Infallible;
