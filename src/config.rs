@@ -72,6 +72,22 @@ pub struct ServeArgs {
     #[arg(long, env = "TENANTD_DATA_DIR", default_value = "tenantd-data")]
     pub data_dir: PathBuf,
 
+    /// File holding the database password (a Kubernetes secret, say): it
+    /// replaces any password in --database-url, so the URL can be given
+    /// without one where `ps` and the environment can be read.
+    #[arg(
+        long,
+        env = "TENANTD_DATABASE_PASSWORD_FILE",
+        requires = "database_url"
+    )]
+    pub database_password_file: Option<PathBuf>,
+
+    /// File holding the key access tokens are signed with (at least 32
+    /// bytes; every replica must read the same). Without it, the key is
+    /// generated once and kept in the catalog.
+    #[arg(long, env = "TENANTD_TOKEN_SIGNING_KEY_FILE")]
+    pub token_signing_key_file: Option<PathBuf>,
+
     /// Log output: human-readable text or one JSON object per line.
     #[arg(long, env = "TENANTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -327,6 +343,54 @@ pub fn parse_database_url(url: &Secret) -> anyhow::Result<PgConnectOptions> {
     )
 }
 
+/// Reads a secret mounted as a file: one trailing newline (`\n` or `\r\n`)
+/// is dropped, as files written by `echo` or editors end in one; an empty
+/// secret is refused.
+pub fn read_secret_file(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    let mut bytes =
+        std::fs::read(path).with_context(|| format!("read the {what} from {}", path.display()))?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    if bytes.is_empty() {
+        bail!("{} ({what}) is empty", path.display());
+    }
+    Ok(bytes)
+}
+
+/// The database to use: `--database-url`, with the password from
+/// `--database-password-file` when one is given.
+pub fn database_options(
+    url: &Secret,
+    password_file: Option<&std::path::Path>,
+) -> anyhow::Result<PgConnectOptions> {
+    let options = parse_database_url(url)?;
+    let Some(path) = password_file else {
+        return Ok(options);
+    };
+    let password = String::from_utf8(read_secret_file(path, "database password")?)
+        .ok()
+        .with_context(|| format!("{} (database password) is not UTF-8", path.display()))?;
+    Ok(options.password(&password))
+}
+
+/// The token signing key from `--token-signing-key-file`: at least 32 bytes,
+/// as the catalog's own generated key is.
+pub fn token_signing_key(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let key = read_secret_file(path, "token signing key")?;
+    if key.len() < 32 {
+        bail!(
+            "{} (token signing key) holds {} bytes; it needs at least 32 (e.g. `openssl rand -hex 32`)",
+            path.display(),
+            key.len()
+        );
+    }
+    Ok(key)
+}
+
 /// Reads the bootstrap admin key from `path`, or creates the file with a
 /// fresh key (readable by the owner only) when it does not exist.
 pub fn load_or_create_admin_key(path: &std::path::Path) -> anyhow::Result<(Secret, bool)> {
@@ -356,5 +420,57 @@ pub fn load_or_create_admin_key(path: &std::path::Path) -> anyhow::Result<(Secre
             Ok((Secret(key), true))
         }
         Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(content: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, content).unwrap();
+        f
+    }
+
+    #[test]
+    fn secret_files_lose_one_trailing_newline_and_must_not_be_empty() {
+        for (content, want) in [
+            (&b"s3cret\n"[..], &b"s3cret"[..]),
+            (b"s3cret\r\n", b"s3cret"),
+            (b"s3cret", b"s3cret"),
+            (b"s3cret\n\n", b"s3cret\n"),
+            (b" spaced ", b" spaced "),
+        ] {
+            assert_eq!(read_secret_file(file(content).path(), "x").unwrap(), want);
+        }
+        for empty in [&b""[..], b"\n", b"\r\n"] {
+            let err = read_secret_file(file(empty).path(), "x").unwrap_err();
+            assert!(err.to_string().contains("empty"), "{err}");
+        }
+        assert!(read_secret_file(std::path::Path::new("/nonexistent/secret"), "x").is_err());
+    }
+
+    #[test]
+    fn the_database_password_file_replaces_the_urls_password() {
+        let url = Secret::new("postgres://app:inline@db.example:5432/tenantd");
+        let pw = file(b"from-file\n");
+        let with = database_options(&url, Some(pw.path())).unwrap();
+        let without = database_options(&url, None).unwrap();
+        // PgConnectOptions hides its password; the two differ only there.
+        assert_ne!(format!("{with:?}"), format!("{without:?}"));
+        assert_eq!(with.get_username(), "app");
+        assert_eq!(with.get_host(), "db.example");
+    }
+
+    #[test]
+    fn a_token_signing_key_file_needs_32_bytes() {
+        assert!(token_signing_key(file(&[7u8; 31]).path()).is_err());
+        assert_eq!(
+            token_signing_key(file(&[7u8; 32]).path()).unwrap().len(),
+            32
+        );
+        let hex = file(b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n");
+        assert_eq!(token_signing_key(hex.path()).unwrap().len(), 64);
     }
 }

@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tenantd::app::{self, AppConfig};
 use tenantd::catalog::PoolSettings;
-use tenantd::config::{ServeArgs, parse_database_url};
+use tenantd::config::{ServeArgs, database_options};
 use tenantd::local_pg::{DataDirOwner, LocalCluster};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -75,7 +75,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
     let (database, cluster, owner) = match &args.database_url {
-        Some(url) => (parse_database_url(url)?, None, None),
+        Some(url) => (
+            database_options(url, args.database_password_file.as_deref())?,
+            None,
+            None,
+        ),
         None => {
             // Taken before anything touches the directory, held until the
             // cluster is stopped and the process exits. A previous owner
