@@ -198,7 +198,13 @@ async fn prepare_catalog(config: &AppConfig) -> anyhow::Result<Catalog> {
         .await
         .context("commit tenant migration registration")?;
     let role_secret = catalog::settings::role_secret(&pool).await?;
-    let signing_key = catalog::settings::token_signing_key(&pool).await?;
+    let signing_key = match &config.identity.signing_key {
+        Some(key) => {
+            tracing::info!("tokens are signed with the key of --token-signing-key-file");
+            key.0.clone()
+        }
+        None => catalog::settings::token_signing_key(&pool).await?,
+    };
     tracing::info!(tenant_migrations = migrations.latest(), "catalog ready");
     Ok(Catalog {
         pool,

@@ -176,6 +176,12 @@ async fn run(
             hash_concurrency: args.password_hash_concurrency,
             logins_per_minute_account: args.logins_per_minute_per_account,
             logins_per_minute_address: args.logins_per_minute_per_address,
+            signing_key: args
+                .token_signing_key_file
+                .as_deref()
+                .map(tenantd::config::token_signing_key)
+                .transpose()?
+                .map(tenantd::identity::SigningKey),
         },
         admin_key,
         metrics_addr: args.metrics_addr,

@@ -11,6 +11,6 @@ mod sessions;
 pub(crate) mod tokens;
 mod users;
 
-pub use service::{Identity, IdentityError, IdentitySettings, Principal};
+pub use service::{Identity, IdentityError, IdentitySettings, Principal, SigningKey};
 pub use sessions::{Issued, LoginInput, Session};
 pub use users::UserPatch;

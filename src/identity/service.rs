@@ -84,6 +84,19 @@ pub struct IdentitySettings {
     /// Login attempts per minute per account and per client address.
     pub logins_per_minute_account: u32,
     pub logins_per_minute_address: u32,
+    /// The key access tokens are signed with, from a file the operator
+    /// manages; `None`: the key generated once and kept in the catalog.
+    pub signing_key: Option<SigningKey>,
+}
+
+/// Key material that never shows in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningKey(pub Vec<u8>);
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKey({} bytes)", self.0.len())
+    }
 }
 
 impl Default for IdentitySettings {
@@ -94,6 +107,7 @@ impl Default for IdentitySettings {
             hash_concurrency: 2,
             logins_per_minute_account: 10,
             logins_per_minute_address: 60,
+            signing_key: None,
         }
     }
 }
