@@ -30,6 +30,7 @@ use crate::fleet::{self, RunnerSettings, Upgrades};
 use crate::grpc::auth::Authenticator;
 use crate::grpc::metrics::GrpcMetricsLayer;
 use crate::grpc::request_id;
+use crate::grpc::tls::ServerTls;
 use crate::grpc::{DataApi, MigrationApi, SessionApi, TenantApi, UserApi, pb};
 use crate::identity::{Identity, IdentitySettings, keys};
 use crate::metrics::Metrics;
@@ -56,6 +57,9 @@ pub struct AppConfig {
     pub tenant_pools: TenantPoolSettings,
     /// Row and time limits of data-plane calls.
     pub data_calls: CallSettings,
+    /// TLS (and, with a client CA, mutual TLS) for the gRPC listener;
+    /// `None`: plaintext.
+    pub tls: Option<ServerTls>,
 }
 
 /// How often pools of tenants that left ACTIVE through another replica are
@@ -121,7 +125,7 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
     let background = Background::default();
     let services = build_services(&config, &catalog, &metrics, &background).await?;
     let pools = services.pools.clone();
-    let (health, router) = router(services, &metrics, &background).await?;
+    let (health, router) = router(services, config.tls.as_ref(), &metrics, &background).await?;
     // Metrics stay up while requests drain, and stop before the pool closes.
     let metrics_stop = CancellationToken::new();
     let metrics_server = metrics_listener.map(|(listener, addr)| {
@@ -300,6 +304,7 @@ async fn build_services(
 /// tracing span per call around them all.
 async fn router(
     services: Services,
+    tls: Option<&ServerTls>,
     metrics: &Metrics,
     background: &Background,
 ) -> anyhow::Result<(HealthReporter, Router<Stack>)> {
@@ -350,7 +355,22 @@ async fn router(
         .build_v1()
         .context("build the reflection service")?;
 
-    let router = Server::builder()
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls.load()?)
+            .context("configure TLS for the gRPC listener")?;
+        tracing::info!(
+            mutual = tls.client_ca.is_some(),
+            "gRPC over TLS{}",
+            if tls.client_ca.is_some() {
+                "; clients must present a certificate"
+            } else {
+                ""
+            }
+        );
+    }
+    let router = server
         .layer(stack(metrics))
         // One span per call: method and request id, and the caller and
         // tenant once the handler knows them.

@@ -53,6 +53,22 @@ pub struct ServeArgs {
     #[arg(long, env = "TENANTD_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen_addr: SocketAddr,
 
+    /// Certificate chain (PEM, leaf first) for gRPC over TLS; with
+    /// --tls-key. Without them gRPC is plaintext (keep it on loopback or a
+    /// private network).
+    #[arg(long, env = "TENANTD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "TENANTD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificate (PEM) that clients' certificates must chain to: with
+    /// it, gRPC is mutual TLS and a client without such a certificate is
+    /// refused during the handshake. Needs --tls-cert.
+    #[arg(long, env = "TENANTD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Address of the Prometheus metrics listener (plain HTTP, GET /metrics;
     /// port 0 picks a free port), or `off` for none.
     // The full path keeps clap from reading `Option` as "flag may be absent":
@@ -341,6 +357,17 @@ pub fn parse_database_url(url: &Secret) -> anyhow::Result<PgConnectOptions> {
     PgConnectOptions::from_str(url.expose()).ok().context(
         "--database-url is not a valid PostgreSQL URL (postgres://user@host:port/database)",
     )
+}
+
+impl ServeArgs {
+    /// The gRPC listener's TLS files, when given.
+    pub fn tls(&self) -> Option<crate::grpc::tls::ServerTls> {
+        Some(crate::grpc::tls::ServerTls {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
+    }
 }
 
 /// Reads a secret mounted as a file: one trailing newline (`\n` or `\r\n`)

@@ -187,6 +187,7 @@ async fn run(
         metrics_addr: args.metrics_addr,
         tenant_pools: args.tenant_pools(),
         data_calls: args.data_calls(),
+        tls: args.tls(),
     };
     let running = app::start(config, listener).await?;
     tracing::info!(addr = %running.local_addr(), "tenantd listening");

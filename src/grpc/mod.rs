@@ -12,6 +12,7 @@ mod migrations;
 pub(crate) mod request_id;
 mod status;
 mod tenants;
+pub mod tls;
 
 pub use data::DataApi;
 pub use identity::{SessionApi, UserApi};

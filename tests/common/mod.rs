@@ -335,6 +335,7 @@ pub fn test_config(db: &TestDb) -> AppConfig {
         metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         tenant_pools: Default::default(),
         data_calls: Default::default(),
+        tls: None,
     }
 }
 

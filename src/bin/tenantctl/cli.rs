@@ -27,7 +27,8 @@ pub struct Cli {
 /// Options accepted before or after any subcommand.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// gRPC address of tenantd: http://host:port, or just host:port.
+    /// gRPC address of tenantd: http://host:port, https://host:port for
+    /// TLS, or just host:port (plaintext).
     #[arg(
         long,
         global = true,
@@ -56,6 +57,25 @@ pub struct GlobalArgs {
     /// when it exists.
     #[arg(long, global = true, env = "TENANTD_KEY_FILE")]
     pub key_file: Option<std::path::PathBuf>,
+
+    /// CA certificate (PEM) to trust for an https:// endpoint instead of the
+    /// system's roots.
+    #[arg(long, global = true, env = "TENANTD_CA")]
+    pub ca: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) for a server that requires mutual TLS; with
+    /// --cert-key. (--key is the service key sent with each call.)
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTD_CLIENT_CERT",
+        requires = "cert_key"
+    )]
+    pub cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of --cert.
+    #[arg(long, global = true, env = "TENANTD_CLIENT_KEY", requires = "cert")]
+    pub cert_key: Option<std::path::PathBuf>,
 
     /// How long to wait for the connection and for each call, e.g. 30s, 2m.
     #[arg(long, global = true, default_value = "30s", value_parser = parse_timeout)]

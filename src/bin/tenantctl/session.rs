@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use tenantd::grpc::tls::ClientTls;
 use tenantd::pb::migration_service_client::MigrationServiceClient;
 use tenantd::pb::session_service_client::SessionServiceClient;
 use tenantd::pb::tenant_service_client::TenantServiceClient;
@@ -40,6 +41,28 @@ impl Session {
                 ))
             })?
             .connect_timeout(global.timeout);
+        let tls = ClientTls {
+            ca: global.ca.clone(),
+            cert: global.cert.clone(),
+            key: global.cert_key.clone(),
+        };
+        let endpoint = match endpoint.uri().scheme_str() {
+            Some("https") => {
+                let host = endpoint.uri().host().unwrap_or_default().to_owned();
+                let config = tls
+                    .load(&host)
+                    .map_err(|e| CliError::Usage(format!("{e:#}")))?;
+                endpoint
+                    .tls_config(config)
+                    .map_err(|e| CliError::Usage(format!("TLS: {}", connection_failure(&e))))?
+            }
+            _ if !tls.is_empty() => {
+                return Err(CliError::Usage(
+                    "--ca, --cert and --cert-key need an https:// endpoint".into(),
+                ));
+            }
+            _ => endpoint,
+        };
         let unreachable = |reason: String| CliError::Unreachable {
             endpoint: global.endpoint.clone(),
             reason,
@@ -213,11 +236,8 @@ pub fn parse_endpoint(raw: &str) -> Result<String, String> {
         .map_err(|e| format!("{url} is not an address: {}", connection_failure(&e)))?;
     let uri = endpoint.uri();
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err("https:// is not supported yet; use http://host:port".to_owned());
-        }
-        _ => return Err(format!("{url}: the scheme must be http://")),
+        Some("http" | "https") => {}
+        _ => return Err(format!("{url}: the scheme must be http:// or https://")),
     }
     let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
         return Err(format!("{url} names no host"));
