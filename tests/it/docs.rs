@@ -1,9 +1,9 @@
 //! The operator docs under `docs/` stay true to the code. The configuration
 //! reference in docs/configuration.md is generated from the clap definitions
 //! (`tenantd serve`'s flags, `tenantctl --help`) and must match them exactly;
-//! `TENANTD_BLESS=1 cargo test --test it -- docs::` rewrites those sections after a
-//! flag changes. Every relative link in docs/ (and the README) must lead to
-//! a file and, with a `#fragment`, to one of its headings; every
+//! `TENANTD_BLESS=1 cargo test --test it -- docs::` rewrites those sections
+//! after a flag changes. Every relative link in docs/ (and the README) must
+//! lead to a file and, with a `#fragment`, to one of its headings; every
 //! `TENANTD_*` variable the docs name must exist.
 
 use std::collections::BTreeSet;
