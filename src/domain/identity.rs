@@ -458,7 +458,7 @@ mod tests {
     }
 
     /// Spot checks of the ceiling; the whole table is walked end to end in
-    /// tests/authority.rs.
+    /// tests/it/authority/.
     #[test]
     fn the_role_ceiling() {
         use Role::*;

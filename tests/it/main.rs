@@ -22,4 +22,5 @@ mod serve_binary;
 mod shutdown;
 mod tenantctl;
 mod tenants;
+mod tls;
 mod upgrades;

@@ -235,17 +235,17 @@ pub fn parse_endpoint(raw: &str) -> Result<String, String> {
     let endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| format!("{url} is not an address: {}", connection_failure(&e)))?;
     let uri = endpoint.uri();
-    match uri.scheme_str() {
-        Some("http" | "https") => {}
+    let scheme = match uri.scheme_str() {
+        Some(scheme @ ("http" | "https")) => scheme.to_owned(),
         _ => return Err(format!("{url}: the scheme must be http:// or https://")),
-    }
+    };
     let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
         return Err(format!("{url} names no host"));
     };
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(format!("{url}: give only scheme, host and port"));
     }
-    Ok(format!("http://{authority}"))
+    Ok(format!("{scheme}://{authority}"))
 }
 
 /// Where the service key comes from: `--key` (`TENANTD_KEY`), else the file
@@ -287,10 +287,14 @@ mod tests {
             parse_endpoint("[::1]:50051").as_deref(),
             Ok("http://[::1]:50051")
         );
+        assert_eq!(
+            parse_endpoint("https://tenantd.internal:7000").as_deref(),
+            Ok("https://tenantd.internal:7000")
+        );
         for bad in [
             "",
-            "https://x:1",
             "ftp://x:1",
+            "https://x:1/api",
             "http://x:1/api",
             "http://",
             "a b:1",
