@@ -432,14 +432,16 @@ pub async fn run(
 
 /// Run after every call, whatever became of it, so that nothing a statement
 /// did to the session reaches the next call on the connection: settings
-/// (the role included, which RESET ALL leaves), cursors kept open, LISTENs,
-/// session advisory locks, temporary tables, sequence state (`currval`,
-/// `lastval`). Prepared statements stay: they are tenantd's own, and a call
-/// cannot PREPARE (the screen refuses it in every form a call could send).
+/// (the role included, which RESET ALL leaves: `set_config('role', 'none')`
+/// is RESET ROLE, folded into the last statement to save PostgreSQL one
+/// statement per call), cursors kept open, LISTENs, session advisory locks,
+/// temporary tables, sequence state (`currval`, `lastval`). Prepared
+/// statements stay: they are tenantd's own, and a call cannot PREPARE (the
+/// screen refuses it in every form a call could send).
 macro_rules! reset {
     () => {
-        "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; DISCARD TEMP; DISCARD SEQUENCES; \
-         SELECT pg_advisory_unlock_all()"
+        "RESET ALL; CLOSE ALL; UNLISTEN *; DISCARD TEMP; DISCARD SEQUENCES; \
+         SELECT pg_advisory_unlock_all(), set_config('role', 'none', false)"
     };
 }
 /// The session reset on its own (also what the benchmark's raw side sends).
