@@ -358,6 +358,9 @@ fn forbidden_function(name: &str) -> Option<&'static str> {
         "pg_notify" => "notification channels are shared by the whole database",
         "setseed" => "the seed of random() would outlive the call on the connection",
         "pg_prepared_statement" | "pg_stat_get_activity" | "pg_stat_statements" => SHOWS_OTHERS,
+        // pg_stat_activity's parts one by one: the running query's text,
+        // wait event and times of every backend.
+        n if n.starts_with("pg_stat_get_backend_") => SHOWS_OTHERS,
         n if n.starts_with("query_to_xml")
             || n.starts_with("cursor_to_xml")
             || n.starts_with("table_to_xml")
@@ -609,6 +612,14 @@ mod tests {
             (
                 "select pg_stat_get_activity(null)",
                 "calling pg_stat_get_activity()",
+            ),
+            (
+                "select pg_stat_get_backend_activity(s) from pg_stat_get_backend_idset() s",
+                "calling pg_stat_get_backend_activity()",
+            ),
+            (
+                "select * from PG_CATALOG.\"pg_stat_get_backend_idset\"()",
+                "calling pg_stat_get_backend_idset()",
             ),
             ("select pg_catalog.lo_put(1, 0, 'x')", "calling lo_put()"),
             (

@@ -276,6 +276,18 @@ const FINDINGS: &[Finding] = &[
         ],
         from_a_function: "PERFORM count(*) FROM pg_prepared_statements;",
     },
+    Finding {
+        what: "other members' running SQL, backend by backend",
+        through_the_api: &[
+            "select pg_stat_get_backend_pid(s), pg_stat_get_backend_userid(s)::regrole::text, \
+             pg_stat_get_backend_activity(s) from pg_stat_get_backend_idset() s",
+            "SELECT pg_catalog.PG_STAT_GET_BACKEND_ACTIVITY(1)",
+            "select \"pg_stat_get_backend_wait_event\"(1), pg_stat_get_backend_activity_start(1)",
+            "SELECT * FROM customers ORDER BY pg_stat_get_backend_activity(1) IS NULL",
+            "select count(*) from pg_stat_get_backend_idset()",
+        ],
+        from_a_function: "PERFORM pg_stat_get_backend_activity(s) FROM pg_stat_get_backend_idset() s;",
+    },
 ];
 
 #[tokio::test]
