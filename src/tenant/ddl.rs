@@ -127,8 +127,14 @@ pub fn role_login_ddl(id: TenantId, login: bool) -> String {
 pub fn purge_tenant_ddl(id: TenantId) -> String {
     let schema = id.schema_name().quoted();
     let role = id.role_name().quoted();
+    // DROP OWNED BY needs the privileges of the role it names: a superuser
+    // has them; a CREATEROLE role (managed PostgreSQL) grants itself the
+    // membership first (PostgreSQL 15 lets CREATEROLE grant any
+    // non-superuser role; 16 makes the creator the role's admin). The
+    // membership goes with the role.
     format!(
         "DROP SCHEMA IF EXISTS {schema} CASCADE;\n\
+         GRANT {role} TO CURRENT_USER;\n\
          DROP OWNED BY {role};\n\
          DROP ROLE {role};\n"
     )

@@ -15,6 +15,7 @@ mod deploy;
 mod docs;
 mod identity;
 mod isolation;
+mod managed;
 mod metrics;
 mod provisioning;
 mod python_client;

@@ -66,23 +66,62 @@ pub fn shared_cluster() -> LocalCluster {
 pub struct TestDb {
     pub name: String,
     options: PgConnectOptions,
+    /// The role tenantd logs in as when it is not the superuser: made for
+    /// this database (LOGIN CREATEROLE, owner of the database), dropped
+    /// with it. `None`: tenantd runs as the superuser.
+    app_role: Option<String>,
 }
 
 impl TestDb {
     pub async fn create() -> TestDb {
-        let name = format!("tenantd_test_{}", uuid::Uuid::new_v4().simple());
+        Self::create_with(false).await
+    }
+
+    /// A database whose tenantd role is what managed PostgreSQL gives: no
+    /// superuser, CREATEROLE, owner of its database.
+    pub async fn create_managed() -> TestDb {
+        Self::create_with(true).await
+    }
+
+    async fn create_with(managed: bool) -> TestDb {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("tenantd_test_{id}");
         let mut admin = connect_admin().await;
-        sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+        let app_role = managed.then(|| format!("tenantd_app_{id}"));
+        let owner = match &app_role {
+            Some(role) => {
+                sqlx::raw_sql(&format!(
+                    "CREATE ROLE \"{role}\" LOGIN CREATEROLE NOSUPERUSER NOCREATEDB \
+                     PASSWORD '{role}'"
+                ))
+                .execute(&mut admin)
+                .await
+                .expect("create the non-superuser tenantd role");
+                format!(" OWNER \"{role}\"")
+            }
+            None => String::new(),
+        };
+        sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\"{owner}"))
             .execute(&mut admin)
             .await
             .expect("create the test database");
         let _ = admin.close().await;
         let options = admin_options().database(&name);
-        TestDb { name, options }
+        TestDb {
+            name,
+            options,
+            app_role,
+        }
     }
 
+    /// What tenantd connects with: the superuser, or the managed role.
     pub fn options(&self) -> PgConnectOptions {
-        self.options.clone()
+        match &self.app_role {
+            // The password is the role's name: the test cluster asks
+            // non-superusers for one.
+            Some(role) => self.options.clone().username(role).password(role),
+            None => self.options.clone(),
+        }
     }
 
     /// A superuser connection to this test's database.
@@ -124,6 +163,7 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
         let options = self.options.clone();
+        let app_role = self.app_role.clone();
         // Drop runs inside the test's runtime; clean up on a thread of our own.
         let cleanup = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -160,7 +200,7 @@ impl Drop for TestDb {
                 let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                     .execute(&mut admin)
                     .await;
-                for role in roles {
+                for role in roles.into_iter().chain(app_role) {
                     let _ = sqlx::raw_sql(&format!("DROP ROLE IF EXISTS \"{role}\"")).execute(&mut admin).await;
                 }
                 let _ = admin.close().await;
