@@ -210,12 +210,31 @@ async fn prepare_catalog(config: &AppConfig) -> anyhow::Result<Catalog> {
         None => catalog::settings::token_signing_key(&pool).await?,
     };
     tracing::info!(tenant_migrations = migrations.latest(), "catalog ready");
+    report_open_privileges(&pool).await;
     Ok(Catalog {
         pool,
         migrations: Arc::new(migrations),
         role_secret,
         signing_key,
     })
+}
+
+/// Says at start what of PostgreSQL still reaches past a tenant's schema
+/// from SQL the statement screen never sees (managed PostgreSQL, where
+/// tenantd cannot revoke it), and how to close it.
+async fn report_open_privileges(pool: &PgPool) {
+    match catalog::privileges::open_to_public(pool).await {
+        Ok(open) if open.is_empty() => {}
+        Ok(open) => tracing::warn!(
+            open = open.join(", "),
+            count = open.len(),
+            "functions and views that reach past a tenant's schema are open to every role \
+             (tenantd is not a superuser, so it could not revoke them): the statement screen \
+             refuses them in data calls, but a tenant's own functions can use them; a \
+             superuser closes them with the SQL in docs/security.md"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not check the privileges of PUBLIC"),
+    }
 }
 
 /// The background tasks of a server and the token that stops them.

@@ -7,6 +7,7 @@ pub mod audit;
 mod error;
 pub(crate) mod identity;
 pub(crate) mod metrics;
+pub mod privileges;
 pub mod settings;
 pub(crate) mod tenant_migrations;
 pub(crate) mod tenants;

@@ -62,6 +62,14 @@ pub fn shared_cluster() -> LocalCluster {
         .clone()
 }
 
+/// Whether this run plays managed PostgreSQL: tenantd's role is no
+/// superuser. The test target `it-managed` (the same tests, compiled again)
+/// runs so; TENANTD_TEST_MANAGED=1 makes `it` run so too.
+pub fn managed_mode() -> bool {
+    env!("CARGO_CRATE_NAME") == "it_managed"
+        || std::env::var("TENANTD_TEST_MANAGED").is_ok_and(|v| v == "1")
+}
+
 /// A database of its own for one test.
 pub struct TestDb {
     pub name: String,
@@ -73,8 +81,10 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A database for one test; tenantd's role there is the superuser, or,
+    /// in the managed mode (see [`managed_mode`]), a CREATEROLE role.
     pub async fn create() -> TestDb {
-        Self::create_with(false).await
+        Self::create_with(managed_mode()).await
     }
 
     /// A database whose tenantd role is what managed PostgreSQL gives: no

@@ -73,6 +73,9 @@ impl PgProxy {
             .host("127.0.0.1")
             .port(self.addr.port())
             .username(options.get_username())
+            // The harness gives a managed-mode tenantd role its name as its
+            // password (the superuser logs in by trust: it is not asked).
+            .password(options.get_username())
             .database(options.get_database().unwrap_or("postgres"))
     }
 

@@ -161,7 +161,7 @@ async fn a_lost_connection_says_whether_a_write_may_have_committed() {
     // A table whose inserts take 2 s to commit: a deferred constraint
     // trigger sleeps in COMMIT.
     sqlx::raw_sql(&format!(
-        "CREATE TABLE {s}.slow (id int); \
+        "CREATE TABLE {s}.slow (id int); GRANT SELECT, INSERT ON {s}.slow TO {s}; \
          CREATE FUNCTION {s}.slow_commit() RETURNS trigger LANGUAGE plpgsql \
            AS $f$ BEGIN PERFORM pg_sleep(2); RETURN NULL; END $f$; \
          CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON {s}.slow \

@@ -142,3 +142,35 @@ async fn wait_for_none(db: &mut sqlx::PgConnection, count_sql: &str) {
 fn backends_sql(role: &str) -> String {
     format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}'")
 }
+
+/// What SQL the screen never sees (a tenant's own function) got when it
+/// used `privilege` (a function or view privilege as tenantd's start check
+/// names it, or the start of one): PostgreSQL's 42501 where tenantd could
+/// revoke it, which it does as a superuser; in the managed mode, where it
+/// cannot, the privilege may be open, and then the start check must name it.
+async fn refused_or_reported(
+    server: &TestServer,
+    result: Result<tonic::Response<pb::ExecuteResponse>, tonic::Status>,
+    privilege: &str,
+) {
+    if let Err(err) = &result {
+        if sqlstate(err).as_deref() == Some("42501") {
+            return;
+        }
+    }
+    assert!(
+        crate::common::managed_mode(),
+        "{privilege}: PostgreSQL should refuse it (42501): {result:?}"
+    );
+    let pool = sqlx::PgPool::connect_with(server.db.options())
+        .await
+        .expect("connect as tenantd");
+    let open = tenantd::catalog::privileges::open_to_public(&pool)
+        .await
+        .expect("the start check");
+    pool.close().await;
+    assert!(
+        open.iter().any(|o| o.starts_with(privilege)),
+        "{privilege} was usable ({result:?}) but the start check does not name it: {open:?}"
+    );
+}

@@ -23,7 +23,8 @@ async fn nothing_a_call_leaves_in_the_session_reaches_the_next_call() {
     sqlx::raw_sql(&format!(
         "GRANT TEMPORARY ON DATABASE \"{}\" TO {role}; \
          GRANT EXECUTE ON FUNCTION pg_advisory_lock(bigint) TO {role}; \
-         CREATE SEQUENCE {role}.counter",
+         CREATE SEQUENCE {role}.counter; \
+         GRANT USAGE, SELECT ON SEQUENCE {role}.counter TO {role}",
         server.db.name
     ))
     .execute(&mut db)

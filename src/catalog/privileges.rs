@@ -1,0 +1,35 @@
+//! What the catalog migrations revoke from PUBLIC when tenantd is a
+//! superuser, checked again at every start: on managed PostgreSQL tenantd's
+//! role cannot change privileges on `pg_catalog`, so these stay open until
+//! a superuser (or the provider's admin role, where it can) runs the SQL in
+//! docs/security.md. The statement screen refuses all of them in calls
+//! either way; what stays open reaches only SQL the screen never sees (a
+//! tenant's own functions and triggers).
+
+use sqlx::PgPool;
+
+const OPEN_TO_PUBLIC: &str = r"
+SELECT p.oid::regprocedure::text
+  FROM pg_proc p
+ WHERE p.pronamespace = 'pg_catalog'::regnamespace
+   AND (p.proname ~ '^pg_(try_)?advisory_(xact_)?lock(_shared)?$'
+        OR p.proname ~ '^(lo_.*|loread|lowrite|pg_cancel_backend|pg_terminate_backend|pg_notify|setseed|pg_prepared_statement|pg_stat_get_activity)$'
+        OR p.proname LIKE 'pg\_stat\_get\_backend\_%')
+   AND (p.proacl IS NULL
+        OR EXISTS (SELECT FROM aclexplode(p.proacl) a
+                    WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))
+UNION ALL
+SELECT format('%s ON %s', t.privilege, t.rel)
+  FROM (VALUES ('UPDATE', 'pg_catalog.pg_settings'),
+               ('SELECT', 'pg_catalog.pg_prepared_statements'),
+               ('SELECT', 'pg_catalog.pg_stat_activity')) AS t (privilege, rel)
+  JOIN pg_class c ON c.oid = t.rel::regclass
+ WHERE EXISTS (SELECT FROM aclexplode(c.relacl) a
+                WHERE a.grantee = 0 AND a.privilege_type = t.privilege)
+ORDER BY 1";
+
+/// The functions (as `name(argument types)`) and view privileges (as
+/// `UPDATE ON pg_catalog.pg_settings`) still open to every role.
+pub async fn open_to_public(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(OPEN_TO_PUBLIC).fetch_all(pool).await
+}
