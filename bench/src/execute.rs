@@ -360,8 +360,10 @@ async fn run_phases(
     .await
 }
 
-/// The phases at every client count: pgbench's, then tenantd's, then the
-/// baseline build's when there is one.
+/// The phases at every client count: pgbench's, then tenantd's; with a
+/// baseline build, tenantd, baseline, baseline, tenantd (ABBA), so that
+/// what drifts during a client count (PostgreSQL's own work after the
+/// pgbench phases, the machine) weighs on both builds alike.
 async fn phases_with(
     args: &ExecuteArgs,
     window: Window,
@@ -399,7 +401,11 @@ async fn phases_with(
         }
         phases.push(grpc_phase(args, window, server, Route::Tenantd, clients, tenant).await?);
         if let Some(base) = baseline {
-            phases.push(grpc_phase(args, window, base, Route::Baseline, clients, tenant).await?);
+            for _ in 0..2 {
+                phases
+                    .push(grpc_phase(args, window, base, Route::Baseline, clients, tenant).await?);
+            }
+            phases.push(grpc_phase(args, window, server, Route::Tenantd, clients, tenant).await?);
         }
     }
     let metrics = server.scrape().await?;
@@ -818,16 +824,31 @@ fn check(r: &Results) -> Check {
     }
 }
 
-/// The build under test against the baseline build: the lowest ratio of
-/// their rates over the client counts.
-fn baseline_check(r: &Results) -> Option<Check> {
-    let ratios: Vec<f64> = r
+/// The mean rate of `route`'s phases at `clients`.
+fn mean_rate(r: &Results, route: Route, clients: usize) -> Option<f64> {
+    let rates: Vec<f64> = r
         .phases
         .iter()
-        .filter(|p| p.route == Route::Tenantd)
-        .filter_map(|p| {
-            let base = phase(r, Route::Baseline, p.clients)?;
-            Some(p.stats.per_second / base.stats.per_second)
+        .filter(|p| p.route == route && p.clients == clients)
+        .map(|p| p.stats.per_second)
+        .collect();
+    (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64)
+}
+
+/// The build under test against the baseline build: the lowest ratio of
+/// their mean rates (over their ABBA phases) over the client counts.
+fn baseline_check(r: &Results) -> Option<Check> {
+    let mut counts: Vec<usize> = r
+        .phases
+        .iter()
+        .filter(|p| p.route == Route::Baseline)
+        .map(|p| p.clients)
+        .collect();
+    counts.dedup();
+    let ratios: Vec<f64> = counts
+        .into_iter()
+        .filter_map(|clients| {
+            Some(mean_rate(r, Route::Tenantd, clients)? / mean_rate(r, Route::Baseline, clients)?)
         })
         .collect();
     if ratios.is_empty() {
