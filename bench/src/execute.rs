@@ -98,10 +98,11 @@ pub struct ExecuteArgs {
     #[arg(long)]
     no_transaction: bool,
 
-    /// Another tenantd build (e.g. the last release) to measure in a phase of
-    /// its own right after each tenantd phase, over the same database and
-    /// tenant: two builds compared in one run. It starts first, so that it
-    /// finds the catalog at the version it knows.
+    /// Another tenantd build (e.g. the last release) measured over the same
+    /// database and tenant: at each client count the two builds run ABBA
+    /// (tenantd, baseline, baseline, tenantd) and their mean rates are
+    /// compared. It starts first, so that it finds the catalog at the
+    /// version it knows.
     #[arg(long)]
     baseline_tenantd: Option<PathBuf>,
 
@@ -904,7 +905,8 @@ fn markdown(window: Window, server: &PgServer, r: &Results, check: &Check) -> St
         &mut md,
         server,
         format_args!(
-            "{}, at each client count the pgbench phases first and tenantd right after; \
+            "{}, at each client count the pgbench phases first and tenantd right after (with a \
+             baseline build: tenantd, baseline, baseline, tenantd); \
              tenantd --tenant-pool-size {} (connection budget {BUDGET}; {} tenant connections \
              open at the end, {} budget waits), its clients on {} HTTP/2 connections (fewer when \
              fewer clients); pgbench with {} threads at most, logged in as the tenant's role \
