@@ -243,30 +243,23 @@ async fn tenantctl_speaks_tls_and_mutual_tls() {
                 .unwrap()
         }
     };
-    let s = |p: PathBuf| p.display().to_string();
-    let ok = run(vec![
-        "--ca".into(),
-        s(pki.path("ca.pem")),
-        "--cert".into(),
-        s(pki.path("client.pem")),
-        "--cert-key".into(),
-        s(pki.path("client.key")),
-    ])
-    .await;
+    // Flags naming files of the test's PKI: ("--ca", "ca.pem"), …
+    let flags = |pairs: &[(&str, &str)]| -> Vec<String> {
+        pairs
+            .iter()
+            .flat_map(|(flag, file)| [flag.to_string(), pki.path(file).display().to_string()])
+            .collect()
+    };
+    let client_cert = [("--cert", "client.pem"), ("--cert-key", "client.key")];
+    let ok = run(flags(&[&[("--ca", "ca.pem")][..], &client_cert].concat())).await;
     assert!(
         ok.status.success(),
         "tenantctl over mutual TLS: {}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    let without_cert = run(vec!["--ca".into(), s(pki.path("ca.pem"))]).await;
+    let without_cert = run(flags(&[("--ca", "ca.pem")])).await;
     assert!(!without_cert.status.success(), "no client certificate");
-    let untrusted = run(vec![
-        "--cert".into(),
-        s(pki.path("client.pem")),
-        "--cert-key".into(),
-        s(pki.path("client.key")),
-    ])
-    .await;
+    let untrusted = run(flags(&client_cert)).await;
     assert!(
         !untrusted.status.success(),
         "the system roots do not know the test CA"
