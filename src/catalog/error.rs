@@ -71,3 +71,11 @@ impl DbFailure {
         }
     }
 }
+
+/// A status or role word read from the catalog as its enum; a word the enum
+/// does not know is a decoding error (the catalog's CHECK constraints and the
+/// enums must agree).
+pub(crate) fn decode<T: std::str::FromStr<Err = String>>(word: &str) -> Result<T, sqlx::Error> {
+    word.parse()
+        .map_err(|e: String| sqlx::Error::Decode(e.into()))
+}

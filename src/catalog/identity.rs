@@ -310,9 +310,7 @@ pub async fn lock_tenant_members(
             .bind(tenant)
             .fetch_optional(conn)
             .await?;
-    status
-        .map(|s| s.parse().map_err(|e: String| sqlx::Error::Decode(e.into())))
-        .transpose()
+    status.map(|s| super::decode(&s)).transpose()
 }
 
 /// Records that the user's membership of the tenant changed (added, new

@@ -20,6 +20,7 @@ use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 
+pub(crate) use error::decode;
 pub use error::{DbErrorKind, DbFailure, classify};
 
 /// The schema that holds the catalog. Never on a tenant's search path.

@@ -31,10 +31,7 @@ impl TryFrom<Row> for Tenant {
     type Error = sqlx::Error;
 
     fn try_from(r: Row) -> Result<Self, Self::Error> {
-        let status = r
-            .status
-            .parse::<TenantStatus>()
-            .map_err(|e| sqlx::Error::Decode(e.into()))?;
+        let status: TenantStatus = super::decode(&r.status)?;
         let id = TenantId::from_uuid(r.id);
         Ok(Tenant {
             id,
@@ -241,9 +238,7 @@ pub async fn status_of(
             .bind(id.as_uuid())
             .fetch_optional(db)
             .await?;
-    status
-        .map(|s| s.parse().map_err(|e: String| sqlx::Error::Decode(e.into())))
-        .transpose()
+    status.map(|s| super::decode(&s)).transpose()
 }
 
 /// The database's clock now.

@@ -61,16 +61,14 @@ impl LockedTenant {
         let Some(row) = rows.last().filter(|r| r.columns().len() == 4) else {
             return Ok(None);
         };
-        let decode = |e: String| sqlx::Error::Decode(e.into());
         Ok(Some(Self {
-            status: row.try_get::<String, _>(0)?.parse().map_err(decode)?,
+            status: super::decode(&row.try_get::<String, _>(0)?)?,
             catalog_version: row.try_get(1)?,
             ledger_version: row.try_get(2)?,
             run_status: row
                 .try_get::<Option<String>, _>(3)?
-                .map(|s| s.parse())
-                .transpose()
-                .map_err(decode)?,
+                .map(|s| super::decode(&s))
+                .transpose()?,
         }))
     }
 }

@@ -246,10 +246,7 @@ impl RunRow {
                 lock_timeout: Duration::from_millis(self.lock_timeout_ms as u64),
                 statement_timeout: Duration::from_millis(self.statement_timeout_ms as u64),
             },
-            status: self
-                .status
-                .parse()
-                .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+            status: super::decode(&self.status)?,
             status_reason: self.status_reason,
             totals,
             created_at: self.created_at,
@@ -347,7 +344,7 @@ pub async fn lock_run(
             .bind(id.0)
             .fetch_optional(conn)
             .await?;
-    status.map(|s| parse_status(&s)).transpose()
+    status.map(|s| super::decode(&s)).transpose()
 }
 
 pub async fn set_status(
@@ -710,11 +707,7 @@ pub async fn finish_if_complete(
     .bind(run.0)
     .fetch_optional(conn)
     .await?;
-    status.map(|s| parse_status(&s)).transpose()
-}
-
-fn parse_status(s: &str) -> Result<RunStatus, sqlx::Error> {
-    s.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))
+    status.map(|s| super::decode(&s)).transpose()
 }
 
 /// How many runs there are in each status, and how many items of unfinished

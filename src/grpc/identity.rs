@@ -10,7 +10,7 @@ use super::pb::{self, session_service_server::SessionService, user_service_serve
 use super::status;
 use crate::catalog::identity::{MemberRow, UserRow};
 use crate::domain::identity::{
-    Email, Permission, Phone, Role, Scope, check_password_strength, person_name,
+    Email, Permission, Phone, Role, Scope, UserStatus, check_password_strength, person_name,
 };
 use crate::domain::{TenantId, ValidationError, Violations};
 use crate::identity::{Identity, LoginInput, Principal, UserPatch};
@@ -55,7 +55,7 @@ fn user_to_pb(u: UserRow) -> pb::User {
         last_name: u.last_name,
         email: u.email.unwrap_or_default(),
         phone: u.phone.unwrap_or_default(),
-        status: if u.status == crate::domain::identity::UserStatus::Active {
+        status: if u.status == UserStatus::Active {
             pb::UserStatus::Active
         } else {
             pb::UserStatus::Deactivated

@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::domain::TenantId;
 use crate::metrics::{EvictionReason, Metrics};
 
-use super::*;
+use super::{Canceller, PoolError, TenantPool, WAIT_SLICE};
 
 /// State every pool and connection shares.
 pub(super) struct Shared {

@@ -8,7 +8,7 @@ use deadpool::managed::Object;
 
 use crate::data::socket::{Control, Endpoint};
 
-use super::*;
+use super::{CONNECT_TIMEOUT, Shared, TenantManager};
 
 /// Stops a connection's running call: cancels its query over a connection
 /// of its own, and closes the connection.

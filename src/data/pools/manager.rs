@@ -14,7 +14,10 @@ use crate::domain::TenantId;
 use crate::metrics::EvictionReason;
 use crate::tenant::role_verifier;
 
-use super::*;
+use super::{
+    CONNECT_TIMEOUT, MAX_MESSAGE_BYTES, PoolError, STATEMENT_CACHE_BYTES, STATEMENT_CACHE_LIMIT,
+    Shared, cause_chain,
+};
 
 /// A tenant connection.
 pub struct TenantConn {

@@ -38,7 +38,7 @@ mod checkout;
 mod manager;
 mod watch;
 
-use budget::*;
+use budget::Shared;
 pub use checkout::{Canceller, Checkout};
 pub use manager::{ConnectError, TenantManager};
 
@@ -520,6 +520,7 @@ impl TenantPools {
 
 #[cfg(test)]
 mod tests {
+    use super::budget::oldest_first;
     use super::*;
 
     /// Many pools (Rust's sort checks its comparisons from 21 elements on),

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use crate::catalog;
 use crate::domain::TenantId;
 
-use super::*;
+use super::TenantPools;
 
 impl TenantPools {
     /// Every `period`: housekeeping, and dropping the pools of tenants that
