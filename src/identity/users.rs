@@ -153,8 +153,9 @@ impl Identity {
     }
 
     /// Checks the password a user gave to confirm a sensitive change of its
-    /// own account. Guesses count against the same per-account limit as
-    /// logins, so a stolen token cannot be used to try passwords at speed.
+    /// own account. Guesses are limited per account as logins are (the same
+    /// limiter and rate, keyed `user:<id>` where logins are keyed by e-mail
+    /// or phone), so a stolen token cannot be used to try passwords at speed.
     async fn verify_current_password(&self, id: Uuid, password: &str) -> Result<(), IdentityError> {
         self.rate_limit(&format!("user:{id}"), None)?;
         let mut c = self
