@@ -432,16 +432,20 @@ pub async fn run(
 
 /// Run after every call, whatever became of it, so that nothing a statement
 /// did to the session reaches the next call on the connection: settings
-/// (the role included, which RESET ALL leaves: `set_config('role', 'none')`
-/// is RESET ROLE, folded into the last statement to save PostgreSQL one
-/// statement per call), cursors kept open, LISTENs, session advisory locks,
-/// temporary tables, sequence state (`currval`, `lastval`). Prepared
-/// statements stay: they are tenantd's own, and a call cannot PREPARE (the
-/// screen refuses it in every form a call could send).
+/// (the role included, which RESET ALL leaves), cursors kept open, LISTENs,
+/// session advisory locks, temporary tables, sequence state (`currval`,
+/// `lastval`). Prepared statements stay: they are tenantd's own, and a call
+/// cannot PREPARE (the screen refuses it in every form a call could send).
+///
+/// Utility statements cost PostgreSQL about a microsecond each; a SELECT
+/// goes through the planner and executor and costs several, and one that
+/// calls `set_config` more still (measured with pgbench, BENCHMARKS.md): the
+/// one SELECT left is the advisory-lock release, which has no statement of
+/// its own outside DISCARD ALL (which would drop the prepared statements).
 macro_rules! reset {
     () => {
-        "RESET ALL; CLOSE ALL; UNLISTEN *; DISCARD TEMP; DISCARD SEQUENCES; \
-         SELECT pg_advisory_unlock_all(), set_config('role', 'none', false)"
+        "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; DISCARD TEMP; DISCARD SEQUENCES; \
+         SELECT pg_advisory_unlock_all()"
     };
 }
 /// The session reset on its own (also what the benchmark's raw side sends).
