@@ -34,13 +34,18 @@ use crate::grpc::tls::ServerTls;
 use crate::grpc::{DataApi, MigrationApi, SessionApi, TenantApi, UserApi, pb};
 use crate::identity::{Identity, IdentitySettings, keys};
 use crate::metrics::Metrics;
+use crate::pgtls::DbTlsSettings;
 use crate::tenant::{TenantMigrations, Tenants};
 
 /// What the app needs, already validated.
 #[derive(Debug, Clone)]
 pub struct AppConfig {
-    /// The catalog database (also holds the tenant schemas).
+    /// The catalog database (also holds the tenant schemas), its TLS
+    /// already applied.
     pub database: PgConnectOptions,
+    /// TLS to the database, for the tenant connections tenantd opens itself
+    /// (the same settings as `database`'s: see [`crate::pgtls`]).
+    pub database_tls: DbTlsSettings,
     pub catalog_pool: PoolSettings,
     /// Replaces the embedded tenant migrations when set.
     pub tenant_migrations: Option<PathBuf>,
@@ -281,6 +286,9 @@ async fn build_services(
     let pools = TenantPools::new(
         pool.clone(),
         config.database.clone(),
+        config.database_tls.connector().context(
+            "TLS to PostgreSQL (the database URL's sslmode, sslrootcert, sslcert, sslkey)",
+        )?,
         catalog.role_secret.clone(),
         config.tenant_pools.clone(),
         metrics.clone(),

@@ -12,6 +12,8 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use sqlx::postgres::PgConnectOptions;
 
+use crate::pgtls::DbTlsSettings;
+
 /// A value that must never reach a log line or an error message.
 #[derive(Clone)]
 pub struct Secret(String);
@@ -337,6 +339,7 @@ impl ServeArgs {
         }
         if let Some(url) = &self.database_url {
             parse_database_url(url)?;
+            DbTlsSettings::from_url(url.expose()).context("--database-url")?;
         }
         Ok(())
     }
@@ -390,18 +393,23 @@ pub fn read_secret_file(path: &std::path::Path, what: &str) -> anyhow::Result<Ve
 
 /// The database to use: `--database-url`, with the password from
 /// `--database-password-file` when one is given.
+/// Its TLS settings come with it (libpq's sslmode, sslrootcert, sslcert,
+/// sslkey), already applied to the options.
 pub fn database_options(
     url: &Secret,
     password_file: Option<&std::path::Path>,
-) -> anyhow::Result<PgConnectOptions> {
-    let options = parse_database_url(url)?;
+) -> anyhow::Result<(PgConnectOptions, DbTlsSettings)> {
+    let tls = DbTlsSettings::from_url(url.expose()).context("--database-url")?;
+    let options = tls
+        .apply_to_sqlx(parse_database_url(url)?)
+        .context("--database-url")?;
     let Some(path) = password_file else {
-        return Ok(options);
+        return Ok((options, tls));
     };
     let password = String::from_utf8(read_secret_file(path, "database password")?)
         .ok()
         .with_context(|| format!("{} (database password) is not UTF-8", path.display()))?;
-    Ok(options.password(&password))
+    Ok((options.password(&password), tls))
 }
 
 /// The token signing key from `--token-signing-key-file`: at least 32 bytes,
@@ -482,8 +490,8 @@ mod tests {
     fn the_database_password_file_replaces_the_urls_password() {
         let url = Secret::new("postgres://app:inline@db.example:5432/tenantd");
         let pw = file(b"from-file\n");
-        let with = database_options(&url, Some(pw.path())).unwrap();
-        let without = database_options(&url, None).unwrap();
+        let (with, _) = database_options(&url, Some(pw.path())).unwrap();
+        let (without, _) = database_options(&url, None).unwrap();
         // PgConnectOptions hides its password; the two differ only there.
         assert_ne!(format!("{with:?}"), format!("{without:?}"));
         assert_eq!(with.get_username(), "app");

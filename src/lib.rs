@@ -21,6 +21,7 @@ pub mod identity;
 pub mod local_pg;
 pub mod log_bursts;
 pub mod metrics;
+pub mod pgtls;
 pub mod telemetry;
 pub mod tenant;
 

@@ -42,6 +42,19 @@ pub struct LocalCluster {
     socket_dir: PathBuf,
     /// The account the server runs as when this process is root.
     run_as: Option<nix::unistd::User>,
+    port: u16,
+    /// Also listening on 127.0.0.1 (for tests of TCP and TLS), with these
+    /// settings and pg_hba.conf lines added when the cluster is made.
+    tcp: Option<TcpExtras>,
+}
+
+/// What a cluster that also listens on 127.0.0.1 adds to its configuration.
+#[derive(Debug, Clone)]
+pub struct TcpExtras {
+    /// Lines appended to postgresql.conf (`ssl = on`, …).
+    pub conf: String,
+    /// Lines pg_hba.conf gets before its own (`hostssl all all …`).
+    pub hba: String,
 }
 
 impl LocalCluster {
@@ -91,7 +104,19 @@ impl LocalCluster {
             data_dir,
             socket_dir,
             run_as,
+            port: PORT,
+            tcp: None,
         })
+    }
+
+    /// The same cluster listening on 127.0.0.1:`port` too (and on a socket
+    /// named for that port), with `extras` written into its configuration
+    /// when it is made: for tests that need TCP or TLS. tenantd's own
+    /// private cluster never listens on TCP.
+    pub fn listening_on_tcp(mut self, port: u16, extras: TcpExtras) -> Self {
+        self.port = port;
+        self.tcp = Some(extras);
+        self
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -129,22 +154,34 @@ impl LocalCluster {
                     OsStr::new("--no-sync"),
                 ],
             )?;
+            let listen = if self.tcp.is_some() { "127.0.0.1" } else { "" };
             let conf = format!(
                 "\n# Written by tenantd: a private cluster reachable only via its socket.\n\
-                 listen_addresses = ''\n\
-                 port = {PORT}\n\
+                 listen_addresses = '{listen}'\n\
+                 port = {}\n\
                  unix_socket_directories = '{}'\n\
                  unix_socket_permissions = 0700\n\
                  max_connections = 300\n\
                  shared_buffers = 256MB\n\
-                 log_min_messages = warning\n",
-                self.socket_dir.display()
+                 log_min_messages = warning\n{}",
+                self.port,
+                self.socket_dir.display(),
+                self.tcp
+                    .as_ref()
+                    .map(|t| t.conf.as_str())
+                    .unwrap_or_default()
             );
             // The superuser trusts the 0700 socket directory; every other
             // role, tenant roles included, proves its password (SCRAM).
-            let hba = "# Written by tenantd.\n\
-                       local all postgres trust\n\
-                       local all all scram-sha-256\n";
+            let hba = format!(
+                "# Written by tenantd.\n{}\
+                 local all postgres trust\n\
+                 local all all scram-sha-256\n",
+                self.tcp
+                    .as_ref()
+                    .map(|t| t.hba.as_str())
+                    .unwrap_or_default()
+            );
             std::fs::write(self.data_dir.join("pg_hba.conf"), hba).context("write pg_hba.conf")?;
             let path = self.data_dir.join("postgresql.conf");
             let mut current = std::fs::read_to_string(&path).context("read postgresql.conf")?;
@@ -217,7 +254,7 @@ impl LocalCluster {
     pub fn connect_options(&self, database: &str) -> PgConnectOptions {
         PgConnectOptions::new()
             .socket(&self.socket_dir)
-            .port(PORT)
+            .port(self.port)
             .username(SUPERUSER)
             .database(database)
     }
@@ -227,7 +264,8 @@ impl LocalCluster {
         // A host name is required by some parsers (sqlx among them); `host=`
         // in the query then points every client at the socket directory.
         format!(
-            "postgres://{SUPERUSER}@localhost:{PORT}/{database}?host={}",
+            "postgres://{SUPERUSER}@localhost:{}/{database}?host={}",
+            self.port,
             self.socket_dir.display()
         )
     }
@@ -488,6 +526,8 @@ mod tests {
             data_dir: PathBuf::from("/tmp/x/pgdata"),
             socket_dir: PathBuf::from("/tmp/x/run"),
             run_as: None,
+            port: PORT,
+            tcp: None,
         };
         let url = crate::config::Secret::new(&cluster.url("tenantd"));
         assert!(

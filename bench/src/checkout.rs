@@ -133,6 +133,8 @@ async fn run_phases(
     let pools = TenantPools::new(
         catalog.clone(),
         db.options.clone(),
+        // The bench's own cluster, on a Unix socket.
+        None,
         secret,
         PoolSettings {
             pool_size: args.pool_size,

@@ -110,7 +110,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             );
             create_database_if_missing(&cluster, LOCAL_DATABASE).await?;
             (
-                cluster.connect_options(LOCAL_DATABASE),
+                // A Unix socket: no TLS.
+                (
+                    cluster.connect_options(LOCAL_DATABASE),
+                    tenantd::pgtls::DbTlsSettings::disabled(),
+                ),
                 Some(cluster),
                 Some(owner),
             )
@@ -150,7 +154,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn run(
     args: &ServeArgs,
-    database: sqlx::postgres::PgConnectOptions,
+    (database, database_tls): (
+        sqlx::postgres::PgConnectOptions,
+        tenantd::pgtls::DbTlsSettings,
+    ),
     admin_key: Option<tenantd::config::Secret>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -159,6 +166,7 @@ async fn run(
         .with_context(|| format!("listen on {}", args.listen_addr))?;
     let config = AppConfig {
         database,
+        database_tls,
         catalog_pool: PoolSettings {
             max_connections: args.catalog_pool_size,
             acquire_timeout: args.catalog_acquire_timeout,

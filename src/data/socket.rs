@@ -20,6 +20,10 @@
 //! The socket then closes its sending side at once; the backend notices
 //! within `client_connection_check_interval` and ends, and the socket is
 //! given up when the server has hung up, as on any close.
+//!
+//! Over TCP it speaks TLS when the database URL asks for it (see
+//! [`crate::pgtls`]): the guard then reads the decrypted stream, and closing
+//! from outside shuts the TCP socket's sending side under the TLS session.
 
 use std::future::Future as _;
 use std::io;
@@ -33,6 +37,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::pgtls::{DbTls, Negotiated};
+
 /// How long a closing connection waits for the server to hang up.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
@@ -42,12 +48,11 @@ pub enum Endpoint {
     Tcp {
         host: String,
         port: u16,
+        /// TLS as the database URL's sslmode says; `None`: never.
+        tls: Option<Arc<DbTls>>,
     },
     /// The socket directory and port, as libpq takes them.
-    Unix {
-        dir: PathBuf,
-        port: u16,
-    },
+    Unix { dir: PathBuf, port: u16 },
 }
 
 impl Endpoint {
@@ -68,10 +73,16 @@ impl Endpoint {
     pub async fn connect(&self, timeout: Duration) -> io::Result<Socket> {
         let connect = async {
             Ok::<_, io::Error>(match self {
-                Endpoint::Tcp { host, port } => {
+                Endpoint::Tcp { host, port, tls } => {
                     let s = TcpStream::connect((host.as_str(), *port)).await?;
                     s.set_nodelay(true)?;
-                    Inner::Tcp(s)
+                    match tls {
+                        None => Inner::Tcp(s),
+                        Some(tls) => match tls.negotiate(s, host).await? {
+                            Negotiated::Tls(s) => Inner::Tls(s),
+                            Negotiated::Plain(s) => Inner::Tcp(s),
+                        },
+                    }
                 }
                 Endpoint::Unix { dir, port } => {
                     Inner::Unix(UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await?)
@@ -97,6 +108,7 @@ impl Endpoint {
 enum Inner {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 /// A TCP or Unix socket whose shutdown lasts until the peer hangs up.
@@ -111,10 +123,13 @@ pub struct Socket {
 }
 
 impl Inner {
+    /// Shuts the sending side of the socket itself (under TLS too: the
+    /// server notices the TCP half-close whatever its TLS session holds).
     fn poll_shutdown_raw(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Inner::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Inner::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Inner::Tls(s) => Pin::new(&mut s.get_mut().0).poll_shutdown(cx),
         }
     }
 
@@ -126,6 +141,7 @@ impl Inner {
         match self {
             Inner::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Inner::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Inner::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
 }
@@ -353,6 +369,7 @@ impl AsyncWrite for Socket {
         match &mut self.inner {
             Inner::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Inner::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Inner::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
         }
     }
 
@@ -360,6 +377,7 @@ impl AsyncWrite for Socket {
         match &mut self.inner {
             Inner::Tcp(s) => Pin::new(s).poll_flush(cx),
             Inner::Unix(s) => Pin::new(s).poll_flush(cx),
+            Inner::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
         }
     }
 
@@ -368,9 +386,11 @@ impl AsyncWrite for Socket {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if !this.write_closed {
+            // Under TLS: close_notify, then the TCP half-close.
             ready!(match &mut this.inner {
                 Inner::Tcp(s) => Pin::new(s).poll_shutdown(cx),
                 Inner::Unix(s) => Pin::new(s).poll_shutdown(cx),
+                Inner::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
             })?;
             this.write_closed = true;
         }
@@ -383,11 +403,7 @@ impl AsyncWrite for Socket {
         let mut scratch = [0u8; 256];
         loop {
             let mut buf = ReadBuf::new(&mut scratch);
-            let read = match &mut this.inner {
-                Inner::Tcp(s) => Pin::new(s).poll_read(cx, &mut buf),
-                Inner::Unix(s) => Pin::new(s).poll_read(cx, &mut buf),
-            };
-            match ready!(read) {
+            match ready!(this.inner.poll_read_raw(cx, &mut buf)) {
                 Ok(()) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
                 Ok(()) => continue,
                 Err(_) => return Poll::Ready(Ok(())),

@@ -17,6 +17,7 @@ mod identity;
 mod isolation;
 mod managed;
 mod metrics;
+mod pg_tls;
 mod provisioning;
 mod python_client;
 mod serve_binary;

@@ -95,7 +95,7 @@ impl TenantManager {
                     Endpoint::Unix { dir, port } => {
                         dir.join(format!(".s.PGSQL.{port}")).display().to_string()
                     }
-                    Endpoint::Tcp { host, port } => format!("{host}:{port}"),
+                    Endpoint::Tcp { host, port, .. } => format!("{host}:{port}"),
                 };
                 ConnectError::Io(std::io::Error::new(
                     e.kind(),

@@ -31,6 +31,7 @@ use crate::catalog;
 use crate::domain::{TenantId, TenantStatus};
 use crate::log_bursts::LogBursts;
 use crate::metrics::{EvictionReason, Metrics};
+use crate::pgtls::DbTls;
 use crate::tenant::role_password;
 
 mod budget;
@@ -192,6 +193,7 @@ impl TenantPools {
     pub fn new(
         catalog: PgPool,
         database: PgConnectOptions,
+        tls: Option<Arc<DbTls>>,
         role_secret: Vec<u8>,
         settings: PoolSettings,
         metrics: Metrics,
@@ -239,6 +241,7 @@ impl TenantPools {
             None => Endpoint::Tcp {
                 host: database.get_host().to_owned(),
                 port: database.get_port(),
+                tls,
             },
         });
         Self {
@@ -445,6 +448,8 @@ impl TenantPools {
             .password(role_password(&self.role_secret, id))
             .dbname(db.get_database().unwrap_or(db.get_username()))
             .application_name("tenantd")
+            // The socket speaks TLS itself, under the driver (data::socket).
+            .ssl_mode(tokio_postgres::config::SslMode::Disable)
             // The statement screen reads strings with standard_conforming_strings
             // = on, PostgreSQL's default; the session is pinned to it (a call
             // cannot SET it, and RESET ALL returns to these values).

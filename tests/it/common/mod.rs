@@ -404,8 +404,14 @@ impl Drop for TestServer {
 }
 
 pub fn test_config(db: &TestDb) -> AppConfig {
+    config_for(db.options())
+}
+
+/// The test configuration over a database of the test's choosing.
+pub fn config_for(database: PgConnectOptions) -> AppConfig {
     AppConfig {
-        database: db.options(),
+        database,
+        database_tls: tenantd::pgtls::DbTlsSettings::disabled(),
         catalog_pool: PoolSettings {
             max_connections: 20,
             acquire_timeout: Duration::from_secs(10),
