@@ -79,8 +79,10 @@ pub struct ServeArgs {
     pub metrics_addr: std::option::Option<SocketAddr>,
 
     /// PostgreSQL URL of the database that holds the catalog and the tenant
-    /// schemas, e.g. postgres://tenantd@db.internal/platform. Without it tenantd
-    /// runs a private PostgreSQL cluster under --data-dir.
+    /// schemas, e.g. postgres://tenantd@db.internal/platform. TLS as libpq
+    /// reads it: ?sslmode=verify-full&sslrootcert=/path/ca.pem (also
+    /// sslcert, sslkey; PGSSLMODE and friends where the URL is silent).
+    /// Without it tenantd runs a private PostgreSQL cluster under --data-dir.
     #[arg(long, env = "TENANTD_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
 

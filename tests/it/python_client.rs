@@ -4,8 +4,9 @@
 //! typed data, a fleet upgrade and the audit chain.
 //!
 //! The script runs twice: `setup` against the server as built, then — after
-//! a restart with one more tenant migration, which Python cannot arrange —
-//! `upgrade`. Ids pass between the two in a JSON state file.
+//! a restart with one more tenant migration, which Python cannot arrange,
+//! and mutual TLS on — `upgrade`, over TLS with a client certificate. Ids
+//! pass between the two in a JSON state file.
 //!
 //! The interpreter is the one TENANTD_PYTHON names, else that of a
 //! virtualenv this test makes under the target directory
@@ -26,6 +27,7 @@ use tenantd::pb;
 use tokio::process::Command;
 
 use crate::common::{TestServer, admin_key};
+use crate::tls::{Pki, https};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/client.py");
 const REQUIREMENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/requirements.txt");
@@ -274,15 +276,35 @@ async fn a_python_grpcio_client_runs_the_whole_flow_through_reflection() {
     )
     .await;
 
+    // The second half over mutual TLS: grpcio with the CA and a client
+    // certificate of it.
     let (migrations, next) = migrations_with_python_note();
     let dir = migrations.path().to_path_buf();
+    let pki = Pki::new();
+    let tls = pki.server(true);
     server
-        .restart_with(|c| c.tenant_migrations = Some(dir))
+        .restart_with(|c| {
+            c.tenant_migrations = Some(dir);
+            c.tls = Some(tls);
+        })
         .await;
-    let endpoint = server.addr.to_string();
+    let endpoint = format!("https://localhost:{}", server.addr.port());
+    let path = |file: &str| pki.path(file).to_str().unwrap().to_owned();
     client(
         &python,
-        &["upgrade", "--endpoint", &endpoint, "--state", state_arg],
+        &[
+            "upgrade",
+            "--endpoint",
+            &endpoint,
+            "--state",
+            state_arg,
+            "--ca",
+            &path("ca.pem"),
+            "--cert",
+            &path("client.pem"),
+            "--cert-key",
+            &path("client.key"),
+        ],
     )
     .await;
 
@@ -290,17 +312,22 @@ async fn a_python_grpcio_client_runs_the_whole_flow_through_reflection() {
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     assert_eq!(state["upgraded_version"], next);
-    let tenant = server
-        .client()
+    let channel = https(&server, pki.client("ca.pem", Some("client")))
+        .connect()
         .await
-        .get_tenant(pb::GetTenantRequest {
-            selector: Some(pb::get_tenant_request::Selector::Id(
-                state["tenant_id"].as_str().unwrap().to_owned(),
-            )),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
+    let tenant = pb::tenant_service_client::TenantServiceClient::with_interceptor(
+        channel,
+        tenantd::grpc::auth::Bearer::new(admin_key()).unwrap(),
+    )
+    .get_tenant(pb::GetTenantRequest {
+        selector: Some(pb::get_tenant_request::Selector::Id(
+            state["tenant_id"].as_str().unwrap().to_owned(),
+        )),
+    })
+    .await
+    .unwrap()
+    .into_inner();
     assert_eq!(tenant.schema_version, next);
     assert_eq!(tenant.slug, state["slug"].as_str().unwrap());
 }

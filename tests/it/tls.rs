@@ -18,7 +18,7 @@ use crate::common::{TestDb, TestServer, admin_key};
 /// The PEM files of one test: a CA, the server's certificate for
 /// `localhost` and 127.0.0.1, a client certificate of that CA, and a
 /// stranger CA with a client certificate of its own.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
 }
 
@@ -49,7 +49,7 @@ fn ca(dir: &Path, name: &str) -> CertifiedIssuer<'static, KeyPair> {
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let ours = ca(dir.path(), "ca");
         issue(
@@ -77,7 +77,7 @@ impl Pki {
         Pki { dir }
     }
 
-    fn path(&self, file: &str) -> PathBuf {
+    pub(crate) fn path(&self, file: &str) -> PathBuf {
         self.dir.path().join(file)
     }
 
@@ -85,7 +85,7 @@ impl Pki {
         std::fs::read(self.path(file)).unwrap()
     }
 
-    fn server(&self, mutual: bool) -> ServerTls {
+    pub(crate) fn server(&self, mutual: bool) -> ServerTls {
         ServerTls {
             cert: self.path("server.pem"),
             key: self.path("server.key"),
@@ -94,7 +94,7 @@ impl Pki {
     }
 
     /// A client trusting `ca_file`, presenting `identity` (`name.pem`/`.key`).
-    fn client(&self, ca_file: &str, identity: Option<&str>) -> ClientTlsConfig {
+    pub(crate) fn client(&self, ca_file: &str, identity: Option<&str>) -> ClientTlsConfig {
         let mut config = ClientTlsConfig::new()
             .domain_name("localhost")
             .ca_certificate(Certificate::from_pem(self.read(ca_file)));
@@ -133,7 +133,7 @@ async fn health(endpoint: Endpoint) -> Result<(), String> {
         .map_err(|e| format!("health: {e:?}"))
 }
 
-fn https(server: &TestServer, tls: ClientTlsConfig) -> Endpoint {
+pub(crate) fn https(server: &TestServer, tls: ClientTlsConfig) -> Endpoint {
     Endpoint::from_shared(format!("https://localhost:{}", port(server)))
         .unwrap()
         .tls_config(tls)

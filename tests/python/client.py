@@ -101,8 +101,11 @@ class ReflectionV1Database(ProtoReflectionDescriptorDatabase):
 class Tenantd:
     """One channel, the API as the server describes it, generic calls."""
 
-    def __init__(self, target):
-        self.channel = grpc.insecure_channel(target)
+    def __init__(self, target, credentials=None):
+        if credentials is None:
+            self.channel = grpc.insecure_channel(target)
+        else:
+            self.channel = grpc.secure_channel(target, credentials)
         grpc.channel_ready_future(self.channel).result(timeout=CALL_TIMEOUT)
         self.reflection = ReflectionV1Database(self.channel)
         self.pool = descriptor_pool.DescriptorPool(self.reflection)
@@ -541,6 +544,9 @@ def main():
         help="host:port of tenantd (an http:// prefix is dropped; env TENANTD_ENDPOINT)",
     )
     parser.add_argument("--key-file", help="file holding the admin service key (else TENANTD_KEY)")
+    parser.add_argument("--ca", help="CA certificate (PEM) of a TLS server: speak TLS, verified by it")
+    parser.add_argument("--cert", help="client certificate (PEM) for a server that requires mutual TLS")
+    parser.add_argument("--cert-key", help="the private key (PEM) of --cert")
     parser.add_argument("--state", help="JSON file passing ids from setup to upgrade")
     args = parser.parse_args()
     if args.phase == "check":
@@ -549,11 +555,23 @@ def main():
     if not args.state:
         parser.error("--state is required")
     key = admin_key(args)
-    target = args.endpoint.removeprefix("http://")
+    target = args.endpoint.removeprefix("http://").removeprefix("https://")
+    credentials = None
+    if args.ca:
 
-    say(f"connecting to {target}")
+        def read(path):
+            with open(path, "rb") as f:
+                return f.read()
+
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=read(args.ca),
+            private_key=read(args.cert_key) if args.cert_key else None,
+            certificate_chain=read(args.cert) if args.cert else None,
+        )
+
+    say(f"connecting to {target}" + (" over TLS" if credentials else ""))
     try:
-        api = Tenantd(target)
+        api = Tenantd(target, credentials)
     except grpc.FutureTimeoutError:
         print(f"FAILED: tenantd at {target} did not answer", file=sys.stderr)
         return 1
