@@ -39,6 +39,14 @@ pub struct CreateArgs {
     #[arg(long, default_value_t = 2.0)]
     warmup_seconds: f64,
 
+    /// Also measures TLS to PostgreSQL: a second tenantd over the same
+    /// database with the database URL's sslmode set to this (require,
+    /// verify-full…), its phase right after the plain one (which then runs
+    /// with sslmode=disable). Needs --database-url naming a server that
+    /// offers TLS over TCP.
+    #[arg(long, requires = "database_url")]
+    tls_sslmode: Option<String>,
+
     #[command(flatten)]
     target: Target,
 }
@@ -46,6 +54,9 @@ pub struct CreateArgs {
 /// Targets, as ratios tenantd / raw measured in the same run.
 const MAX_P50_RATIO_ONE_CLIENT: f64 = 1.2;
 const MIN_THROUGHPUT_RATIO_FOUR_CLIENTS: f64 = 0.9;
+/// What TLS to PostgreSQL may add to CreateTenant's p50: the bound the
+/// data plane's Execute has, its connections pooled as the catalog's are.
+const MAX_TLS_P50_RATIO: f64 = 1.10;
 
 /// Runs the benchmark and prints its results.
 pub async fn run(args: CreateArgs) -> anyhow::Result<()> {
@@ -67,7 +78,29 @@ async fn run_phases(
     tenantd_bin: &Path,
     db: &BenchDatabase,
 ) -> anyhow::Result<Vec<PhaseResult>> {
-    TenantdServer::serve(tenantd_bin, &db.url, &db.name, &[], async |server| {
+    let Some(mode) = &args.tls_sslmode else {
+        return phases_on(args, window, tenantd_bin, &db.url, db, None).await;
+    };
+    let plain = crate::execute::with_sslmode(&db.url, "disable");
+    let tls = crate::execute::with_sslmode(&db.url, mode);
+    let tag = format!("{}-tls", db.name);
+    TenantdServer::serve(tenantd_bin, &tls, &tag, &[], async |with_tls| {
+        phases_on(args, window, tenantd_bin, &plain, db, Some(with_tls)).await
+    })
+    .await
+}
+
+/// The phases on a tenantd over `url`; with a second tenantd (TLS to
+/// PostgreSQL), its phase follows each plain one.
+async fn phases_on(
+    args: &CreateArgs,
+    window: Window,
+    tenantd_bin: &Path,
+    url: &tenantd::config::Secret,
+    db: &BenchDatabase,
+    tls: Option<&TenantdServer>,
+) -> anyhow::Result<Vec<PhaseResult>> {
+    TenantdServer::serve(tenantd_bin, url, &db.name, &[], async |server| {
         eprintln!("tenantd-bench: tenantd serving on {}", server.addr);
         // tenantd has migrated the catalog; the raw side needs the very same
         // tenant migrations to send the same DDL.
@@ -75,11 +108,16 @@ async fn run_phases(
         db.check_same_migrations(&migrations).await?;
         let mut results = Vec::new();
         for (i, &clients) in args.clients.iter().enumerate() {
-            let phase = 2 * i;
+            // Each phase names its tenants apart: raw, tenantd, TLS.
+            let phase = 3 * i;
             let workers = RawCreate::open_all(db, &migrations, clients, phase).await?;
             results.push(run_phase(Side::Raw, clients, window, workers).await?);
             let workers = GrpcCreate::open_all(server, clients, phase + 1).await?;
             results.push(run_phase(Side::Tenantd, clients, window, workers).await?);
+            if let Some(with_tls) = tls {
+                let workers = GrpcCreate::open_all(with_tls, clients, phase + 2).await?;
+                results.push(run_phase(Side::Tls, clients, window, workers).await?);
+            }
         }
         Ok(results)
     })
@@ -90,6 +128,8 @@ async fn run_phases(
 enum Side {
     Raw,
     Tenantd,
+    /// tenantd with TLS to PostgreSQL (`--tls-sslmode`).
+    Tls,
 }
 
 impl Side {
@@ -97,6 +137,7 @@ impl Side {
         match self {
             Side::Raw => "raw",
             Side::Tenantd => "tenantd",
+            Side::Tls => "tls",
         }
     }
 }
@@ -266,6 +307,15 @@ fn report(args: &CreateArgs, window: Window, server: &PgServer, results: &[Phase
             limit: Limit::AtLeast(MIN_THROUGHPUT_RATIO_FOUR_CLIENTS),
             missing: "no 4-client phase",
         },
+        Check {
+            label: "p50 ratio tenantd with TLS to PostgreSQL / without, 1 client",
+            markdown: "p50 latency, TLS to PostgreSQL / without, 1 client",
+            value: find(Side::Tls, 1)
+                .zip(find(Side::Tenantd, 1))
+                .map(|(tls, plain)| tls.p50.as_secs_f64() / plain.p50.as_secs_f64()),
+            limit: Limit::AtMost(MAX_TLS_P50_RATIO),
+            missing: "no TLS phase (--tls-sslmode)",
+        },
     ];
     print_checks(&checks);
     print_markdown(&args.target, || markdown(window, server, results, &checks));
@@ -284,6 +334,7 @@ fn markdown(
         let path = match r.side {
             Side::Raw => "raw SQL, one batch",
             Side::Tenantd => "tenantd gRPC",
+            Side::Tls => "tenantd gRPC, TLS to PostgreSQL",
         };
         let _ = writeln!(
             md,

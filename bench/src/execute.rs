@@ -106,6 +106,14 @@ pub struct ExecuteArgs {
     #[arg(long)]
     baseline_tenantd: Option<PathBuf>,
 
+    /// Measures TLS to PostgreSQL instead: the same tenantd twice over the
+    /// same database, ABBA, with the database URL's sslmode=disable and
+    /// with this sslmode (require, verify-full…), and the p50 of the two
+    /// compared. Needs --database-url naming a server that offers TLS over
+    /// TCP (with verify-*, its sslrootcert in that URL).
+    #[arg(long, conflicts_with = "baseline_tenantd", requires = "database_url")]
+    tls_sslmode: Option<String>,
+
     #[command(flatten)]
     target: Target,
 }
@@ -113,6 +121,9 @@ pub struct ExecuteArgs {
 /// What the build under test must keep of the baseline build's rate, at
 /// every client count.
 const MIN_SHARE_OF_BASELINE: f64 = 0.95;
+
+/// What TLS to PostgreSQL may add to Execute's p50, at every client count.
+const MAX_TLS_P50_RATIO: f64 = 1.10;
 
 /// Target of the issue, absolute: requests/s at the best client count.
 const MIN_EXECUTE_PER_SECOND: f64 = 10_000.0;
@@ -134,6 +145,9 @@ enum Route {
     Tenantd,
     /// The same, served by the baseline build.
     Baseline,
+    /// The same tenantd, with TLS to PostgreSQL (`--tls-sslmode`; the
+    /// `Tenantd` phases then run with sslmode=disable).
+    Tls,
 }
 
 impl Route {
@@ -143,6 +157,7 @@ impl Route {
             Route::RawTransaction => "raw-tx",
             Route::Tenantd => "tenantd",
             Route::Baseline => "baseline",
+            Route::Tls => "tls",
         }
     }
 
@@ -152,6 +167,7 @@ impl Route {
             Route::RawTransaction => "pgbench, tenantd's transaction around it, pipelined",
             Route::Tenantd => "tenantd Execute, gRPC",
             Route::Baseline => "baseline build's Execute, gRPC",
+            Route::Tls => "tenantd Execute, gRPC, TLS to PostgreSQL",
         }
     }
 }
@@ -340,6 +356,19 @@ async fn run_phases(
 ) -> anyhow::Result<Results> {
     let pool_size = args.pool_size.to_string();
     let extra = [OsStr::new("--tenant-pool-size"), OsStr::new(&pool_size)];
+    if let Some(mode) = &args.tls_sslmode {
+        let plain = with_sslmode(&db.url, "disable");
+        let tls = with_sslmode(&db.url, mode);
+        let tag = format!("{}-tls", db.name);
+        return TenantdServer::serve(tenantd_bin, &tls, &tag, &extra, async |with_tls| {
+            TenantdServer::serve(tenantd_bin, &plain, &db.name, &extra, async |server| {
+                let b = Some((with_tls, Route::Tls));
+                phases_with(args, window, pgbench, db, server, b).await
+            })
+            .await
+        })
+        .await;
+    }
     let Some(baseline) = &args.baseline_tenantd else {
         return TenantdServer::serve(tenantd_bin, &db.url, &db.name, &extra, async |server| {
             phases_with(args, window, pgbench, db, server, None).await
@@ -354,7 +383,15 @@ async fn run_phases(
     let tag = format!("{}-baseline", db.name);
     TenantdServer::serve(baseline, &db.url, &tag, &extra, async |base| {
         TenantdServer::serve(tenantd_bin, &db.url, &db.name, &extra, async |server| {
-            phases_with(args, window, pgbench, db, server, Some(base)).await
+            phases_with(
+                args,
+                window,
+                pgbench,
+                db,
+                server,
+                Some((base, Route::Baseline)),
+            )
+            .await
         })
         .await
     })
@@ -371,7 +408,7 @@ async fn phases_with(
     pgbench: &Path,
     db: &BenchDatabase,
     server: &TenantdServer,
-    baseline: Option<&TenantdServer>,
+    baseline: Option<(&TenantdServer, Route)>,
 ) -> anyhow::Result<Results> {
     eprintln!(
         "tenantd-bench: tenantd serving on {} (--tenant-pool-size {})",
@@ -386,7 +423,7 @@ async fn phases_with(
     ensure!(threads_max >= 1, "--pgbench-threads must be at least 1");
 
     // The tenant's pool answers before anything is timed, on each build.
-    for s in std::iter::once(server).chain(baseline) {
+    for s in std::iter::once(server).chain(baseline.map(|(b, _)| b)) {
         let mut check = ExecuteWorker::open_all(s, 1, 1, tenant, args.rows).await?;
         let request = check[0].prepare(0);
         check[0].send(request).await.context("a first Execute")?;
@@ -401,10 +438,9 @@ async fn phases_with(
                 .push(pgbench_phase(&raw, Route::RawTransaction, clients, threads, window).await?);
         }
         phases.push(grpc_phase(args, window, server, Route::Tenantd, clients, tenant).await?);
-        if let Some(base) = baseline {
+        if let Some((base, route)) = baseline {
             for _ in 0..2 {
-                phases
-                    .push(grpc_phase(args, window, base, Route::Baseline, clients, tenant).await?);
+                phases.push(grpc_phase(args, window, base, route, clients, tenant).await?);
             }
             phases.push(grpc_phase(args, window, server, Route::Tenantd, clients, tenant).await?);
         }
@@ -765,6 +801,9 @@ impl Worker for ExecuteWorker {
 fn report(args: &ExecuteArgs, window: Window, server: &PgServer, r: &Results) {
     let check = check(r);
     println!("{}", check.line());
+    if let Some(tls) = tls_check(r) {
+        println!("{}", tls.line());
+    }
     if let Some(baseline) = baseline_check(r) {
         println!("{}", baseline.line());
     }
@@ -826,6 +865,57 @@ fn check(r: &Results) -> Check {
 }
 
 /// The mean rate of `route`'s phases at `clients`.
+/// The database URL with its sslmode set to `mode`.
+pub(crate) fn with_sslmode(url: &tenantd::config::Secret, mode: &str) -> tenantd::config::Secret {
+    let url = url.expose();
+    let joined = if url.contains('?') {
+        format!("{url}&sslmode={mode}")
+    } else {
+        format!("{url}?sslmode={mode}")
+    };
+    let Ok(secret) = joined.parse();
+    secret
+}
+
+/// The mean p50 of `route`'s phases at `clients`, in milliseconds.
+fn mean_p50_ms(r: &Results, route: Route, clients: usize) -> Option<f64> {
+    let p50s: Vec<f64> = r
+        .phases
+        .iter()
+        .filter(|p| p.route == route && p.clients == clients)
+        .map(|p| p.stats.p50.as_secs_f64() * 1e3)
+        .collect();
+    (!p50s.is_empty()).then(|| p50s.iter().sum::<f64>() / p50s.len() as f64)
+}
+
+/// TLS to PostgreSQL against none: the highest ratio of their mean p50s
+/// over the client counts.
+fn tls_check(r: &Results) -> Option<Check> {
+    let mut counts: Vec<usize> = r
+        .phases
+        .iter()
+        .filter(|p| p.route == Route::Tls)
+        .map(|p| p.clients)
+        .collect();
+    counts.dedup();
+    let ratios: Vec<f64> = counts
+        .into_iter()
+        .filter_map(|clients| {
+            Some(mean_p50_ms(r, Route::Tls, clients)? / mean_p50_ms(r, Route::Tenantd, clients)?)
+        })
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    Some(Check {
+        label: "Execute p50 with TLS to PostgreSQL / without (highest over client counts)",
+        markdown: "Execute p50 with TLS to PostgreSQL ÷ without, highest over client counts",
+        value: ratios.into_iter().reduce(f64::max),
+        limit: Limit::AtMost(MAX_TLS_P50_RATIO),
+        missing: "no TLS phase",
+    })
+}
+
 fn mean_rate(r: &Results, route: Route, clients: usize) -> Option<f64> {
     let rates: Vec<f64> = r
         .phases
@@ -896,6 +986,7 @@ fn markdown(window: Window, server: &PgServer, r: &Results, check: &Check) -> St
     }
     let checks: Vec<Check> = std::iter::once(check.clone())
         .chain(baseline_check(r))
+        .chain(tls_check(r))
         .collect();
     targets_table(&mut md, "value", &checks, 2);
     if let Some(best) = best_sentence(r) {

@@ -2,7 +2,6 @@
 //! connection, and closing idle connections of the least recently used
 //! pools when a new one is needed at the cap.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,7 +26,8 @@ pub(super) struct Shared {
     pub(super) started: Instant,
     /// What cancels each call running now, so that shutdown can cancel
     /// them all and wait for it.
-    pub(super) running: Mutex<HashMap<u64, Canceller>>,
+    /// A slab (its slots reused, no hashing per call), keyed by call id.
+    pub(super) running: Mutex<slab::Slab<(u64, Canceller)>>,
     pub(super) next_call: AtomicU64,
     /// Cancels sent for calls abandoned by their callers, awaited at
     /// shutdown so that none is lost with the runtime.

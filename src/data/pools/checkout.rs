@@ -87,11 +87,16 @@ impl Checkout {
     /// guard cancels it when dropped before [`Running::disarm`].
     pub fn cancel_on_drop(&self) -> Running {
         let id = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut running) = self.shared.running.lock() {
-            running.insert(id, self.canceller());
-        }
+        let canceller = self.canceller();
+        let slot = self
+            .shared
+            .running
+            .lock()
+            .ok()
+            .map(|mut running| running.insert((id, canceller)));
         Running {
             id,
+            slot,
             shared: self.shared.clone(),
         }
     }
@@ -105,23 +110,32 @@ impl Checkout {
 /// A call running on a connection; see [`Checkout::cancel_on_drop`].
 pub struct Running {
     pub(super) id: u64,
+    /// The call's slot among the running ones, until taken. A freed slot
+    /// is reused by a later call: the id tells whose it is now.
+    pub(super) slot: Option<usize>,
     pub(super) shared: Arc<Shared>,
 }
 
 impl Running {
-    pub(super) fn take(&self) -> Option<Canceller> {
-        self.shared.running.lock().ok()?.remove(&self.id)
+    pub(super) fn take(&mut self) -> Option<Canceller> {
+        let slot = self.slot.take()?;
+        let mut running = self.shared.running.lock().ok()?;
+        // Another call's, or none, when shutdown drained the calls first.
+        if running.get(slot).is_none_or(|(id, _)| *id != self.id) {
+            return None;
+        }
+        Some(running.remove(slot).1)
     }
 
     /// Cancels the call's query now, and waits until the request is sent.
-    pub async fn fire(self) {
+    pub async fn fire(mut self) {
         if let Some(canceller) = self.take() {
             canceller.cancel().await;
         }
     }
 
     /// The call finished: nothing to cancel.
-    pub fn disarm(self) {
+    pub fn disarm(mut self) {
         self.take();
     }
 }

@@ -16,7 +16,6 @@
 //! Broken connections (a restart, a terminated backend) are found when
 //! handed out again and replaced, never used.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -229,7 +228,7 @@ impl TenantPools {
             metrics,
             cache,
             started: Instant::now(),
-            running: Mutex::new(HashMap::new()),
+            running: Mutex::new(slab::Slab::new()),
             next_call: AtomicU64::new(0),
             cancels: tokio_util::task::TaskTracker::new(),
         });
