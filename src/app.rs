@@ -299,10 +299,17 @@ async fn build_services(
             .watch_statuses(POOL_WATCH_PERIOD, shutdown.child_token()),
     );
     let data = TenantData::new(pools.clone(), config.data_calls.clone());
+    let engine = catalog::Engine::detect(pool)
+        .await
+        .context("look for the Citus extension")?;
+    if engine == catalog::Engine::Citus {
+        tracing::info!("Citus coordinator: each new tenant schema is a distributed schema");
+    }
     let tenants = Tenants::new(
         pool.clone(),
         catalog.migrations.clone(),
         catalog.role_secret.clone(),
+        engine,
     );
 
     let wake = Arc::new(tokio::sync::Notify::new());

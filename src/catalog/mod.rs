@@ -39,6 +39,58 @@ pub async fn execute_batch(conn: &mut PgConnection, sql: &str) -> Result<(), sql
     conn.execute(sqlx::raw_sql(sql)).await.map(drop)
 }
 
+/// What runs the database: plain PostgreSQL, or a Citus coordinator (the
+/// extension installed in the database).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    #[default]
+    Postgres,
+    Citus,
+}
+
+impl Engine {
+    /// Reads it from the database.
+    pub async fn detect(pool: &PgPool) -> Result<Engine, sqlx::Error> {
+        let citus: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')")
+                .fetch_one(pool)
+                .await?;
+        Ok(if citus {
+            Engine::Citus
+        } else {
+            Engine::Postgres
+        })
+    }
+
+    /// Runs tenant DDL: one round trip on PostgreSQL; on Citus one statement
+    /// per message, because Citus sends a propagated DDL statement to the
+    /// workers with the text of the whole message it came in, which
+    /// PostgreSQL refuses to prepare when that holds several statements.
+    pub async fn execute_ddl(self, conn: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
+        match self {
+            Engine::Postgres => execute_batch(conn, sql).await,
+            Engine::Citus => {
+                let statements = pg_query::split_with_parser(sql).map_err(|e| {
+                    sqlx::Error::Protocol(format!("split tenant DDL into statements: {e}"))
+                })?;
+                for statement in statements {
+                    execute_batch(conn, statement).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The catalog's connections: on a Citus coordinator whose database makes
+/// every new schema distributed, the catalog's own stays a plain local
+/// schema. (On plain PostgreSQL the setting is an inert placeholder.)
+fn local_schemas(options: &PgConnectOptions) -> PgConnectOptions {
+    options
+        .clone()
+        .options([("citus.enable_schema_based_sharding", "off")])
+}
+
 /// Sizing of the catalog pool.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -59,7 +111,7 @@ pub async fn connect(options: PgConnectOptions, settings: &PoolSettings) -> anyh
         // request. A connection broken by a database restart fails its next
         // query, is discarded by the pool, and the request gets UNAVAILABLE.
         .test_before_acquire(false)
-        .connect_with(options)
+        .connect_with(local_schemas(&options))
         .await
         .context("connect to the catalog database")
 }
@@ -68,7 +120,7 @@ pub async fn connect(options: PgConnectOptions, settings: &PoolSettings) -> anyh
 /// `global_sql/`, holding a session advisory lock so that several processes
 /// starting at once apply them exactly once and all come up.
 pub async fn migrate(options: &PgConnectOptions) -> anyhow::Result<()> {
-    let mut conn = PgConnection::connect_with(options)
+    let mut conn = PgConnection::connect_with(&local_schemas(options))
         .await
         .context("connect to the catalog database to migrate it")?;
     sqlx::query("SELECT pg_advisory_lock($1)")

@@ -9,7 +9,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{TenantMigrations, create_tenant_ddl, purge_tenant_ddl, role_login_ddl, role_verifier};
-use crate::catalog::{self, DbFailure, audit::Audited, tenants};
+use crate::catalog::{self, DbFailure, Engine, audit::Audited, tenants};
 use crate::domain::{LifecycleAction, NewTenant, Tenant, TenantId, TenantPatch, TenantStatus};
 
 /// Why a tenant operation failed. The gRPC layer maps each variant to a status.
@@ -49,6 +49,9 @@ pub struct Tenants {
     migrations: Arc<TenantMigrations>,
     /// Key of the per-tenant role passwords; see [`super::role_password`].
     role_secret: Arc<[u8]>,
+    /// Plain PostgreSQL, or a Citus coordinator (each tenant schema a
+    /// distributed schema).
+    engine: Engine,
 }
 
 /// One page of [`Tenants::list`].
@@ -60,11 +63,17 @@ pub struct Page {
 }
 
 impl Tenants {
-    pub fn new(pool: PgPool, migrations: Arc<TenantMigrations>, role_secret: Vec<u8>) -> Self {
+    pub fn new(
+        pool: PgPool,
+        migrations: Arc<TenantMigrations>,
+        role_secret: Vec<u8>,
+        engine: Engine,
+    ) -> Self {
         Self {
             pool,
             migrations,
             role_secret: role_secret.into(),
+            engine,
         }
     }
 
@@ -101,7 +110,15 @@ impl Tenants {
                 return Err(TenantError::OwnerNotFound(owner));
             }
         }
-        catalog::execute_batch(&mut tx, &ddl)
+        if self.engine == Engine::Citus {
+            // The schema (and every table in it) becomes a distributed
+            // schema, placed on a worker, whatever the database's default.
+            catalog::execute_batch(&mut tx, "SET LOCAL citus.enable_schema_based_sharding = on")
+                .await
+                .map_err(TenantError::db("make the tenant schema distributed"))?;
+        }
+        self.engine
+            .execute_ddl(&mut tx, &ddl)
             .await
             .map_err(TenantError::db("create tenant schema"))?;
         let details = json!({
@@ -234,7 +251,8 @@ impl Tenants {
             .await
             .map_err(TenantError::db("change tenant status"))?;
         // PostgreSQL enforces it too: only an active tenant's role logs in.
-        catalog::execute_batch(&mut tx, &role_login_ddl(id, next == TenantStatus::Active))
+        self.engine
+            .execute_ddl(&mut tx, &role_login_ddl(id, next == TenantStatus::Active))
             .await
             .map_err(TenantError::db("change the tenant role's login"))?;
         let details =
@@ -284,7 +302,8 @@ impl Tenants {
         let Some(next) = transition(&current, LifecycleAction::Purge)? else {
             return Ok(current);
         };
-        catalog::execute_batch(&mut tx, &purge_tenant_ddl(id))
+        self.engine
+            .execute_ddl(&mut tx, &purge_tenant_ddl(id))
             .await
             .map_err(TenantError::db("drop tenant schema and role"))?;
         let purged = tenants::set_status(&mut tx, id, next)

@@ -10,6 +10,7 @@
 mod common;
 
 mod authority;
+mod citus;
 mod data;
 mod deploy;
 mod docs;

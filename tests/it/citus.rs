@@ -1,0 +1,331 @@
+//! tenantd on a Citus coordinator: a coordinator and two workers, private
+//! clusters of the test process (`shared_preload_libraries = 'citus'`,
+//! Citus built by `../shared/citus/build.sh`, which `.ci/run` runs), one
+//! database of the test's own on every node. The catalog stays a local
+//! schema; every tenant schema is a distributed schema on a worker, its role
+//! on every node; isolation holds on the worker itself, suspend reaches the
+//! workers, and purge leaves nothing on any node.
+//!
+//! The workers trust 127.0.0.1: the coordinator opens their connections as
+//! the tenant's role, and Citus has no tenant's password to send (a
+//! deployment gives it `pg_dist_authinfo` or certificates; docs/citus.md).
+
+use std::sync::OnceLock;
+
+use sqlx::Connection as _;
+use sqlx::postgres::PgConnectOptions;
+use tenantd::local_pg::{LocalCluster, TcpExtras};
+use tenantd::pb;
+
+use crate::common::data::{exec, read};
+use crate::common::{TestServer, clients_at, config_for};
+
+/// Ports of the coordinator and the two workers (also their socket names).
+const PORTS: [u16; 3] = [54_731, 54_732, 54_733];
+
+/// Whether Citus is installed in the PostgreSQL the tests use (Debian's
+/// layout: the server's libraries beside its bin directory).
+fn citus_installed() -> bool {
+    tenantd::local_pg::find_binaries()
+        .ok()
+        .and_then(|bin| bin.join("postgres").canonicalize().ok())
+        .and_then(|postgres| Some(postgres.parent()?.join("../lib/citus.so")))
+        .is_some_and(|citus| citus.exists())
+}
+
+/// The three nodes, started once per test process (kept running across
+/// runs under the target directory, as the shared test cluster is).
+fn nodes() -> &'static [LocalCluster; 3] {
+    static NODES: OnceLock<[LocalCluster; 3]> = OnceLock::new();
+    NODES.get_or_init(|| {
+        assert!(
+            citus_installed(),
+            "Citus is not installed in this PostgreSQL: run ../shared/citus/build.sh as root \
+             (.ci/run does), or set TENANTD_SKIP_CITUS=1 to skip the Citus tests"
+        );
+        let base = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tenantd-test-citus");
+        std::fs::create_dir_all(&base).unwrap();
+        let lock = std::fs::File::create(base.join("lock")).unwrap();
+        let guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        let nodes = ["coordinator", "worker-1", "worker-2"]
+            .into_iter()
+            .zip(PORTS)
+            .map(|(name, port)| {
+                let extras = TcpExtras {
+                    conf: "shared_preload_libraries = 'citus'\nwal_level = logical\n\
+                           max_prepared_transactions = 100\n"
+                        .to_owned(),
+                    hba: "host all all 127.0.0.1/32 trust\n".to_owned(),
+                };
+                let node = LocalCluster::new(&base.join(name))
+                    .unwrap()
+                    .listening_on_tcp(port, extras);
+                node.ensure_running().expect("start a Citus node");
+                node
+            })
+            .collect::<Vec<_>>();
+        drop(guard);
+        nodes.try_into().unwrap_or_else(|_| unreachable!())
+    })
+}
+
+fn skip() -> bool {
+    if std::env::var("TENANTD_SKIP_CITUS").as_deref() == Ok("1") {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: a Citus test was SKIPPED (TENANTD_SKIP_CITUS=1)"
+        );
+        return true;
+    }
+    false
+}
+
+/// A database of one test on every node, Citus in it and the workers
+/// added; dropped (with the tenant roles left) by [`CitusDb::drop_all`].
+struct CitusDb {
+    name: String,
+}
+
+impl CitusDb {
+    async fn create() -> CitusDb {
+        let name = format!("tenantd_citus_{}", uuid::Uuid::new_v4().simple());
+        for node in nodes() {
+            let mut admin = sqlx::PgConnection::connect_with(&node.connect_options("postgres"))
+                .await
+                .unwrap();
+            sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            let mut db = sqlx::PgConnection::connect_with(&node.connect_options(&name))
+                .await
+                .unwrap();
+            sqlx::raw_sql("CREATE EXTENSION citus")
+                .execute(&mut db)
+                .await
+                .unwrap();
+        }
+        let mut coordinator = Self::connect(0, &name).await;
+        sqlx::query("SELECT citus_set_coordinator_host('127.0.0.1', $1)")
+            .bind(i32::from(PORTS[0]))
+            .execute(&mut coordinator)
+            .await
+            .unwrap();
+        for port in &PORTS[1..] {
+            sqlx::query("SELECT citus_add_node('127.0.0.1', $1)")
+                .bind(i32::from(*port))
+                .execute(&mut coordinator)
+                .await
+                .unwrap();
+        }
+        // What the issue found: a database whose default makes every new
+        // schema distributed. The catalog must stay local all the same.
+        sqlx::raw_sql(&format!(
+            "ALTER DATABASE {name} SET citus.enable_schema_based_sharding = on"
+        ))
+        .execute(&mut coordinator)
+        .await
+        .unwrap();
+        CitusDb { name }
+    }
+
+    fn options(&self, node: usize) -> PgConnectOptions {
+        nodes()[node].connect_options(&self.name)
+    }
+
+    async fn connect(node: usize, name: &str) -> sqlx::PgConnection {
+        sqlx::PgConnection::connect_with(&nodes()[node].connect_options(name))
+            .await
+            .unwrap()
+    }
+
+    async fn on(&self, node: usize) -> sqlx::PgConnection {
+        Self::connect(node, &self.name).await
+    }
+
+    /// Drops the database everywhere and every tenant role still there.
+    async fn drop_all(self) {
+        let mut coordinator = self.on(0).await;
+        let roles: Vec<String> = sqlx::query_scalar(
+            "SELECT 'tenant_' || replace(id::text, '-', '') FROM tenantd.tenants \
+             WHERE status <> 'PURGED'",
+        )
+        .fetch_all(&mut coordinator)
+        .await
+        .unwrap_or_default();
+        drop(coordinator);
+        for node in nodes() {
+            let mut admin = sqlx::PgConnection::connect_with(&node.connect_options("postgres"))
+                .await
+                .unwrap();
+            sqlx::raw_sql(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+            for role in &roles {
+                sqlx::raw_sql(&format!("DROP ROLE IF EXISTS \"{role}\""))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+/// Whether `role` exists on `node`, and may log in.
+async fn role_on(db: &CitusDb, node: usize, role: &str) -> Option<bool> {
+    sqlx::query_scalar("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1")
+        .bind(role)
+        .fetch_optional(&mut db.on(node).await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn tenants_are_distributed_schemas_isolated_on_the_workers() {
+    if skip() {
+        return;
+    }
+    let db = CitusDb::create().await;
+    let running = TestServer::run(config_for(db.options(0)))
+        .await
+        .expect("tenantd starts on a Citus coordinator");
+    let mut c = clients_at(&format!("http://{}", running.local_addr())).await;
+    let a = c.tenant("citus-a").await;
+    let b = c.tenant("citus-b").await;
+
+    // The catalog is a local schema; each tenant schema a distributed one.
+    let mut coordinator = db.on(0).await;
+    let distributed: Vec<String> =
+        sqlx::query_scalar("SELECT schema_name::text FROM citus_schemas ORDER BY 1")
+            .fetch_all(&mut coordinator)
+            .await
+            .unwrap();
+    let mut want = vec![a.schema_name.clone(), b.schema_name.clone()];
+    want.sort();
+    assert_eq!(distributed, want, "the catalog must not be distributed");
+
+    // The data plane through the coordinator, as the tenant's role.
+    c.data
+        .execute(exec(
+            &a.id,
+            "INSERT INTO customers (code, name) VALUES ('a1', 'on a worker')",
+            vec![],
+        ))
+        .await
+        .expect("a write routed to the tenant's worker");
+    let rows = c
+        .data
+        .execute(read(&a.id, "SELECT name FROM customers"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rows.rows.len(), 1);
+
+    // On the worker that holds b's schema, a's role is refused by
+    // PostgreSQL itself.
+    let port: i32 = sqlx::query_scalar(
+        "SELECT DISTINCT n.nodeport FROM citus_shards s JOIN pg_dist_node n \
+         ON n.nodename = s.nodename AND n.nodeport = s.nodeport \
+         WHERE s.table_name::text LIKE $1 || '.%'",
+    )
+    .bind(&b.schema_name)
+    .fetch_one(&mut coordinator)
+    .await
+    .unwrap();
+    let worker = PORTS.iter().position(|p| i32::from(*p) == port).unwrap();
+    assert_ne!(worker, 0, "b's tables live on a worker");
+    // Over TCP, which the worker trusts (its socket asks for a password).
+    let on_worker = PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(PORTS[worker])
+        .database(&db.name)
+        .username(&a.schema_name)
+        .ssl_mode(sqlx::postgres::PgSslMode::Disable);
+    let mut as_a = sqlx::PgConnection::connect_with(&on_worker)
+        .await
+        .expect("a's role exists on the worker");
+    // Citus hides shards from pg_class unless told not to.
+    let mut worker_admin = db.on(worker).await;
+    sqlx::raw_sql("SET citus.override_table_visibility = off")
+        .execute(&mut worker_admin)
+        .await
+        .unwrap();
+    let shard: String = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relname LIKE 'customers\\_%' AND c.relkind = 'r' LIMIT 1",
+    )
+    .bind(&b.schema_name)
+    .fetch_one(&mut worker_admin)
+    .await
+    .expect("b's customers shard on its worker");
+    // The shard itself: permission denied. The distributed table's name
+    // has no relation on a worker: undefined, or denied at the schema.
+    let shard_select = format!("SELECT * FROM \"{}\".\"{shard}\"", b.schema_name);
+    let shard_insert = format!(
+        "INSERT INTO \"{}\".\"{shard}\" (code, name) VALUES ('x', 'y')",
+        b.schema_name
+    );
+    let by_name = format!("select * from \"{}\".customers", b.schema_name);
+    for (sql, codes) in [
+        (shard_select, &["42501"][..]),
+        (shard_insert, &["42501"][..]),
+        (by_name, &["42501", "42P01"][..]),
+    ] {
+        let err = sqlx::raw_sql(&sql).execute(&mut as_a).await.unwrap_err();
+        let code = err
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.into_owned());
+        assert!(
+            code.as_deref().is_some_and(|c| codes.contains(&c)),
+            "{sql}: {err}"
+        );
+    }
+    drop(as_a);
+
+    // Suspend reaches every node; purge leaves nothing anywhere.
+    let lifecycle = |id: &str| pb::TenantLifecycleRequest {
+        id: id.into(),
+        ..Default::default()
+    };
+    c.tenants.suspend_tenant(lifecycle(&a.id)).await.unwrap();
+    for node in 0..3 {
+        assert_eq!(
+            role_on(&db, node, &a.schema_name).await,
+            Some(false),
+            "node {node}: a suspended tenant's role must not log in"
+        );
+    }
+    c.tenants.archive_tenant(lifecycle(&a.id)).await.unwrap();
+    c.tenants
+        .purge_tenant(pb::PurgeTenantRequest {
+            id: a.id.clone(),
+            confirm_slug: a.slug.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("purge on Citus");
+    for node in 0..3 {
+        assert_eq!(
+            role_on(&db, node, &a.schema_name).await,
+            None,
+            "node {node}"
+        );
+        let schema: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)")
+                .bind(&a.schema_name)
+                .fetch_one(&mut db.on(node).await)
+                .await
+                .unwrap();
+        assert!(!schema, "node {node}: the purged schema is gone");
+    }
+    running.stop().await.unwrap();
+    db.drop_all().await;
+}
