@@ -318,7 +318,10 @@ async fn build_services(
         pool.clone(),
         config.database.clone(),
         catalog.migrations.clone(),
-        config.runner.clone(),
+        fleet::RunnerSettings {
+            engine,
+            ..config.runner.clone()
+        },
         wake,
         shutdown.child_token(),
         tasks,

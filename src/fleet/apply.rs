@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sqlx::PgConnection;
 
-use crate::catalog::execute_batch;
+use crate::catalog::Engine;
 use crate::catalog::upgrade_batches::{
     self as batch, LockedTenant, STALE, item_done, item_gone, lock_and_read, lock_expected,
     set_version,
@@ -57,6 +57,7 @@ fn timeouts(lock_timeout: Duration, statement_timeout: Duration, scope: &str) ->
 /// the careful path reads the tenant first.
 #[allow(clippy::too_many_arguments)]
 pub async fn upgrade_tenant(
+    engine: Engine,
     conn: &mut PgConnection,
     migrations: &TenantMigrations,
     run: RunId,
@@ -80,7 +81,7 @@ pub async fn upgrade_tenant(
             lock_timeout,
             statement_timeout,
         );
-        match execute_batch(&mut *conn, &sql).await {
+        match engine.execute_ddl(&mut *conn, &sql).await {
             Ok(()) => {
                 return Ok(Applied::Upgraded {
                     from: expected_from,
@@ -88,7 +89,7 @@ pub async fn upgrade_tenant(
                 });
             }
             Err(e) => {
-                let _ = execute_batch(&mut *conn, "ROLLBACK").await;
+                let _ = engine.execute_ddl(&mut *conn, "ROLLBACK").await;
                 let stale = e.as_database_error().and_then(|d| d.code()).as_deref() == Some(STALE);
                 if !stale {
                     return Err(e);
@@ -97,6 +98,7 @@ pub async fn upgrade_tenant(
         }
     }
     let result = upgrade_in_transaction(
+        engine,
         conn,
         migrations,
         run,
@@ -108,7 +110,7 @@ pub async fn upgrade_tenant(
     .await;
     if result.is_err() {
         // The batch may have stopped anywhere inside the transaction.
-        let _ = execute_batch(&mut *conn, "ROLLBACK").await;
+        let _ = engine.execute_ddl(&mut *conn, "ROLLBACK").await;
     }
     result
 }
@@ -152,6 +154,7 @@ fn one_round_trip(
 }
 
 async fn upgrade_in_transaction(
+    engine: Engine,
     conn: &mut PgConnection,
     migrations: &TenantMigrations,
     run: RunId,
@@ -173,7 +176,7 @@ async fn upgrade_in_transaction(
     // Paused, halted or cancelled since the claim: leave the tenant alone.
     if let Some(locked) = &state {
         if locked.run_status != Some(RunStatus::Running) {
-            execute_batch(&mut *conn, "ROLLBACK").await?;
+            engine.execute_ddl(&mut *conn, "ROLLBACK").await?;
             return Ok(Applied::RunStopped);
         }
     }
@@ -185,20 +188,23 @@ async fn upgrade_in_transaction(
             ..
         }) if status != TenantStatus::Purged => (catalog_version, ledger),
         _ => {
-            execute_batch(&mut *conn, &format!("{} COMMIT", item_gone(run, tenant))).await?;
+            engine
+                .execute_ddl(&mut *conn, &format!("{} COMMIT", item_gone(run, tenant)))
+                .await?;
             return Ok(Applied::Gone);
         }
     };
     if target > migrations.latest() {
         // Claims already keep runs from replicas that do not know their
         // target; never record a tenant as done short of it.
-        execute_batch(&mut *conn, "ROLLBACK").await?;
+        engine.execute_ddl(&mut *conn, "ROLLBACK").await?;
         return Ok(Applied::RunStopped);
     }
     let pending = migrations.between(ledger, target);
     if pending.iter().any(|m| !m.transactional) {
-        execute_batch(&mut *conn, "COMMIT").await?;
+        engine.execute_ddl(&mut *conn, "COMMIT").await?;
         return upgrade_step_by_step(
+            engine,
             conn,
             pending,
             run,
@@ -224,7 +230,7 @@ async fn upgrade_in_transaction(
         let _ = writeln!(sql, "{}", set_version(tenant, to));
     }
     let _ = write!(sql, "{}\nCOMMIT", item_done(run, tenant, to));
-    execute_batch(&mut *conn, &sql).await?;
+    engine.execute_ddl(&mut *conn, &sql).await?;
     Ok(if pending.is_empty() {
         Applied::AlreadyCurrent { version: ledger }
     } else {
@@ -238,6 +244,7 @@ async fn upgrade_in_transaction(
 /// non-transactional one runs alone, then its ledger row commits (a crash in
 /// between runs it again, which is why such migrations must be idempotent).
 async fn upgrade_step_by_step(
+    engine: Engine,
     conn: &mut PgConnection,
     pending: &[TenantMigration],
     run: RunId,
@@ -248,14 +255,15 @@ async fn upgrade_step_by_step(
 ) -> Result<Applied, sqlx::Error> {
     let schema = tenant.schema_name().quoted();
     let key = lock_key(tenant);
-    execute_batch(
-        &mut *conn,
-        &format!(
-            "{} SELECT pg_advisory_lock({key})",
-            timeouts(lock_timeout, statement_timeout, "SESSION")
-        ),
-    )
-    .await?;
+    engine
+        .execute_ddl(
+            &mut *conn,
+            &format!(
+                "{} SELECT pg_advisory_lock({key})",
+                timeouts(lock_timeout, statement_timeout, "SESSION")
+            ),
+        )
+        .await?;
     let result = async {
         // Another worker may have moved the ledger since the first read.
         let ledger = batch::ledger_version(&mut *conn, tenant).await?.unwrap_or(from);
@@ -269,28 +277,31 @@ async fn upgrade_step_by_step(
                     "BEGIN; SET LOCAL search_path TO {schema};\n{}\n;\nSET LOCAL search_path TO DEFAULT;\n{record}\nCOMMIT",
                     m.sql
                 );
-                if let Err(e) = execute_batch(&mut *conn, &sql).await {
-                    let _ = execute_batch(&mut *conn, "ROLLBACK").await;
+                if let Err(e) = engine.execute_ddl(&mut *conn, &sql).await {
+                    let _ = engine.execute_ddl(&mut *conn, "ROLLBACK").await;
                     return Err(e);
                 }
             } else {
-                execute_batch(&mut *conn, &format!("SET search_path TO {schema}")).await?;
-                let ran = execute_batch(&mut *conn, &m.sql).await;
-                execute_batch(&mut *conn, "RESET search_path").await?;
+                engine.execute_ddl(&mut *conn, &format!("SET search_path TO {schema}")).await?;
+                let ran = engine.execute_ddl(&mut *conn, &m.sql).await;
+                engine.execute_ddl(&mut *conn, "RESET search_path").await?;
                 ran?;
-                execute_batch(&mut *conn, &format!("BEGIN; {record} COMMIT")).await?;
+                engine.execute_ddl(&mut *conn, &format!("BEGIN; {record} COMMIT")).await?;
             }
             to = m.version;
         }
-        execute_batch(&mut *conn, &item_done(run, tenant, to)).await?;
+        engine.execute_ddl(&mut *conn, &item_done(run, tenant, to)).await?;
         Ok(if to == ledger { Applied::AlreadyCurrent { version: to } } else { Applied::Upgraded { from: ledger, to } })
     }
     .await;
-    let _ = execute_batch(
-        &mut *conn,
-        &format!("SELECT pg_advisory_unlock({key}); RESET lock_timeout; RESET statement_timeout"),
-    )
-    .await;
+    let _ = engine
+        .execute_ddl(
+            &mut *conn,
+            &format!(
+                "SELECT pg_advisory_unlock({key}); RESET lock_timeout; RESET statement_timeout"
+            ),
+        )
+        .await;
     result
 }
 

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::apply::{self, Applied};
+use crate::catalog::Engine;
 use crate::catalog::upgrades::{self, Claimed, FailureEffect};
 use crate::domain::upgrade::{RunId, RunStatus};
 use crate::tenant::TenantMigrations;
@@ -34,6 +35,8 @@ pub struct RunnerSettings {
     pub batch: i64,
     /// Tenants upgraded on one connection before it is replaced.
     pub retire_after: usize,
+    /// Plain PostgreSQL, or Citus (tenant DDL one statement per message).
+    pub engine: Engine,
 }
 
 impl Default for RunnerSettings {
@@ -44,6 +47,7 @@ impl Default for RunnerSettings {
             poll_interval: Duration::from_millis(500),
             batch: 8,
             retire_after: 300,
+            engine: Engine::Postgres,
         }
     }
 }
@@ -254,6 +258,7 @@ impl Shared {
         };
         conn.used += 1;
         let result = apply::upgrade_tenant(
+            self.settings.engine,
             c,
             &self.migrations,
             run,

@@ -329,3 +329,56 @@ async fn tenants_are_distributed_schemas_isolated_on_the_workers() {
     running.stop().await.unwrap();
     db.drop_all().await;
 }
+
+#[tokio::test]
+async fn a_fleet_upgrade_runs_through_the_coordinator() {
+    use crate::common::fleet::{
+        WAIT, assert_status, migration_client, migrations, path, start, start_request, wait_for_end,
+    };
+    if skip() {
+        return;
+    }
+    let db = CitusDb::create().await;
+    let v1 = migrations(&[]);
+    let mut config = config_for(db.options(0));
+    config.tenant_migrations = Some(path(&v1));
+    let running = TestServer::run(config).await.expect("tenantd on Citus");
+    let endpoint = format!("http://{}", running.local_addr());
+    let mut c = clients_at(&endpoint).await;
+    let mut tenants = Vec::new();
+    for i in 0..3 {
+        tenants.push(c.tenant(&format!("citus-up-{i}")).await);
+    }
+    running.stop().await.unwrap();
+
+    // One more migration: DDL Citus propagates to the workers, and an
+    // index, run through the coordinator in each tenant's schema.
+    let v2 = migrations(&[(
+        "notes",
+        "ALTER TABLE customers ADD COLUMN note text;\n\
+         CREATE INDEX customers_note ON customers (note);\n",
+    )]);
+    let mut config = config_for(db.options(0));
+    config.tenant_migrations = Some(path(&v2));
+    let running = TestServer::run(config).await.expect("restart with v2");
+    let endpoint = format!("http://{}", running.local_addr());
+    let mut m = migration_client(endpoint.clone()).await;
+    let run = start(&mut m, start_request(2, 0)).await;
+    let done = wait_for_end(&mut m, &run.id, WAIT).await;
+    assert_status(&done, pb::UpgradeStatus::Succeeded);
+
+    // The new column works through the data plane, on every tenant.
+    let mut c = clients_at(&endpoint).await;
+    for t in &tenants {
+        c.data
+            .execute(exec(
+                &t.id,
+                "INSERT INTO customers (code, name, note) VALUES ('n', 'noted', 'v2')",
+                vec![],
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", t.slug));
+    }
+    running.stop().await.unwrap();
+    db.drop_all().await;
+}
