@@ -153,6 +153,7 @@ fn one_round_trip(
     sql
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn upgrade_in_transaction(
     engine: Engine,
     conn: &mut PgConnection,
@@ -243,6 +244,7 @@ async fn upgrade_in_transaction(
 /// lock. A transactional one commits with its ledger row; a
 /// non-transactional one runs alone, then its ledger row commits (a crash in
 /// between runs it again, which is why such migrations must be idempotent).
+#[allow(clippy::too_many_arguments)]
 async fn upgrade_step_by_step(
     engine: Engine,
     conn: &mut PgConnection,
