@@ -126,9 +126,19 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
     let metrics_listener = bind_metrics(config.metrics_addr).await?;
     let metrics_addr = metrics_listener.as_ref().map(|&(_, addr)| addr);
     let metrics = Metrics::new();
+    // Settings that name files are checked before any database work, so a
+    // wrong path or file is reported as such, naming its setting.
+    if let Some(tls) = &config.tls {
+        tls.load()
+            .context("gRPC TLS (--tls-cert, --tls-key, --tls-client-ca)")?;
+    }
+    let db_tls = config
+        .database_tls
+        .connector()
+        .context("TLS to PostgreSQL (the database URL's sslmode, sslrootcert, sslcert, sslkey)")?;
     let catalog = prepare_catalog(&config).await?;
     let background = Background::default();
-    let services = build_services(&config, &catalog, &metrics, &background).await?;
+    let services = build_services(&config, db_tls, &catalog, &metrics, &background).await?;
     let pools = services.pools.clone();
     let (health, router) = router(services, config.tls.as_ref(), &metrics, &background).await?;
     // Metrics stay up while requests drain, and stop before the pool closes.
@@ -260,6 +270,7 @@ struct Services {
 
 async fn build_services(
     config: &AppConfig,
+    db_tls: Option<Arc<crate::pgtls::DbTls>>,
     catalog: &Catalog,
     metrics: &Metrics,
     background: &Background,
@@ -286,9 +297,7 @@ async fn build_services(
     let pools = TenantPools::new(
         pool.clone(),
         config.database.clone(),
-        config.database_tls.connector().context(
-            "TLS to PostgreSQL (the database URL's sslmode, sslrootcert, sslcert, sslkey)",
-        )?,
+        db_tls,
         catalog.role_secret.clone(),
         config.tenant_pools.clone(),
         metrics.clone(),

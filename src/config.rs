@@ -379,8 +379,7 @@ impl ServeArgs {
 /// is dropped, as files written by `echo` or editors end in one; an empty
 /// secret is refused.
 pub fn read_secret_file(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
-    let mut bytes =
-        std::fs::read(path).with_context(|| format!("read the {what} from {}", path.display()))?;
+    let mut bytes = crate::files::read_bounded(path, what, crate::files::SECRET_LIMIT)?;
     if bytes.last() == Some(&b'\n') {
         bytes.pop();
         if bytes.last() == Some(&b'\r') {

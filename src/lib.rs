@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod config;
 pub mod data;
 pub mod domain;
+pub mod files;
 pub mod fleet;
 pub mod grpc;
 pub mod identity;

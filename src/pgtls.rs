@@ -31,6 +31,24 @@ use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
+/// The query parameters a database URL may have: libpq's that tenantd's
+/// drivers understand. sqlx's spellings (`ssl-mode`, …) are not taken: one
+/// spelling each, so that a setting cannot hide behind another.
+const KNOWN_PARAMETERS: [&str; 12] = [
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
 /// How hard a connection insists on TLS, and what it verifies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum SslMode {
@@ -109,6 +127,21 @@ impl DbTlsSettings {
 
     fn from_url_and_env(url: &str, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
         let parsed = url::Url::parse(url).context("the database URL is not a URL")?;
+        // libpq refuses what it does not know, and a parameter given twice
+        // is ambiguous (libpq takes the last, others the first): both are
+        // refused, so a typo cannot quietly turn TLS off.
+        let mut seen = std::collections::HashSet::new();
+        for (key, _) in parsed.query_pairs() {
+            if !KNOWN_PARAMETERS.contains(&key.as_ref()) {
+                bail!(
+                    "the database URL has an unknown parameter {key:?} (known: {})",
+                    KNOWN_PARAMETERS.join(", ")
+                );
+            }
+            if !seen.insert(key.clone()) {
+                bail!("the database URL gives {key:?} more than once");
+            }
+        }
         let param = |name: &str, var: &str| {
             parsed
                 .query_pairs()
@@ -183,11 +216,12 @@ impl DbTlsSettings {
             .with_custom_certificate_verifier(verifier);
         let config = match &self.client_cert {
             Some((cert, key)) => {
-                let chain = CertificateDer::pem_file_iter(cert)
-                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                    .with_context(|| format!("read sslcert {}", cert.display()))?;
-                let key = PrivateKeyDer::from_pem_file(key)
-                    .with_context(|| format!("read sslkey {}", key.display()))?;
+                let chain = CertificateDer::pem_slice_iter(&read_pem(cert, "sslcert")?)
+                    .collect::<Result<Vec<_>, _>>()
+                    .with_context(|| format!("sslcert {} holds no certificate", cert.display()))?;
+                check_key_private(key)?;
+                let key = PrivateKeyDer::from_pem_slice(&read_pem(key, "sslkey")?)
+                    .with_context(|| format!("sslkey {} holds no private key", key.display()))?;
                 builder.with_client_auth_cert(chain, key).context(
                     "the database URL's sslcert and sslkey do not make a client identity",
                 )?
@@ -260,11 +294,33 @@ fn pem_of(certs: Vec<CertificateDer<'static>>) -> Vec<u8> {
     pem.into_bytes()
 }
 
+/// A PEM file of the URL's, bounded (see [`crate::files`]).
+fn read_pem(path: &Path, setting: &str) -> anyhow::Result<Vec<u8>> {
+    crate::files::read_bounded(path, setting, crate::files::PEM_LIMIT)
+}
+
+/// libpq's rule for sslkey: no access for group or others, unless root owns
+/// it and only its group may read it.
+fn check_key_private(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).with_context(|| format!("sslkey {}", path.display()))?;
+    let mode = meta.mode() & 0o777;
+    let private = mode & 0o077 == 0 || (meta.uid() == 0 && mode & 0o037 == 0);
+    if !private {
+        bail!(
+            "sslkey {} has permissions {mode:o}: it must be readable by its owner only \
+             (chmod 600), or by root's group only when root owns it (640)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 fn roots_from_file(path: &Path) -> anyhow::Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("read sslrootcert {}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&read_pem(path, "sslrootcert")?)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("sslrootcert {} holds no certificate", path.display()))?;
     let (added, _) = roots.add_parsable_certificates(certs);
     if added == 0 {
         bail!(
@@ -518,6 +574,45 @@ mod tests {
         }
         let system = parse("postgres://u@h/d?sslrootcert=system").unwrap();
         assert_eq!(system.mode, SslMode::VerifyFull);
+    }
+
+    #[test]
+    fn unknown_and_repeated_parameters_are_refused() {
+        for (url, want) in [
+            (
+                "postgres://u@h/d?sslmode=disable&sslmode=verify-full",
+                "more than once",
+            ),
+            (
+                "postgres://u@h/d?sslmode=verify-full&sslmode=disable",
+                "more than once",
+            ),
+            ("postgres://u@h/d?sslmod=verify-full", "unknown parameter"),
+            ("postgres://u@h/d?ssl_mode=require", "unknown parameter"),
+            ("postgres://u@h/d?SSLMODE=disable", "unknown parameter"),
+            ("postgres://u@h/d?ssl-mode=disable", "unknown parameter"),
+        ] {
+            let err = format!("{:#}", parse(url).unwrap_err());
+            assert!(err.contains(want), "{url}: {err}");
+        }
+        assert!(
+            parse("postgres://u@h/d?application_name=x&sslmode=require&options=-c%20a%3Db").is_ok()
+        );
+    }
+
+    #[test]
+    fn a_client_key_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.pem");
+        std::fs::write(&key, "not read").unwrap();
+        for mode in [0o644, 0o604, 0o660] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = format!("{:#}", check_key_private(&key).unwrap_err());
+            assert!(err.contains("chmod 600"), "{mode:o}: {err}");
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        check_key_private(&key).unwrap();
     }
 
     #[test]

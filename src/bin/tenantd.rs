@@ -43,6 +43,7 @@ fn main() -> std::process::ExitCode {
         command: Command::Serve(args),
     } = Cli::parse();
     tenantd::telemetry::init(args.log_format, &args.log_filter);
+    pin_trust_store(&args);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -56,6 +57,32 @@ fn main() -> std::process::ExitCode {
             tracing::error!(error = format!("{e:#}"), "tenantd stopped with an error");
             eprintln!("tenantd: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// With `sslrootcert` a file, the catalog's driver (sqlx) would trust the
+/// machine's roots as well as that file (it starts from the native store
+/// and adds the file); libpq trusts the file alone. The native store is read
+/// from SSL_CERT_FILE when that is set, so it is pointed at the same file
+/// (and SSL_CERT_DIR dropped): then every connection, catalog and tenant
+/// pools alike, trusts exactly the URL's CA. `sslrootcert=system` keeps the
+/// machine's roots.
+fn pin_trust_store(args: &ServeArgs) {
+    use tenantd::pgtls::{DbTlsSettings, RootCert};
+    let Some(url) = &args.database_url else {
+        return;
+    };
+    let Ok(settings) = DbTlsSettings::from_url(url.expose()) else {
+        // Reported, with its reason, when serve validates the arguments.
+        return;
+    };
+    if let Some(RootCert::File(path)) = settings.root_cert {
+        // SAFETY: called from main before the runtime or any other thread
+        // exists, so nothing reads the environment concurrently.
+        unsafe {
+            std::env::set_var("SSL_CERT_FILE", path);
+            std::env::remove_var("SSL_CERT_DIR");
         }
     }
 }

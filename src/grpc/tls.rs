@@ -5,11 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
+/// How long a client has to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
-    let pem = std::fs::read(path).with_context(|| format!("read the {what} {}", path.display()))?;
+    let pem = crate::files::read_bounded(path, what, crate::files::PEM_LIMIT)?;
     anyhow::ensure!(
         String::from_utf8_lossy(&pem).contains("-----BEGIN "),
         "{} (the {what}) holds no PEM block",
@@ -34,7 +36,11 @@ impl ServerTls {
             read(&self.cert, "TLS certificate")?,
             read(&self.key, "TLS private key")?,
         );
-        let mut config = ServerTlsConfig::new().identity(identity);
+        // A connection that never finishes its handshake is dropped: idle
+        // sockets must not pile up before anyone has authenticated.
+        let mut config = ServerTlsConfig::new()
+            .identity(identity)
+            .timeout(HANDSHAKE_TIMEOUT);
         if let Some(ca) = &self.client_ca {
             config = config.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
         }

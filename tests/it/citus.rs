@@ -18,7 +18,7 @@ use tenantd::local_pg::{LocalCluster, TcpExtras};
 use tenantd::pb;
 
 use crate::common::data::{exec, read};
-use crate::common::{TestServer, clients_at, config_for};
+use crate::common::{TestServer, clients_at, config_for, managed_mode};
 
 /// Ports of the coordinator and the two workers (also their socket names).
 const PORTS: [u16; 3] = [54_731, 54_732, 54_733];
@@ -87,16 +87,33 @@ fn skip() -> bool {
 /// added; dropped (with the tenant roles left) by [`CitusDb::drop_all`].
 struct CitusDb {
     name: String,
+    /// In the managed mode, tenantd's role: no superuser, CREATEROLE,
+    /// owner of the database on every node (its password is its name).
+    app_role: Option<String>,
 }
 
 impl CitusDb {
     async fn create() -> CitusDb {
-        let name = format!("tenantd_citus_{}", uuid::Uuid::new_v4().simple());
+        let id = uuid::Uuid::new_v4().simple();
+        let name = format!("tenantd_citus_{id}");
+        let app_role = managed_mode().then(|| format!("tenantd_app_{id}"));
         for node in nodes() {
             let mut admin = sqlx::PgConnection::connect_with(&node.connect_options("postgres"))
                 .await
                 .unwrap();
-            sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            let owner = match &app_role {
+                Some(role) => {
+                    sqlx::raw_sql(&format!(
+                        "CREATE ROLE {role} LOGIN CREATEROLE NOSUPERUSER PASSWORD '{role}'"
+                    ))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                    format!(" OWNER {role}")
+                }
+                None => String::new(),
+            };
+            sqlx::raw_sql(&format!("CREATE DATABASE {name}{owner}"))
                 .execute(&mut admin)
                 .await
                 .unwrap();
@@ -129,11 +146,20 @@ impl CitusDb {
         .execute(&mut coordinator)
         .await
         .unwrap();
-        CitusDb { name }
+        CitusDb { name, app_role }
     }
 
+    /// As the superuser.
     fn options(&self, node: usize) -> PgConnectOptions {
         nodes()[node].connect_options(&self.name)
+    }
+
+    /// What tenantd logs in as: the superuser, or the managed role.
+    fn tenantd_options(&self) -> PgConnectOptions {
+        match &self.app_role {
+            Some(role) => self.options(0).username(role).password(role),
+            None => self.options(0),
+        }
     }
 
     async fn connect(node: usize, name: &str) -> sqlx::PgConnection {
@@ -168,7 +194,7 @@ impl CitusDb {
             .execute(&mut admin)
             .await
             .unwrap();
-            for role in &roles {
+            for role in roles.iter().chain(&self.app_role) {
                 sqlx::raw_sql(&format!("DROP ROLE IF EXISTS \"{role}\""))
                     .execute(&mut admin)
                     .await
@@ -193,7 +219,7 @@ async fn tenants_are_distributed_schemas_isolated_on_the_workers() {
         return;
     }
     let db = CitusDb::create().await;
-    let running = TestServer::run(config_for(db.options(0)))
+    let running = TestServer::run(config_for(db.tenantd_options()))
         .await
         .expect("tenantd starts on a Citus coordinator");
     let mut c = clients_at(&format!("http://{}", running.local_addr())).await;
@@ -340,7 +366,7 @@ async fn a_fleet_upgrade_runs_through_the_coordinator() {
     }
     let db = CitusDb::create().await;
     let v1 = migrations(&[]);
-    let mut config = config_for(db.options(0));
+    let mut config = config_for(db.tenantd_options());
     config.tenant_migrations = Some(path(&v1));
     let running = TestServer::run(config).await.expect("tenantd on Citus");
     let endpoint = format!("http://{}", running.local_addr());
@@ -358,7 +384,7 @@ async fn a_fleet_upgrade_runs_through_the_coordinator() {
         "ALTER TABLE customers ADD COLUMN note text;\n\
          CREATE INDEX customers_note ON customers (note);\n",
     )]);
-    let mut config = config_for(db.options(0));
+    let mut config = config_for(db.tenantd_options());
     config.tenant_migrations = Some(path(&v2));
     let running = TestServer::run(config).await.expect("restart with v2");
     let endpoint = format!("http://{}", running.local_addr());

@@ -183,6 +183,12 @@ async fn world() -> World {
         &ours,
     );
     ca(&pki, "stranger-ca");
+    // libpq's rule, which tenantd keeps: a client key only its owner reads.
+    std::fs::set_permissions(
+        pki.join("client.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let key = pki.join("server.key");
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     hand_to_server(&[
@@ -495,4 +501,41 @@ async fn tenantd_speaks_tls_to_postgresql_as_libpq_would() {
     .await
     .unwrap();
     assert!(matches!(by_address, Negotiated::Tls(_)));
+}
+
+/// The `tenantd` binary trusts exactly the URL's sslrootcert on every
+/// connection: a machine whose trust store holds the CA that signed the
+/// server's certificate (SSL_CERT_FILE here) does not make the catalog
+/// trust it when the URL names another CA.
+#[tokio::test]
+async fn the_binary_trusts_only_the_urls_root_certificate() {
+    let w = world().await;
+    let url = w.url(
+        &w.tls,
+        "localhost",
+        "tenantd",
+        "sslmode=verify-full&sslrootcert={stranger}",
+    );
+    let mut child = tokio::process::Command::from(crate::common::binary::serve())
+        .arg("--database-url")
+        .arg(&url)
+        .arg("--admin-key-file")
+        .arg(w.pki.join("admin.key"))
+        .env("SSL_CERT_FILE", w.pki.join("ca.pem"))
+        .env_remove("SSL_CERT_DIR")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
+        .await
+        .expect("tenantd must refuse to start, not serve");
+    assert!(!status.unwrap().success());
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    assert!(
+        stderr.contains("certificate"),
+        "the refusal says why: {stderr}"
+    );
 }

@@ -340,3 +340,27 @@ async fn replicas_sharing_a_signing_key_file_accept_each_others_tokens() {
     let err = validate(&catalog_key).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
 }
+
+/// A client that connects and never starts its handshake is dropped after
+/// the handshake timeout: idle sockets cannot pile up before anyone has
+/// authenticated.
+#[tokio::test]
+async fn a_silent_connection_is_dropped_after_the_handshake_timeout() {
+    use tokio::io::AsyncReadExt as _;
+    let pki = Pki::new();
+    let tls = pki.server(true);
+    let server = TestServer::start_with(|c| c.tls = Some(tls)).await;
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", port(&server)))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(
+        tenantd::grpc::tls::HANDSHAKE_TIMEOUT + std::time::Duration::from_secs(10),
+        silent.read(&mut byte),
+    )
+    .await
+    .expect("the server must close a connection that never handshakes");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() >= tenantd::grpc::tls::HANDSHAKE_TIMEOUT / 2);
+}

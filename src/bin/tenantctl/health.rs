@@ -22,7 +22,7 @@ pub async fn run(session: &Session) -> Result<(), CliError> {
     let mut client = HealthClient::new(session.channel());
     let mut rows = Vec::new();
     for service in SERVICES {
-        let request = session.request(HealthCheckRequest {
+        let request = session.anonymous_request(HealthCheckRequest {
             service: service.to_owned(),
         });
         let status = session.call(client.check(request)).await?;

@@ -77,6 +77,24 @@ impl Session {
                 )));
             }
         };
+        // The key travels in every call: over plaintext to another machine
+        // anyone on the path can read it.
+        if endpoint.uri().scheme_str() != Some("https") {
+            let host = endpoint.uri().host().unwrap_or_default();
+            let loopback = host == "localhost"
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !loopback {
+                eprintln!(
+                    "tenantctl: warning: {} is plaintext to another host: the service key \
+                     is sent unencrypted (use https:// with --ca)",
+                    global.endpoint
+                );
+            }
+        }
         let authorization = match resolve_key(global)? {
             Some(key) => Some(format!("Bearer {key}").parse().map_err(|_| {
                 CliError::Usage("the service key contains characters a header cannot carry".into())
@@ -154,6 +172,14 @@ impl Session {
     /// A request that tells the server the deadline too.
     pub fn request<T>(&self, message: T) -> Request<T> {
         let mut request = self.authorize(Request::new(message));
+        request.set_timeout(self.timeout);
+        request
+    }
+
+    /// A request without the service key, for calls that need none (the
+    /// health service): the key goes nowhere it is not needed.
+    pub fn anonymous_request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
         request.set_timeout(self.timeout);
         request
     }
