@@ -20,8 +20,16 @@ use tenantd::pb;
 use crate::common::data::{exec, read};
 use crate::common::{TestServer, clients_at, config_for, managed_mode};
 
-/// Ports of the coordinator and the two workers (also their socket names).
-const PORTS: [u16; 3] = [54_731, 54_732, 54_733];
+/// Ports of the coordinator and the two workers (also their socket names):
+/// three in a row from a base that depends on the target directory, so
+/// that two checkouts on one machine (a session's and CI's) do not meet.
+static PORTS: std::sync::LazyLock<[u16; 3]> = std::sync::LazyLock::new(|| {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    env!("CARGO_TARGET_TMPDIR").hash(&mut hasher);
+    let base = 41_000 + (hasher.finish() % 6_000) as u16 * 3;
+    [base, base + 1, base + 2]
+});
 
 /// Whether Citus is installed in the PostgreSQL the tests use (Debian's
 /// layout: the server's libraries beside its bin directory).
@@ -51,7 +59,7 @@ fn nodes() -> &'static [LocalCluster; 3] {
             .unwrap();
         let nodes = ["coordinator", "worker-1", "worker-2"]
             .into_iter()
-            .zip(PORTS)
+            .zip(*PORTS)
             .map(|(name, port)| {
                 let extras = TcpExtras {
                     conf: "shared_preload_libraries = 'citus'\nwal_level = logical\n\
@@ -59,7 +67,8 @@ fn nodes() -> &'static [LocalCluster; 3] {
                         .to_owned(),
                     hba: "host all all 127.0.0.1/32 trust\n".to_owned(),
                 };
-                let node = LocalCluster::new(&base.join(name))
+                // The port is written into the cluster when it is made.
+                let node = LocalCluster::new(&base.join(format!("{name}-{port}")))
                     .unwrap()
                     .listening_on_tcp(port, extras);
                 node.ensure_running().expect("start a Citus node");
