@@ -119,6 +119,13 @@ impl LocalCluster {
         self
     }
 
+    /// The same cluster run by the server binaries in `bin_dir` (another
+    /// PostgreSQL version, for tests).
+    pub fn with_binaries(mut self, bin_dir: PathBuf) -> Self {
+        self.bin_dir = bin_dir;
+        self
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }

@@ -18,6 +18,7 @@ mod identity;
 mod isolation;
 mod managed;
 mod metrics;
+mod pg16;
 mod pg_tls;
 mod provisioning;
 mod python_client;
