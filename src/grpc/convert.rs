@@ -204,6 +204,8 @@ impl From<Tenant> for pb::Tenant {
             version: t.version,
             created_at: Some(timestamp(t.created_at)),
             updated_at: Some(timestamp(t.updated_at)),
+            // GetTenant fills it in on Citus.
+            node: String::new(),
         }
     }
 }

@@ -179,7 +179,15 @@ impl TenantService for TenantApi {
         };
         self.allow(&who, Scope::TenantsRead, tenant.id, Permission::TenantRead)
             .await?;
-        Ok(Response::new(tenant.into()))
+        let node = self
+            .tenants
+            .node_of(tenant.id)
+            .await
+            .map_err(status::tenant)?;
+        Ok(Response::new(pb::Tenant {
+            node: node.unwrap_or_default(),
+            ..tenant.into()
+        }))
     }
 
     async fn list_tenants(

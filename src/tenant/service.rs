@@ -163,6 +163,17 @@ impl Tenants {
             .ok_or(TenantError::NotFound)
     }
 
+    /// On Citus, `host:port` of the node holding the tenant's schema.
+    pub async fn node_of(&self, id: TenantId) -> Result<Option<String>, TenantError> {
+        if self.engine != Engine::Citus {
+            return Ok(None);
+        }
+        let mut conn = self.conn().await?;
+        catalog::citus::node_of(&mut conn, id.schema_name().as_str())
+            .await
+            .map_err(TenantError::db("find the tenant's Citus node"))
+    }
+
     pub async fn get_by_slug(&self, slug: &str) -> Result<Tenant, TenantError> {
         let mut conn = self.conn().await?;
         tenants::get_by_slug(&mut conn, slug)

@@ -276,6 +276,16 @@ async fn tenants_are_distributed_schemas_isolated_on_the_workers() {
     .unwrap();
     let worker = PORTS.iter().position(|p| i32::from(*p) == port).unwrap();
     assert_ne!(worker, 0, "b's tables live on a worker");
+    // GetTenant says where each tenant lives.
+    let got = c
+        .tenants
+        .get_tenant(pb::GetTenantRequest {
+            selector: Some(pb::get_tenant_request::Selector::Id(b.id.clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.node, format!("127.0.0.1:{port}"));
     // Over TCP, which the worker trusts (its socket asks for a password).
     let on_worker = PgConnectOptions::new()
         .host("127.0.0.1")

@@ -280,6 +280,7 @@ fn tenant_json(t: &pb::Tenant) -> Value {
         "version": t.version,
         "created_at": output::rfc3339(t.created_at.as_ref()),
         "updated_at": output::rfc3339(t.updated_at.as_ref()),
+        "node": t.node,
     })
 }
 
@@ -287,20 +288,26 @@ fn print_tenant(format: OutputFormat, t: &pb::Tenant) -> Result<(), CliError> {
     match format {
         OutputFormat::Json => output::print_json(&tenant_json(t)),
         OutputFormat::Table => {
-            let table = output::key_value_table(vec![
-                ("id", t.id.clone()),
-                ("slug", t.slug.clone()),
-                ("name", t.name.clone()),
-                ("industry", t.industry.clone()),
-                ("description", t.description.clone()),
-                ("country", t.country.clone()),
-                ("status", status_word(t.status)),
-                ("schema_name", t.schema_name.clone()),
-                ("schema_version", t.schema_version.to_string()),
-                ("version", t.version.to_string()),
-                ("created_at", output::rfc3339_seconds(t.created_at.as_ref())),
-                ("updated_at", output::rfc3339_seconds(t.updated_at.as_ref())),
-            ]);
+            let table = output::key_value_table(
+                vec![
+                    ("id", t.id.clone()),
+                    ("slug", t.slug.clone()),
+                    ("name", t.name.clone()),
+                    ("industry", t.industry.clone()),
+                    ("description", t.description.clone()),
+                    ("country", t.country.clone()),
+                    ("status", status_word(t.status)),
+                    ("schema_name", t.schema_name.clone()),
+                    ("schema_version", t.schema_version.to_string()),
+                    ("version", t.version.to_string()),
+                    ("created_at", output::rfc3339_seconds(t.created_at.as_ref())),
+                    ("updated_at", output::rfc3339_seconds(t.updated_at.as_ref())),
+                ]
+                .into_iter()
+                // Only on Citus: the node that holds the tenant's schema.
+                .chain((!t.node.is_empty()).then(|| ("node", t.node.clone())))
+                .collect(),
+            );
             output::print_text(&table.to_string())
         }
     }
