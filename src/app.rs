@@ -16,7 +16,7 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Server;
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;
 use tower::layer::util as layer;
@@ -128,10 +128,14 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
     let metrics = Metrics::new();
     // Settings that name files are checked before any database work, so a
     // wrong path or file is reported as such, naming its setting.
-    if let Some(tls) = &config.tls {
-        tls.load()
-            .context("gRPC TLS (--tls-cert, --tls-key, --tls-client-ca)")?;
-    }
+    let grpc_tls = match &config.tls {
+        Some(tls) => Some((
+            tls.load()
+                .context("gRPC TLS (--tls-cert, --tls-key, --tls-client-ca)")?,
+            tls.client_ca.is_some(),
+        )),
+        None => None,
+    };
     let db_tls = config
         .database_tls
         .connector()
@@ -140,7 +144,7 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
     let background = Background::default();
     let services = build_services(&config, db_tls, &catalog, &metrics, &background).await?;
     let pools = services.pools.clone();
-    let (health, router) = router(services, config.tls.as_ref(), &metrics, &background).await?;
+    let (health, router) = router(services, grpc_tls, &metrics, &background).await?;
     // Metrics stay up while requests drain, and stop before the pool closes.
     let metrics_stop = CancellationToken::new();
     let metrics_server = metrics_listener.map(|(listener, addr)| {
@@ -350,7 +354,8 @@ async fn build_services(
 /// tracing span per call around them all.
 async fn router(
     services: Services,
-    tls: Option<&ServerTls>,
+    // The listener's TLS, loaded, and whether it is mutual.
+    tls: Option<(ServerTlsConfig, bool)>,
     metrics: &Metrics,
     background: &Background,
 ) -> anyhow::Result<(HealthReporter, Router<Stack>)> {
@@ -402,14 +407,14 @@ async fn router(
         .context("build the reflection service")?;
 
     let mut server = Server::builder();
-    if let Some(tls) = tls {
+    if let Some((tls, mutual)) = tls {
         server = server
-            .tls_config(tls.load()?)
+            .tls_config(tls)
             .context("configure TLS for the gRPC listener")?;
         tracing::info!(
-            mutual = tls.client_ca.is_some(),
+            mutual,
             "gRPC over TLS{}",
-            if tls.client_ca.is_some() {
+            if mutual {
                 "; clients must present a certificate"
             } else {
                 ""

@@ -877,78 +877,83 @@ pub(crate) fn with_sslmode(url: &tenantd::config::Secret, mode: &str) -> tenantd
     secret
 }
 
-/// The mean p50 of `route`'s phases at `clients`, in milliseconds.
-fn mean_p50_ms(r: &Results, route: Route, clients: usize) -> Option<f64> {
-    let p50s: Vec<f64> = r
+/// The mean over `route`'s phases at `clients` of a figure of each.
+fn mean_of(
+    r: &Results,
+    route: Route,
+    clients: usize,
+    figure: impl Fn(&CallStats) -> f64,
+) -> Option<f64> {
+    let values: Vec<f64> = r
         .phases
         .iter()
         .filter(|p| p.route == route && p.clients == clients)
-        .map(|p| p.stats.p50.as_secs_f64() * 1e3)
+        .map(|p| figure(&p.stats))
         .collect();
-    (!p50s.is_empty()).then(|| p50s.iter().sum::<f64>() / p50s.len() as f64)
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+fn mean_rate(r: &Results, route: Route, clients: usize) -> Option<f64> {
+    mean_of(r, route, clients, |s| s.per_second)
+}
+
+fn mean_p50_ms(r: &Results, route: Route, clients: usize) -> Option<f64> {
+    mean_of(r, route, clients, |s| s.p50.as_secs_f64() * 1e3)
+}
+
+/// `ratio` at each client count that has `route`'s phases (ABBA against
+/// the build under test), reduced over the client counts by `pick`.
+fn across_client_counts(
+    r: &Results,
+    route: Route,
+    ratio: impl Fn(usize) -> Option<f64>,
+    pick: fn(f64, f64) -> f64,
+) -> Option<f64> {
+    let mut counts: Vec<usize> = r
+        .phases
+        .iter()
+        .filter(|p| p.route == route)
+        .map(|p| p.clients)
+        .collect();
+    counts.dedup();
+    counts.into_iter().filter_map(ratio).reduce(pick)
 }
 
 /// TLS to PostgreSQL against none: the highest ratio of their mean p50s
 /// over the client counts.
 fn tls_check(r: &Results) -> Option<Check> {
-    let mut counts: Vec<usize> = r
-        .phases
-        .iter()
-        .filter(|p| p.route == Route::Tls)
-        .map(|p| p.clients)
-        .collect();
-    counts.dedup();
-    let ratios: Vec<f64> = counts
-        .into_iter()
-        .filter_map(|clients| {
+    let value = across_client_counts(
+        r,
+        Route::Tls,
+        |clients| {
             Some(mean_p50_ms(r, Route::Tls, clients)? / mean_p50_ms(r, Route::Tenantd, clients)?)
-        })
-        .collect();
-    if ratios.is_empty() {
-        return None;
-    }
+        },
+        f64::max,
+    )?;
     Some(Check {
         label: "Execute p50 with TLS to PostgreSQL / without (highest over client counts)",
         markdown: "Execute p50 with TLS to PostgreSQL ÷ without, highest over client counts",
-        value: ratios.into_iter().reduce(f64::max),
+        value: Some(value),
         limit: Limit::AtMost(MAX_TLS_P50_RATIO),
         missing: "no TLS phase",
     })
 }
 
-fn mean_rate(r: &Results, route: Route, clients: usize) -> Option<f64> {
-    let rates: Vec<f64> = r
-        .phases
-        .iter()
-        .filter(|p| p.route == route && p.clients == clients)
-        .map(|p| p.stats.per_second)
-        .collect();
-    (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64)
-}
-
 /// The build under test against the baseline build: the lowest ratio of
 /// their mean rates (over their ABBA phases) over the client counts.
 fn baseline_check(r: &Results) -> Option<Check> {
-    let mut counts: Vec<usize> = r
-        .phases
-        .iter()
-        .filter(|p| p.route == Route::Baseline)
-        .map(|p| p.clients)
-        .collect();
-    counts.dedup();
-    let ratios: Vec<f64> = counts
-        .into_iter()
-        .filter_map(|clients| {
+    let value = across_client_counts(
+        r,
+        Route::Baseline,
+        |clients| {
             Some(mean_rate(r, Route::Tenantd, clients)? / mean_rate(r, Route::Baseline, clients)?)
-        })
-        .collect();
-    if ratios.is_empty() {
-        return None;
-    }
+        },
+        f64::min,
+    )?;
     Some(Check {
         label: "Execute requests/s / the baseline build's (lowest over client counts)",
         markdown: "Execute requests/s ÷ the baseline build's, lowest over client counts",
-        value: ratios.into_iter().reduce(f64::min),
+        value: Some(value),
         limit: Limit::AtLeast(MIN_SHARE_OF_BASELINE),
         missing: "no baseline phase",
     })

@@ -17,8 +17,8 @@ use sqlx::postgres::PgConnectOptions;
 use tenantd::local_pg::{LocalCluster, TcpExtras};
 use tenantd::pb;
 
-use crate::common::data::{exec, read};
-use crate::common::{TestServer, clients_at, config_for, managed_mode};
+use crate::common::data::exec;
+use crate::common::{TestServer, clients_at, config_for, lifecycle, managed_mode};
 
 /// Ports of the coordinator and the two workers (also their socket names):
 /// three in a row from a base that depends on the target directory, so
@@ -247,21 +247,7 @@ async fn tenants_are_distributed_schemas_isolated_on_the_workers() {
     assert_eq!(distributed, want, "the catalog must not be distributed");
 
     // The data plane through the coordinator, as the tenant's role.
-    c.data
-        .execute(exec(
-            &a.id,
-            "INSERT INTO customers (code, name) VALUES ('a1', 'on a worker')",
-            vec![],
-        ))
-        .await
-        .expect("a write routed to the tenant's worker");
-    let rows = c
-        .data
-        .execute(read(&a.id, "SELECT name FROM customers"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(rows.rows.len(), 1);
+    c.write_and_read_back(&a, "on a worker").await;
 
     // On the worker that holds b's schema, a's role is refused by
     // PostgreSQL itself.
@@ -336,10 +322,6 @@ async fn tenants_are_distributed_schemas_isolated_on_the_workers() {
     drop(as_a);
 
     // Suspend reaches every node; purge leaves nothing anywhere.
-    let lifecycle = |id: &str| pb::TenantLifecycleRequest {
-        id: id.into(),
-        ..Default::default()
-    };
     c.tenants.suspend_tenant(lifecycle(&a.id)).await.unwrap();
     for node in 0..3 {
         assert_eq!(
@@ -348,15 +330,7 @@ async fn tenants_are_distributed_schemas_isolated_on_the_workers() {
             "node {node}: a suspended tenant's role must not log in"
         );
     }
-    c.tenants.archive_tenant(lifecycle(&a.id)).await.unwrap();
-    c.tenants
-        .purge_tenant(pb::PurgeTenantRequest {
-            id: a.id.clone(),
-            confirm_slug: a.slug.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("purge on Citus");
+    c.archive_and_purge(&a).await.expect("purge on Citus");
     for node in 0..3 {
         assert_eq!(
             role_on(&db, node, &a.schema_name).await,

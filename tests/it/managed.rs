@@ -3,18 +3,10 @@
 //! whole life works so, isolation included.
 
 use sqlx::Connection;
-use tenantd::pb;
 use tonic::Code;
 
-use crate::common::data::{exec, read};
-use crate::common::{TestDb, TestServer};
-
-fn lifecycle(id: &str) -> pb::TenantLifecycleRequest {
-    pb::TenantLifecycleRequest {
-        id: id.into(),
-        ..Default::default()
-    }
-}
+use crate::common::data::read;
+use crate::common::{TestDb, TestServer, lifecycle};
 
 async fn role_exists(db: &mut sqlx::PgConnection, role: &str) -> bool {
     sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)")
@@ -42,21 +34,7 @@ async fn a_tenants_whole_life_as_a_createrole_non_superuser() {
     let mut c = server.clients().await;
     let a = c.tenant("managed-a").await;
     let b = c.tenant("managed-b").await;
-    c.data
-        .execute(exec(
-            &a.id,
-            "INSERT INTO customers (code, name) VALUES ('a1', 'only in a')",
-            vec![],
-        ))
-        .await
-        .expect("a write through the tenant's own role");
-    let rows = c
-        .data
-        .execute(read(&a.id, "SELECT name FROM customers"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(rows.rows.len(), 1);
+    c.write_and_read_back(&a, "only in a").await;
 
     // Isolation is PostgreSQL's here too.
     let err = c
@@ -86,13 +64,7 @@ async fn a_tenants_whole_life_as_a_createrole_non_superuser() {
         .expect("served again after resume");
 
     // Purge (DROP OWNED BY needs the role's privileges) leaves nothing.
-    c.tenants.archive_tenant(lifecycle(&a.id)).await.unwrap();
-    c.tenants
-        .purge_tenant(pb::PurgeTenantRequest {
-            id: a.id.clone(),
-            confirm_slug: a.slug.clone(),
-            ..Default::default()
-        })
+    c.archive_and_purge(&a)
         .await
         .expect("purge as a non-superuser");
     assert!(!role_exists(&mut as_app, &a.schema_name).await);

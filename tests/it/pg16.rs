@@ -15,10 +15,9 @@ use std::sync::OnceLock;
 
 use sqlx::Connection as _;
 use tenantd::local_pg::LocalCluster;
-use tenantd::pb;
 
-use crate::common::data::{exec, read};
-use crate::common::{TestServer, clients_at, config_for};
+use crate::common::data::read;
+use crate::common::{TestServer, clients_at, config_for, lifecycle};
 
 /// The wheel that carries PostgreSQL 16.2's binaries.
 const WHEEL: &str = "pgserver==0.1.4";
@@ -151,21 +150,7 @@ async fn a_tenants_whole_life_under_postgresql_16s_createrole_rules() {
     .unwrap();
     assert!(admin_option);
 
-    c.data
-        .execute(exec(
-            &a.id,
-            "INSERT INTO customers (code, name) VALUES ('a1', 'on 16')",
-            vec![],
-        ))
-        .await
-        .expect("a write through the tenant's role");
-    let rows = c
-        .data
-        .execute(read(&a.id, "SELECT name FROM customers"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(rows.rows.len(), 1);
+    c.write_and_read_back(&a, "on 16").await;
     let other = c
         .data
         .execute(read(
@@ -176,10 +161,6 @@ async fn a_tenants_whole_life_under_postgresql_16s_createrole_rules() {
         .unwrap_err();
     assert!(other.message().contains("42501"), "{other:?}");
 
-    let lifecycle = |id: &str| pb::TenantLifecycleRequest {
-        id: id.into(),
-        ..Default::default()
-    };
     let can_login = async |admin: &mut sqlx::PgConnection, r: &str| -> Option<bool> {
         sqlx::query_scalar("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1")
             .bind(r)
@@ -191,13 +172,7 @@ async fn a_tenants_whole_life_under_postgresql_16s_createrole_rules() {
     assert_eq!(can_login(&mut admin, &a.schema_name).await, Some(false));
     c.tenants.resume_tenant(lifecycle(&a.id)).await.unwrap();
     assert_eq!(can_login(&mut admin, &a.schema_name).await, Some(true));
-    c.tenants.archive_tenant(lifecycle(&a.id)).await.unwrap();
-    c.tenants
-        .purge_tenant(pb::PurgeTenantRequest {
-            id: a.id.clone(),
-            confirm_slug: a.slug.clone(),
-            ..Default::default()
-        })
+    c.archive_and_purge(&a)
         .await
         .expect("purge under 16's rules");
     assert_eq!(can_login(&mut admin, &a.schema_name).await, None);

@@ -12,13 +12,10 @@
 //! catalog refuses a certificate that does not name the host — it fails
 //! closed; the tenant pools' own verify-ca is tested by address below.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
-};
+use rcgen::ExtendedKeyUsagePurpose;
 use sqlx::Connection as _;
 use sqlx::postgres::PgConnectOptions;
 use tenantd::app::Running;
@@ -27,37 +24,11 @@ use tenantd::pgtls::{DbTlsSettings, Negotiated};
 
 use crate::common::data::read;
 use crate::common::{TestServer, clients_at, config_for, managed_mode};
+use crate::tls::{ca, issue};
 
 /// The password of every role these clusters know (they are the test's
 /// own, loopback only, and gone when it ends).
 const PASSWORD: &str = "tls-test-password";
-
-fn ca(dir: &Path, name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    std::fs::write(dir.join(format!("{name}.pem")), ca.pem()).unwrap();
-    ca
-}
-
-fn issue(
-    dir: &Path,
-    name: &str,
-    cn: &str,
-    sans: &[&str],
-    usage: ExtendedKeyUsagePurpose,
-    ca: &CertifiedIssuer<'static, KeyPair>,
-) {
-    let mut params =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.extended_key_usages = vec![usage];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, ca).unwrap();
-    std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-}
 
 /// A port nobody listens on now.
 fn free_port() -> u16 {

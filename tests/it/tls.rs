@@ -22,16 +22,19 @@ pub(crate) struct Pki {
     dir: tempfile::TempDir,
 }
 
-fn issue(
+/// Writes `name.pem` and `name.key`: a certificate for `cn` and `sans`,
+/// signed by `ca`.
+pub(crate) fn issue(
     dir: &Path,
     name: &str,
+    cn: &str,
     sans: &[&str],
     usage: ExtendedKeyUsagePurpose,
     ca: &CertifiedIssuer<'static, KeyPair>,
 ) {
     let mut params =
         CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
+    params.distinguished_name.push(DnType::CommonName, cn);
     params.extended_key_usages = vec![usage];
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, ca).unwrap();
@@ -39,7 +42,8 @@ fn issue(
     std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
 }
 
-fn ca(dir: &Path, name: &str) -> CertifiedIssuer<'static, KeyPair> {
+/// Writes `name.pem`: a self-signed CA, and answers it.
+pub(crate) fn ca(dir: &Path, name: &str) -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.distinguished_name.push(DnType::CommonName, name);
@@ -55,12 +59,14 @@ impl Pki {
         issue(
             dir.path(),
             "server",
+            "server",
             &["localhost", "127.0.0.1"],
             ExtendedKeyUsagePurpose::ServerAuth,
             &ours,
         );
         issue(
             dir.path(),
+            "client",
             "client",
             &[],
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -69,6 +75,7 @@ impl Pki {
         let stranger = ca(dir.path(), "stranger-ca");
         issue(
             dir.path(),
+            "stranger",
             "stranger",
             &[],
             ExtendedKeyUsagePurpose::ClientAuth,

@@ -292,6 +292,42 @@ impl Clients {
     pub async fn tenant(&mut self, prefix: &str) -> tenantd::pb::Tenant {
         create_tenant(&mut self.tenants, prefix).await
     }
+
+    /// Archives `tenant`, then purges it (naming its slug).
+    pub async fn archive_and_purge(
+        &mut self,
+        tenant: &tenantd::pb::Tenant,
+    ) -> Result<tenantd::pb::Tenant, tonic::Status> {
+        self.tenants.archive_tenant(lifecycle(&tenant.id)).await?;
+        self.tenants
+            .purge_tenant(tenantd::pb::PurgeTenantRequest {
+                id: tenant.id.clone(),
+                confirm_slug: tenant.slug.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Writes a customer named `name` into `tenant` through Execute and
+    /// reads it back: the tenant's own role at work.
+    pub async fn write_and_read_back(&mut self, tenant: &tenantd::pb::Tenant, name: &str) {
+        self.data
+            .execute(data::exec(
+                &tenant.id,
+                &format!("INSERT INTO customers (code, name) VALUES ('a1', '{name}')"),
+                vec![],
+            ))
+            .await
+            .expect("a write through the tenant's own role");
+        let rows = self
+            .data
+            .execute(data::read(&tenant.id, "SELECT name FROM customers"))
+            .await
+            .expect("a read through the tenant's own role")
+            .into_inner();
+        assert_eq!(rows.rows.len(), 1);
+    }
 }
 
 /// Clients of every service at `endpoint` with `credential`.
@@ -430,6 +466,15 @@ pub fn config_for(database: PgConnectOptions) -> AppConfig {
         tenant_pools: Default::default(),
         data_calls: Default::default(),
         tls: None,
+    }
+}
+
+/// A lifecycle request (suspend, resume, archive) for tenant `id`.
+pub fn lifecycle(id: &str) -> tenantd::pb::TenantLifecycleRequest {
+    tenantd::pb::TenantLifecycleRequest {
+        id: id.to_owned(),
+        expected_version: None,
+        reason: "test".into(),
     }
 }
 

@@ -8,6 +8,8 @@ mod requests;
 use sqlx::PgConnection;
 use tenantd::pb::{self, get_tenant_request::Selector};
 
+use crate::common::lifecycle;
+
 async fn schema_exists(conn: &mut PgConnection, schema: &str) -> bool {
     sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)")
         .bind(schema)
@@ -29,14 +31,6 @@ async fn count_tenant_schemas(conn: &mut PgConnection) -> i64 {
         .fetch_one(conn)
         .await
         .unwrap()
-}
-
-fn lifecycle(id: &str) -> pb::TenantLifecycleRequest {
-    pb::TenantLifecycleRequest {
-        id: id.to_owned(),
-        expected_version: None,
-        reason: "test".into(),
-    }
 }
 
 fn by_id(id: &str) -> pb::GetTenantRequest {
