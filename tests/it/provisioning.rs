@@ -83,17 +83,25 @@ async fn a_create_that_fails_half_way_leaves_no_schema_row_or_role() {
         ("0001_default_tables.sql", DEFAULT_TABLES),
         (
             "0002_breaks.sql",
-            "CREATE TABLE half_done (id int);\nSELECT 1 / 0;\n",
+            // setval is not rolled back: it tells the test which role the
+            // failed create would have made (schema and role share a name).
+            "CREATE TABLE half_done (id int);\n\
+             SELECT setval('public.failed_create', hashtext(current_schema())::bigint);\n\
+             SELECT 1 / 0;\n",
         ),
     ]);
     let path = dir.path().to_path_buf();
     let server = TestServer::start_with(|c| c.tenant_migrations = Some(path)).await;
     let mut client = server.client().await;
     let mut db = server.db.connect().await;
-    let roles_before: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_roles")
-        .fetch_one(&mut db)
-        .await
-        .unwrap();
+    // pg_roles is cluster-wide and other tests create roles meanwhile, so the
+    // test looks for the one role this create would have made.
+    for sql in [
+        "CREATE SEQUENCE public.failed_create MINVALUE -2147483648 START 0",
+        "GRANT ALL ON SEQUENCE public.failed_create TO PUBLIC",
+    ] {
+        sqlx::query(sql).execute(&mut db).await.unwrap();
+    }
 
     let err = client
         .create_tenant(new_tenant("broken"))
@@ -108,13 +116,23 @@ async fn a_create_that_fails_half_way_leaves_no_schema_row_or_role() {
     assert!(!err.message().contains("SELECT"), "{}", err.message());
 
     assert_eq!(assert_whole_tenants_only(&mut db, 9).await, 0);
-    let roles_after: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_roles")
-        .fetch_one(&mut db)
-        .await
-        .unwrap();
-    assert_eq!(
-        roles_after, roles_before,
-        "the role was rolled back with everything else"
+    let (hash, called): (i64, bool) =
+        sqlx::query_as("SELECT last_value, is_called FROM public.failed_create")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert!(called, "the failing migration ran inside the create");
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT rolname::text FROM pg_roles \
+         WHERE rolname LIKE 'tenant\\_%' AND hashtext(rolname)::bigint = $1",
+    )
+    .bind(hash)
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert!(
+        left.is_empty(),
+        "the role was rolled back with everything else: {left:?}"
     );
     let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM tenantd.audit_log")
         .fetch_one(&mut db)
