@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/tenantd/v1/migrations.proto",
         "proto/tenantd/v1/identity.proto",
         "proto/tenantd/v1/data.proto",
+        "proto/tenantd/v1/clusters.proto",
     ];
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);

@@ -31,10 +31,11 @@ use crate::grpc::auth::Authenticator;
 use crate::grpc::metrics::GrpcMetricsLayer;
 use crate::grpc::request_id;
 use crate::grpc::tls::ServerTls;
-use crate::grpc::{DataApi, MigrationApi, SessionApi, TenantApi, UserApi, pb};
+use crate::grpc::{ClusterApi, DataApi, MigrationApi, SessionApi, TenantApi, UserApi, pb};
 use crate::identity::{Identity, IdentitySettings, keys};
 use crate::metrics::Metrics;
 use crate::pgtls::DbTlsSettings;
+use crate::placement::{self, Placement};
 use crate::tenant::{TenantMigrations, Tenants};
 
 /// What the app needs, already validated.
@@ -72,8 +73,9 @@ pub struct AppConfig {
 const POOL_WATCH_PERIOD: Duration = Duration::from_secs(1);
 
 /// The services health reports on ("" is the server as a whole).
-const SERVICES: [&str; 6] = [
+const SERVICES: [&str; 7] = [
     "",
+    pb::cluster_service_server::SERVICE_NAME,
     pb::tenant_service_server::SERVICE_NAME,
     pb::migration_service_server::SERVICE_NAME,
     pb::user_service_server::SERVICE_NAME,
@@ -270,6 +272,7 @@ struct Services {
     data: TenantData,
     tenants: Tenants,
     upgrades: Upgrades,
+    placement: Placement,
 }
 
 async fn build_services(
@@ -340,12 +343,27 @@ async fn build_services(
         tasks,
     );
     tracing::info!(workers = config.runner.workers, %owner, "fleet upgrade workers started");
+    let placement_wake = Arc::new(tokio::sync::Notify::new());
+    let placement = Placement::new(pool.clone(), engine, placement_wake.clone());
+    if engine == catalog::Engine::Citus {
+        placement::runner::spawn(
+            pool.clone(),
+            config.database.clone(),
+            owner,
+            config.runner.lease,
+            config.runner.poll_interval,
+            placement_wake,
+            shutdown.child_token(),
+            tasks,
+        );
+    }
     Ok(Services {
         identity,
         pools,
         data,
         tenants,
         upgrades,
+        placement,
     })
 }
 
@@ -365,6 +383,7 @@ async fn router(
         data,
         tenants,
         upgrades,
+        placement,
     } = services;
     let auth = Authenticator::new(identity.clone());
     let data_api = pb::tenant_data_service_server::TenantDataServiceServer::with_interceptor(
@@ -383,6 +402,10 @@ async fn router(
     );
     let migration_api = pb::migration_service_server::MigrationServiceServer::with_interceptor(
         MigrationApi::new(upgrades, background.shutdown.clone()),
+        auth.clone(),
+    );
+    let cluster_api = pb::cluster_service_server::ClusterServiceServer::with_interceptor(
+        ClusterApi::new(placement, background.shutdown.clone()),
         auth.clone(),
     );
     let user_api = pb::user_service_server::UserServiceServer::with_interceptor(
@@ -443,6 +466,7 @@ async fn router(
         .add_service(reflection)
         .add_service(tenant_api)
         .add_service(migration_api)
+        .add_service(cluster_api)
         .add_service(user_api)
         .add_service(session_api)
         .add_service(data_api);

@@ -23,6 +23,7 @@ pub mod local_pg;
 pub mod log_bursts;
 pub mod metrics;
 pub mod pgtls;
+pub mod placement;
 pub mod telemetry;
 pub mod tenant;
 

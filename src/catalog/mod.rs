@@ -4,8 +4,7 @@
 //! a caller composes several of them into one transaction.
 
 pub mod audit;
-pub(crate) mod citus;
-mod error;
+pub(crate) mod error;
 pub(crate) mod identity;
 pub(crate) mod metrics;
 pub mod privileges;

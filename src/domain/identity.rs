@@ -281,16 +281,19 @@ pub enum Scope {
     SessionsValidate,
     /// Read and write tenant data.
     Data,
+    /// Add and change Citus nodes; move, rebalance and drain tenants.
+    ClustersAdmin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::TenantsRead,
         Scope::TenantsWrite,
         Scope::UpgradesRun,
         Scope::IdentityAdmin,
         Scope::SessionsValidate,
         Scope::Data,
+        Scope::ClustersAdmin,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -301,6 +304,7 @@ impl Scope {
             Self::IdentityAdmin => "identity:admin",
             Self::SessionsValidate => "sessions:validate",
             Self::Data => "data",
+            Self::ClustersAdmin => "clusters:admin",
         }
     }
 

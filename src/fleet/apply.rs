@@ -35,7 +35,7 @@ pub enum Applied {
 
 /// The advisory lock key of one tenant: any 64 bits of its id will do, a
 /// collision only makes two tenants wait for each other.
-fn lock_key(tenant: TenantId) -> i64 {
+pub(crate) fn lock_key(tenant: TenantId) -> i64 {
     let b = tenant.as_uuid().as_bytes();
     i64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]])
 }

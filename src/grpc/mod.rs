@@ -3,6 +3,7 @@
 //! module sees a generated type or a `tonic::Status`.
 
 pub mod auth;
+mod clusters;
 pub(crate) mod codec;
 mod convert;
 pub(crate) mod data;
@@ -14,6 +15,7 @@ mod status;
 mod tenants;
 pub mod tls;
 
+pub use clusters::ClusterApi;
 pub use data::DataApi;
 pub use identity::{SessionApi, UserApi};
 pub use migrations::MigrationApi;

@@ -169,7 +169,7 @@ impl Tenants {
             return Ok(None);
         }
         let mut conn = self.conn().await?;
-        catalog::citus::node_of(&mut conn, id.schema_name().as_str())
+        crate::placement::node_of(&mut conn, id.schema_name().as_str())
             .await
             .map_err(TenantError::db("find the tenant's Citus node"))
     }

@@ -23,7 +23,7 @@ use crate::common::{TestServer, clients_at, config_for, lifecycle, managed_mode}
 /// Ports of the coordinator and the two workers (also their socket names):
 /// three in a row from a base that depends on the target directory, so
 /// that two checkouts on one machine (a session's and CI's) do not meet.
-static PORTS: std::sync::LazyLock<[u16; 3]> = std::sync::LazyLock::new(|| {
+pub(crate) static PORTS: std::sync::LazyLock<[u16; 3]> = std::sync::LazyLock::new(|| {
     use std::hash::{Hash as _, Hasher as _};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     env!("CARGO_TARGET_TMPDIR").hash(&mut hasher);
@@ -80,7 +80,7 @@ fn nodes() -> &'static [LocalCluster; 3] {
     })
 }
 
-fn skip() -> bool {
+pub(crate) fn skip() -> bool {
     if std::env::var("TENANTD_SKIP_CITUS").as_deref() == Ok("1") {
         use std::io::Write as _;
         let _ = writeln!(
@@ -94,15 +94,15 @@ fn skip() -> bool {
 
 /// A database of one test on every node, Citus in it and the workers
 /// added; dropped (with the tenant roles left) by [`CitusDb::drop_all`].
-struct CitusDb {
-    name: String,
+pub(crate) struct CitusDb {
+    pub(crate) name: String,
     /// In the managed mode, tenantd's role: no superuser, CREATEROLE,
     /// owner of the database on every node (its password is its name).
-    app_role: Option<String>,
+    pub(crate) app_role: Option<String>,
 }
 
 impl CitusDb {
-    async fn create() -> CitusDb {
+    pub(crate) async fn create() -> CitusDb {
         let id = uuid::Uuid::new_v4().simple();
         let name = format!("tenantd_citus_{id}");
         let app_role = managed_mode().then(|| format!("tenantd_app_{id}"));
@@ -134,6 +134,11 @@ impl CitusDb {
                 .await
                 .unwrap();
         }
+        // Adding a node propagates every role to it (pg_authid is
+        // cluster-wide): two tests doing it at once fail with "tuple
+        // concurrently updated" on the worker.
+        static ADDING_NODES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _adding = ADDING_NODES.lock().await;
         let mut coordinator = Self::connect(0, &name).await;
         sqlx::query("SELECT citus_set_coordinator_host('127.0.0.1', $1)")
             .bind(i32::from(PORTS[0]))
@@ -159,12 +164,12 @@ impl CitusDb {
     }
 
     /// As the superuser.
-    fn options(&self, node: usize) -> PgConnectOptions {
+    pub(crate) fn options(&self, node: usize) -> PgConnectOptions {
         nodes()[node].connect_options(&self.name)
     }
 
     /// What tenantd logs in as: the superuser, or the managed role.
-    fn tenantd_options(&self) -> PgConnectOptions {
+    pub(crate) fn tenantd_options(&self) -> PgConnectOptions {
         match &self.app_role {
             Some(role) => self.options(0).username(role).password(role),
             None => self.options(0),
@@ -177,12 +182,12 @@ impl CitusDb {
             .unwrap()
     }
 
-    async fn on(&self, node: usize) -> sqlx::PgConnection {
+    pub(crate) async fn on(&self, node: usize) -> sqlx::PgConnection {
         Self::connect(node, &self.name).await
     }
 
     /// Drops the database everywhere and every tenant role still there.
-    async fn drop_all(self) {
+    pub(crate) async fn drop_all(self) {
         let mut coordinator = self.on(0).await;
         let roles: Vec<String> = sqlx::query_scalar(
             "SELECT 'tenant_' || replace(id::text, '-', '') FROM tenantd.tenants \

@@ -11,6 +11,7 @@ mod common;
 
 mod authority;
 mod citus;
+mod citus_moves;
 mod data;
 mod deploy;
 mod docs;

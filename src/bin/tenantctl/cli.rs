@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::audit::AuditCommand;
+use crate::clusters::ClustersCommand;
 use crate::identity::{MembersCommand, SessionsCommand, UsersCommand};
 use crate::output::OutputFormat;
 use crate::session::parse_endpoint;
@@ -93,6 +94,11 @@ pub enum Command {
     Upgrade {
         #[command(subcommand)]
         command: UpgradeCommand,
+    },
+    /// Citus nodes, and moving tenants between them.
+    Clusters {
+        #[command(subcommand)]
+        command: ClustersCommand,
     },
     /// The server's gRPC health, as a whole and per service.
     Health,

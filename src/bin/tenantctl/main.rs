@@ -8,6 +8,7 @@
 
 mod audit;
 mod cli;
+mod clusters;
 mod error;
 mod health;
 mod identity;
@@ -53,6 +54,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Tenants { command } => tenants::run(command, &session).await,
         Command::Upgrade { command } => upgrade::run(command, &session).await,
         Command::Audit { command } => audit::run(command, &session).await,
+        Command::Clusters { command } => clusters::run(command, &session).await,
         Command::Health => health::run(&session).await,
         Command::Users { command } => identity::users::run(command, &session).await,
         Command::Members { command } => identity::members::run(command, &session).await,

@@ -272,6 +272,7 @@ pub struct Clients {
     pub users: tenantd::pb::user_service_client::UserServiceClient<Authed>,
     pub sessions: tenantd::pb::session_service_client::SessionServiceClient<Authed>,
     pub data: tenantd::pb::tenant_data_service_client::TenantDataServiceClient<Authed>,
+    pub clusters: tenantd::pb::cluster_service_client::ClusterServiceClient<Authed>,
 }
 
 impl Clients {
@@ -284,6 +285,7 @@ impl Clients {
             ),
             users: tenantd::pb::user_service_client::UserServiceClient::new(ch.clone()),
             sessions: tenantd::pb::session_service_client::SessionServiceClient::new(ch.clone()),
+            clusters: tenantd::pb::cluster_service_client::ClusterServiceClient::new(ch.clone()),
             data: tenantd::pb::tenant_data_service_client::TenantDataServiceClient::new(ch),
         }
     }

@@ -50,6 +50,16 @@ enum Call {
     CheckPermission(pb::CheckPermissionRequest),
     Execute(pb::ExecuteRequest),
     Transaction(pb::TransactionRequest),
+    ListNodes(pb::ListNodesRequest),
+    AddNode(pb::AddNodeRequest),
+    SetNodeShouldHaveShards(pb::SetNodeShouldHaveShardsRequest),
+    MoveTenant(pb::MoveTenantRequest),
+    RebalanceTenants(pb::RebalanceTenantsRequest),
+    DrainNode(pb::DrainNodeRequest),
+    GetClusterJob(pb::ClusterJobRequest),
+    ListClusterJobs(pb::ListClusterJobsRequest),
+    WatchClusterJob(pb::ClusterJobRequest),
+    CancelClusterJob(pb::ClusterJobRequest),
 }
 
 impl Call {
@@ -93,6 +103,18 @@ impl Call {
             Call::CheckPermission(r) => c.sessions.check_permission(r).await.map(drop),
             Call::Execute(r) => c.data.execute(r).await.map(drop),
             Call::Transaction(r) => c.data.transaction(r).await.map(drop),
+            Call::ListNodes(r) => c.clusters.list_nodes(r).await.map(drop),
+            Call::AddNode(r) => c.clusters.add_node(r).await.map(drop),
+            Call::SetNodeShouldHaveShards(r) => {
+                c.clusters.set_node_should_have_shards(r).await.map(drop)
+            }
+            Call::MoveTenant(r) => c.clusters.move_tenant(r).await.map(drop),
+            Call::RebalanceTenants(r) => c.clusters.rebalance_tenants(r).await.map(drop),
+            Call::DrainNode(r) => c.clusters.drain_node(r).await.map(drop),
+            Call::GetClusterJob(r) => c.clusters.get_cluster_job(r).await.map(drop),
+            Call::ListClusterJobs(r) => c.clusters.list_cluster_jobs(r).await.map(drop),
+            Call::WatchClusterJob(r) => c.clusters.watch_cluster_job(r).await.map(drop),
+            Call::CancelClusterJob(r) => c.clusters.cancel_cluster_job(r).await.map(drop),
         }
     }
 }
@@ -256,6 +278,68 @@ fn control_plane() -> Vec<Case> {
             DENIED,
         ),
         case("Login", Login(login("a@example.com", PASSWORD, "")), DENIED),
+        // Reads of ClusterService take tenants:read: on plain PostgreSQL
+        // the reader key gets them answered FAILED_PRECONDITION (no Citus).
+        case(
+            "ListNodes",
+            ListNodes(pb::ListNodesRequest {}),
+            Some(Code::FailedPrecondition),
+        ),
+        case(
+            "AddNode",
+            AddNode(pb::AddNodeRequest {
+                node: "127.0.0.1:9".into(),
+            }),
+            DENIED,
+        ),
+        case(
+            "SetNodeShouldHaveShards",
+            SetNodeShouldHaveShards(pb::SetNodeShouldHaveShardsRequest {
+                node: "127.0.0.1:9".into(),
+                should_have_shards: false,
+            }),
+            DENIED,
+        ),
+        case(
+            "MoveTenant",
+            MoveTenant(pb::MoveTenantRequest {
+                tenant_id: id(),
+                node: "127.0.0.1:9".into(),
+            }),
+            DENIED,
+        ),
+        case(
+            "RebalanceTenants",
+            RebalanceTenants(pb::RebalanceTenantsRequest {}),
+            DENIED,
+        ),
+        case(
+            "DrainNode",
+            DrainNode(pb::DrainNodeRequest {
+                node: "127.0.0.1:9".into(),
+            }),
+            DENIED,
+        ),
+        case(
+            "GetClusterJob",
+            GetClusterJob(pb::ClusterJobRequest { id: id() }),
+            Some(Code::FailedPrecondition),
+        ),
+        case(
+            "ListClusterJobs",
+            ListClusterJobs(pb::ListClusterJobsRequest { page_size: 0 }),
+            Some(Code::FailedPrecondition),
+        ),
+        case(
+            "WatchClusterJob",
+            WatchClusterJob(pb::ClusterJobRequest { id: id() }),
+            Some(Code::FailedPrecondition),
+        ),
+        case(
+            "CancelClusterJob",
+            CancelClusterJob(pb::ClusterJobRequest { id: id() }),
+            DENIED,
+        ),
         case(
             "Refresh",
             Refresh(pb::RefreshRequest {

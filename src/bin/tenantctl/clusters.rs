@@ -1,0 +1,413 @@
+//! `tenantctl clusters …`: the Citus nodes behind tenantd and the jobs that
+//! move tenants between them (ClusterService).
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use tenantd::pb::{self, cluster_service_client::ClusterServiceClient};
+use tonic::transport::Channel;
+
+use crate::cli::parse_uuid;
+use crate::error::CliError;
+use crate::output::{self, OutputFormat};
+use crate::session::Session;
+
+#[derive(Debug, Subcommand)]
+pub enum ClustersCommand {
+    /// The coordinator and workers, with how many tenants each holds.
+    Nodes,
+    /// Add a worker to the Citus cluster (needs a superuser database role).
+    AddNode {
+        /// host:port of the new worker.
+        node: String,
+    },
+    /// Allow or stop placing tenants on a node.
+    SetNode {
+        /// host:port, as `clusters nodes` shows it.
+        node: String,
+        #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
+        should_have_shards: bool,
+    },
+    /// Move one tenant (id or slug) to another node.
+    Move {
+        #[arg(value_name = "ID_OR_SLUG")]
+        tenant: String,
+        /// host:port of the target node.
+        node: String,
+        #[command(flatten)]
+        watch: WatchArgs,
+    },
+    /// Move tenants as Citus's rebalancer plans it.
+    Rebalance {
+        #[command(flatten)]
+        watch: WatchArgs,
+    },
+    /// Move every tenant off a node; new tenants stop landing there.
+    Drain {
+        node: String,
+        #[command(flatten)]
+        watch: WatchArgs,
+    },
+    /// Placement jobs, newest first.
+    Jobs {
+        /// How many (1-100).
+        #[arg(long, default_value_t = 20)]
+        limit: i32,
+    },
+    /// One placement job and its moves.
+    Job {
+        #[arg(value_parser = parse_uuid)]
+        id: String,
+    },
+    /// Follow a placement job until it ends.
+    Watch {
+        #[arg(value_parser = parse_uuid)]
+        id: String,
+    },
+    /// Cancel a placement job: pending moves are skipped, a running move is
+    /// rolled back unless Citus already switched the tenant over.
+    Cancel {
+        #[arg(value_parser = parse_uuid)]
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Follow the job until it ends; exit 1 unless it succeeded.
+    #[arg(long)]
+    watch: bool,
+}
+
+fn client(session: &Session) -> ClusterServiceClient<Channel> {
+    ClusterServiceClient::new(session.channel())
+}
+
+pub async fn run(command: ClustersCommand, session: &Session) -> Result<(), CliError> {
+    let mut c = client(session);
+    let (job, watch) = match command {
+        ClustersCommand::Nodes => {
+            let nodes = session
+                .call(c.list_nodes(session.request(pb::ListNodesRequest {})))
+                .await?
+                .nodes;
+            return print_nodes(session.output, &nodes);
+        }
+        ClustersCommand::AddNode { node } => {
+            let node = session
+                .call(c.add_node(session.request(pb::AddNodeRequest { node })))
+                .await?;
+            return print_nodes(session.output, &[node]);
+        }
+        ClustersCommand::SetNode {
+            node,
+            should_have_shards,
+        } => {
+            let request = pb::SetNodeShouldHaveShardsRequest {
+                node,
+                should_have_shards,
+            };
+            let node = session
+                .call(c.set_node_should_have_shards(session.request(request)))
+                .await?;
+            return print_nodes(session.output, &[node]);
+        }
+        ClustersCommand::Move {
+            tenant,
+            node,
+            watch,
+        } => {
+            let tenant_id = crate::tenants::resolve_id(session, &tenant).await?;
+            let request = pb::MoveTenantRequest { tenant_id, node };
+            let job = session
+                .call(c.move_tenant(session.request(request)))
+                .await?;
+            (job, watch.watch)
+        }
+        ClustersCommand::Rebalance { watch } => {
+            let request = session.request(pb::RebalanceTenantsRequest {});
+            (
+                session.call(c.rebalance_tenants(request)).await?,
+                watch.watch,
+            )
+        }
+        ClustersCommand::Drain { node, watch } => {
+            let request = session.request(pb::DrainNodeRequest { node });
+            (session.call(c.drain_node(request)).await?, watch.watch)
+        }
+        ClustersCommand::Jobs { limit } => {
+            let request = session.request(pb::ListClusterJobsRequest { page_size: limit });
+            let jobs = session.call(c.list_cluster_jobs(request)).await?.jobs;
+            return print_jobs(session.output, &jobs);
+        }
+        ClustersCommand::Job { id } => {
+            let request = session.request(pb::ClusterJobRequest { id });
+            (session.call(c.get_cluster_job(request)).await?, false)
+        }
+        ClustersCommand::Watch { id } => return watch(session, &mut c, id).await,
+        ClustersCommand::Cancel { id } => {
+            let request = session.request(pb::ClusterJobRequest { id });
+            (session.call(c.cancel_cluster_job(request)).await?, false)
+        }
+    };
+    if watch {
+        return self::watch(session, &mut c, job.id).await;
+    }
+    print_job(session.output, &job)
+}
+
+/// Prints each change of the job; the exit status tells how it ended.
+async fn watch(
+    session: &Session,
+    c: &mut ClusterServiceClient<Channel>,
+    id: String,
+) -> Result<(), CliError> {
+    let request = session.stream_request(pb::ClusterJobRequest { id });
+    let mut stream = session.call(c.watch_cluster_job(request)).await?;
+    let mut shown: Vec<(String, i32)> = Vec::new();
+    let mut last = None;
+    // A move can take a long time: the watch waits for as long as the
+    // server keeps the stream open.
+    while let Some(job) = session
+        .next_message(&mut stream, Duration::from_secs(24 * 3600))
+        .await?
+    {
+        if session.output == OutputFormat::Table {
+            for m in &job.moves {
+                let key = (m.tenant_id.clone(), m.status);
+                if m.status != pb::MoveStatus::Pending as i32 && !shown.contains(&key) {
+                    output::print_text(&move_line(m))?;
+                    shown.push(key);
+                }
+            }
+        }
+        last = Some(job);
+    }
+    let Some(job) = last else {
+        return Err(CliError::Failed(
+            "the server ended the stream without the job".to_owned(),
+        ));
+    };
+    print_job(session.output, &job)?;
+    if job.status == pb::ClusterJobStatus::Succeeded as i32 {
+        return Ok(());
+    }
+    Err(CliError::Failed(format!(
+        "the placement job ended {}",
+        job_status(job.status)
+    )))
+}
+
+fn job_status(raw: i32) -> String {
+    output::enum_word(
+        pb::ClusterJobStatus::try_from(raw)
+            .ok()
+            .map(|s| s.as_str_name()),
+        "CLUSTER_JOB_STATUS_",
+        raw,
+    )
+}
+
+fn job_kind(raw: i32) -> String {
+    output::enum_word(
+        pb::ClusterJobKind::try_from(raw)
+            .ok()
+            .map(|s| s.as_str_name()),
+        "CLUSTER_JOB_KIND_",
+        raw,
+    )
+}
+
+fn move_status(raw: i32) -> String {
+    output::enum_word(
+        pb::MoveStatus::try_from(raw).ok().map(|s| s.as_str_name()),
+        "MOVE_STATUS_",
+        raw,
+    )
+}
+
+fn move_line(m: &pb::TenantMove) -> String {
+    let error = if m.error.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", m.error)
+    };
+    format!(
+        "{}  {} -> {}  {}{error}",
+        m.tenant_id,
+        m.source,
+        m.target,
+        move_status(m.status)
+    )
+}
+
+fn node_json(n: &pb::Node) -> Value {
+    json!({
+        "id": n.id,
+        "name": n.name,
+        "coordinator": n.coordinator,
+        "active": n.active,
+        "should_have_shards": n.should_have_shards,
+        "tenants": n.tenants,
+    })
+}
+
+fn print_nodes(format: OutputFormat, nodes: &[pb::Node]) -> Result<(), CliError> {
+    match format {
+        OutputFormat::Json => {
+            output::print_json(&json!(nodes.iter().map(node_json).collect::<Vec<_>>()))
+        }
+        OutputFormat::Table => {
+            let mut table = output::table(Some(&[
+                "ID",
+                "NODE",
+                "ROLE",
+                "ACTIVE",
+                "SHOULD HAVE SHARDS",
+                "TENANTS",
+            ]));
+            for n in nodes {
+                table.add_row(vec![
+                    n.id.to_string(),
+                    n.name.clone(),
+                    if n.coordinator {
+                        "coordinator"
+                    } else {
+                        "worker"
+                    }
+                    .to_owned(),
+                    n.active.to_string(),
+                    n.should_have_shards.to_string(),
+                    n.tenants.to_string(),
+                ]);
+            }
+            output::print_text(&table.to_string())
+        }
+    }
+}
+
+fn job_json(j: &pb::ClusterJob) -> Value {
+    json!({
+        "id": j.id,
+        "kind": job_kind(j.kind),
+        "status": job_status(j.status),
+        "node": j.node,
+        "requested_by": j.requested_by,
+        "created_at": output::rfc3339(j.created_at.as_ref()),
+        "started_at": output::rfc3339(j.started_at.as_ref()),
+        "finished_at": output::rfc3339(j.finished_at.as_ref()),
+        "cancel_requested": j.cancel_requested,
+        "error": j.error,
+        "moves": j.moves.iter().map(|m| json!({
+            "tenant_id": m.tenant_id,
+            "source": m.source,
+            "target": m.target,
+            "status": move_status(m.status),
+            "started_at": output::rfc3339(m.started_at.as_ref()),
+            "finished_at": output::rfc3339(m.finished_at.as_ref()),
+            "error": m.error,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_job(format: OutputFormat, job: &pb::ClusterJob) -> Result<(), CliError> {
+    if format == OutputFormat::Json {
+        return output::print_json(&job_json(job));
+    }
+    let count = |s: pb::MoveStatus| job.moves.iter().filter(|m| m.status == s as i32).count();
+    let rows = vec![
+        ("id", job.id.clone()),
+        ("kind", job_kind(job.kind)),
+        ("status", job_status(job.status)),
+        ("node", job.node.clone()),
+        ("requested by", job.requested_by.clone()),
+        ("created", output::rfc3339_seconds(job.created_at.as_ref())),
+        (
+            "finished",
+            output::rfc3339_seconds(job.finished_at.as_ref()),
+        ),
+        (
+            "moves",
+            format!(
+                "{} done, {} failed, {} cancelled, {} skipped, {} to go",
+                count(pb::MoveStatus::Done),
+                count(pb::MoveStatus::Failed),
+                count(pb::MoveStatus::Cancelled),
+                count(pb::MoveStatus::Skipped),
+                count(pb::MoveStatus::Pending) + count(pb::MoveStatus::Running),
+            ),
+        ),
+    ];
+    output::print_text(&output::key_value_table(rows).to_string())?;
+    if job.moves.is_empty() {
+        return Ok(());
+    }
+    let mut table = output::table(Some(&["TENANT", "FROM", "TO", "STATUS", "ERROR"]));
+    for m in &job.moves {
+        table.add_row(vec![
+            m.tenant_id.clone(),
+            m.source.clone(),
+            m.target.clone(),
+            move_status(m.status),
+            m.error.clone(),
+        ]);
+    }
+    output::print_text(&table.to_string())
+}
+
+fn print_jobs(format: OutputFormat, jobs: &[pb::ClusterJob]) -> Result<(), CliError> {
+    if format == OutputFormat::Json {
+        return output::print_json(&json!(jobs.iter().map(job_json).collect::<Vec<_>>()));
+    }
+    let mut table = output::table(Some(&["ID", "KIND", "STATUS", "NODE", "MOVES", "CREATED"]));
+    for j in jobs {
+        table.add_row(vec![
+            j.id.clone(),
+            job_kind(j.kind),
+            job_status(j.status),
+            j.node.clone(),
+            j.moves.len().to_string(),
+            output::rfc3339_seconds(j.created_at.as_ref()),
+        ]);
+    }
+    output::print_text(&table.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn parse(args: &[&str]) -> ClustersCommand {
+        let cli = Cli::try_parse_from(["tenantctl", "clusters"].iter().chain(args)).unwrap();
+        match cli.command {
+            Command::Clusters { command } => command,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn commands_parse() {
+        assert!(matches!(
+            parse(&["move", "acme", "10.0.0.2:5432", "--watch"]),
+            ClustersCommand::Move {
+                watch: WatchArgs { watch: true },
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(&["set-node", "w1:5432", "--should-have-shards", "false"]),
+            ClustersCommand::SetNode {
+                should_have_shards: false,
+                ..
+            }
+        ));
+        assert!(
+            Cli::try_parse_from(["tenantctl", "clusters", "job", "not-a-uuid"]).is_err(),
+            "job ids are UUIDs"
+        );
+    }
+}
