@@ -135,8 +135,9 @@ pub struct ServeArgs {
     #[arg(long, env = "TENANTD_UPGRADE_WORKERS", default_value_t = 4)]
     pub upgrade_workers: usize,
 
-    /// How long a worker's claim on a tenant or a run slot lasts without a
-    /// heartbeat; after a crash other replicas take the work over then.
+    /// How long a worker's claim on a tenant or a run slot, or a replica's
+    /// on a placement job (Citus), lasts without a heartbeat; after a crash
+    /// other replicas take the work over then.
     #[arg(long, env = "TENANTD_UPGRADE_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub upgrade_lease: Duration,
 
