@@ -167,7 +167,7 @@ impl PgServer {
 /// The private cluster's URL in the form tenantd's URL parser takes: a
 /// placeholder host that the `host` parameter (the socket directory)
 /// replaces.
-fn cluster_url(cluster: &LocalCluster, database: &str) -> String {
+pub(crate) fn cluster_url(cluster: &LocalCluster, database: &str) -> String {
     let socket = cluster.socket_dir().display().to_string();
     let mut encoded = String::with_capacity(socket.len());
     for b in socket.bytes() {
@@ -197,7 +197,7 @@ fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
 }
 
 /// A derived URL, handed on as a [`Secret`] since it may carry a password.
-fn secret(url: &str) -> Secret {
+pub(crate) fn secret(url: &str) -> Secret {
     let Ok(secret) = url.parse::<Secret>();
     secret
 }
@@ -341,7 +341,7 @@ impl BenchDatabase {
 
 /// The role of every tenant in the database's catalog (a role is named like
 /// its schema); none when tenantd never got to create the catalog.
-async fn tenant_roles(options: &PgConnectOptions) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn tenant_roles(options: &PgConnectOptions) -> anyhow::Result<Vec<String>> {
     let mut conn = PgConnection::connect_with(options).await?;
     let roles: Vec<String> = sqlx::query_scalar(
         "SELECT schema_name FROM tenantd.tenants WHERE schema_name ~ '^tenant_[0-9a-f]{32}$'",

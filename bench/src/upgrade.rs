@@ -206,16 +206,16 @@ fn rate_line(label: &str, connections: usize, n: usize, took: Duration, note: &s
 
 /// Two tenant migration directories in the temp dir, removed on drop: `v1`
 /// with the embedded first migration, `v2` with it and [`V2_SQL`].
-struct MigrationDirs {
+pub(crate) struct MigrationDirs {
     root: PathBuf,
-    v1: PathBuf,
-    v2: PathBuf,
+    pub(crate) v1: PathBuf,
+    pub(crate) v2: PathBuf,
     v1_set: TenantMigrations,
     v2_set: TenantMigrations,
 }
 
 impl MigrationDirs {
-    fn write(tag: &str) -> anyhow::Result<Self> {
+    pub(crate) fn write(tag: &str) -> anyhow::Result<Self> {
         let root = std::env::temp_dir().join(format!("{tag}-migrations"));
         let (v1, v2) = (root.join("v1"), root.join("v2"));
         // From here on, drop removes whatever was written.
@@ -492,12 +492,12 @@ async fn settle(db: &BenchDatabase) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct TenantdUpgrade {
+pub(crate) struct TenantdUpgrade {
     run_id: String,
     /// From the run's created_at to its finished_at (the database's clock).
-    elapsed: Duration,
+    pub(crate) elapsed: Duration,
     /// From sending StartUpgrade to the watch stream's end.
-    wall: Duration,
+    pub(crate) wall: Duration,
     /// From the run's created_at to the first tenant a worker claimed (idle
     /// workers look for work every 500 ms); part of `elapsed`.
     first_claim: Duration,
@@ -595,7 +595,7 @@ async fn plan_latency(
 
 /// StartUpgrade with `concurrency`, then WatchUpgrade (every outcome, from
 /// the start) until the run ends; fails unless it succeeded for all `n`.
-async fn upgrade_fleet(
+pub(crate) async fn upgrade_fleet(
     client: &mut MigrationServiceClient<Authed>,
     fleet: &[TenantId],
     concurrency: usize,

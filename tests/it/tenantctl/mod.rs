@@ -2,6 +2,7 @@
 //! memberships and sessions, and fleet upgrades, through the CLI in JSON
 //! and table output.
 
+mod clusters;
 mod identity;
 mod tenants;
 mod upgrades;
