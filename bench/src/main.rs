@@ -15,7 +15,8 @@
 //! its argon2id bound; `execute`: the data plane's Execute throughput next to
 //! pgbench; `checkout`: the pool cache's hit and checkout, in process;
 //! `touch`: a fleet far larger than the pool cache, touched in turn, with
-//! memory and connections watched); the harness they share is
+//! memory and connections watched; `citus`: create, upgrade, Execute and
+//! tenant moves on a Citus coordinator with two workers); the harness they share is
 //! operation-neutral: `pg` (a run: the server and the run's database),
 //! `server` (the tenantd process, its clients and its metrics), `measure`
 //! (client loops and statistics), `flags` (checks of the flags),
@@ -24,6 +25,7 @@
 //! create-tenant transaction), `tenants` (tenants made through CreateTenant).
 
 mod checkout;
+mod citus;
 mod create;
 mod execute;
 mod flags;
@@ -76,6 +78,10 @@ enum Command {
     /// by Execute; tenantd's memory, the tenant backends and its pool gauges
     /// watched throughout.
     Touch(touch::TouchArgs),
+    /// tenantd on a Citus coordinator with two workers next to a plain
+    /// database on the same server: CreateTenant, a fleet upgrade, Execute,
+    /// and tenant moves under write load next to an offline pg_dump move.
+    Citus(citus::CitusArgs),
 }
 
 /// Where the benchmark runs; shared by every subcommand.
@@ -116,6 +122,7 @@ fn main() -> ExitCode {
         Command::Execute(args) => runtime.block_on(execute::run(args)),
         Command::Checkout(args) => runtime.block_on(checkout::run(args)),
         Command::Touch(args) => runtime.block_on(touch::run(args)),
+        Command::Citus(args) => runtime.block_on(citus::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

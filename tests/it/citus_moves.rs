@@ -387,6 +387,32 @@ async fn drain_and_rebalance_move_whole_tenants() {
         tenants.push(t);
     }
 
+    // The drain runs under load: eight writers on a tenant it moves.
+    let mut loaded = None;
+    for t in &tenants {
+        if node_of(&mut c, t).await == node_name(1) {
+            loaded = Some(t.clone());
+        }
+    }
+    let loaded = match loaded {
+        Some(t) => t,
+        None => {
+            // Citus put all four on worker 2: make one live on worker 1.
+            let job = c
+                .clusters
+                .move_tenant(pb::MoveTenantRequest {
+                    tenant_id: tenants[0].id.clone(),
+                    node: node_name(1),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            wait_job(&mut c, &job.id).await;
+            tenants[0].clone()
+        }
+    };
+    let writers = Writers::start(&endpoint, &loaded).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let drain = c
         .clusters
         .drain_node(pb::DrainNodeRequest { node: node_name(1) })
@@ -399,6 +425,21 @@ async fn drain_and_rebalance_move_whole_tenants() {
         pb::ClusterJobStatus::Succeeded as i32,
         "{ended:?}"
     );
+    let (acked, failed) = writers.stop().await;
+    assert!(
+        failed.is_empty(),
+        "no call fails during a drain: {failed:?}"
+    );
+    let codes: Vec<String> = acked.iter().map(|(c, _)| c.clone()).collect();
+    let found: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {}.customers WHERE code = ANY($1)",
+        loaded.schema_name
+    ))
+    .bind(&codes)
+    .fetch_one(&mut db.on(0).await)
+    .await
+    .unwrap();
+    assert_eq!(found, codes.len() as i64, "an acknowledged write was lost");
     for t in &tenants {
         assert_eq!(node_of(&mut c, t).await, node_name(2), "{} drained", t.slug);
     }
@@ -470,7 +511,7 @@ async fn drain_and_rebalance_move_whole_tenants() {
             .data
             .execute(crate::common::data::read(
                 &t.id,
-                "SELECT name FROM customers",
+                "SELECT name FROM customers WHERE code = 'a1'",
             ))
             .await
             .unwrap()
@@ -518,6 +559,43 @@ async fn a_cancelled_move_leaves_the_tenant_serving_where_it_was() {
     let a = c.tenant("cancel-a").await;
     fill(&db, &a, 600_000).await;
     let source = node_of(&mut c, &a).await;
+
+    // The tenant's own OWNER is a user, not an operator: every
+    // ClusterService call is refused, reads included.
+    let (owner, email) = crate::common::identity::new_user(&mut c, "owner").await;
+    let mine = crate::common::identity::tenant_owned_by(&mut c, "owned", &owner).await;
+    let token = crate::common::identity::log_in(&mut c, &email, &mine.id)
+        .await
+        .access_token;
+    let mut hostile = crate::common::clients_with(&endpoint, &token).await;
+    let refused = [
+        hostile
+            .clusters
+            .move_tenant(pb::MoveTenantRequest {
+                tenant_id: mine.id.clone(),
+                node: node_name(1),
+            })
+            .await
+            .map(drop),
+        hostile
+            .clusters
+            .list_nodes(pb::ListNodesRequest {})
+            .await
+            .map(drop),
+        hostile
+            .clusters
+            .drain_node(pb::DrainNodeRequest { node: node_name(1) })
+            .await
+            .map(drop),
+        hostile
+            .clusters
+            .rebalance_tenants(pb::RebalanceTenantsRequest {})
+            .await
+            .map(drop),
+    ];
+    for r in refused {
+        assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
+    }
 
     // Bad requests name their field and change nothing.
     for (tenant_id, node, field) in [

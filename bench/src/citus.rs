@@ -1,0 +1,1393 @@
+//! `tenantd-bench citus`: tenantd on a Citus coordinator with two workers,
+//! next to tenantd on a plain database of the same coordinator server, in
+//! one run:
+//!
+//! 1. CreateTenant p50/p95 (one client), Citus next to plain, the phases
+//!    interleaved in rounds (ABBA…) so that drift of the machine hits both;
+//! 2. a fleet of `--tenants` tenants made on each side (CreateTenant with
+//!    `--connections` clients), then tenantd restarted with one more tenant
+//!    migration (the one `upgrade` uses) and StartUpgrade of the fleet,
+//!    watched to its end: tenants/s on Citus and on plain;
+//! 3. Execute requests/s of a unique-key SELECT at each `--clients` count,
+//!    Citus next to plain, interleaved as 1.;
+//! 4. moves: a tenant with `--rows` customers, eight writers inserting one
+//!    row per Execute throughout, and `--moves` MoveTenant jobs (alternating
+//!    between the workers), each polled with GetClusterJob to its end. Per
+//!    move: its time and the write pause — the longest gap between
+//!    consecutive acknowledged writes (all writers merged) that touches the
+//!    move's window. Every call must succeed and every acknowledged write be
+//!    there at the end. Next to it the offline move of the same tenant:
+//!    `pg_dump -n <schema> -Fc` from the coordinator piped into
+//!    `pg_restore` into a fresh plain database — the write pause an offline
+//!    move imposes.
+//!
+//! The three nodes are private clusters under `--data-dir`, listening on
+//! 127.0.0.1 at `--base-port` and the two ports after it (started if they
+//! are not running, and stopped again at the end if this run started them),
+//! as `tests/it/citus.rs` runs them: `shared_preload_libraries = 'citus'`,
+//! `wal_level = logical`, the workers trusting 127.0.0.1. The run's
+//! databases are dropped afterwards on every node, together with every
+//! tenant role the run made.
+
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use clap::Args;
+use rand::{Rng as _, SeedableRng as _};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection};
+use tenantd::config::Secret;
+use tenantd::domain::TenantId;
+use tenantd::local_pg::{LocalCluster, TcpExtras};
+use tenantd::pb;
+use tenantd::pb::cluster_service_client::ClusterServiceClient;
+use tenantd::pb::migration_service_client::MigrationServiceClient;
+use tenantd::pb::tenant_data_service_client::TenantDataServiceClient;
+use tenantd::pb::tenant_service_client::TenantServiceClient;
+
+use crate::flags;
+use crate::measure::{CallStats, Window, Worker, measure, ms, percentile};
+use crate::pg::{cluster_url, secret, tenant_roles};
+use crate::server::{Authed, TenantdServer, status, tenantd_binary};
+use crate::tenants;
+use crate::upgrade::{MigrationDirs, upgrade_fleet};
+
+#[derive(Debug, Args)]
+pub struct CitusArgs {
+    /// Tenants in the fleet that is upgraded (on each side).
+    #[arg(long, default_value_t = 200)]
+    tenants: usize,
+
+    /// Moves of the loaded tenant, alternating between the two workers.
+    #[arg(long, default_value_t = 10)]
+    moves: usize,
+
+    /// Customers rows in the moved tenant.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+
+    /// Rounds of the interleaved phases (CreateTenant, Execute): each round
+    /// runs one Citus and one plain phase per measurement.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+
+    /// Measured seconds per interleaved phase.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+
+    /// Unrecorded seconds before each interleaved phase.
+    #[arg(long, default_value_t = 1.0)]
+    warmup_seconds: f64,
+
+    /// Execute clients, one pair of phases (Citus, plain) per value and round.
+    #[arg(long, value_delimiter = ',', default_values_t = [8usize, 32])]
+    clients: Vec<usize>,
+
+    /// HTTP/2 connections the Execute clients are spread over.
+    #[arg(long, default_value_t = 4)]
+    channels: usize,
+
+    /// Rows in the table the Execute SELECT reads.
+    #[arg(long, default_value_t = 10_000)]
+    select_rows: u32,
+
+    /// CreateTenant clients that make each fleet; also tenantd's
+    /// --upgrade-workers and the upgrade's concurrency.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+
+    /// Directory of the three private clusters.
+    #[arg(long, default_value = "target/bench-citus")]
+    data_dir: PathBuf,
+
+    /// Port of the coordinator on 127.0.0.1; the workers take the next two.
+    #[arg(long, default_value_t = 39_601)]
+    base_port: u16,
+
+    /// The tenantd server binary [default: `tenantd` next to this binary].
+    #[arg(long)]
+    tenantd: Option<PathBuf>,
+
+    /// Also print a markdown table for BENCHMARKS.md.
+    #[arg(long)]
+    markdown: bool,
+}
+
+/// Writers during the moves, as in `tests/it/citus_moves.rs`.
+const WRITERS: usize = 8;
+/// How often a move job is polled.
+const JOB_POLL: Duration = Duration::from_millis(50);
+/// How long one move may take.
+const JOB_WAIT: Duration = Duration::from_secs(900);
+/// Quiet time before the first move, between moves and after the last.
+const SETTLE: Duration = Duration::from_secs(1);
+/// The SELECT of the Execute phases: one row by a unique key.
+const SELECT: &str = "SELECT name FROM customers WHERE code = $1";
+const NODE_NAMES: [&str; 3] = ["coordinator", "worker-1", "worker-2"];
+
+/// Runs the benchmark and prints its results.
+pub async fn run(args: CitusArgs) -> anyhow::Result<()> {
+    flags::at_least("--tenants", args.tenants, 1)?;
+    flags::at_least("--moves", args.moves, 1)?;
+    flags::at_least("--rows", args.rows, 1)?;
+    flags::between("--rounds", args.rounds, 1, 100)?;
+    flags::each_between("--clients", &args.clients, 1, 256)?;
+    flags::between("--channels", args.channels, 1, 64)?;
+    flags::at_least("--select-rows", args.select_rows, 1)?;
+    flags::between("--connections", args.connections, 1, 64)?;
+    flags::between("--base-port", args.base_port, 1024, 65_533)?;
+    let window = Window::from_flags(args.seconds, args.warmup_seconds)?;
+    let tenantd_bin = tenantd_binary(args.tenantd.as_deref())?;
+    let bin_dir = citus_binaries()?;
+
+    let nodes = Nodes::start(&args.data_dir, args.base_port).await?;
+    let outcome = async {
+        let dbs = Databases::create(&nodes).await?;
+        let ran = tokio::select! {
+            ran = run_phases(&args, window, &tenantd_bin, &bin_dir, &nodes, &dbs) => ran,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        };
+        let ran = ran.map(|results| report(&args, window, &results));
+        let dropped = dbs.remove(&nodes).await;
+        first_error(ran, dropped, "cleaning up failed too: ")
+    }
+    .await;
+    let stopped = nodes.close().await;
+    first_error(outcome, stopped, "")
+}
+
+/// The error of `ran`, else that of the `cleanup` after it.
+fn first_error(
+    ran: anyhow::Result<()>,
+    cleanup: anyhow::Result<()>,
+    note: &str,
+) -> anyhow::Result<()> {
+    match (ran, cleanup) {
+        (Ok(()), cleanup) => cleanup,
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(cleanup)) => {
+            eprintln!("tenantd-bench: {note}{cleanup:#}");
+            Err(e)
+        }
+    }
+}
+
+/// The server binaries, once Citus is known to be installed beside them
+/// (Debian's layout: the server's libraries beside its bin directory).
+fn citus_binaries() -> anyhow::Result<PathBuf> {
+    let bin = tenantd::local_pg::find_binaries()?;
+    let lib = bin
+        .join("postgres")
+        .canonicalize()
+        .ok()
+        .and_then(|postgres| Some(postgres.parent()?.join("../lib/citus.so")));
+    ensure!(
+        lib.as_deref().is_some_and(Path::exists),
+        "Citus is not installed in the PostgreSQL at {} (no citus.so in its lib directory): \
+         build and install it with ../shared/citus/build.sh (as root), then run this again",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// The coordinator and the two workers.
+struct Nodes {
+    nodes: Vec<LocalCluster>,
+    ports: [u16; 3],
+    /// Which of them this run started (and so stops).
+    started: Vec<bool>,
+}
+
+impl Nodes {
+    async fn start(dir: &Path, base_port: u16) -> anyhow::Result<Self> {
+        let ports = [base_port, base_port + 1, base_port + 2];
+        let mut nodes = Vec::new();
+        let mut started = Vec::new();
+        for (name, port) in NODE_NAMES.into_iter().zip(ports) {
+            let extras = TcpExtras {
+                conf: "shared_preload_libraries = 'citus'\nwal_level = logical\n\
+                       max_prepared_transactions = 100\n"
+                    .to_owned(),
+                hba: "host all all 127.0.0.1/32 trust\n".to_owned(),
+            };
+            let node = LocalCluster::new(&dir.join(format!("{name}-{port}")))?
+                .listening_on_tcp(port, extras);
+            let n = node.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let was_running = n.is_running()?;
+                n.ensure_running()?;
+                anyhow::Ok(!was_running)
+            })
+            .await
+            .context("start a Citus node");
+            let ok = match result {
+                Ok(Ok(s)) => Ok(s),
+                Ok(Err(e)) | Err(e) => Err(e),
+            };
+            match ok {
+                Ok(s) => {
+                    eprintln!(
+                        "tenantd-bench: {name} on 127.0.0.1:{port} ({})",
+                        if s { "started" } else { "already running" }
+                    );
+                    nodes.push(node);
+                    started.push(s);
+                }
+                Err(e) => {
+                    let so_far = Self {
+                        nodes,
+                        ports,
+                        started,
+                    };
+                    if let Err(stop) = so_far.close().await {
+                        eprintln!("tenantd-bench: {stop:#}");
+                    }
+                    return Err(e.context(format!("start the Citus {name} on port {port}")));
+                }
+            }
+        }
+        Ok(Self {
+            nodes,
+            ports,
+            started,
+        })
+    }
+
+    fn options(&self, node: usize, database: &str) -> PgConnectOptions {
+        self.nodes[node].connect_options(database)
+    }
+
+    /// A connection to `database` on `node` as the superuser; waits a
+    /// little for a node that has only just started.
+    async fn connect(&self, node: usize, database: &str) -> anyhow::Result<PgConnection> {
+        let mut attempt = 0;
+        loop {
+            match PgConnection::connect_with(&self.options(node, database)).await {
+                Ok(conn) => return Ok(conn),
+                Err(_) if attempt < 20 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("connect to {database} on the {}", NODE_NAMES[node])
+                    });
+                }
+            }
+        }
+    }
+
+    fn name(&self, node: usize) -> String {
+        format!("127.0.0.1:{}", self.ports[node])
+    }
+
+    async fn close(self) -> anyhow::Result<()> {
+        let started_any = self.started.iter().any(|s| *s);
+        let mut first = Ok(());
+        for (node, started) in self.nodes.into_iter().zip(self.started).rev() {
+            if !started {
+                continue;
+            }
+            let stopped = tokio::task::spawn_blocking(move || node.stop())
+                .await
+                .context("stop a Citus node")
+                .and_then(|r| r.context("stop a Citus node"));
+            if let Err(e) = stopped {
+                if first.is_ok() {
+                    first = Err(e);
+                } else {
+                    eprintln!("tenantd-bench: {e:#}");
+                }
+            }
+        }
+        if started_any {
+            eprintln!("tenantd-bench: stopped the Citus nodes this run started");
+        }
+        first
+    }
+}
+
+/// The run's databases: `citus` on every node (Citus in it, the workers
+/// added), `plain` on the coordinator (no Citus), `offline` on the
+/// coordinator for the pg_restore of the offline move.
+struct Databases {
+    citus: String,
+    plain: String,
+    offline: String,
+}
+
+impl Databases {
+    async fn create(nodes: &Nodes) -> anyhow::Result<Self> {
+        let base = format!("tenantd_bench_{:08x}", rand::random::<u32>());
+        let dbs = Self {
+            citus: format!("{base}_citus"),
+            plain: format!("{base}_plain"),
+            offline: format!("{base}_offline"),
+        };
+        let made = dbs.make(nodes).await;
+        if let Err(e) = made {
+            if let Err(drop) = dbs.remove(nodes).await {
+                eprintln!("tenantd-bench: {drop:#}");
+            }
+            return Err(e);
+        }
+        Ok(dbs)
+    }
+
+    async fn make(&self, nodes: &Nodes) -> anyhow::Result<()> {
+        for node in 0..3 {
+            let mut admin = nodes.connect(node, "postgres").await?;
+            // Names are made here from hex digits, not taken from input.
+            sqlx::raw_sql(&format!("CREATE DATABASE \"{}\"", self.citus))
+                .execute(&mut admin)
+                .await
+                .with_context(|| format!("create {} on the {}", self.citus, NODE_NAMES[node]))?;
+            if node == 0 {
+                for name in [&self.plain, &self.offline] {
+                    sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+                        .execute(&mut admin)
+                        .await
+                        .with_context(|| format!("create {name}"))?;
+                }
+            }
+            let _ = admin.close().await;
+            let mut db = nodes.connect(node, &self.citus).await?;
+            sqlx::raw_sql("CREATE EXTENSION citus")
+                .execute(&mut db)
+                .await
+                .with_context(|| format!("CREATE EXTENSION citus on the {}", NODE_NAMES[node]))?;
+            let _ = db.close().await;
+        }
+        let mut coordinator = nodes.connect(0, &self.citus).await?;
+        sqlx::query("SELECT citus_set_coordinator_host('127.0.0.1', $1)")
+            .bind(i32::from(nodes.ports[0]))
+            .execute(&mut coordinator)
+            .await
+            .context("citus_set_coordinator_host")?;
+        for port in &nodes.ports[1..] {
+            sqlx::query("SELECT citus_add_node('127.0.0.1', $1)")
+                .bind(i32::from(*port))
+                .execute(&mut coordinator)
+                .await
+                .with_context(|| format!("citus_add_node 127.0.0.1:{port}"))?;
+        }
+        let _ = coordinator.close().await;
+        eprintln!(
+            "tenantd-bench: databases {} (Citus, 3 nodes), {} and {} (plain, coordinator)",
+            self.citus, self.plain, self.offline
+        );
+        Ok(())
+    }
+
+    /// Drops the databases everywhere, then every tenant role of the run
+    /// on every node (roles are cluster-wide).
+    async fn remove(&self, nodes: &Nodes) -> anyhow::Result<()> {
+        let mut roles = Vec::new();
+        for name in [&self.citus, &self.plain] {
+            // A database that was never made has no roles.
+            if let Ok(found) = tenant_roles(&nodes.options(0, name)).await {
+                roles.extend(found);
+            }
+        }
+        for node in 0..3 {
+            let mut admin = nodes.connect(node, "postgres").await?;
+            for name in [&self.citus, &self.plain, &self.offline] {
+                sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await
+                    .with_context(|| format!("drop {name} on the {}", NODE_NAMES[node]))?;
+            }
+            for chunk in roles.chunks(500) {
+                let list: Vec<String> = chunk.iter().map(|r| format!("\"{r}\"")).collect();
+                sqlx::raw_sql(&format!("DROP ROLE IF EXISTS {}", list.join(", ")))
+                    .execute(&mut admin)
+                    .await
+                    .with_context(|| format!("drop the run's roles on the {}", NODE_NAMES[node]))?;
+            }
+            let _ = admin.close().await;
+        }
+        eprintln!(
+            "tenantd-bench: dropped the run's databases and {} tenant roles",
+            roles.len()
+        );
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Citus,
+    Plain,
+}
+
+impl Side {
+    fn label(self) -> &'static str {
+        match self {
+            Side::Citus => "citus",
+            Side::Plain => "plain",
+        }
+    }
+
+    /// Round `round`'s order: ABBA, so neither side always goes first.
+    fn order(round: usize) -> [Side; 2] {
+        if round % 2 == 0 {
+            [Side::Citus, Side::Plain]
+        } else {
+            [Side::Plain, Side::Citus]
+        }
+    }
+}
+
+/// What the run measured.
+struct Results {
+    version: String,
+    citus_version: String,
+    /// fsync and synchronous_commit on the coordinator.
+    durability: String,
+    create: Vec<(Side, CallStats)>,
+    /// Fleet creation: tenants, clients, time per side.
+    fleet: Vec<(Side, Duration)>,
+    /// The fleet upgrade per side: from the run's creation to its end.
+    upgrade: Vec<(Side, Duration)>,
+    execute: Vec<(Side, usize, CallStats)>,
+    moves: Moves,
+}
+
+/// The moves under write load and the offline move.
+struct Moves {
+    each: Vec<Move>,
+    writes: usize,
+    failed: usize,
+    first_failure: Option<String>,
+    /// Writes per second over the whole write load.
+    write_rate: f64,
+    /// The longest gap between acknowledged writes with no move running.
+    quiet_gap: Duration,
+    /// The tenant's rows at the end (bulk + written).
+    rows: i64,
+    /// The tenant's size on its worker before the moves.
+    size: String,
+    offline: Duration,
+}
+
+struct Move {
+    from: String,
+    to: String,
+    /// From MoveTenant's call to the poll that saw the job end.
+    wall: Duration,
+    /// The move itself as the job recorded it (started_at to finished_at).
+    moving: Duration,
+    pause: Duration,
+}
+
+async fn run_phases(
+    args: &CitusArgs,
+    window: Window,
+    tenantd_bin: &Path,
+    bin_dir: &Path,
+    nodes: &Nodes,
+    dbs: &Databases,
+) -> anyhow::Result<Results> {
+    let (version, citus_version, durability) = versions(nodes, dbs).await?;
+    eprintln!("tenantd-bench: {version}; Citus {citus_version}");
+    let citus_url = url(nodes, &dbs.citus);
+    let plain_url = url(nodes, &dbs.plain);
+    let dirs = MigrationDirs::write(&dbs.citus)?;
+    let workers = args.connections.to_string();
+    let v1 = [OsStr::new("--tenant-migrations"), dirs.v1.as_os_str()];
+    let v2 = [
+        OsStr::new("--tenant-migrations"),
+        dirs.v2.as_os_str(),
+        OsStr::new("--upgrade-workers"),
+        OsStr::new(&workers),
+    ];
+    let tag_citus = format!("{}-v1", dbs.citus);
+    let tag_plain = format!("{}-v1", dbs.plain);
+
+    // Both tenantd processes at once, for the interleaved phases and the
+    // fleets.
+    let (create, execute, fleets) =
+        TenantdServer::serve(tenantd_bin, &citus_url, &tag_citus, &v1, async |citus| {
+            TenantdServer::serve(tenantd_bin, &plain_url, &tag_plain, &v1, async |plain| {
+                let servers = [(Side::Citus, citus), (Side::Plain, plain)];
+                let create = create_phases(args, window, &servers).await?;
+                let execute = execute_phases(args, window, nodes, dbs, &servers).await?;
+                let mut fleets = Vec::new();
+                for (side, server) in servers {
+                    eprintln!(
+                        "tenantd-bench: {}: creating {} tenants with {} clients",
+                        side.label(),
+                        args.tenants,
+                        args.connections
+                    );
+                    let (ids, took) =
+                        tenants::create(server, "fleet", args.tenants, args.connections).await?;
+                    println!(
+                        "{:<6} fleet: {} tenants by CreateTenant, {} clients, {:.1} s, {:.1} tenants/s",
+                        side.label(),
+                        ids.len(),
+                        args.connections,
+                        took.as_secs_f64(),
+                        ids.len() as f64 / took.as_secs_f64()
+                    );
+                    fleets.push((side, ids, took));
+                }
+                Ok((create, execute, fleets))
+            })
+            .await
+        })
+        .await?;
+
+    // tenantd again with one more tenant migration: the fleet upgrade, then
+    // (on Citus) the moves.
+    let mut upgrade = Vec::new();
+    let mut moves = None;
+    for (side, fleet, _) in &fleets {
+        let (url, tag) = match side {
+            Side::Citus => (&citus_url, format!("{}-v2", dbs.citus)),
+            Side::Plain => (&plain_url, format!("{}-v2", dbs.plain)),
+        };
+        let (took, moved) = TenantdServer::serve(tenantd_bin, url, &tag, &v2, async |server| {
+            let mut client = MigrationServiceClient::new(server.connect().await?);
+            let run = upgrade_fleet(&mut client, fleet, args.connections).await?;
+            println!(
+                "{:<6} upgrade: {} tenants, concurrency {}, {:.2} s (run created to finished; {:.2} s wall), {:.1} tenants/s",
+                side.label(),
+                fleet.len(),
+                args.connections,
+                run.elapsed.as_secs_f64(),
+                run.wall.as_secs_f64(),
+                fleet.len() as f64 / run.elapsed.as_secs_f64()
+            );
+            let moved = match side {
+                Side::Citus => Some(move_phase(args, bin_dir, nodes, dbs, server).await?),
+                Side::Plain => None,
+            };
+            Ok((run.elapsed, moved))
+        })
+        .await?;
+        upgrade.push((*side, took));
+        if moved.is_some() {
+            moves = moved;
+        }
+    }
+    Ok(Results {
+        version,
+        citus_version,
+        durability,
+        create,
+        fleet: fleets.iter().map(|(s, _, took)| (*s, *took)).collect(),
+        upgrade,
+        execute,
+        moves: moves.context("the Citus side made no moves")?,
+    })
+}
+
+async fn versions(nodes: &Nodes, dbs: &Databases) -> anyhow::Result<(String, String, String)> {
+    let mut conn = nodes.connect(0, &dbs.citus).await?;
+    let versions = sqlx::query_as(
+        "SELECT current_setting('server_version'), \
+                (SELECT extversion FROM pg_extension WHERE extname = 'citus'), \
+                'fsync=' || current_setting('fsync') \
+                    || ', synchronous_commit=' || current_setting('synchronous_commit')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .context("read the PostgreSQL and Citus versions")?;
+    let _ = conn.close().await;
+    Ok(versions)
+}
+
+/// tenantd's URL of `database` on the coordinator (over its socket, as the
+/// superuser).
+fn url(nodes: &Nodes, database: &str) -> Secret {
+    secret(&cluster_url(&nodes.nodes[0], database))
+}
+
+/// CreateTenant with one client, `--rounds` times a Citus and a plain phase.
+async fn create_phases(
+    args: &CitusArgs,
+    window: Window,
+    servers: &[(Side, &TenantdServer); 2],
+) -> anyhow::Result<Vec<(Side, CallStats)>> {
+    let mut latencies = [Vec::new(), Vec::new()];
+    for round in 0..args.rounds {
+        for side in Side::order(round) {
+            let (i, server) = server_of(servers, side);
+            eprintln!(
+                "tenantd-bench: CreateTenant round {} {}: {window}",
+                round + 1,
+                side.label()
+            );
+            let authed = server.connect().await?;
+            let worker = Creator {
+                client: TenantServiceClient::new(authed),
+                prefix: format!("create-r{round}"),
+            };
+            let got = measure(vec![worker], window)
+                .await
+                .with_context(|| format!("CreateTenant on {}", side.label()))?;
+            latencies[i].extend(got);
+        }
+    }
+    let over = window.measure * u32::try_from(args.rounds)?;
+    let mut out = Vec::new();
+    for (i, side) in [Side::Citus, Side::Plain].into_iter().enumerate() {
+        let stats = CallStats::new(std::mem::take(&mut latencies[i]), over)
+            .with_context(|| format!("no CreateTenant on {} was measured", side.label()))?;
+        println!(
+            "{:<6} CreateTenant 1 client: {} tenants, {:.1} tenants/s, p50 {:.1} ms, p95 {:.1} ms",
+            side.label(),
+            stats.calls,
+            stats.per_second,
+            ms(stats.p50),
+            ms(stats.p95)
+        );
+        out.push((side, stats));
+    }
+    Ok(out)
+}
+
+fn server_of<'a>(
+    servers: &[(Side, &'a TenantdServer); 2],
+    side: Side,
+) -> (usize, &'a TenantdServer) {
+    let i = servers.iter().position(|(s, _)| *s == side).unwrap_or(0);
+    (i, servers[i].1)
+}
+
+/// One CreateTenant client.
+struct Creator {
+    client: TenantServiceClient<Authed>,
+    prefix: String,
+}
+
+impl Worker for Creator {
+    type Request = pb::CreateTenantRequest;
+
+    fn prepare(&mut self, seq: u64) -> Self::Request {
+        tenants::request(format!("{}-{seq}", self.prefix))
+    }
+
+    async fn send(&mut self, request: Self::Request) -> anyhow::Result<()> {
+        tenants::create_one(&mut self.client, request).await?;
+        Ok(())
+    }
+}
+
+/// A tenant on each side with `--select-rows` customers, then Execute of
+/// the SELECT at each client count, Citus and plain interleaved.
+async fn execute_phases(
+    args: &CitusArgs,
+    window: Window,
+    nodes: &Nodes,
+    dbs: &Databases,
+    servers: &[(Side, &TenantdServer); 2],
+) -> anyhow::Result<Vec<(Side, usize, CallStats)>> {
+    let mut tenants_of = Vec::new();
+    for (side, server) in servers {
+        let (ids, _) = tenants::create(server, "select", 1, 1).await?;
+        let id = ids[0];
+        let db = match side {
+            Side::Citus => &dbs.citus,
+            Side::Plain => &dbs.plain,
+        };
+        fill(nodes, db, id, u64::from(args.select_rows)).await?;
+        tenants_of.push(id);
+    }
+    let mut latencies: Vec<Vec<Duration>> = vec![Vec::new(); 2 * args.clients.len()];
+    for round in 0..args.rounds {
+        for (c, &clients) in args.clients.iter().enumerate() {
+            for side in Side::order(round) {
+                let (i, server) = server_of(servers, side);
+                eprintln!(
+                    "tenantd-bench: Execute round {} {} clients={clients}: {window}",
+                    round + 1,
+                    side.label()
+                );
+                let workers = Select::open_all(
+                    server,
+                    clients,
+                    args.channels,
+                    tenants_of[i],
+                    args.select_rows,
+                )
+                .await?;
+                let got = measure(workers, window).await.with_context(|| {
+                    format!("Execute on {} with {clients} clients", side.label())
+                })?;
+                latencies[2 * c + i].extend(got);
+            }
+        }
+    }
+    let over = window.measure * u32::try_from(args.rounds)?;
+    let mut out = Vec::new();
+    for (c, &clients) in args.clients.iter().enumerate() {
+        for (i, side) in [Side::Citus, Side::Plain].into_iter().enumerate() {
+            let stats = CallStats::new(std::mem::take(&mut latencies[2 * c + i]), over)
+                .with_context(|| format!("no Execute on {} was measured", side.label()))?;
+            println!(
+                "{:<6} Execute clients={clients}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+                side.label(),
+                stats.per_second,
+                ms(stats.p50),
+                ms(stats.p99)
+            );
+            out.push((side, clients, stats));
+        }
+    }
+    Ok(out)
+}
+
+/// `rows` customers `bulk-1`… written into the tenant's schema by the
+/// superuser, then analyzed.
+async fn fill(nodes: &Nodes, db: &str, tenant: TenantId, rows: u64) -> anyhow::Result<()> {
+    let s = tenant.schema_name().quoted();
+    let mut conn = nodes.connect(0, db).await?;
+    // The schema comes from the tenant id, the count is a number.
+    sqlx::raw_sql(&format!(
+        "INSERT INTO {s}.customers (code, name) \
+         SELECT 'bulk-' || g, md5(g::text) FROM generate_series(1, {rows}) g"
+    ))
+    .execute(&mut conn)
+    .await
+    .with_context(|| format!("write {rows} customers into {s}"))?;
+    sqlx::raw_sql(&format!("VACUUM ANALYZE {s}.customers"))
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("vacuum {s}.customers"))?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// Execute of the SELECT for a random `bulk-<n>`, read-only.
+struct Select {
+    client: TenantDataServiceClient<Authed>,
+    tenant: Arc<str>,
+    rows: u32,
+    rng: rand::rngs::StdRng,
+}
+
+impl Select {
+    async fn open_all(
+        server: &TenantdServer,
+        clients: usize,
+        channels: usize,
+        tenant: TenantId,
+        rows: u32,
+    ) -> anyhow::Result<Vec<Self>> {
+        let tenant: Arc<str> = tenant.to_string().into();
+        Ok(server
+            .connect_spread(clients, channels.min(clients))
+            .await?
+            .into_iter()
+            .map(|authed| Self {
+                client: TenantDataServiceClient::new(authed),
+                tenant: Arc::clone(&tenant),
+                rows,
+                rng: rand::rngs::StdRng::from_entropy(),
+            })
+            .collect())
+    }
+}
+
+impl Worker for Select {
+    type Request = (String, pb::ExecuteRequest);
+
+    fn prepare(&mut self, _seq: u64) -> Self::Request {
+        let code = format!("bulk-{}", self.rng.gen_range(1..=self.rows));
+        let request = pb::ExecuteRequest {
+            tenant_id: self.tenant.to_string(),
+            sql: SELECT.to_owned(),
+            params: vec![text(&code)],
+            read_only: true,
+            ..Default::default()
+        };
+        (code, request)
+    }
+
+    async fn send(&mut self, (code, request): Self::Request) -> anyhow::Result<()> {
+        let answer = self
+            .client
+            .execute(request)
+            .await
+            .map_err(status)
+            .with_context(|| format!("Execute code={code}"))?
+            .into_inner();
+        ensure!(
+            answer.rows.len() == 1,
+            "Execute code={code} answered {} rows, not one",
+            answer.rows.len()
+        );
+        Ok(())
+    }
+}
+
+fn text(s: &str) -> pb::Value {
+    pb::Value {
+        kind: Some(pb::value::Kind::Text(s.to_owned())),
+    }
+}
+
+/// The moves under write load, then the offline move of the same tenant.
+async fn move_phase(
+    args: &CitusArgs,
+    bin_dir: &Path,
+    nodes: &Nodes,
+    dbs: &Databases,
+    server: &TenantdServer,
+) -> anyhow::Result<Moves> {
+    let (ids, _) = tenants::create(server, "moved", 1, 1).await?;
+    let tenant = ids[0];
+    let schema = tenant.schema_name();
+    eprintln!(
+        "tenantd-bench: writing {} customers into the moved tenant {}",
+        args.rows,
+        schema.as_str()
+    );
+    let filled = Instant::now();
+    fill(nodes, &dbs.citus, tenant, args.rows).await?;
+    eprintln!(
+        "tenantd-bench: written in {:.1} s",
+        filled.elapsed().as_secs_f64()
+    );
+    let size = schema_size(nodes, dbs, schema.as_str()).await?;
+    eprintln!("tenantd-bench: the tenant's tables take {size} on its worker");
+
+    let mut clusters = ClusterServiceClient::new(server.connect().await?);
+    let mut tenants_client = TenantServiceClient::new(server.connect().await?);
+    let writers = Writers::start(server, tenant).await?;
+    let load_start = Instant::now();
+    tokio::time::sleep(SETTLE).await;
+    let mut windows = Vec::new();
+    let mut moved = Vec::new();
+    let mut ran: anyhow::Result<()> = Ok(());
+    for i in 0..args.moves {
+        let one = async {
+            let from = node_of(&mut tenants_client, tenant).await?;
+            let to = if from == nodes.name(1) {
+                nodes.name(2)
+            } else {
+                nodes.name(1)
+            };
+            // What Citus's maintenance daemon does in its own time: the
+            // placements earlier moves left behind, removed before the
+            // tenant moves back onto their node.
+            cleanup_orphans(nodes, dbs).await?;
+            eprintln!(
+                "tenantd-bench: move {}/{}: {from} -> {to}",
+                i + 1,
+                args.moves
+            );
+            let sent = Instant::now();
+            let job = clusters
+                .move_tenant(pb::MoveTenantRequest {
+                    tenant_id: tenant.to_string(),
+                    node: to.clone(),
+                })
+                .await
+                .map_err(status)
+                .context("MoveTenant")?
+                .into_inner();
+            let job = wait_job(&mut clusters, &job.id).await?;
+            let ended = Instant::now();
+            if job.status != pb::ClusterJobStatus::Succeeded as i32 {
+                bail!(
+                    "move job {} ended {:?}: {} {:?}",
+                    job.id,
+                    pb::ClusterJobStatus::try_from(job.status),
+                    job.error,
+                    job.moves.first().map(|m| &m.error)
+                );
+            }
+            let moving = job
+                .moves
+                .first()
+                .and_then(|m| {
+                    Some(seconds(m.finished_at.as_ref()?) - seconds(m.started_at.as_ref()?))
+                })
+                .map_or(Duration::ZERO, |s| Duration::from_secs_f64(s.max(0.0)));
+            let now = node_of(&mut tenants_client, tenant).await?;
+            ensure!(now == to, "after the move the tenant is on {now}, not {to}");
+            eprintln!(
+                "tenantd-bench: moved in {:.2} s ({:.2} s seen from here)",
+                moving.as_secs_f64(),
+                (ended - sent).as_secs_f64()
+            );
+            anyhow::Ok((from, to, sent, ended, moving))
+        };
+        match one.await {
+            Ok((from, to, sent, ended, moving)) => {
+                windows.push((sent, ended));
+                moved.push((from, to, ended - sent, moving));
+            }
+            Err(e) => {
+                ran = Err(e);
+                break;
+            }
+        }
+        tokio::time::sleep(SETTLE).await;
+    }
+    let (mut acked, failed) = writers.stop().await?;
+    let load = load_start.elapsed();
+    ran?;
+    acked.sort_unstable_by_key(|(_, at)| *at);
+    let times: Vec<Instant> = acked.iter().map(|(_, at)| *at).collect();
+    let each: Vec<Move> = moved
+        .into_iter()
+        .zip(&windows)
+        .map(|((from, to, wall, moving), &(start, end))| Move {
+            from,
+            to,
+            wall,
+            moving,
+            pause: longest_gap(&times, start, end),
+        })
+        .collect();
+    let quiet_gap = times
+        .windows(2)
+        .filter(|w| {
+            windows
+                .iter()
+                .all(|&(start, end)| w[1] < start || w[0] > end)
+        })
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+
+    // Every acknowledged write is there.
+    let codes: Vec<String> = acked.into_iter().map(|(code, _)| code).collect();
+    let s = schema.quoted();
+    let mut conn = nodes.connect(0, &dbs.citus).await?;
+    let found: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {s}.customers WHERE code = ANY($1)"
+    ))
+    .bind(&codes)
+    .fetch_one(&mut conn)
+    .await
+    .context("count the acknowledged writes")?;
+    let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {s}.customers"))
+        .fetch_one(&mut conn)
+        .await
+        .context("count the tenant's customers")?;
+    let _ = conn.close().await;
+    let lost = codes.len() as i64 - found;
+    println!(
+        "citus  moves: {} writes acknowledged ({:.0}/s), {} failed calls, {} acknowledged writes missing",
+        codes.len(),
+        codes.len() as f64 / load.as_secs_f64(),
+        failed.len(),
+        lost
+    );
+    ensure!(
+        lost == 0,
+        "{lost} of {} acknowledged writes are missing after the moves",
+        codes.len()
+    );
+
+    let offline = offline_move(bin_dir, nodes, dbs, schema.as_str(), rows).await?;
+    Ok(Moves {
+        each,
+        writes: codes.len(),
+        failed: failed.len(),
+        first_failure: failed.into_iter().next(),
+        write_rate: codes.len() as f64 / load.as_secs_f64(),
+        quiet_gap,
+        rows,
+        size,
+        offline,
+    })
+}
+
+/// The longest gap between consecutive acknowledgements (sorted) that
+/// touches `start..=end`: a pause that began before the window or ended
+/// after it counts whole.
+fn longest_gap(times: &[Instant], start: Instant, end: Instant) -> Duration {
+    times
+        .windows(2)
+        .filter(|w| w[1] >= start && w[0] <= end)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(end - start)
+}
+
+async fn node_of(
+    client: &mut TenantServiceClient<Authed>,
+    tenant: TenantId,
+) -> anyhow::Result<String> {
+    Ok(client
+        .get_tenant(pb::GetTenantRequest {
+            selector: Some(pb::get_tenant_request::Selector::Id(tenant.to_string())),
+        })
+        .await
+        .map_err(status)
+        .context("GetTenant")?
+        .into_inner()
+        .node)
+}
+
+/// Polls the job until it ends.
+async fn wait_job(
+    client: &mut ClusterServiceClient<Authed>,
+    id: &str,
+) -> anyhow::Result<pb::ClusterJob> {
+    let deadline = Instant::now() + JOB_WAIT;
+    loop {
+        let job = client
+            .get_cluster_job(pb::ClusterJobRequest { id: id.into() })
+            .await
+            .map_err(status)
+            .context("GetClusterJob")?
+            .into_inner();
+        if matches!(
+            pb::ClusterJobStatus::try_from(job.status),
+            Ok(pb::ClusterJobStatus::Succeeded
+                | pb::ClusterJobStatus::Failed
+                | pb::ClusterJobStatus::Cancelled)
+        ) {
+            return Ok(job);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "move job {id} did not end within {JOB_WAIT:?}"
+        );
+        tokio::time::sleep(JOB_POLL).await;
+    }
+}
+
+async fn cleanup_orphans(nodes: &Nodes, dbs: &Databases) -> anyhow::Result<()> {
+    let mut conn = nodes.connect(0, &dbs.citus).await?;
+    sqlx::raw_sql("CALL citus_cleanup_orphaned_resources()")
+        .execute(&mut conn)
+        .await
+        .context("citus_cleanup_orphaned_resources")?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// The size of the tenant's shards (tables and indexes), as Citus reports it.
+async fn schema_size(nodes: &Nodes, dbs: &Databases, schema: &str) -> anyhow::Result<String> {
+    let mut conn = nodes.connect(0, &dbs.citus).await?;
+    let size: String = sqlx::query_scalar(
+        "SELECT pg_size_pretty(sum(citus_total_relation_size(logicalrelid))) \
+         FROM pg_dist_partition WHERE logicalrelid::text LIKE $1 || '.%'",
+    )
+    .bind(schema)
+    .fetch_one(&mut conn)
+    .await
+    .context("read the tenant's size")?;
+    let _ = conn.close().await;
+    Ok(size)
+}
+
+fn seconds(t: &prost_types::Timestamp) -> f64 {
+    t.seconds as f64 + f64::from(t.nanos) / 1e9
+}
+
+/// What a writer ends with: each acknowledged code and when, and each
+/// failed call.
+type Written = (Vec<(String, Instant)>, Vec<String>);
+
+/// [`WRITERS`] clients, each on a connection of its own, inserting one
+/// customer per Execute until told to stop.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Written>>,
+}
+
+impl Writers {
+    async fn start(server: &TenantdServer, tenant: TenantId) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for (w, authed) in server
+            .connect_spread(WRITERS, WRITERS)
+            .await?
+            .into_iter()
+            .enumerate()
+        {
+            let mut client = TenantDataServiceClient::new(authed);
+            let stop = Arc::clone(&stop);
+            let tenant = tenant.to_string();
+            tasks.push(tokio::spawn(async move {
+                let (mut acked, mut failed) = (Vec::new(), Vec::new());
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let code = format!("w{w}-{n}");
+                    let request = pb::ExecuteRequest {
+                        tenant_id: tenant.clone(),
+                        sql: "INSERT INTO customers (code, name) VALUES ($1, 'load')".to_owned(),
+                        params: vec![text(&code)],
+                        ..Default::default()
+                    };
+                    match client.execute(request).await {
+                        Ok(_) => acked.push((code, Instant::now())),
+                        Err(e) => failed.push(format!("{code}: {:?} {}", e.code(), e.message())),
+                    }
+                }
+                (acked, failed)
+            }));
+        }
+        Ok(Self { stop, tasks })
+    }
+
+    async fn stop(self) -> anyhow::Result<Written> {
+        self.stop.store(true, Ordering::Relaxed);
+        let (mut acked, mut failed) = (Vec::new(), Vec::new());
+        for t in self.tasks {
+            let (a, f) = t.await.context("a writer panicked")?;
+            acked.extend(a);
+            failed.extend(f);
+        }
+        Ok((acked, failed))
+    }
+}
+
+/// `pg_dump -n <schema> -Fc` of the coordinator's database piped into
+/// `pg_restore` into the fresh plain database: the time both take, which an
+/// offline move would stop the tenant's writes for. Checks the rows arrived.
+async fn offline_move(
+    bin_dir: &Path,
+    nodes: &Nodes,
+    dbs: &Databases,
+    schema: &str,
+    rows: i64,
+) -> anyhow::Result<Duration> {
+    eprintln!("tenantd-bench: offline move: pg_dump -n {schema} -Fc | pg_restore");
+    let socket = nodes.nodes[0].socket_dir().to_path_buf();
+    let port = nodes.ports[0].to_string();
+    let bin_dir = bin_dir.to_path_buf();
+    let (citus, offline) = (dbs.citus.clone(), dbs.offline.clone());
+    let schema_arg = schema.to_owned();
+    let took = tokio::task::spawn_blocking(move || {
+        let common = |program: &str| {
+            let mut cmd = std::process::Command::new(bin_dir.join(program));
+            cmd.arg("-h")
+                .arg(&socket)
+                .arg("-p")
+                .arg(&port)
+                .arg("-U")
+                .arg("postgres")
+                .stderr(Stdio::piped());
+            cmd
+        };
+        let started = Instant::now();
+        let mut dump = common("pg_dump")
+            .args(["-n", &schema_arg, "-Fc", "-d", &citus])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("start pg_dump")?;
+        let piped = dump.stdout.take().context("pg_dump's output")?;
+        let restore = common("pg_restore")
+            .args(["--exit-on-error", "-d", &offline])
+            .stdin(piped)
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start pg_restore")?;
+        let restored = restore.wait_with_output().context("wait for pg_restore")?;
+        let dumped = dump.wait_with_output().context("wait for pg_dump")?;
+        let took = started.elapsed();
+        ensure!(
+            dumped.status.success(),
+            "pg_dump failed ({}): {}",
+            dumped.status,
+            String::from_utf8_lossy(&dumped.stderr).trim()
+        );
+        ensure!(
+            restored.status.success(),
+            "pg_restore failed ({}): {}",
+            restored.status,
+            String::from_utf8_lossy(&restored.stderr).trim()
+        );
+        anyhow::Ok(took)
+    })
+    .await
+    .context("the offline move")??;
+    let mut conn = nodes.connect(0, &dbs.offline).await?;
+    let restored: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM \"{schema}\".customers"))
+        .fetch_one(&mut conn)
+        .await
+        .context("count the restored customers")?;
+    let _ = conn.close().await;
+    ensure!(
+        restored == rows,
+        "the offline copy has {restored} customers, not {rows}"
+    );
+    println!(
+        "offline move: pg_dump -Fc | pg_restore of {rows} customers: {:.1} s",
+        took.as_secs_f64()
+    );
+    Ok(took)
+}
+
+fn moves_summary(m: &Moves) -> (Duration, Duration, Duration, Duration) {
+    let mut pauses: Vec<Duration> = m.each.iter().map(|x| x.pause).collect();
+    pauses.sort_unstable();
+    let mut times: Vec<Duration> = m.each.iter().map(|x| x.moving).collect();
+    times.sort_unstable();
+    let mut walls: Vec<Duration> = m.each.iter().map(|x| x.wall).collect();
+    walls.sort_unstable();
+    (
+        percentile(&pauses, 0.5),
+        *pauses.last().unwrap_or(&Duration::ZERO),
+        percentile(&times, 0.5),
+        percentile(&walls, 0.5),
+    )
+}
+
+fn report(args: &CitusArgs, window: Window, r: &Results) {
+    println!();
+    for (i, m) in r.moves.each.iter().enumerate() {
+        println!(
+            "move {}: {} -> {}: {:.2} s moving ({:.2} s MoveTenant to end seen), write pause {:.0} ms",
+            i + 1,
+            m.from,
+            m.to,
+            m.moving.as_secs_f64(),
+            m.wall.as_secs_f64(),
+            ms(m.pause)
+        );
+    }
+    let (pause_p50, pause_max, move_p50, wall_p50) = moves_summary(&r.moves);
+    println!(
+        "moves: {} of {} customers ({}): move p50 {:.2} s ({:.2} s wall), write pause p50 {:.0} ms, max {:.0} ms \
+         (longest gap with no move running: {:.0} ms); {} writes, {} failed calls{}",
+        r.moves.each.len(),
+        r.moves.rows,
+        r.moves.size,
+        move_p50.as_secs_f64(),
+        wall_p50.as_secs_f64(),
+        ms(pause_p50),
+        ms(pause_max),
+        ms(r.moves.quiet_gap),
+        r.moves.writes,
+        r.moves.failed,
+        r.moves
+            .first_failure
+            .as_ref()
+            .map_or(String::new(), |f| format!(" (first: {f})"))
+    );
+    println!(
+        "offline move (pg_dump | pg_restore): {:.1} s of write pause, {:.0}x the online move's max",
+        r.moves.offline.as_secs_f64(),
+        r.moves.offline.as_secs_f64() / pause_max.as_secs_f64().max(1e-3)
+    );
+    if args.markdown {
+        println!();
+        print!("{}", markdown(args, window, r));
+    }
+}
+
+fn side_name(side: Side) -> &'static str {
+    match side {
+        Side::Citus => "Citus (coordinator + 2 workers)",
+        Side::Plain => "plain database, same coordinator server",
+    }
+}
+
+fn markdown(args: &CitusArgs, window: Window, r: &Results) -> String {
+    let mut md = String::new();
+    md.push_str("| CreateTenant, 1 client | tenants | tenants/s | p50 ms | p95 ms |\n");
+    md.push_str("|---|---:|---:|---:|---:|\n");
+    for (side, s) in &r.create {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.1} | {:.1} | {:.1} |",
+            side_name(*side),
+            s.calls,
+            s.per_second,
+            ms(s.p50),
+            ms(s.p95)
+        );
+    }
+    let _ = write!(
+        md,
+        "\n| fleet of {} tenants | CreateTenant, {} clients, tenants/s | upgrade (1 column, 1 index), tenants/s | upgrade s |\n",
+        args.tenants, args.connections
+    );
+    md.push_str("|---|---:|---:|---:|\n");
+    for (side, upgrade) in &r.upgrade {
+        let fleet = r
+            .fleet
+            .iter()
+            .find(|(s, _)| s == side)
+            .map_or(0.0, |(_, d)| args.tenants as f64 / d.as_secs_f64());
+        let _ = writeln!(
+            md,
+            "| {} | {fleet:.1} | {:.1} | {:.2} |",
+            side_name(*side),
+            args.tenants as f64 / upgrade.as_secs_f64(),
+            upgrade.as_secs_f64()
+        );
+    }
+    md.push_str("\n| Execute, unique-key SELECT | clients | req/s | p50 ms | p99 ms |\n");
+    md.push_str("|---|---:|---:|---:|---:|\n");
+    for (side, clients, s) in &r.execute {
+        let _ = writeln!(
+            md,
+            "| {} | {clients} | {:.0} | {:.2} | {:.2} |",
+            side_name(*side),
+            s.per_second,
+            ms(s.p50),
+            ms(s.p99)
+        );
+    }
+    let (pause_p50, pause_max, move_p50, wall_p50) = moves_summary(&r.moves);
+    let _ = write!(
+        md,
+        "\n| move of a tenant with {} customers ({}), {WRITERS} writers | moves | move p50 s | write pause p50 ms | write pause max ms | failed calls | acknowledged writes lost |\n",
+        r.moves.rows, r.moves.size
+    );
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+    let _ = writeln!(
+        md,
+        "| online: MoveTenant (citus_schema_move), alternating workers | {} | {:.2} | {:.0} | {:.0} | {} | 0 of {} |",
+        r.moves.each.len(),
+        move_p50.as_secs_f64(),
+        ms(pause_p50),
+        ms(pause_max),
+        r.moves.failed,
+        r.moves.writes
+    );
+    let _ = writeln!(
+        md,
+        "| offline: `pg_dump -n <schema> -Fc \\| pg_restore` into a fresh database | 1 | {:.2} | {:.0} | {:.0} | – | – |",
+        r.moves.offline.as_secs_f64(),
+        ms(r.moves.offline),
+        ms(r.moves.offline)
+    );
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let profile = if cfg!(debug_assertions) {
+        "debug build (not for publishing)"
+    } else {
+        "release build"
+    };
+    let command: Vec<String> = std::env::args().skip(1).collect();
+    let _ = write!(
+        md,
+        "\nPostgreSQL {}, Citus {}; coordinator and both workers private clusters on this machine \
+         ({}); {cores} cores; {}; {profile}. Interleaved phases: \
+         {} rounds, {window} each, sides alternating ABBA. Move time: the job's started_at to \
+         finished_at (MoveTenant to the end seen by a {} ms poll: p50 {:.2} s); write pause: the \
+         longest gap between consecutive acknowledged writes touching the move (with no move \
+         running the longest gap was {:.0} ms; {:.0} writes/s). Reproduce: \
+         `cargo build --release -p tenantd -p tenantd-bench && target/release/tenantd-bench {}`\n",
+        r.version,
+        r.citus_version,
+        r.durability,
+        chrono::Utc::now().format("%Y-%m-%d"),
+        args.rounds,
+        JOB_POLL.as_millis(),
+        wall_p50.as_secs_f64(),
+        ms(r.moves.quiet_gap),
+        r.moves.write_rate,
+        command.join(" ")
+    );
+    md
+}
