@@ -104,7 +104,17 @@ fn job_to_pb(job: Job) -> pb::ClusterJob {
                     MoveStatus::Cancelled => pb::MoveStatus::Cancelled,
                     MoveStatus::Skipped => pb::MoveStatus::Skipped,
                 };
+                let progress = m
+                    .progress
+                    .unwrap_or_else(|| crate::placement::MoveProgress {
+                        source_bytes: 0,
+                        target_bytes: 0,
+                        phase: String::new(),
+                    });
                 pb::TenantMove {
+                    source_bytes: progress.source_bytes,
+                    target_bytes: progress.target_bytes,
+                    phase: progress.phase,
                     tenant_id: m.tenant.to_string(),
                     source: m.source,
                     target: m.target,

@@ -141,6 +141,16 @@ pub struct TenantMove {
     pub error: String,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// While the move runs, what Citus reports of it.
+    pub progress: Option<MoveProgress>,
+}
+
+/// A running move as Citus reports it (`get_rebalance_progress`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveProgress {
+    pub source_bytes: i64,
+    pub target_bytes: i64,
+    pub phase: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -473,6 +483,7 @@ impl Placement {
         self.get(id).await
     }
 
+    /// The job, with Citus's progress of its running move.
     pub async fn get(&self, id: Uuid) -> Result<Job> {
         self.require_citus()?;
         let mut conn = self
@@ -480,10 +491,21 @@ impl Placement {
             .acquire()
             .await
             .map_err(DbFailure::of::<PlacementError>("read a placement job"))?;
-        load_job(&mut conn, id)
+        let mut job = load_job(&mut conn, id)
             .await
             .map_err(DbFailure::of::<PlacementError>("read a placement job"))?
-            .ok_or(PlacementError::NotFound("placement job"))
+            .ok_or(PlacementError::NotFound("placement job"))?;
+        for m in &mut job.moves {
+            if m.status != MoveStatus::Running {
+                continue;
+            }
+            // Progress is a nicety: a failure to read it hides it.
+            match progress(&mut conn, m.tenant).await {
+                Ok(p) => m.progress = p,
+                Err(e) => tracing::debug!(error = %e, "could not read a move's progress"),
+            }
+        }
+        Ok(job)
     }
 
     /// Newest first.
@@ -577,6 +599,27 @@ impl Placement {
         self.wake.notify_waiters();
         self.get(id).await
     }
+}
+
+/// Citus's report of the move of `tenant`'s schema, while one runs.
+async fn progress(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+) -> Result<Option<MoveProgress>, sqlx::Error> {
+    let row: Option<(i64, i64, String)> = sqlx::query_as(
+        "SELECT sum(p.source_shard_size)::bigint, sum(p.target_shard_size)::bigint, \
+                max(p.status)::text \
+           FROM get_rebalance_progress() p JOIN pg_class c ON c.oid = p.table_name \
+          WHERE c.relnamespace::regnamespace::text = $1 HAVING count(*) > 0",
+    )
+    .bind(tenant.schema_name().as_str())
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|(source_bytes, target_bytes, phase)| MoveProgress {
+        source_bytes,
+        target_bytes,
+        phase,
+    }))
 }
 
 async fn nodes(conn: &mut PgConnection) -> Result<Vec<Node>, sqlx::Error> {
@@ -733,6 +776,7 @@ pub(crate) async fn load_job(
                 error: m.6,
                 started_at: m.7,
                 finished_at: m.8,
+                progress: None,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;

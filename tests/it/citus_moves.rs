@@ -639,6 +639,25 @@ async fn a_cancelled_move_leaves_the_tenant_serving_where_it_was() {
         .unwrap()
         .into_inner();
     wait_running(&mut c, &job.id).await;
+    // While it copies, the job shows Citus's progress.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let progress = loop {
+        let now = c
+            .clusters
+            .get_cluster_job(pb::ClusterJobRequest { id: job.id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        let m = &now.moves[0];
+        if !m.phase.is_empty() || Instant::now() > deadline {
+            break m.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        !progress.phase.is_empty() && progress.source_bytes > 10_000_000,
+        "a running move reports its progress: {progress:?}"
+    );
     let cancelled = c
         .clusters
         .cancel_cluster_job(pb::ClusterJobRequest { id: job.id.clone() })

@@ -165,7 +165,7 @@ async fn watch(
 ) -> Result<(), CliError> {
     let request = session.stream_request(pb::ClusterJobRequest { id });
     let mut stream = session.call(c.watch_cluster_job(request)).await?;
-    let mut shown: Vec<(String, i32)> = Vec::new();
+    let mut shown: Vec<(String, i32, String)> = Vec::new();
     let mut last = None;
     // A move can take a long time: the watch waits for as long as the
     // server keeps the stream open.
@@ -175,7 +175,8 @@ async fn watch(
     {
         if session.output == OutputFormat::Table {
             for m in &job.moves {
-                let key = (m.tenant_id.clone(), m.status);
+                // Each change of status, and of Citus's phase while it runs.
+                let key = (m.tenant_id.clone(), m.status, m.phase.clone());
                 if m.status != pb::MoveStatus::Pending as i32 && !shown.contains(&key) {
                     output::print_text(&move_line(m))?;
                     shown.push(key);
@@ -233,8 +234,18 @@ fn move_line(m: &pb::TenantMove) -> String {
     } else {
         format!(": {}", m.error)
     };
+    let progress = if m.phase.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " ({}, {} of {} MB on the target)",
+            m.phase.to_lowercase(),
+            m.target_bytes / 1_000_000,
+            m.source_bytes / 1_000_000
+        )
+    };
     format!(
-        "{}  {} -> {}  {}{error}",
+        "{}  {} -> {}  {}{progress}{error}",
         m.tenant_id,
         m.source,
         m.target,
@@ -307,6 +318,9 @@ fn job_json(j: &pb::ClusterJob) -> Value {
             "started_at": output::rfc3339(m.started_at.as_ref()),
             "finished_at": output::rfc3339(m.finished_at.as_ref()),
             "error": m.error,
+            "phase": m.phase,
+            "source_bytes": m.source_bytes,
+            "target_bytes": m.target_bytes,
         })).collect::<Vec<_>>(),
     })
 }
