@@ -624,12 +624,14 @@ async fn progress(
 
 async fn nodes(conn: &mut PgConnection) -> Result<Vec<Node>, sqlx::Error> {
     let rows: Vec<(i32, String, i32, bool, bool, bool, i64)> = sqlx::query_as(&format!(
-        "SELECT n.nodeid, n.nodename::text, n.nodeport, n.groupid = 0, n.isactive, \
-                n.shouldhaveshards, \
-                (SELECT count(*) FROM ({PLACED_SCHEMAS}) placed \
-                   JOIN tenantd.tenants t ON t.schema_name = placed.schema \
-                  WHERE placed.node = n.nodename || ':' || n.nodeport AND t.status <> 'purged') \
-           FROM pg_dist_node n WHERE n.noderole = 'primary' ORDER BY n.groupid, n.nodeid"
+        "WITH counts AS (SELECT placed.node, count(*) AS tenants FROM ({PLACED_SCHEMAS}) placed \
+                           JOIN tenantd.tenants t ON t.schema_name = placed.schema \
+                          WHERE t.status <> 'purged' GROUP BY placed.node) \
+         SELECT n.nodeid, n.nodename::text, n.nodeport, n.groupid = 0, n.isactive, \
+                n.shouldhaveshards, coalesce(counts.tenants, 0) \
+           FROM pg_dist_node n \
+           LEFT JOIN counts ON counts.node = n.nodename || ':' || n.nodeport \
+          WHERE n.noderole = 'primary' ORDER BY n.groupid, n.nodeid"
     ))
     .fetch_all(conn)
     .await?;
