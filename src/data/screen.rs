@@ -372,6 +372,10 @@ fn forbidden_function(name: &str) -> Option<&'static str> {
             RUNS_TEXT
         }
         n if n.starts_with("dblink") => "connections to other databases are not allowed",
+        n if n.starts_with("run_command_on_") => {
+            "it runs SQL given as text on other nodes; send the statement itself"
+        }
+        n if is_citus_administration(n) => CITUS_ADMINISTRATION,
         n if n.starts_with("pg_read_")
             || n.starts_with("pg_ls_")
             || n == "pg_stat_file"
@@ -383,6 +387,39 @@ fn forbidden_function(name: &str) -> Option<&'static str> {
         _ => return None,
     };
     Some(why)
+}
+
+/// On a Citus coordinator, what the operator steers through ClusterService:
+/// placement, moves, rebalancing, distribution, metadata.
+const CITUS_ADMINISTRATION: &str =
+    "Citus's placement and metadata are the operator's (ClusterService), not the tenant's";
+
+/// Citus's administration functions, by name: most are open to PUBLIC and
+/// check ownership themselves; a tenant has no business calling any
+/// (`citus_rebalance_start` would schedule moves of the whole cluster).
+fn is_citus_administration(name: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "citus_",
+        "master_",
+        "worker_",
+        "get_rebalance_",
+        "rebalance_table_shards",
+        "replicate_table_shards",
+        "create_distributed_",
+        "create_reference_table",
+        "undistribute_table",
+        "alter_distributed_table",
+        "isolate_tenant_to_new_shard",
+        "update_distributed_table_colocation",
+        "mark_tables_colocated",
+        "start_metadata_sync_to_node",
+        "stop_metadata_sync_to_node",
+        "truncate_local_data_after_distributing_table",
+        "lock_shard_",
+        "create_time_partitions",
+        "drop_old_time_partitions",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 /// Views that show the SQL of other calls: the statements other members'
@@ -397,6 +434,9 @@ fn forbidden_relation(name: &str) -> Option<&'static str> {
         | "pg_stat_activity"
         | "pg_stat_statements"
         | "pg_stat_statements_info" => Some(SHOWS_OTHERS),
+        // Citus's metadata and views: the cluster's nodes, every tenant's
+        // tables and sizes, every backend's query across the nodes.
+        n if n.starts_with("citus_") || n.starts_with("pg_dist_") => Some(CITUS_ADMINISTRATION),
         _ => None,
     }
 }
@@ -641,6 +681,30 @@ mod tests {
                 "calling lo_creat()",
             ),
             ("insert into t select * from lo_get(1)", "calling lo_get()"),
+            (
+                "select citus_rebalance_start()",
+                "calling citus_rebalance_start()",
+            ),
+            (
+                "select * from run_command_on_workers($$select 1$$)",
+                "calling run_command_on_workers()",
+            ),
+            (
+                "select pg_catalog.\"citus_schema_move\"('s', 'h', 1)",
+                "calling citus_schema_move()",
+            ),
+            (
+                "select * from get_rebalance_table_shards_plan()",
+                "calling get_rebalance_table_shards_plan()",
+            ),
+            (
+                "select query from citus_stat_activity",
+                "reading citus_stat_activity",
+            ),
+            (
+                "select nodename from pg_catalog.PG_DIST_NODE",
+                "reading pg_dist_node",
+            ),
         ] {
             let r = refused(sql);
             assert!(r.kind.starts_with(kind), "{sql}: {r:?}");
