@@ -217,8 +217,11 @@ impl Runner {
             if !matches!(m.status, MoveStatus::Pending | MoveStatus::Running) {
                 continue;
             }
-            if signals.fired() {
-                break;
+            // Once told to stop, pending moves stay pending; a move a dead
+            // replica left running is still looked at, to record what
+            // Citus made of it.
+            if signals.fired() && m.status == MoveStatus::Pending {
+                continue;
             }
             // A move that failed for a reason that passes (a lock another
             // move holds, a deadlock, a connection lost) is tried again.
@@ -424,6 +427,21 @@ impl Runner {
                 return Ok(false);
             }
             Some(_) => {}
+        }
+        if signals.cancel.is_cancelled() {
+            self.set_move(
+                job.id,
+                m.position,
+                MoveStatus::Cancelled,
+                "cancelled before it started",
+            )
+            .await?;
+            return Ok(false);
+        }
+        if signals.hand_over.is_cancelled() {
+            self.set_move(job.id, m.position, MoveStatus::Pending, "")
+                .await?;
+            return Ok(false);
         }
         let Some((host, port)) = m
             .target
