@@ -180,18 +180,22 @@ fn first_error(
 
 /// The server binaries, once Citus is known to be installed beside them
 /// (Debian's layout: the server's libraries beside its bin directory).
+/// The server's own bin directory (where `postgres` really is, with
+/// pg_dump and pg_restore of the same version beside it).
 fn citus_binaries() -> anyhow::Result<PathBuf> {
-    let bin = tenantd::local_pg::find_binaries()?;
-    let lib = bin
+    let found = tenantd::local_pg::find_binaries()?;
+    let bin = found
         .join("postgres")
         .canonicalize()
         .ok()
-        .and_then(|postgres| Some(postgres.parent()?.join("../lib/citus.so")));
+        .and_then(|postgres| Some(postgres.parent()?.to_path_buf()))
+        .with_context(|| format!("resolve {}", found.join("postgres").display()))?;
     ensure!(
-        lib.as_deref().is_some_and(Path::exists),
-        "Citus is not installed in the PostgreSQL at {} (no citus.so in its lib directory): \
+        bin.join("../lib/citus.so").exists(),
+        "Citus is not installed in the PostgreSQL at {} (no citus.so in {}): \
          build and install it with ../shared/citus/build.sh (as root), then run this again",
-        bin.display()
+        bin.display(),
+        bin.join("../lib").display()
     );
     Ok(bin)
 }
@@ -341,13 +345,13 @@ impl Databases {
     }
 
     async fn make(&self, nodes: &Nodes) -> anyhow::Result<()> {
-        for node in 0..3 {
+        for (node, node_name) in NODE_NAMES.into_iter().enumerate() {
             let mut admin = nodes.connect(node, "postgres").await?;
             // Names are made here from hex digits, not taken from input.
             sqlx::raw_sql(&format!("CREATE DATABASE \"{}\"", self.citus))
                 .execute(&mut admin)
                 .await
-                .with_context(|| format!("create {} on the {}", self.citus, NODE_NAMES[node]))?;
+                .with_context(|| format!("create {} on the {}", self.citus, node_name))?;
             if node == 0 {
                 for name in [&self.plain, &self.offline] {
                     sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
@@ -361,7 +365,7 @@ impl Databases {
             sqlx::raw_sql("CREATE EXTENSION citus")
                 .execute(&mut db)
                 .await
-                .with_context(|| format!("CREATE EXTENSION citus on the {}", NODE_NAMES[node]))?;
+                .with_context(|| format!("CREATE EXTENSION citus on the {}", node_name))?;
             let _ = db.close().await;
         }
         let mut coordinator = nodes.connect(0, &self.citus).await?;
@@ -395,20 +399,20 @@ impl Databases {
                 roles.extend(found);
             }
         }
-        for node in 0..3 {
+        for (node, node_name) in NODE_NAMES.into_iter().enumerate() {
             let mut admin = nodes.connect(node, "postgres").await?;
             for name in [&self.citus, &self.plain, &self.offline] {
                 sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                     .execute(&mut admin)
                     .await
-                    .with_context(|| format!("drop {name} on the {}", NODE_NAMES[node]))?;
+                    .with_context(|| format!("drop {name} on the {}", node_name))?;
             }
             for chunk in roles.chunks(500) {
                 let list: Vec<String> = chunk.iter().map(|r| format!("\"{r}\"")).collect();
                 sqlx::raw_sql(&format!("DROP ROLE IF EXISTS {}", list.join(", ")))
                     .execute(&mut admin)
                     .await
-                    .with_context(|| format!("drop the run's roles on the {}", NODE_NAMES[node]))?;
+                    .with_context(|| format!("drop the run's roles on the {}", node_name))?;
             }
             let _ = admin.close().await;
         }

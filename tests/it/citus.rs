@@ -62,8 +62,15 @@ fn nodes() -> &'static [LocalCluster; 3] {
             .zip(*PORTS)
             .map(|(name, port)| {
                 let extras = TcpExtras {
+                    // Every database with Citus has a maintenance daemon,
+                    // a background worker of its own; each move needs a
+                    // logical replication worker, a slot and a sender. The
+                    // status interval bounds a move's write pause
+                    // (docs/citus.md, "What a move costs").
                     conf: "shared_preload_libraries = 'citus'\nwal_level = logical\n\
-                           max_prepared_transactions = 100\n"
+                           max_prepared_transactions = 100\nmax_worker_processes = 64\n\
+                           max_logical_replication_workers = 16\nmax_replication_slots = 32\n\
+                           max_wal_senders = 32\nwal_receiver_status_interval = 1s\n"
                         .to_owned(),
                     hba: "host all all 127.0.0.1/32 trust\n".to_owned(),
                 };
@@ -103,6 +110,7 @@ pub(crate) struct CitusDb {
 
 impl CitusDb {
     pub(crate) async fn create() -> CitusDb {
+        sweep_leftovers().await;
         let id = uuid::Uuid::new_v4().simple();
         let name = format!("tenantd_citus_{id}");
         let app_role = managed_mode().then(|| format!("tenantd_app_{id}"));
@@ -216,6 +224,49 @@ impl CitusDb {
             }
         }
     }
+}
+
+/// Once per test process: the databases and roles of earlier runs that
+/// died before [`CitusDb::drop_all`]. Left, each database keeps a Citus
+/// maintenance daemon in a background worker slot, and a move's logical
+/// replication worker finds none free. One test process uses the nodes at
+/// a time (cargo runs test binaries one after another).
+async fn sweep_leftovers() {
+    static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    SWEPT
+        .get_or_init(|| async {
+            for node in nodes() {
+                let mut admin = sqlx::PgConnection::connect_with(&node.connect_options("postgres"))
+                    .await
+                    .unwrap();
+                let old: Vec<String> = sqlx::query_scalar(
+                    "SELECT datname::text FROM pg_database WHERE datname LIKE 'tenantd\\_citus\\_%'",
+                )
+                .fetch_all(&mut admin)
+                .await
+                .unwrap();
+                for db in old {
+                    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await
+                        .unwrap();
+                }
+                let roles: Vec<String> = sqlx::query_scalar(
+                    "SELECT rolname::text FROM pg_roles \
+                     WHERE rolname LIKE 'tenant\\_%' OR rolname LIKE 'tenantd\\_app\\_%'",
+                )
+                .fetch_all(&mut admin)
+                .await
+                .unwrap();
+                for role in roles {
+                    // A role that still owns something elsewhere stays.
+                    let _ = sqlx::raw_sql(&format!("DROP ROLE IF EXISTS \"{role}\""))
+                        .execute(&mut admin)
+                        .await;
+                }
+            }
+        })
+        .await;
 }
 
 /// Whether `role` exists on `node`, and may log in.
