@@ -320,6 +320,15 @@ async fn build_services(
         .context("look for the Citus extension")?;
     if engine == catalog::Engine::Citus {
         tracing::info!("Citus coordinator: each new tenant schema is a distributed schema");
+        let (functions, relations) = catalog::citus_objects(pool)
+            .await
+            .context("list the Citus extension's functions and relations")?;
+        tracing::info!(
+            functions = functions.len(),
+            relations = relations.len(),
+            "the data plane refuses the Citus extension's functions and relations"
+        );
+        crate::data::screen::refuse_extension_objects(functions, relations);
     }
     let tenants = Tenants::new(
         pool.clone(),

@@ -98,6 +98,30 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
 }
 
+/// The names of the functions and relations of the `citus` extension: a
+/// tenant's data call may use none of them. `any_value` is an aggregate
+/// queries use; it reaches nothing.
+pub async fn citus_objects(pool: &PgPool) -> Result<(Vec<String>, Vec<String>), sqlx::Error> {
+    let rows: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT DISTINCT coalesce(p.proname::text, c.relname::text), d.classid = 'pg_proc'::regclass \
+           FROM pg_depend d \
+           LEFT JOIN pg_proc p ON d.classid = 'pg_proc'::regclass AND p.oid = d.objid \
+           LEFT JOIN pg_class c ON d.classid = 'pg_class'::regclass AND c.oid = d.objid \
+          WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e' \
+            AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'citus') \
+            AND d.classid IN ('pg_proc'::regclass, 'pg_class'::regclass) \
+            AND coalesce(p.proname::text, c.relname::text) IS NOT NULL \
+            AND coalesce(p.prokind, 'f') <> 'a'",
+    )
+    .fetch_all(pool)
+    .await?;
+    let (functions, relations): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, f)| *f);
+    Ok((
+        functions.into_iter().map(|(n, _)| n).collect(),
+        relations.into_iter().map(|(n, _)| n).collect(),
+    ))
+}
+
 /// Opens the catalog pool. Connections are retired after a while so that the
 /// per-backend catalog caches of a large fleet do not grow without bound.
 pub async fn connect(options: PgConnectOptions, settings: &PoolSettings) -> anyhow::Result<PgPool> {

@@ -305,6 +305,43 @@ async fn tenants_are_distributed_schemas_isolated_on_the_workers() {
     // The data plane through the coordinator, as the tenant's role.
     c.write_and_read_back(&a, "on a worker").await;
 
+    // Citus's own functions and metadata are refused, whatever their name:
+    // those that run SQL text on any node (which would outlive the call,
+    // write in a read-only call and reach other tenants' settings), lock
+    // tables, or show the cluster. Found by an attack on a release build.
+    for sql in [
+        "select create_intermediate_result('r', 'select 1')",
+        "SELECT pg_catalog.\"create_intermediate_result\"('r', $q$select * from run_command_on_workers($$select 1$$)$q$)",
+        "with x as (select broadcast_intermediate_result('r', 'select 1')) select * from x",
+        "select * from read_intermediate_results(array['r'], 'binary') as r(a int)",
+        "select lock_relation_if_exists('customers', 'ACCESS EXCLUSIVE')",
+        "select * from get_all_active_transactions()",
+        "select * from (select 1) s, lateral (select column_name_to_column('customers', 'id')) c",
+        "select * from run_command_on_coordinator('select 1')",
+        "select * from citus_tables",
+        "TABLE pg_catalog.pg_dist_partition",
+    ] {
+        for read_only in [false, true] {
+            let mut request = exec(&a.id, sql, vec![]);
+            request.read_only = read_only;
+            let err = c.data.execute(request).await.unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{sql}: {err:?}");
+            assert!(
+                err.message().contains("is not allowed"),
+                "{sql}: {}",
+                err.message()
+            );
+        }
+    }
+    // An aggregate of the extension a query may use still works.
+    c.data
+        .execute(crate::common::data::read(
+            &a.id,
+            "SELECT any_value(name) FROM customers",
+        ))
+        .await
+        .expect("any_value is an aggregate, not administration");
+
     // On the worker that holds b's schema, a's role is refused by
     // PostgreSQL itself.
     let port: i32 = sqlx::query_scalar(
