@@ -25,7 +25,9 @@
 //! 127.0.0.1 at `--base-port` and the two ports after it (started if they
 //! are not running, and stopped again at the end if this run started them),
 //! as `tests/it/citus.rs` runs them: `shared_preload_libraries = 'citus'`,
-//! `wal_level = logical`, the workers trusting 127.0.0.1. The run's
+//! `wal_level = logical`, the workers trusting 127.0.0.1; each run sets
+//! `wal_receiver_status_interval` (`--wal-receiver-status-interval`, 1s as
+//! docs/citus.md asks) on every node with ALTER SYSTEM. The run's
 //! databases are dropped afterwards on every node, together with every
 //! tenant role the run made.
 
@@ -110,6 +112,12 @@ pub struct CitusArgs {
     #[arg(long, default_value_t = 39_601)]
     base_port: u16,
 
+    /// wal_receiver_status_interval of every node, set with ALTER SYSTEM
+    /// and a reload: it bounds a move's write pause (docs/citus.md, "What a
+    /// move costs"; PostgreSQL's default is 10s).
+    #[arg(long, default_value = "1s")]
+    wal_receiver_status_interval: String,
+
     /// The tenantd server binary [default: `tenantd` next to this binary].
     #[arg(long)]
     tenantd: Option<PathBuf>,
@@ -146,8 +154,17 @@ pub async fn run(args: CitusArgs) -> anyhow::Result<()> {
     let tenantd_bin = tenantd_binary(args.tenantd.as_deref())?;
     let bin_dir = citus_binaries()?;
 
+    let interval = &args.wal_receiver_status_interval;
+    ensure!(
+        interval.len() <= 16
+            && interval.starts_with(|c: char| c.is_ascii_digit())
+            && interval.chars().all(|c| c.is_ascii_alphanumeric()),
+        "--wal-receiver-status-interval must be a PostgreSQL interval such as 1s or 500ms"
+    );
+
     let nodes = Nodes::start(&args.data_dir, args.base_port).await?;
     let outcome = async {
+        nodes.configure(interval).await?;
         let dbs = Databases::create(&nodes).await?;
         let ran = tokio::select! {
             ran = run_phases(&args, window, &tenantd_bin, &bin_dir, &nodes, &dbs) => ran,
@@ -178,10 +195,10 @@ fn first_error(
     }
 }
 
-/// The server binaries, once Citus is known to be installed beside them
-/// (Debian's layout: the server's libraries beside its bin directory).
 /// The server's own bin directory (where `postgres` really is, with
-/// pg_dump and pg_restore of the same version beside it).
+/// pg_dump and pg_restore of the same version beside it), once Citus is
+/// known to be installed beside it (Debian's layout: the server's libraries
+/// beside its bin directory).
 fn citus_binaries() -> anyhow::Result<PathBuf> {
     let found = tenantd::local_pg::find_binaries()?;
     let bin = found
@@ -285,6 +302,26 @@ impl Nodes {
                 }
             }
         }
+    }
+
+    /// Sets wal_receiver_status_interval on every node (kept in its
+    /// postgresql.auto.conf) and reloads the configuration.
+    async fn configure(&self, interval: &str) -> anyhow::Result<()> {
+        for (node, node_name) in NODE_NAMES.into_iter().enumerate() {
+            let mut admin = self.connect(node, "postgres").await?;
+            // Checked by `run`: digits and letters only.
+            for sql in [
+                format!("ALTER SYSTEM SET wal_receiver_status_interval = '{interval}'"),
+                "SELECT pg_reload_conf()".to_owned(),
+            ] {
+                sqlx::raw_sql(&sql)
+                    .execute(&mut admin)
+                    .await
+                    .with_context(|| format!("{sql} on the {node_name}"))?;
+            }
+            let _ = admin.close().await;
+        }
+        Ok(())
     }
 
     fn name(&self, node: usize) -> String {
@@ -475,7 +512,7 @@ struct Moves {
     quiet_gap: Duration,
     /// The tenant's rows at the end (bulk + written).
     rows: i64,
-    /// The tenant's size on its worker before the moves.
+    /// The tenant's size before the moves (`--rows` customers).
     size: String,
     offline: Duration,
 }
@@ -1260,7 +1297,7 @@ fn report(args: &CitusArgs, window: Window, r: &Results) {
     }
     let (pause_p50, pause_max, move_p50, wall_p50) = moves_summary(&r.moves);
     println!(
-        "moves: {} of {} customers ({}): move p50 {:.2} s ({:.2} s wall), write pause p50 {:.0} ms, max {:.0} ms \
+        "moves: {} of a tenant with {} customers at the end ({} before): move p50 {:.2} s ({:.2} s wall), write pause p50 {:.0} ms, max {:.0} ms \
          (longest gap with no move running: {:.0} ms); {} writes, {} failed calls{}",
         r.moves.each.len(),
         r.moves.rows,
@@ -1278,7 +1315,8 @@ fn report(args: &CitusArgs, window: Window, r: &Results) {
             .map_or(String::new(), |f| format!(" (first: {f})"))
     );
     println!(
-        "offline move (pg_dump | pg_restore): {:.1} s of write pause, {:.0}x the online move's max",
+        "offline move (pg_dump | pg_restore of {} customers): {:.1} s of write pause, {:.0}x the online move's max",
+        r.moves.rows,
         r.moves.offline.as_secs_f64(),
         r.moves.offline.as_secs_f64() / pause_max.as_secs_f64().max(1e-3)
     );
@@ -1346,7 +1384,7 @@ fn markdown(args: &CitusArgs, window: Window, r: &Results) -> String {
     let _ = write!(
         md,
         "\n| move of a tenant with {} customers ({}), {WRITERS} writers | moves | move p50 s | write pause p50 ms | write pause max ms | failed calls | acknowledged writes lost |\n",
-        r.moves.rows, r.moves.size
+        args.rows, r.moves.size
     );
     md.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
     let _ = writeln!(
@@ -1376,22 +1414,25 @@ fn markdown(args: &CitusArgs, window: Window, r: &Results) -> String {
     let _ = write!(
         md,
         "\nPostgreSQL {}, Citus {}; coordinator and both workers private clusters on this machine \
-         ({}); {cores} cores; {}; {profile}. Interleaved phases: \
+         ({}, wal_receiver_status_interval={}); {cores} cores; {}; {profile}. Interleaved phases: \
          {} rounds, {window} each, sides alternating ABBA. Move time: the job's started_at to \
          finished_at (MoveTenant to the end seen by a {} ms poll: p50 {:.2} s); write pause: the \
          longest gap between consecutive acknowledged writes touching the move (with no move \
          running the longest gap was {:.0} ms; {:.0} writes/s). Reproduce: \
-         `cargo build --release -p tenantd -p tenantd-bench && target/release/tenantd-bench {}`\n",
+         `cargo build --release -p tenantd -p tenantd-bench && target/release/tenantd-bench {}`. \
+         The offline move copies the tenant as it is after the online moves ({} customers).\n",
         r.version,
         r.citus_version,
         r.durability,
+        args.wal_receiver_status_interval,
         chrono::Utc::now().format("%Y-%m-%d"),
         args.rounds,
         JOB_POLL.as_millis(),
         wall_p50.as_secs_f64(),
         ms(r.moves.quiet_gap),
         r.moves.write_rate,
-        command.join(" ")
+        command.join(" "),
+        r.moves.rows
     );
     md
 }
