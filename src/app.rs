@@ -329,6 +329,25 @@ async fn build_services(
             "the data plane refuses the Citus extension's functions and relations"
         );
         crate::data::screen::refuse_extension_objects(functions, relations);
+        let superuser: bool =
+            sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+                .fetch_one(pool)
+                .await
+                .context("check whether tenantd's role is a superuser")?;
+        if superuser {
+            let failed = catalog::revoke_on_citus_nodes(pool)
+                .await
+                .context("revoke what tenant roles must not call on the Citus nodes")?;
+            for why in failed {
+                tracing::warn!(%why, "could not revoke on a Citus worker; docs/citus.md lists the statements");
+            }
+        } else {
+            tracing::warn!(
+                "tenantd is not a superuser: large-object, backend-signal, pg_notify and \
+                 run_command_on_* functions stay open to tenant roles on the Citus workers \
+                 (the screen refuses them; docs/citus.md lists the grants to do by hand)"
+            );
+        }
     }
     let tenants = Tenants::new(
         pool.clone(),

@@ -333,6 +333,31 @@ async fn tenants_are_distributed_schemas_isolated_on_the_workers() {
             );
         }
     }
+    // The second line, privileges, holds on every node when tenantd may
+    // set them: a tenant role cannot run SQL text on the nodes or reach
+    // large objects there, whatever gets past the screen.
+    if !managed_mode() {
+        for node in 0..3 {
+            let mut conn = db.on(node).await;
+            for function in [
+                "run_command_on_workers(text, boolean)",
+                "lo_create(oid)",
+                "pg_notify(text, text)",
+                "pg_terminate_backend(integer, bigint)",
+            ] {
+                let may: bool = sqlx::query_scalar(
+                    "SELECT has_function_privilege($1, to_regprocedure($2), 'EXECUTE')",
+                )
+                .bind(&a.schema_name)
+                .bind(function)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("node {node}: {function}: {e}"));
+                assert!(!may, "node {node}: a tenant role may call {function}");
+            }
+        }
+    }
+
     // An aggregate of the extension a query may use still works.
     c.data
         .execute(crate::common::data::read(
