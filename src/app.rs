@@ -335,7 +335,7 @@ async fn build_services(
                 .await
                 .context("check whether tenantd's role is a superuser")?;
         if superuser {
-            let failed = catalog::revoke_on_citus_nodes(pool)
+            let failed = catalog::privileges::revoke_on_citus_nodes(pool)
                 .await
                 .context("revoke what tenant roles must not call on the Citus nodes")?;
             for why in failed {

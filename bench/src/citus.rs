@@ -55,7 +55,7 @@ use tenantd::pb::tenant_service_client::TenantServiceClient;
 
 use crate::flags;
 use crate::measure::{CallStats, Window, Worker, measure, ms, percentile};
-use crate::pg::{cluster_url, secret, tenant_roles};
+use crate::pg::{cluster_url, first_error, secret, tenant_roles};
 use crate::server::{Authed, TenantdServer, status, tenantd_binary};
 use crate::tenants;
 use crate::upgrade::{MigrationDirs, upgrade_fleet};
@@ -177,22 +177,6 @@ pub async fn run(args: CitusArgs) -> anyhow::Result<()> {
     .await;
     let stopped = nodes.close().await;
     first_error(outcome, stopped, "")
-}
-
-/// The error of `ran`, else that of the `cleanup` after it.
-fn first_error(
-    ran: anyhow::Result<()>,
-    cleanup: anyhow::Result<()>,
-    note: &str,
-) -> anyhow::Result<()> {
-    match (ran, cleanup) {
-        (Ok(()), cleanup) => cleanup,
-        (Err(e), Ok(())) => Err(e),
-        (Err(e), Err(cleanup)) => {
-            eprintln!("tenantd-bench: {note}{cleanup:#}");
-            Err(e)
-        }
-    }
 }
 
 /// The server's own bin directory (where `postgres` really is, with

@@ -238,7 +238,7 @@ pub async fn run_bench<T>(
 
 /// The error of `ran`, else that of the `cleanup` after it; a cleanup error
 /// behind a failure is printed (after `note`) rather than lost.
-fn first_error(
+pub(crate) fn first_error(
     ran: anyhow::Result<()>,
     cleanup: anyhow::Result<()>,
     note: &str,

@@ -122,51 +122,6 @@ pub async fn citus_objects(pool: &PgPool) -> Result<(Vec<String>, Vec<String>), 
     ))
 }
 
-/// On a Citus coordinator, as a superuser: what the catalog migrations
-/// revoke from PUBLIC on the coordinator (large objects, backend signals,
-/// pg_notify, the per-backend activity functions; Citus itself carries the
-/// database's TEMPORARY revocation to the workers, and refuses it there), and
-/// Citus's `run_command_on_*`, revoked on every node too — privileges are
-/// per node, and a tenant's queries run as its role on the workers. Returns
-/// the nodes where it failed, with why.
-pub async fn revoke_on_citus_nodes(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
-    const REVOKE: &str = r"DO $revoke$
-DECLARE
-    f regprocedure;
-BEGIN
-    FOR f IN
-        SELECT p.oid::regprocedure FROM pg_proc p
-         WHERE p.pronamespace = 'pg_catalog'::regnamespace
-           AND (p.proname ~ '^(lo_.*|loread|lowrite|pg_cancel_backend|pg_terminate_backend|pg_notify)$'
-                OR p.proname LIKE 'pg\_stat\_get\_backend\_%'
-                OR p.proname LIKE 'run\_command\_on\_%')
-    LOOP
-        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
-    END LOOP;
-    FOR f IN
-        SELECT p.oid::regprocedure FROM pg_proc p
-         WHERE p.pronamespace = 'pg_catalog'::regnamespace
-           AND p.proname LIKE 'pg\_stat\_get\_backend\_%'
-    LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO pg_monitor', f);
-    END LOOP;
-END
-$revoke$";
-    let failed: Vec<(String, String)> = sqlx::query_as(
-        "SELECT nodename || ':' || nodeport, result FROM run_command_on_workers($1) \
-          WHERE NOT success",
-    )
-    .bind(REVOKE)
-    .fetch_all(pool)
-    .await?;
-    // The coordinator last: run_command_on_workers is among what it revokes.
-    sqlx::raw_sql(REVOKE).execute(pool).await?;
-    Ok(failed
-        .into_iter()
-        .map(|(node, why)| format!("{node}: {why}"))
-        .collect())
-}
-
 /// Opens the catalog pool. Connections are retired after a while so that the
 /// per-backend catalog caches of a large fleet do not grow without bound.
 pub async fn connect(options: PgConnectOptions, settings: &PoolSettings) -> anyhow::Result<PgPool> {
