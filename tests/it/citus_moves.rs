@@ -105,6 +105,37 @@ async fn fill(db: &CitusDb, tenant: &pb::Tenant, rows: i64) {
     .unwrap();
 }
 
+/// A Citus database of the test's own and tenantd on its coordinator, with
+/// its endpoint and clients.
+async fn on_citus() -> (CitusDb, tenantd::app::Running, String, Clients) {
+    let db = CitusDb::create().await;
+    let running = TestServer::run(config_for(db.tenantd_options()))
+        .await
+        .expect("tenantd on Citus");
+    let endpoint = format!("http://{}", running.local_addr());
+    let c = clients_at(&endpoint).await;
+    (db, running, endpoint, c)
+}
+
+/// Every acknowledged write is in the tenant's table; returns their codes.
+async fn assert_all_acknowledged(
+    db: &CitusDb,
+    tenant: &pb::Tenant,
+    acked: &[(String, Instant)],
+) -> Vec<String> {
+    let codes: Vec<String> = acked.iter().map(|(c, _)| c.clone()).collect();
+    let found: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {}.customers WHERE code = ANY($1)",
+        tenant.schema_name
+    ))
+    .bind(&codes)
+    .fetch_one(&mut db.on(0).await)
+    .await
+    .unwrap();
+    assert_eq!(found, codes.len() as i64, "an acknowledged write was lost");
+    codes
+}
+
 /// One customer written and read back through the data plane.
 async fn write_one(c: &mut Clients, tenant: &pb::Tenant, code: &str) {
     c.data
@@ -244,12 +275,7 @@ async fn a_move_under_write_load_keeps_every_acknowledged_write() {
     if skip() {
         return;
     }
-    let db = CitusDb::create().await;
-    let running = TestServer::run(config_for(db.tenantd_options()))
-        .await
-        .expect("tenantd on Citus");
-    let endpoint = format!("http://{}", running.local_addr());
-    let mut c = clients_at(&endpoint).await;
+    let (db, running, endpoint, mut c) = on_citus().await;
     let a = c.tenant("move-a").await;
     let b = c.tenant("move-b").await;
     fill(&db, &a, 200_000).await;
@@ -327,16 +353,7 @@ async fn a_move_under_write_load_keeps_every_acknowledged_write() {
         "writes went on after the move"
     );
     // Every acknowledged write is there, on the target.
-    let codes: Vec<String> = acked.iter().map(|(c, _)| c.clone()).collect();
-    let found: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM {}.customers WHERE code = ANY($1)",
-        a.schema_name
-    ))
-    .bind(&codes)
-    .fetch_one(&mut db.on(0).await)
-    .await
-    .unwrap();
-    assert_eq!(found, codes.len() as i64, "an acknowledged write was lost");
+    let codes = assert_all_acknowledged(&db, &a, &acked).await;
     assert_eq!(customers(&db, &a).await, 200_000 + codes.len() as i64);
     assert_eq!(node_of(&mut c, &a).await, target);
     // The other tenant was not part of the job.
@@ -386,12 +403,7 @@ async fn drain_and_rebalance_move_whole_tenants() {
     if skip() {
         return;
     }
-    let db = CitusDb::create().await;
-    let running = TestServer::run(config_for(db.tenantd_options()))
-        .await
-        .expect("tenantd on Citus");
-    let endpoint = format!("http://{}", running.local_addr());
-    let mut c = clients_at(&endpoint).await;
+    let (db, running, endpoint, mut c) = on_citus().await;
     let mut tenants = Vec::new();
     for i in 0..4 {
         let t = c.tenant(&format!("drain-{i}")).await;
@@ -442,16 +454,7 @@ async fn drain_and_rebalance_move_whole_tenants() {
         failed.is_empty(),
         "no call fails during a drain: {failed:?}"
     );
-    let codes: Vec<String> = acked.iter().map(|(c, _)| c.clone()).collect();
-    let found: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM {}.customers WHERE code = ANY($1)",
-        loaded.schema_name
-    ))
-    .bind(&codes)
-    .fetch_one(&mut db.on(0).await)
-    .await
-    .unwrap();
-    assert_eq!(found, codes.len() as i64, "an acknowledged write was lost");
+    assert_all_acknowledged(&db, &loaded, &acked).await;
     for t in &tenants {
         assert_eq!(node_of(&mut c, t).await, node_name(2), "{} drained", t.slug);
     }
@@ -562,12 +565,7 @@ async fn a_cancelled_move_leaves_the_tenant_serving_where_it_was() {
     if skip() {
         return;
     }
-    let db = CitusDb::create().await;
-    let running = TestServer::run(config_for(db.tenantd_options()))
-        .await
-        .expect("tenantd on Citus");
-    let endpoint = format!("http://{}", running.local_addr());
-    let mut c = clients_at(&endpoint).await;
+    let (db, running, endpoint, mut c) = on_citus().await;
     let a = c.tenant("cancel-a").await;
     fill(&db, &a, 600_000).await;
     let source = node_of(&mut c, &a).await;
