@@ -246,6 +246,29 @@ async fn sweep_leftovers() {
                 .await
                 .unwrap();
                 for db in old {
+                    // A move cut short can leave a subscription, which
+                    // DROP DATABASE refuses: detach and drop it first.
+                    let mut in_db = sqlx::PgConnection::connect_with(&node.connect_options(&db))
+                        .await
+                        .unwrap();
+                    let subscriptions: Vec<String> = sqlx::query_scalar(
+                        "SELECT subname::text FROM pg_subscription \
+                         WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                    )
+                    .fetch_all(&mut in_db)
+                    .await
+                    .unwrap();
+                    for sub in subscriptions {
+                        sqlx::raw_sql(&format!(
+                            "ALTER SUBSCRIPTION \"{sub}\" DISABLE; \
+                             ALTER SUBSCRIPTION \"{sub}\" SET (slot_name = NONE); \
+                             DROP SUBSCRIPTION \"{sub}\""
+                        ))
+                        .execute(&mut in_db)
+                        .await
+                        .unwrap();
+                    }
+                    in_db.close().await.unwrap();
                     sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
                         .execute(&mut admin)
                         .await
