@@ -23,6 +23,7 @@ use tower::layer::util as layer;
 
 use crate::catalog::metrics::CatalogCollector;
 use crate::catalog::{self, PoolSettings};
+use crate::clusters::Clusters;
 use crate::config::Secret;
 use crate::data::{CallSettings, PoolSettings as TenantPoolSettings, TenantData, TenantPools};
 use crate::domain::identity::Scope;
@@ -66,6 +67,8 @@ pub struct AppConfig {
     /// TLS (and, with a client CA, mutual TLS) for the gRPC listener;
     /// `None`: plaintext.
     pub tls: Option<ServerTls>,
+    /// Where registered clusters' password files may be.
+    pub cluster_secrets_dir: Option<PathBuf>,
 }
 
 /// How often pools of tenants that left ACTIVE through another replica are
@@ -213,7 +216,12 @@ async fn prepare_catalog(config: &AppConfig) -> anyhow::Result<Catalog> {
         Some(dir) => TenantMigrations::from_dir(dir)?,
         None => TenantMigrations::embedded()?,
     };
-    let pool = catalog::connect(config.database.clone(), &config.catalog_pool).await?;
+    let pool = catalog::connect(
+        config.database.clone(),
+        &config.catalog_pool,
+        "connect to the catalog database",
+    )
+    .await?;
     let mut tx = pool.begin().await.context("begin tenant migration check")?;
     catalog::tenant_migrations::lock_registration(&mut tx)
         .await
@@ -273,6 +281,7 @@ struct Services {
     tenants: Tenants,
     upgrades: Upgrades,
     placement: Placement,
+    clusters: Clusters,
 }
 
 async fn build_services(
@@ -301,10 +310,38 @@ async fn build_services(
         .context("load service keys and revoked sessions")?;
     tasks.spawn(identity.clone().refresh_loop(shutdown.child_token()));
 
-    let pools = TenantPools::new(
+    let engine = catalog::Engine::detect(pool)
+        .await
+        .context("look for the Citus extension")?;
+    let clusters = Clusters::new(
         pool.clone(),
         config.database.clone(),
         db_tls,
+        engine,
+        config.catalog_pool.clone(),
+        config.cluster_secrets_dir.clone(),
+    );
+    if let Err(e) = clusters.count_relations().await {
+        tracing::warn!(error = %e, "cannot count the relations of capped clusters");
+    }
+    // Creates on other clusters that died with an earlier process.
+    tasks.spawn({
+        let clusters = clusters.clone();
+        async move {
+            match crate::clusters::sweep_intents(clusters, Duration::ZERO).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(tenants = n, "removed what failed creates left on clusters")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot sweep half-made tenants")
+                }
+            }
+        }
+    });
+    tasks.spawn(clusters.clone().maintain(shutdown.child_token()));
+    let pools = TenantPools::new(
+        clusters.clone(),
         catalog.role_secret.clone(),
         config.tenant_pools.clone(),
         metrics.clone(),
@@ -315,9 +352,6 @@ async fn build_services(
             .watch_statuses(POOL_WATCH_PERIOD, shutdown.child_token()),
     );
     let data = TenantData::new(pools.clone(), config.data_calls.clone());
-    let engine = catalog::Engine::detect(pool)
-        .await
-        .context("look for the Citus extension")?;
     if engine == catalog::Engine::Citus {
         tracing::info!("Citus coordinator: each new tenant schema is a distributed schema");
         let (functions, relations) = catalog::citus_objects(pool)
@@ -350,16 +384,15 @@ async fn build_services(
         }
     }
     let tenants = Tenants::new(
-        pool.clone(),
+        clusters.clone(),
         catalog.migrations.clone(),
         catalog.role_secret.clone(),
-        engine,
     );
 
     let wake = Arc::new(tokio::sync::Notify::new());
-    let upgrades = Upgrades::new(pool.clone(), catalog.migrations.clone(), wake.clone());
+    let upgrades = Upgrades::new(clusters.clone(), catalog.migrations.clone(), wake.clone());
     let owner = fleet::runner::spawn(
-        pool.clone(),
+        clusters.clone(),
         config.database.clone(),
         catalog.migrations.clone(),
         fleet::RunnerSettings {
@@ -392,6 +425,7 @@ async fn build_services(
         tenants,
         upgrades,
         placement,
+        clusters,
     })
 }
 
@@ -412,6 +446,7 @@ async fn router(
         tenants,
         upgrades,
         placement,
+        clusters,
     } = services;
     let auth = Authenticator::new(identity.clone());
     let data_api = pb::tenant_data_service_server::TenantDataServiceServer::with_interceptor(
@@ -433,7 +468,7 @@ async fn router(
         auth.clone(),
     );
     let cluster_api = pb::cluster_service_server::ClusterServiceServer::with_interceptor(
-        ClusterApi::new(placement, background.shutdown.clone()),
+        ClusterApi::new(placement, clusters, background.shutdown.clone()),
         auth.clone(),
     );
     let user_api = pb::user_service_server::UserServiceServer::with_interceptor(

@@ -102,6 +102,13 @@ pub struct ServeArgs {
     )]
     pub database_password_file: Option<PathBuf>,
 
+    /// Directory of the files that hold the passwords of registered
+    /// clusters (AddCluster's password_file names a file in it, a mounted
+    /// secret, say); without it, clusters take their passwords from
+    /// TENANTD_CLUSTER_* environment variables only.
+    #[arg(long, env = "TENANTD_CLUSTER_SECRETS_DIR")]
+    pub cluster_secrets_dir: Option<PathBuf>,
+
     /// File holding the key access tokens are signed with (at least 32
     /// bytes; every replica must read the same). Without it, the key is
     /// generated once and kept in the catalog.

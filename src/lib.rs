@@ -12,7 +12,9 @@
 
 pub mod app;
 pub mod catalog;
+pub mod clusters;
 pub mod config;
+pub mod crash;
 pub mod data;
 pub mod domain;
 pub mod files;

@@ -199,7 +199,10 @@ pub mod create_failure {
     pub const SLUG_TAKEN: &str = "slug_taken";
     pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
     pub const OWNER_NOT_FOUND: &str = "owner_not_found";
-    /// The database failed or was unreachable.
+    /// No cluster could take the tenant (named one unknown, closed or
+    /// full; none open with room).
+    pub const NO_CLUSTER: &str = "no_cluster";
+    /// The database failed or was unreachable (the tenant's cluster too).
     pub const DATABASE: &str = "database";
     pub const OTHER: &str = "other";
 }

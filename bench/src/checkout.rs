@@ -130,11 +130,20 @@ async fn run_phases(
         .context("open a catalog pool on the bench database")?;
     let secret = tenantd::catalog::settings::role_secret(&catalog).await?;
     let metrics = Metrics::new();
-    let pools = TenantPools::new(
+    let clusters = tenantd::clusters::Clusters::new(
         catalog.clone(),
         db.options.clone(),
         // The bench's own cluster, on a Unix socket.
         None,
+        tenantd::catalog::Engine::Postgres,
+        tenantd::catalog::PoolSettings {
+            max_connections: 2,
+            acquire_timeout: std::time::Duration::from_secs(10),
+        },
+        None,
+    );
+    let pools = TenantPools::new(
+        clusters,
         secret,
         PoolSettings {
             pool_size: args.pool_size,

@@ -223,6 +223,7 @@ async fn run(
         tenant_pools: args.tenant_pools(),
         data_calls: args.data_calls(),
         tls: args.tls(),
+        cluster_secrets_dir: args.cluster_secrets_dir.clone(),
     };
     let running = app::start(config, listener).await?;
     tracing::info!(addr = %running.local_addr(), "tenantd listening");

@@ -4,6 +4,7 @@
 //! a caller composes several of them into one transaction.
 
 pub mod audit;
+pub mod clusters;
 pub(crate) mod error;
 pub(crate) mod identity;
 pub(crate) mod metrics;
@@ -124,7 +125,11 @@ pub async fn citus_objects(pool: &PgPool) -> Result<(Vec<String>, Vec<String>), 
 
 /// Opens the catalog pool. Connections are retired after a while so that the
 /// per-backend catalog caches of a large fleet do not grow without bound.
-pub async fn connect(options: PgConnectOptions, settings: &PoolSettings) -> anyhow::Result<PgPool> {
+pub async fn connect(
+    options: PgConnectOptions,
+    settings: &PoolSettings,
+    what: &'static str,
+) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .min_connections(1)
@@ -137,7 +142,7 @@ pub async fn connect(options: PgConnectOptions, settings: &PoolSettings) -> anyh
         .test_before_acquire(false)
         .connect_with(local_schemas(&options))
         .await
-        .context("connect to the catalog database")
+        .context(what)
 }
 
 /// Creates the catalog schema and applies every pending migration in

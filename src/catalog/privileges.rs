@@ -90,3 +90,45 @@ $revoke$"
         .map(|(node, why)| format!("{node}: {why}"))
         .collect())
 }
+
+/// On a cluster other than the catalog's: what the catalog migrations do
+/// on `default` (they never run there) — TEMPORARY on the database revoked
+/// from PUBLIC (as its owner or a superuser) and, as a superuser, every
+/// function of [`revoked_functions!`] and the session views. Run at every
+/// registration; each statement may run again.
+pub async fn harden(pool: &PgPool) -> Result<(), sqlx::Error> {
+    const HARDEN: &str = concat!(
+        r"DO $harden$
+DECLARE
+    f regprocedure;
+BEGIN
+    BEGIN
+        EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
+    EXCEPTION WHEN insufficient_privilege THEN
+        RAISE NOTICE 'tenantd may not revoke TEMPORARY on the database from PUBLIC';
+    END;
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        RETURN;
+    END IF;
+    FOR f IN
+        SELECT p.oid::regprocedure FROM pg_proc p WHERE ",
+        revoked_functions!(),
+        r")
+    LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+    FOR f IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+         WHERE p.pronamespace = 'pg_catalog'::regnamespace
+           AND (p.proname LIKE 'pg\_stat\_get\_backend\_%' OR p.proname = 'pg_stat_get_activity')
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO pg_monitor', f);
+    END LOOP;
+    REVOKE UPDATE ON pg_catalog.pg_settings FROM PUBLIC;
+    REVOKE SELECT ON pg_catalog.pg_prepared_statements, pg_catalog.pg_stat_activity FROM PUBLIC;
+    GRANT SELECT ON pg_catalog.pg_stat_activity TO pg_monitor;
+END
+$harden$"
+    );
+    sqlx::raw_sql(HARDEN).execute(pool).await.map(drop)
+}

@@ -5,10 +5,10 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{NewTenant, Tenant, TenantId, TenantPatch, TenantStatus};
+use crate::domain::{ClusterName, NewTenant, Tenant, TenantId, TenantPatch, TenantStatus};
 
 const COLUMNS: &str = "id, slug, name, industry, description, country, status, schema_name, \
-                       schema_version, version, created_at, updated_at";
+                       schema_version, version, created_at, updated_at, placement";
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -25,6 +25,7 @@ struct Row {
     version: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    placement: String,
 }
 
 impl TryFrom<Row> for Tenant {
@@ -46,6 +47,7 @@ impl TryFrom<Row> for Tenant {
             version: r.version,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            placement: ClusterName::from_catalog(r.placement),
         })
     }
 }
@@ -54,18 +56,20 @@ fn convert(row: Option<Row>) -> Result<Option<Tenant>, sqlx::Error> {
     row.map(Tenant::try_from).transpose()
 }
 
-/// Inserts an ACTIVE tenant at `schema_version`. `None` when the slug (among
-/// tenants not purged) or the idempotency key is already taken.
+/// Inserts an ACTIVE tenant at `schema_version`, placed on `cluster`.
+/// `None` when the slug (among tenants not purged) or the idempotency key
+/// is already taken.
 pub async fn insert(
     conn: &mut PgConnection,
     id: TenantId,
     new: &NewTenant,
     schema_version: i64,
+    cluster: &ClusterName,
 ) -> Result<Option<Tenant>, sqlx::Error> {
     let sql = format!(
         "INSERT INTO tenantd.tenants (id, slug, name, industry, description, country, status, \
-                                      schema_name, schema_version, idempotency_key) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $9) \
+                                      schema_name, schema_version, idempotency_key, placement) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $9, $10) \
          ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
     );
     let row = sqlx::query_as::<_, Row>(&sql)
@@ -78,6 +82,7 @@ pub async fn insert(
         .bind(id.schema_name().as_str())
         .bind(schema_version)
         .bind(new.idempotency_key.as_deref())
+        .bind(cluster.as_str())
         .fetch_optional(conn)
         .await?;
     convert(row)
@@ -228,17 +233,18 @@ pub async fn add_owner(
     Ok(done.rows_affected() == 1)
 }
 
-/// The tenant's status alone; `None` when there is no such tenant.
+/// The tenant's status and cluster; `None` when there is no such tenant.
 pub async fn status_of(
     db: impl sqlx::PgExecutor<'_>,
     id: TenantId,
-) -> Result<Option<TenantStatus>, sqlx::Error> {
-    let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM tenantd.tenants WHERE id = $1")
+) -> Result<Option<(TenantStatus, ClusterName)>, sqlx::Error> {
+    let row: Option<(String, String)> =
+        sqlx::query_as("SELECT status, placement FROM tenantd.tenants WHERE id = $1")
             .bind(id.as_uuid())
             .fetch_optional(db)
             .await?;
-    status.map(|s| super::decode(&s)).transpose()
+    row.map(|(s, c)| Ok((super::decode(&s)?, ClusterName::from_catalog(c))))
+        .transpose()
 }
 
 /// The database's clock now.

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::TenantId;
 use crate::domain::upgrade::{Outcome, Run, RunId, RunSettings, RunStatus, TenantSelector, Totals};
+use crate::domain::{ClusterName, TenantId};
 
 /// Tenant statuses whose schema exists and is upgraded.
 pub const UPGRADABLE: &[&str] = &["active", "suspended", "archived"];
@@ -32,6 +32,43 @@ pub async fn version_counts(
     let (ids, slugs) = selector_params(selector);
     sqlx::query_as(&format!(
         "SELECT schema_version, count(*) FROM tenantd.tenants t WHERE {SELECTED} GROUP BY 1 ORDER BY 1"
+    ))
+    .bind(ids)
+    .bind(slugs)
+    .bind(UPGRADABLE)
+    .fetch_all(conn)
+    .await
+}
+
+/// Selected tenants and those behind `target`, per cluster, by name.
+pub async fn cluster_counts(
+    conn: &mut PgConnection,
+    selector: &TenantSelector,
+    target: i64,
+) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
+    let (ids, slugs) = selector_params(selector);
+    sqlx::query_as(&format!(
+        "SELECT placement, count(*), count(*) FILTER (WHERE schema_version < $4) \
+           FROM tenantd.tenants t WHERE {SELECTED} GROUP BY 1 ORDER BY 1"
+    ))
+    .bind(ids)
+    .bind(slugs)
+    .bind(UPGRADABLE)
+    .bind(target)
+    .fetch_all(conn)
+    .await
+}
+
+/// Selected tenants placed outside `default`: (id, catalog version,
+/// cluster), whose ledgers live on their clusters.
+pub async fn placed_elsewhere(
+    conn: &mut PgConnection,
+    selector: &TenantSelector,
+) -> Result<Vec<(Uuid, i64, String)>, sqlx::Error> {
+    let (ids, slugs) = selector_params(selector);
+    sqlx::query_as(&format!(
+        "SELECT id, schema_version, placement FROM tenantd.tenants t \
+          WHERE {SELECTED} AND placement <> 'default' ORDER BY placement, id"
     ))
     .bind(ids)
     .bind(slugs)
@@ -117,7 +154,8 @@ pub async fn drifted(
         let rows: Vec<(Uuid, i64, Option<i64>, bool)> = sqlx::query_as(&format!(
             "SELECT id, schema_version, ledger, ledger IS DISTINCT FROM schema_version FROM ( \
                  SELECT t.id, t.schema_version, tenantd.ledger_version(t.schema_name) AS ledger \
-                 FROM tenantd.tenants t WHERE {SELECTED} AND t.id > $4 ORDER BY t.id LIMIT $5) x \
+                 FROM tenantd.tenants t WHERE {SELECTED} AND t.placement = 'default' \
+                  AND t.id > $4 ORDER BY t.id LIMIT $5) x \
              ORDER BY id"
         ))
         .bind(&ids)
@@ -528,13 +566,15 @@ pub async fn renew_leases(
 }
 
 /// A claimed item.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Claimed {
     pub tenant: TenantId,
     pub attempts: i32,
     pub canary: bool,
     /// The tenant's version when the run was planned.
     pub from_version: i64,
+    /// The tenant's cluster now.
+    pub cluster: ClusterName,
 }
 
 /// Claims up to `batch` claimable items of `run`: pending ones whose backoff
@@ -549,7 +589,7 @@ pub async fn claim_items(
     lease: Duration,
     batch: i64,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let rows: Vec<(Uuid, i32, bool, i64)> = sqlx::query_as(
+    let rows: Vec<(Uuid, i32, bool, i64, Option<String>)> = sqlx::query_as(
         // MATERIALIZED: see claim_slot; the batch size must hold.
         "WITH free AS MATERIALIZED ( \
              SELECT tenant_id FROM tenantd.upgrade_items c \
@@ -566,7 +606,8 @@ pub async fn claim_items(
          SET status = 'running', lease_owner = $2, lease_expires_at = now() + $3, attempts = i.attempts + 1, \
              started_at = coalesce(i.started_at, now()) \
          FROM free WHERE i.run_id = $1 AND i.tenant_id = free.tenant_id \
-         RETURNING i.tenant_id, i.attempts, i.canary, i.from_version",
+         RETURNING i.tenant_id, i.attempts, i.canary, i.from_version, \
+                   (SELECT t.placement FROM tenantd.tenants t WHERE t.id = i.tenant_id)",
     )
     .bind(run.0)
     .bind(owner)
@@ -576,11 +617,12 @@ pub async fn claim_items(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(t, attempts, canary, from_version)| Claimed {
+        .map(|(t, attempts, canary, from_version, cluster)| Claimed {
             tenant: TenantId::from_uuid(t),
             attempts,
             canary,
             from_version,
+            cluster: cluster.map_or_else(ClusterName::default_cluster, ClusterName::from_catalog),
         })
         .collect())
 }

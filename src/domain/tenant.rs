@@ -249,6 +249,8 @@ pub struct NewTenant {
     pub country: Option<Country>,
     pub owner_user_id: Option<uuid::Uuid>,
     pub idempotency_key: Option<String>,
+    /// The cluster to place the tenant on; `None`: placement picks one.
+    pub cluster: Option<super::ClusterName>,
 }
 
 /// A validated UpdateTenant request: `None` leaves a field as it is;
@@ -286,6 +288,8 @@ pub struct Tenant {
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The cluster that holds the tenant's role and schema.
+    pub placement: super::ClusterName,
 }
 
 #[cfg(test)]

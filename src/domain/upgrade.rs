@@ -269,6 +269,8 @@ pub struct Plan {
     pub failed_sample: Vec<PlanFailure>,
     pub drifted: Vec<Drift>,
     pub drift_checked: bool,
+    /// (cluster, selected tenants, behind the target), by cluster name.
+    pub clusters: Vec<(String, i64, i64)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

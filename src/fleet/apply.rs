@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use sqlx::PgConnection;
 
-use crate::catalog::Engine;
 use crate::catalog::upgrade_batches::{
     self as batch, LockedTenant, STALE, item_done, item_gone, lock_and_read, lock_expected,
     set_version,
 };
+use crate::catalog::{Engine, execute_batch};
+use crate::clusters::Cluster;
 use crate::domain::upgrade::{RunId, RunStatus};
 use crate::domain::{TenantId, TenantStatus};
 use crate::tenant::{TenantMigration, TenantMigrations, ledger_rows};
@@ -237,6 +238,163 @@ async fn upgrade_in_transaction(
     } else {
         Applied::Upgraded { from: ledger, to }
     })
+}
+
+/// Upgrades `tenant`, whose role and schema live on `cluster` (not the
+/// catalog's database), to `target` for `run`. The catalog transaction
+/// opens first and holds the tenant's lock and row; the migrations and
+/// their ledger rows commit on the cluster; then the catalog records the
+/// version and the item's outcome. A crash between the two commits leaves
+/// the ledger ahead of the catalog: the next attempt finds nothing pending
+/// and records the ledger's version.
+#[allow(clippy::too_many_arguments)]
+pub async fn upgrade_remote_tenant(
+    catalog: &mut PgConnection,
+    cluster: &Cluster,
+    migrations: &TenantMigrations,
+    run: RunId,
+    tenant: TenantId,
+    target: i64,
+    lock_timeout: Duration,
+    statement_timeout: Duration,
+) -> Result<Applied, sqlx::Error> {
+    let open = format!(
+        "BEGIN; {} SELECT pg_advisory_xact_lock({}); {}",
+        timeouts(lock_timeout, statement_timeout, "LOCAL"),
+        lock_key(tenant),
+        lock_and_read(run, tenant),
+    );
+    let result = async {
+        let rows = sqlx::Executor::fetch_all(&mut *catalog, sqlx::raw_sql(&open)).await?;
+        let state = LockedTenant::from_batch(&rows)?;
+        if let Some(locked) = &state
+            && locked.run_status != Some(RunStatus::Running)
+        {
+            execute_batch(&mut *catalog, "ROLLBACK").await?;
+            return Ok(Applied::RunStopped);
+        }
+        let ledger = match state {
+            Some(locked) if locked.status != TenantStatus::Purged => {
+                remote_ledger(cluster, tenant).await?
+            }
+            _ => None,
+        };
+        let Some(ledger) = ledger else {
+            execute_batch(&mut *catalog, &format!("{} COMMIT", item_gone(run, tenant))).await?;
+            return Ok(Applied::Gone);
+        };
+        if target > migrations.latest() {
+            execute_batch(&mut *catalog, "ROLLBACK").await?;
+            return Ok(Applied::RunStopped);
+        }
+        let pending = migrations.between(ledger, target);
+        let to = ledger.max(pending.last().map_or(ledger, |m| m.version));
+        if !pending.is_empty() {
+            apply_on_cluster(cluster, tenant, pending, lock_timeout, statement_timeout).await?;
+        }
+        crate::crash::point("upgrade.after_cluster_commit");
+        execute_batch(
+            &mut *catalog,
+            &format!(
+                "{}\n{}\nCOMMIT",
+                set_version(tenant, to),
+                item_done(run, tenant, to)
+            ),
+        )
+        .await?;
+        Ok(if pending.is_empty() {
+            Applied::AlreadyCurrent { version: ledger }
+        } else {
+            Applied::Upgraded { from: ledger, to }
+        })
+    }
+    .await;
+    if result.is_err() {
+        let _ = execute_batch(&mut *catalog, "ROLLBACK").await;
+    }
+    result
+}
+
+/// The newest version in the tenant's ledger on its cluster; `None` when
+/// its schema or ledger is gone.
+pub(crate) async fn remote_ledger(
+    cluster: &Cluster,
+    tenant: TenantId,
+) -> Result<Option<i64>, sqlx::Error> {
+    let sql = format!(
+        "SELECT coalesce(max(version), 0) FROM {}.schema_migrations",
+        tenant.schema_name().quoted()
+    );
+    match sqlx::query_scalar(&sql).fetch_one(&cluster.admin).await {
+        Ok(v) => Ok(Some(v)),
+        // invalid_schema_name, undefined_table
+        Err(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("3F000" | "42P01")) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `pending` and their ledger rows on the tenant's cluster: one
+/// transaction when every one is transactional; otherwise each on its own,
+/// a non-transactional one followed by its ledger row.
+async fn apply_on_cluster(
+    cluster: &Cluster,
+    tenant: TenantId,
+    pending: &[TenantMigration],
+    lock_timeout: Duration,
+    statement_timeout: Duration,
+) -> Result<(), sqlx::Error> {
+    let schema = tenant.schema_name().quoted();
+    let mut conn = cluster.admin.acquire().await?;
+    let engine = cluster.engine;
+    let steps: Vec<&[TenantMigration]> = if pending.iter().all(|m| m.transactional) {
+        vec![pending]
+    } else {
+        pending.chunks(1).collect()
+    };
+    for step in steps {
+        let mut record = String::new();
+        ledger_rows(&mut record, &schema, step);
+        let sql = if step[0].transactional {
+            let mut sql = format!(
+                "BEGIN; {} SET LOCAL search_path TO {schema};\n",
+                timeouts(lock_timeout, statement_timeout, "LOCAL")
+            );
+            for m in step {
+                let _ = writeln!(sql, "-- {}\n{}\n;", m.name, m.sql);
+            }
+            let _ = write!(sql, "SET LOCAL search_path TO DEFAULT;\n{record}COMMIT");
+            sql
+        } else {
+            let m = &step[0];
+            engine
+                .execute_ddl(
+                    &mut conn,
+                    &format!(
+                        "{} SET search_path TO {schema}",
+                        timeouts(lock_timeout, statement_timeout, "SESSION")
+                    ),
+                )
+                .await?;
+            let ran = engine.execute_ddl(&mut conn, &m.sql).await;
+            engine
+                .execute_ddl(
+                    &mut conn,
+                    "RESET search_path; RESET lock_timeout; RESET statement_timeout",
+                )
+                .await?;
+            ran?;
+            format!("BEGIN; {record} COMMIT")
+        };
+        if let Err(e) = engine.execute_ddl(&mut conn, &sql).await {
+            let _ = engine.execute_ddl(&mut conn, "ROLLBACK").await;
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// The path for a pending set that holds a migration which cannot run in a

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use super::apply::{self, Applied};
 use crate::catalog::Engine;
 use crate::catalog::upgrades::{self, Claimed, FailureEffect};
+use crate::clusters::Clusters;
 use crate::domain::upgrade::{RunId, RunStatus};
 use crate::tenant::TenantMigrations;
 
@@ -55,7 +56,7 @@ impl Default for RunnerSettings {
 /// Spawns the workers and the heartbeat; they stop when `stop` is cancelled,
 /// giving back what they claimed but did not start.
 pub fn spawn(
-    pool: PgPool,
+    clusters: Clusters,
     database: PgConnectOptions,
     migrations: Arc<TenantMigrations>,
     settings: RunnerSettings,
@@ -73,7 +74,8 @@ pub fn spawn(
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
     let shared = Arc::new(Shared {
-        pool,
+        pool: clusters.catalog().clone(),
+        clusters,
         database,
         migrations,
         settings,
@@ -93,6 +95,8 @@ pub fn spawn(
 struct Shared {
     /// Claims, failures, heartbeats.
     pool: PgPool,
+    /// Tenants not on the catalog's database are upgraded on their cluster.
+    clusters: Clusters,
     /// For the workers' own upgrade connections.
     database: PgConnectOptions,
     migrations: Arc<TenantMigrations>,
@@ -224,7 +228,7 @@ impl Shared {
                 // Between tenants: stop on shutdown. (A pause, halt or cancel
                 // is seen inside each tenant's transaction.)
                 let keep_going = !self.stop.is_cancelled()
-                    && self.upgrade_one(run, &settings, *item, conn).await?;
+                    && self.upgrade_one(run, &settings, item.clone(), conn).await?;
                 if !keep_going {
                     let rest: Vec<_> = batch[i..].iter().map(|c| *c.tenant.as_uuid()).collect();
                     let mut c = self.pool.acquire().await?;
@@ -257,18 +261,39 @@ impl Shared {
             return Ok(true);
         };
         conn.used += 1;
-        let result = apply::upgrade_tenant(
-            self.settings.engine,
-            c,
-            &self.migrations,
-            run,
-            item.tenant,
-            item.from_version,
-            settings.target_version,
-            settings.lock_timeout,
-            settings.statement_timeout,
-        )
-        .await;
+        let result = if item.cluster.is_default() {
+            apply::upgrade_tenant(
+                self.settings.engine,
+                c,
+                &self.migrations,
+                run,
+                item.tenant,
+                item.from_version,
+                settings.target_version,
+                settings.lock_timeout,
+                settings.statement_timeout,
+            )
+            .await
+        } else {
+            match self.clusters.get(&item.cluster).await {
+                Ok(cluster) => {
+                    apply::upgrade_remote_tenant(
+                        c,
+                        &cluster,
+                        &self.migrations,
+                        run,
+                        item.tenant,
+                        settings.target_version,
+                        settings.lock_timeout,
+                        settings.statement_timeout,
+                    )
+                    .await
+                }
+                // Unreachable, or its password cannot be read: a failure
+                // worth retrying (the 08 class), recorded as such.
+                Err(e) => Err(sqlx::Error::Io(std::io::Error::other(e.to_string()))),
+            }
+        };
         match result {
             Ok(Applied::Upgraded { from, to }) => {
                 tracing::debug!(%run, tenant = %item.tenant, from, to, "tenant upgraded");

@@ -9,12 +9,13 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::catalog::{DbFailure, audit::Audited, upgrades};
-use crate::domain::TenantId;
+use crate::clusters::Clusters;
 use crate::domain::ValidationError;
 use crate::domain::upgrade::{
     Drift, Outcome, Plan, PlanFailure, Run, RunId, RunSettingsInput, RunStatus, TenantSelector,
     Totals,
 };
+use crate::domain::{ClusterName, TenantId};
 use crate::tenant::TenantMigrations;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,9 @@ pub enum UpgradeError {
         action: &'static str,
         status: RunStatus,
     },
+    /// A tenant's cluster could not be reached.
+    #[error("{0}")]
+    Cluster(String),
     #[error(transparent)]
     Db(#[from] DbFailure),
 }
@@ -84,6 +88,8 @@ pub enum Event {
 #[derive(Clone)]
 pub struct Upgrades {
     pool: PgPool,
+    /// Where the ledgers of tenants outside `default` are read.
+    clusters: Clusters,
     migrations: Arc<TenantMigrations>,
     /// Wakes this process's idle workers when a run becomes runnable.
     wake: Arc<tokio::sync::Notify>,
@@ -91,12 +97,13 @@ pub struct Upgrades {
 
 impl Upgrades {
     pub fn new(
-        pool: PgPool,
+        clusters: Clusters,
         migrations: Arc<TenantMigrations>,
         wake: Arc<tokio::sync::Notify>,
     ) -> Self {
         Self {
-            pool,
+            pool: clusters.catalog().clone(),
+            clusters,
             migrations,
             wake,
         }
@@ -143,10 +150,19 @@ impl Upgrades {
         let (failed_before, failed) = upgrades::failed_before(&mut conn, selector, target, sample)
             .await
             .map_err(db("find failed tenants"))?;
+        let clusters = upgrades::cluster_counts(&mut conn, selector, target)
+            .await
+            .map_err(db("count tenants by cluster"))?;
         let drifted = if check_drift {
-            upgrades::drifted(&mut conn, selector)
+            let mut drifted = upgrades::drifted(&mut conn, selector)
                 .await
-                .map_err(db("compare ledgers with the catalog"))?
+                .map_err(db("compare ledgers with the catalog"))?;
+            let elsewhere = upgrades::placed_elsewhere(&mut conn, selector)
+                .await
+                .map_err(db("list tenants on other clusters"))?;
+            drop(conn);
+            drifted.extend(self.drifted_elsewhere(elsewhere).await?);
+            drifted
         } else {
             Vec::new()
         };
@@ -181,7 +197,31 @@ impl Upgrades {
                 })
                 .collect(),
             drift_checked: check_drift,
+            clusters,
         })
+    }
+
+    /// The tenants, placed outside `default`, whose ledger on their cluster
+    /// disagrees with the catalog: one query per tenant, as on `default`.
+    async fn drifted_elsewhere(
+        &self,
+        tenants: Vec<(uuid::Uuid, i64, String)>,
+    ) -> Result<Vec<(uuid::Uuid, i64, Option<i64>)>, UpgradeError> {
+        let mut drifted = Vec::new();
+        for (id, catalog_version, cluster) in tenants {
+            let cluster = self
+                .clusters
+                .get(&ClusterName::from_catalog(cluster))
+                .await
+                .map_err(|e| UpgradeError::Cluster(e.to_string()))?;
+            let ledger = super::apply::remote_ledger(&cluster, TenantId::from_uuid(id))
+                .await
+                .map_err(db("read a ledger on its cluster"))?;
+            if ledger != Some(catalog_version) {
+                drifted.push((id, catalog_version, ledger));
+            }
+        }
+        Ok(drifted)
     }
 
     /// Creates a run (or, dry, says what it would hold).

@@ -1,4 +1,5 @@
-//! `tenantd.v1.ClusterService`: Citus nodes and placement jobs.
+//! `tenantd.v1.ClusterService`: the clusters tenants are placed on, Citus
+//! nodes and placement jobs.
 
 use std::time::Duration;
 
@@ -12,8 +13,13 @@ use super::auth::{caller, require_scope};
 use super::convert::timestamp;
 use super::pb::{self, cluster_service_server::ClusterService};
 use super::status;
+use crate::catalog::clusters::ClusterRecord;
+use crate::clusters::{Clusters, LimitsPatch};
 use crate::domain::identity::Scope;
-use crate::domain::{TenantId, ValidationError};
+use crate::domain::{
+    ClusterLimits, ClusterName, ClusterState, NewCluster, PasswordSource, TenantId,
+    ValidationError, Violations,
+};
 use crate::placement::{
     Job, JobKind, JobStatus, MoveStatus, Node, NodeName, Placement, PlacementError,
 };
@@ -23,14 +29,16 @@ const WATCH_PERIOD: Duration = Duration::from_millis(250);
 
 pub struct ClusterApi {
     placement: Placement,
+    clusters: Clusters,
     /// Ends watch streams when the server shuts down.
     shutdown: CancellationToken,
 }
 
 impl ClusterApi {
-    pub fn new(placement: Placement, shutdown: CancellationToken) -> Self {
+    pub fn new(placement: Placement, clusters: Clusters, shutdown: CancellationToken) -> Self {
         Self {
             placement,
+            clusters,
             shutdown,
         }
     }
@@ -55,6 +63,102 @@ fn job_id(field: &str, value: &str) -> Result<Uuid, Status> {
     value
         .parse()
         .map_err(|_| status::invalid(ValidationError::single(field, "must be a UUID")))
+}
+
+fn state_to_pb(s: ClusterState) -> pb::ClusterState {
+    match s {
+        ClusterState::Open => pb::ClusterState::Open,
+        ClusterState::Draining => pb::ClusterState::Draining,
+        ClusterState::Closed => pb::ClusterState::Closed,
+    }
+}
+
+fn cluster_to_pb(c: ClusterRecord) -> pb::Cluster {
+    let (password_file, password_env) = match c.password {
+        PasswordSource::None => (String::new(), String::new()),
+        PasswordSource::File(f) => (f, String::new()),
+        PasswordSource::Env(e) => (String::new(), e),
+    };
+    pb::Cluster {
+        name: c.name.to_string(),
+        url: c
+            .url
+            .as_deref()
+            .map(crate::clusters::redact)
+            .unwrap_or_default(),
+        state: state_to_pb(c.state).into(),
+        weight: c.limits.weight,
+        max_tenants: c.limits.max_tenants.unwrap_or(0),
+        max_relations: c.limits.max_relations.unwrap_or(0),
+        tenants: c.tenants,
+        password_file,
+        password_env,
+        created_at: Some(timestamp(c.created_at)),
+        updated_at: Some(timestamp(c.updated_at)),
+    }
+}
+
+/// A cap field: 0 is none; negative is refused.
+fn cap(v: &mut Violations, field: &str, value: i64) -> Option<i64> {
+    if value < 0 {
+        v.add(field, "must be 0 (no cap) or positive");
+    }
+    (value > 0).then_some(value)
+}
+
+fn new_cluster(r: pb::AddClusterRequest) -> Result<NewCluster, ValidationError> {
+    let mut v = Violations::new();
+    let name = v.check(ClusterName::parse("name", &r.name));
+    if name.as_ref().is_some_and(ClusterName::is_default) {
+        v.add(
+            "name",
+            "`default` is the catalog's own database, always registered",
+        );
+    }
+    let url = r.url.trim().to_owned();
+    if url.is_empty() {
+        v.add("url", "is required");
+    } else if url.len() > 2000 {
+        v.add("url", "must be at most 2000 characters");
+    } else {
+        match url::Url::parse(&url) {
+            Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") => {
+                if u.password().is_some() {
+                    v.add(
+                        "url",
+                        "must not carry a password (the catalog would keep it): use \
+                         password_file or password_env",
+                    );
+                }
+            }
+            _ => v.add("url", "must be a postgres:// URL"),
+        }
+    }
+    let password = match (r.password_file.is_empty(), r.password_env.is_empty()) {
+        (true, true) => PasswordSource::None,
+        (false, true) => PasswordSource::File(r.password_file),
+        (true, false) => PasswordSource::Env(r.password_env),
+        (false, false) => {
+            v.add(
+                "password_env",
+                "give password_file or password_env, not both",
+            );
+            PasswordSource::None
+        }
+    };
+    let limits = ClusterLimits {
+        weight: if r.weight == 0 { 100 } else { r.weight },
+        max_tenants: cap(&mut v, "max_tenants", r.max_tenants),
+        max_relations: cap(&mut v, "max_relations", r.max_relations),
+    };
+    limits.validate(&mut v);
+    v.finish()?;
+    Ok(NewCluster {
+        name: name.ok_or_else(|| ValidationError::single("name", "invalid"))?,
+        url,
+        password,
+        limits,
+    })
 }
 
 fn node_to_pb(n: Node) -> pb::Node {
@@ -132,6 +236,103 @@ type WatchStream = ReceiverStream<Result<pb::ClusterJob, Status>>;
 
 #[tonic::async_trait]
 impl ClusterService for ClusterApi {
+    async fn list_clusters(
+        &self,
+        request: Request<pb::ListClustersRequest>,
+    ) -> Result<Response<pb::ListClustersResponse>, Status> {
+        require_scope(&caller(&request)?, Scope::TenantsRead)?;
+        let clusters = self.clusters.list().await.map_err(status::cluster)?;
+        Ok(Response::new(pb::ListClustersResponse {
+            clusters: clusters.into_iter().map(cluster_to_pb).collect(),
+        }))
+    }
+
+    async fn get_cluster(
+        &self,
+        request: Request<pb::GetClusterRequest>,
+    ) -> Result<Response<pb::Cluster>, Status> {
+        require_scope(&caller(&request)?, Scope::TenantsRead)?;
+        let name =
+            ClusterName::parse("name", &request.into_inner().name).map_err(status::invalid)?;
+        let record = self.clusters.record(&name).await.map_err(status::cluster)?;
+        Ok(Response::new(cluster_to_pb(record)))
+    }
+
+    async fn add_cluster(
+        &self,
+        request: Request<pb::AddClusterRequest>,
+    ) -> Result<Response<pb::AddClusterResponse>, Status> {
+        let who = caller(&request)?;
+        require_scope(&who, Scope::ClustersAdmin)?;
+        let new = new_cluster(request.into_inner()).map_err(status::invalid)?;
+        let (record, found) = self
+            .clusters
+            .add(new, &who.actor())
+            .await
+            .map_err(status::cluster)?;
+        Ok(Response::new(pb::AddClusterResponse {
+            cluster: Some(cluster_to_pb(record)),
+            server_version: found.server_version,
+            superuser: found.superuser,
+            wal_level: found.wal_level,
+            max_connections: found.max_connections,
+            citus: found.engine == crate::catalog::Engine::Citus,
+            warnings: found.warnings,
+        }))
+    }
+
+    async fn update_cluster(
+        &self,
+        request: Request<pb::UpdateClusterRequest>,
+    ) -> Result<Response<pb::Cluster>, Status> {
+        let who = caller(&request)?;
+        require_scope(&who, Scope::ClustersAdmin)?;
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        let name = v.check(ClusterName::parse("name", &r.name));
+        let state = match pb::ClusterState::try_from(r.state) {
+            Ok(pb::ClusterState::Unspecified) => None,
+            Ok(pb::ClusterState::Open) => Some(ClusterState::Open),
+            Ok(pb::ClusterState::Draining) => Some(ClusterState::Draining),
+            Ok(pb::ClusterState::Closed) => Some(ClusterState::Closed),
+            Err(_) => {
+                v.add("state", "unknown state");
+                None
+            }
+        };
+        if r.weight.is_some_and(|w| !(1..=10_000).contains(&w)) {
+            v.add("weight", "must be 1-10000");
+        }
+        let patch = LimitsPatch {
+            weight: r.weight,
+            max_tenants: r.max_tenants.map(|n| cap(&mut v, "max_tenants", n)),
+            max_relations: r.max_relations.map(|n| cap(&mut v, "max_relations", n)),
+        };
+        v.finish().map_err(status::invalid)?;
+        let name = name.ok_or_else(|| Status::invalid_argument("name"))?;
+        let record = self
+            .clusters
+            .update(&name, state, patch, &who.actor())
+            .await
+            .map_err(status::cluster)?;
+        Ok(Response::new(cluster_to_pb(record)))
+    }
+
+    async fn remove_cluster(
+        &self,
+        request: Request<pb::RemoveClusterRequest>,
+    ) -> Result<Response<pb::RemoveClusterResponse>, Status> {
+        let who = caller(&request)?;
+        require_scope(&who, Scope::ClustersAdmin)?;
+        let name =
+            ClusterName::parse("name", &request.into_inner().name).map_err(status::invalid)?;
+        self.clusters
+            .remove(&name, &who.actor())
+            .await
+            .map_err(status::cluster)?;
+        Ok(Response::new(pb::RemoveClusterResponse {}))
+    }
+
     async fn list_nodes(
         &self,
         request: Request<pb::ListNodesRequest>,

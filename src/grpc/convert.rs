@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 
 use super::pb;
 use crate::domain::{
-    Country, NewTenant, Slug, Tenant, TenantId, TenantName, TenantPatch, TenantStatus, TextField,
-    ValidationError, Violations,
+    ClusterName, Country, NewTenant, Slug, Tenant, TenantId, TenantName, TenantPatch, TenantStatus,
+    TextField, ValidationError, Violations,
 };
 
 const MAX_INDUSTRY: usize = 100;
@@ -38,6 +38,11 @@ impl TryFrom<pb::CreateTenantRequest> for NewTenant {
                 TenantId::parse("owner_user_id", &r.owner_user_id).map(|id| Some(*id.as_uuid())),
             )
         };
+        let cluster = if r.cluster.is_empty() {
+            Some(None)
+        } else {
+            v.check(ClusterName::parse("cluster", &r.cluster).map(Some))
+        };
         let key = r.idempotency_key.trim();
         if key.chars().count() > MAX_IDEMPOTENCY_KEY {
             v.add(
@@ -47,7 +52,15 @@ impl TryFrom<pb::CreateTenantRequest> for NewTenant {
         }
         v.finish()?;
         // finish() succeeded, so every check above returned a value.
-        match (name, slug, industry, description, country, owner_user_id) {
+        match (
+            name,
+            slug,
+            industry,
+            description,
+            country,
+            owner_user_id,
+            cluster,
+        ) {
             (
                 Some(name),
                 Some(slug),
@@ -55,6 +68,7 @@ impl TryFrom<pb::CreateTenantRequest> for NewTenant {
                 Some(description),
                 Some(country),
                 Some(owner_user_id),
+                Some(cluster),
             ) => Ok(NewTenant {
                 name,
                 slug,
@@ -63,6 +77,7 @@ impl TryFrom<pb::CreateTenantRequest> for NewTenant {
                 country,
                 owner_user_id,
                 idempotency_key: (!key.is_empty()).then(|| key.to_owned()),
+                cluster,
             }),
             _ => Err(ValidationError::single("request", "invalid")),
         }
@@ -206,6 +221,7 @@ impl From<Tenant> for pb::Tenant {
             updated_at: Some(timestamp(t.updated_at)),
             // GetTenant fills it in on Citus.
             node: String::new(),
+            cluster: t.placement.to_string(),
         }
     }
 }

@@ -207,6 +207,15 @@ impl MigrationService for MigrationApi {
                 })
                 .collect(),
             drift_checked: plan.drift_checked,
+            clusters: plan
+                .clusters
+                .into_iter()
+                .map(|(cluster, tenants, behind)| pb::ClusterCount {
+                    cluster,
+                    tenants,
+                    behind,
+                })
+                .collect(),
         }))
     }
 

@@ -8,6 +8,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::catalog::DbFailure;
+use crate::clusters::ClusterError;
 use crate::data::{DataError, ExecError, Lost, PoolError};
 use crate::domain::ValidationError;
 use crate::fleet::UpgradeError;
@@ -50,7 +51,33 @@ pub fn tenant(err: TenantError) -> Status {
             "confirm_slug",
             "must equal the tenant's slug",
         )),
+        TenantError::UnknownCluster(_) => invalid(ValidationError::single(
+            "cluster",
+            "no cluster of this name is registered (ListClusters)",
+        )),
+        TenantError::ClusterRefused { .. } | TenantError::NoClusterRoom => {
+            Status::failed_precondition(err.to_string())
+        }
+        TenantError::Cluster(e) => cluster(e),
         TenantError::Db(failure) => db(failure),
+    }
+}
+
+pub fn cluster(err: ClusterError) -> Status {
+    match err {
+        ClusterError::NotFound(_) => Status::not_found(err.to_string()),
+        ClusterError::NameTaken(_) => Status::already_exists(err.to_string()),
+        ClusterError::Unreachable { .. } => {
+            tracing::warn!(error = %err, "cluster unreachable");
+            Status::unavailable(err.to_string())
+        }
+        ClusterError::Unfit { .. }
+        | ClusterError::NotEmpty { .. }
+        | ClusterError::RemoveDefault => Status::failed_precondition(err.to_string()),
+        ClusterError::InvalidSetting { field, ref message } => {
+            invalid(ValidationError::single(field, message.clone()))
+        }
+        ClusterError::Db(failure) => db(failure),
     }
 }
 
@@ -98,6 +125,7 @@ pub fn upgrade(err: UpgradeError) -> Status {
         UpgradeError::Invalid(v) => invalid(v),
         UpgradeError::NotFound => Status::not_found("upgrade run not found"),
         UpgradeError::InvalidTransition { .. } => Status::failed_precondition(err.to_string()),
+        UpgradeError::Cluster(why) => Status::unavailable(why),
         UpgradeError::Db(failure) => db(failure),
     }
 }
@@ -145,7 +173,7 @@ pub fn data(err: DataError, prefix: fn(usize) -> String) -> Status {
             }
             // Logged where it failed, once per burst; the driver's text (role
             // names, addresses) stays in the log.
-            PoolError::Connect { .. } | PoolError::Catalog(_) => {
+            PoolError::Connect { .. } | PoolError::Catalog(_) | PoolError::Cluster(_) => {
                 Status::unavailable("cannot reach the tenant's database; try again")
             }
             PoolError::Closed => {

@@ -181,7 +181,7 @@ impl TenantService for TenantApi {
             .await?;
         let node = self
             .tenants
-            .node_of(tenant.id)
+            .node_of(&tenant)
             .await
             .map_err(status::tenant)?;
         Ok(Response::new(pb::Tenant {
@@ -302,7 +302,10 @@ fn create_failure_reason(e: &TenantError) -> &'static str {
         TenantError::SlugTaken(_) => create_failure::SLUG_TAKEN,
         TenantError::IdempotencyKeyReused { .. } => create_failure::IDEMPOTENCY_KEY_REUSED,
         TenantError::OwnerNotFound(_) => create_failure::OWNER_NOT_FOUND,
-        TenantError::Db(_) => create_failure::DATABASE,
+        TenantError::UnknownCluster(_)
+        | TenantError::ClusterRefused { .. }
+        | TenantError::NoClusterRoom => create_failure::NO_CLUSTER,
+        TenantError::Db(_) | TenantError::Cluster(_) => create_failure::DATABASE,
         TenantError::NotFound
         | TenantError::VersionConflict { .. }
         | TenantError::InvalidTransition { .. }

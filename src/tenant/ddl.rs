@@ -140,6 +140,27 @@ pub fn purge_tenant_ddl(id: TenantId) -> String {
     )
 }
 
+/// [`purge_tenant_ddl`] that may run again, and may find nothing: for
+/// what a create left half-made, or a purge whose catalog commit failed,
+/// on a cluster other than the catalog's (plain PostgreSQL: the role is
+/// dropped inside a `DO` block, which Citus would not carry to its nodes).
+pub fn purge_tenant_ddl_if_exists(id: TenantId) -> String {
+    let schema = id.schema_name().quoted();
+    let role = id.role_name().quoted();
+    let role_name = id.role_name();
+    format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE;\n\
+         DO $purge$ BEGIN\n\
+           IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{}') THEN\n\
+             GRANT {role} TO CURRENT_USER;\n\
+             DROP OWNED BY {role};\n\
+             DROP ROLE {role};\n\
+           END IF;\n\
+         END $purge$;\n",
+        role_name.as_str()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,8 @@ pub(crate) mod migrations;
 mod service;
 
 pub use ddl::{
-    ROLE_SCRAM_ITERATIONS, create_tenant_ddl, ledger_rows, purge_tenant_ddl, role_login_ddl,
-    role_password, role_verifier, scram_verifier,
+    ROLE_SCRAM_ITERATIONS, create_tenant_ddl, ledger_rows, purge_tenant_ddl,
+    purge_tenant_ddl_if_exists, role_login_ddl, role_password, role_verifier, scram_verifier,
 };
 pub use migrations::{MigrationSetError, TenantMigration, TenantMigrations};
 pub use service::{TenantError, Tenants};

@@ -19,6 +19,7 @@ mod identity;
 mod isolation;
 mod managed;
 mod metrics;
+mod multi_cluster;
 mod pg16;
 mod pg_tls;
 mod provisioning;

@@ -1,5 +1,6 @@
-//! `tenantctl clusters …`: the Citus nodes behind tenantd and the jobs that
-//! move tenants between them (ClusterService).
+//! `tenantctl clusters …`: the PostgreSQL clusters tenants are placed on,
+//! the Citus nodes behind a Citus coordinator and the jobs that move
+//! tenants between them (ClusterService).
 
 use std::time::Duration;
 
@@ -15,6 +16,45 @@ use crate::session::Session;
 
 #[derive(Debug, Subcommand)]
 pub enum ClustersCommand {
+    /// The clusters tenants are placed on, `default` (the catalog's own
+    /// database) first.
+    List,
+    /// One cluster.
+    Get { name: String },
+    /// Register a PostgreSQL server for tenants; tenantd checks what it
+    /// needs there first and prints what would limit it.
+    Add {
+        /// 1-40 lower-case letters, digits and inner hyphens.
+        name: String,
+        /// postgres://user@host:port/database (TLS as libpq: sslmode,
+        /// sslrootcert, sslcert, sslkey); no password in it.
+        #[arg(long)]
+        url: String,
+        /// A file inside the replicas' --cluster-secrets-dir holding the
+        /// password.
+        #[arg(long, conflicts_with = "password_env")]
+        password_file: Option<String>,
+        /// An environment variable of every replica (TENANTD_CLUSTER_…)
+        /// holding the password.
+        #[arg(long)]
+        password_env: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Change a cluster's weight or caps.
+    Set {
+        name: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Let new tenants land on a cluster again.
+    Open { name: String },
+    /// No new tenants on a cluster; its tenants are to move away.
+    Drain { name: String },
+    /// No new tenants on a cluster; its tenants stay and serve.
+    Close { name: String },
+    /// Unregister a cluster that holds no tenant.
+    Remove { name: String },
     /// The coordinator and workers, with how many tenants each holds.
     Nodes,
     /// Add a worker to the Citus cluster (needs a superuser database role).
@@ -43,8 +83,8 @@ pub enum ClustersCommand {
         #[command(flatten)]
         watch: WatchArgs,
     },
-    /// Move every tenant off a node; new tenants stop landing there.
-    Drain {
+    /// Move every tenant off a Citus node; new tenants stop landing there.
+    DrainNode {
         node: String,
         #[command(flatten)]
         watch: WatchArgs,
@@ -74,6 +114,19 @@ pub enum ClustersCommand {
 }
 
 #[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Share of new tenants (1-10000; 100 when added without it).
+    #[arg(long)]
+    weight: Option<i32>,
+    /// No tenant placed past this many (0: no cap).
+    #[arg(long)]
+    max_tenants: Option<i64>,
+    /// No tenant placed once the database holds this many relations (0: no cap).
+    #[arg(long)]
+    max_relations: Option<i64>,
+}
+
+#[derive(Debug, Args)]
 pub struct WatchArgs {
     /// Follow the job until it ends; exit 1 unless it succeeded.
     #[arg(long)]
@@ -87,6 +140,67 @@ fn client(session: &Session) -> ClusterServiceClient<Channel> {
 pub async fn run(command: ClustersCommand, session: &Session) -> Result<(), CliError> {
     let mut c = client(session);
     let (job, watch) = match command {
+        ClustersCommand::List => {
+            let request = session.request(pb::ListClustersRequest {});
+            let clusters = session.call(c.list_clusters(request)).await?.clusters;
+            return print_clusters(session.output, &clusters);
+        }
+        ClustersCommand::Get { name } => {
+            let request = session.request(pb::GetClusterRequest { name });
+            let cluster = session.call(c.get_cluster(request)).await?;
+            return print_clusters(session.output, &[cluster]);
+        }
+        ClustersCommand::Add {
+            name,
+            url,
+            password_file,
+            password_env,
+            limits,
+        } => {
+            let request = pb::AddClusterRequest {
+                name,
+                url,
+                password_file: password_file.unwrap_or_default(),
+                password_env: password_env.unwrap_or_default(),
+                weight: limits.weight.unwrap_or(0),
+                max_tenants: limits.max_tenants.unwrap_or(0),
+                max_relations: limits.max_relations.unwrap_or(0),
+            };
+            let added = session
+                .call(c.add_cluster(session.request(request)))
+                .await?;
+            return print_added(session.output, &added);
+        }
+        ClustersCommand::Set { name, limits } => {
+            let request = pb::UpdateClusterRequest {
+                name,
+                state: pb::ClusterState::Unspecified.into(),
+                weight: limits.weight,
+                max_tenants: limits.max_tenants,
+                max_relations: limits.max_relations,
+            };
+            let cluster = session
+                .call(c.update_cluster(session.request(request)))
+                .await?;
+            return print_clusters(session.output, &[cluster]);
+        }
+        ClustersCommand::Open { name } => {
+            return set_state(session, &mut c, name, pb::ClusterState::Open).await;
+        }
+        ClustersCommand::Drain { name } => {
+            return set_state(session, &mut c, name, pb::ClusterState::Draining).await;
+        }
+        ClustersCommand::Close { name } => {
+            return set_state(session, &mut c, name, pb::ClusterState::Closed).await;
+        }
+        ClustersCommand::Remove { name } => {
+            let request = session.request(pb::RemoveClusterRequest { name: name.clone() });
+            session.call(c.remove_cluster(request)).await?;
+            return match session.output {
+                OutputFormat::Json => output::print_json(&json!({ "removed": name })),
+                OutputFormat::Table => output::print_text(&format!("cluster {name} removed")),
+            };
+        }
         ClustersCommand::Nodes => {
             let nodes = session
                 .call(c.list_nodes(session.request(pb::ListNodesRequest {})))
@@ -132,7 +246,7 @@ pub async fn run(command: ClustersCommand, session: &Session) -> Result<(), CliE
                 watch.watch,
             )
         }
-        ClustersCommand::Drain { node, watch } => {
+        ClustersCommand::DrainNode { node, watch } => {
             let request = session.request(pb::DrainNodeRequest { node });
             (session.call(c.drain_node(request)).await?, watch.watch)
         }
@@ -155,6 +269,126 @@ pub async fn run(command: ClustersCommand, session: &Session) -> Result<(), CliE
         return self::watch(session, &mut c, job.id).await;
     }
     print_job(session.output, &job)
+}
+
+async fn set_state(
+    session: &Session,
+    c: &mut ClusterServiceClient<Channel>,
+    name: String,
+    state: pb::ClusterState,
+) -> Result<(), CliError> {
+    let request = pb::UpdateClusterRequest {
+        name,
+        state: state.into(),
+        ..Default::default()
+    };
+    let cluster = session
+        .call(c.update_cluster(session.request(request)))
+        .await?;
+    print_clusters(session.output, &[cluster])
+}
+
+fn cluster_state(raw: i32) -> String {
+    output::enum_word(
+        pb::ClusterState::try_from(raw)
+            .ok()
+            .map(|s| s.as_str_name()),
+        "CLUSTER_STATE_",
+        raw,
+    )
+}
+
+fn cap(n: i64) -> Value {
+    if n > 0 { json!(n) } else { Value::Null }
+}
+
+fn cluster_json(c: &pb::Cluster) -> Value {
+    json!({
+        "name": c.name,
+        "url": c.url,
+        "state": cluster_state(c.state),
+        "weight": c.weight,
+        "max_tenants": cap(c.max_tenants),
+        "max_relations": cap(c.max_relations),
+        "tenants": c.tenants,
+        "password_file": c.password_file,
+        "password_env": c.password_env,
+        "created_at": output::rfc3339(c.created_at.as_ref()),
+    })
+}
+
+fn print_clusters(format: OutputFormat, clusters: &[pb::Cluster]) -> Result<(), CliError> {
+    match format {
+        OutputFormat::Json => output::print_json(&json!(
+            clusters.iter().map(cluster_json).collect::<Vec<_>>()
+        )),
+        OutputFormat::Table => {
+            let mut table = output::table(Some(&[
+                "NAME",
+                "STATE",
+                "TENANTS",
+                "WEIGHT",
+                "MAX TENANTS",
+                "MAX RELATIONS",
+                "URL",
+            ]));
+            let or_dash = |n: i64| if n > 0 { n.to_string() } else { "-".to_owned() };
+            for c in clusters {
+                table.add_row(vec![
+                    c.name.clone(),
+                    cluster_state(c.state),
+                    c.tenants.to_string(),
+                    c.weight.to_string(),
+                    or_dash(c.max_tenants),
+                    or_dash(c.max_relations),
+                    if c.url.is_empty() {
+                        "(the catalog's database)".to_owned()
+                    } else {
+                        c.url.clone()
+                    },
+                ]);
+            }
+            output::print_text(&table.to_string())
+        }
+    }
+}
+
+fn print_added(format: OutputFormat, added: &pb::AddClusterResponse) -> Result<(), CliError> {
+    let Some(cluster) = &added.cluster else {
+        return Err(CliError::Failed(
+            "the server answered no cluster".to_owned(),
+        ));
+    };
+    match format {
+        OutputFormat::Json => output::print_json(&json!({
+            "cluster": cluster_json(cluster),
+            "server_version": added.server_version,
+            "superuser": added.superuser,
+            "wal_level": added.wal_level,
+            "max_connections": added.max_connections,
+            "citus": added.citus,
+            "warnings": added.warnings,
+        })),
+        OutputFormat::Table => {
+            print_clusters(format, std::slice::from_ref(cluster))?;
+            output::print_text(&format!(
+                "PostgreSQL {}, {}, wal_level {}, max_connections {}{}",
+                added.server_version,
+                if added.superuser {
+                    "superuser"
+                } else {
+                    "not a superuser"
+                },
+                added.wal_level,
+                added.max_connections,
+                if added.citus { ", Citus" } else { "" }
+            ))?;
+            for w in &added.warnings {
+                output::print_text(&format!("warning: {w}"))?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Prints each change of the job; the exit status tells how it ended.

@@ -58,6 +58,10 @@ pub struct CreateArgs {
     /// Makes a retried create return the tenant the first attempt created.
     #[arg(long, default_value = "")]
     idempotency_key: String,
+    /// The cluster to place it on (`tenantctl clusters list`); without it,
+    /// the open cluster with the fewest tenants per unit of weight.
+    #[arg(long)]
+    cluster: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -137,6 +141,7 @@ pub async fn run(command: TenantsCommand, session: &Session) -> Result<(), CliEr
                 country: a.country,
                 owner_user_id: a.owner_user_id,
                 idempotency_key: a.idempotency_key,
+                cluster: a.cluster.unwrap_or_default(),
             };
             session
                 .call(client.create_tenant(session.request(request)))
@@ -281,6 +286,7 @@ fn tenant_json(t: &pb::Tenant) -> Value {
         "created_at": output::rfc3339(t.created_at.as_ref()),
         "updated_at": output::rfc3339(t.updated_at.as_ref()),
         "node": t.node,
+        "cluster": t.cluster,
     })
 }
 
@@ -299,6 +305,7 @@ fn print_tenant(format: OutputFormat, t: &pb::Tenant) -> Result<(), CliError> {
                     ("status", status_word(t.status)),
                     ("schema_name", t.schema_name.clone()),
                     ("schema_version", t.schema_version.to_string()),
+                    ("cluster", t.cluster.clone()),
                     ("version", t.version.to_string()),
                     ("created_at", output::rfc3339_seconds(t.created_at.as_ref())),
                     ("updated_at", output::rfc3339_seconds(t.updated_at.as_ref())),

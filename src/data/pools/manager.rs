@@ -40,8 +40,9 @@ impl TenantConn {
 /// Makes a tenant's connections: a permit first, then a login as its role.
 pub struct TenantManager {
     pub(super) tenant: TenantId,
-    /// To set the role's password again when it was changed.
-    pub(super) catalog: PgPool,
+    /// tenantd's role on the tenant's cluster: to set the role's password
+    /// again when it was changed.
+    pub(super) admin: PgPool,
     pub(super) role_secret: Arc<Vec<u8>>,
     pub(super) config: tokio_postgres::Config,
     pub(super) endpoint: Arc<Endpoint>,
@@ -131,7 +132,7 @@ impl TenantManager {
                     role_verifier(&self.role_secret, self.tenant)
                 );
                 sqlx::raw_sql(&sql)
-                    .execute(&self.catalog)
+                    .execute(&self.admin)
                     .await
                     .map_err(|e| {
                         ConnectError::Io(std::io::Error::other(format!(

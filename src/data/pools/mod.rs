@@ -27,6 +27,7 @@ use tokio::sync::Semaphore;
 
 use super::socket::Endpoint;
 use crate::catalog;
+use crate::clusters::Clusters;
 use crate::domain::{TenantId, TenantStatus};
 use crate::log_bursts::LogBursts;
 use crate::metrics::{EvictionReason, Metrics};
@@ -121,6 +122,9 @@ pub enum PoolError {
     },
     #[error("catalog lookup failed: {0}")]
     Catalog(String),
+    /// The tenant's cluster could not be reached (or is not registered).
+    #[error("the tenant's cluster: {0}")]
+    Cluster(String),
     #[error("tenant pools are closed")]
     Closed,
 }
@@ -174,8 +178,8 @@ pub struct TenantPool {
 pub struct TenantPools {
     shared: Arc<Shared>,
     catalog: PgPool,
-    database: PgConnectOptions,
-    endpoint: Arc<Endpoint>,
+    /// Where each tenant's role and schema live.
+    clusters: Clusters,
     role_secret: Arc<Vec<u8>>,
     settings: Arc<PoolSettings>,
     /// Bumped by every invalidation.
@@ -190,9 +194,7 @@ pub struct TenantPools {
 
 impl TenantPools {
     pub fn new(
-        catalog: PgPool,
-        database: PgConnectOptions,
-        tls: Option<Arc<DbTls>>,
+        clusters: Clusters,
         role_secret: Vec<u8>,
         settings: PoolSettings,
         metrics: Metrics,
@@ -232,22 +234,10 @@ impl TenantPools {
             next_call: AtomicU64::new(0),
             cancels: tokio_util::task::TaskTracker::new(),
         });
-        let endpoint = Arc::new(match database.get_socket() {
-            Some(dir) => Endpoint::Unix {
-                dir: dir.clone(),
-                port: database.get_port(),
-            },
-            None => Endpoint::Tcp {
-                host: database.get_host().to_owned(),
-                port: database.get_port(),
-                tls,
-            },
-        });
         Self {
             shared,
-            catalog,
-            database,
-            endpoint,
+            catalog: clusters.catalog().clone(),
+            clusters,
             role_secret: Arc::new(role_secret),
             settings: Arc::new(settings),
             epoch: Arc::new(AtomicU64::new(0)),
@@ -373,6 +363,7 @@ impl TenantPools {
                 sqlstate.as_deref(),
             ),
             PoolError::Catalog(message) => (format!("catalog: {message}"), None),
+            PoolError::Cluster(message) => (format!("cluster: {message}"), None),
             _ => return e,
         };
         let now = Instant::now();
@@ -406,7 +397,7 @@ impl TenantPools {
     /// Checks that the tenant is active and makes its (empty) pool.
     async fn build(&self, id: TenantId) -> Result<Arc<TenantPool>, PoolError> {
         let built_at = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        let status = catalog::tenants::status_of(&self.catalog, id)
+        let (status, placement) = catalog::tenants::status_of(&self.catalog, id)
             .await
             .map_err(|e| {
                 let sqlstate = e.as_database_error().and_then(|d| d.code());
@@ -416,12 +407,17 @@ impl TenantPools {
         if status != TenantStatus::Active {
             return Err(PoolError::NotActive(status));
         }
+        let cluster = self
+            .clusters
+            .get(&placement)
+            .await
+            .map_err(|e| PoolError::Cluster(e.to_string()))?;
         let manager = TenantManager {
             tenant: id,
-            catalog: self.catalog.clone(),
+            admin: cluster.admin.clone(),
             role_secret: self.role_secret.clone(),
-            config: self.connect_config(id),
-            endpoint: self.endpoint.clone(),
+            config: connect_config(&cluster.options, id, &self.role_secret),
+            endpoint: Arc::new(endpoint(&cluster.options, cluster.tls.clone())),
             shared: self.shared.clone(),
             lifetime: self.settings.connection_lifetime,
         };
@@ -435,29 +431,6 @@ impl TenantPools {
             last_used: AtomicU64::new(self.shared.now_ms()),
             built_at,
         }))
-    }
-
-    /// Logs in as the tenant's role on the catalog's database, with the
-    /// tenant's schema as the whole search_path.
-    fn connect_config(&self, id: TenantId) -> tokio_postgres::Config {
-        let db = &self.database;
-        let mut config = tokio_postgres::Config::new();
-        config
-            .user(id.role_name().as_str())
-            .password(role_password(&self.role_secret, id))
-            .dbname(db.get_database().unwrap_or(db.get_username()))
-            .application_name("tenantd")
-            // The socket speaks TLS itself, under the driver (data::socket).
-            .ssl_mode(tokio_postgres::config::SslMode::Disable)
-            // The statement screen reads strings with standard_conforming_strings
-            // = on, PostgreSQL's default; the session is pinned to it (a call
-            // cannot SET it, and RESET ALL returns to these values).
-            .options(format!(
-                "-c search_path={} -c standard_conforming_strings=on \
-                 -c client_connection_check_interval={CLIENT_CHECK_INTERVAL_MS}",
-                id.schema_name().as_str()
-            ));
-        config
     }
 
     /// Drops tenant `id`'s pool now (its status changed): idle connections
@@ -520,6 +493,44 @@ impl TenantPools {
         let all = u32::try_from(self.shared.budget).unwrap_or(u32::MAX);
         let _ = tokio::time::timeout(CONNECT_TIMEOUT, self.shared.permits.acquire_many(all)).await;
     }
+}
+
+/// Where a cluster's tenant connections go: its Unix socket, or its host
+/// and port with the cluster's TLS.
+fn endpoint(db: &PgConnectOptions, tls: Option<Arc<DbTls>>) -> Endpoint {
+    match db.get_socket() {
+        Some(dir) => Endpoint::Unix {
+            dir: dir.clone(),
+            port: db.get_port(),
+        },
+        None => Endpoint::Tcp {
+            host: db.get_host().to_owned(),
+            port: db.get_port(),
+            tls,
+        },
+    }
+}
+
+/// Logs in as the tenant's role on its cluster's database, with the
+/// tenant's schema as the whole search_path.
+fn connect_config(db: &PgConnectOptions, id: TenantId, secret: &[u8]) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .user(id.role_name().as_str())
+        .password(role_password(secret, id))
+        .dbname(db.get_database().unwrap_or(db.get_username()))
+        .application_name("tenantd")
+        // The socket speaks TLS itself, under the driver (data::socket).
+        .ssl_mode(tokio_postgres::config::SslMode::Disable)
+        // The statement screen reads strings with standard_conforming_strings
+        // = on, PostgreSQL's default; the session is pinned to it (a call
+        // cannot SET it, and RESET ALL returns to these values).
+        .options(format!(
+            "-c search_path={} -c standard_conforming_strings=on \
+             -c client_connection_check_interval={CLIENT_CHECK_INTERVAL_MS}",
+            id.schema_name().as_str()
+        ));
+    config
 }
 
 #[cfg(test)]

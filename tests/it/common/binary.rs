@@ -18,6 +18,11 @@ impl Tenantd {
     /// Starts the binary over `database_url` with the admin key and
     /// `extra` flags, and waits until it listens.
     pub fn start(database_url: &str, extra: &[&str]) -> Tenantd {
+        Self::start_with_env(database_url, extra, &[])
+    }
+
+    /// [`Tenantd::start`] with environment variables set for it.
+    pub fn start_with_env(database_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Tenantd {
         let key = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(key.path(), super::admin_key()).unwrap();
         let child = serve()
@@ -26,6 +31,7 @@ impl Tenantd {
             .arg("--admin-key-file")
             .arg(key.path())
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .spawn()
             .expect("run tenantd");
@@ -64,6 +70,11 @@ impl Tenantd {
     /// SIGTERM, and waits (up to `within`) for the exit status.
     pub async fn terminate(&mut self, within: Duration) -> ExitStatus {
         signal(&self.child, nix::sys::signal::Signal::SIGTERM);
+        exited(&mut self.child, within).await
+    }
+
+    /// Waits (up to `within`) for the process to exit on its own.
+    pub async fn exited(&mut self, within: Duration) -> ExitStatus {
         exited(&mut self.child, within).await
     }
 

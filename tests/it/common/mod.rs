@@ -266,6 +266,7 @@ pub async fn tenant_client(endpoint: &str) -> TenantServiceClient<Authed> {
 }
 
 /// A client of each service, all on one channel with one credential.
+#[derive(Clone)]
 pub struct Clients {
     pub tenants: TenantServiceClient<Authed>,
     pub migrations: tenantd::pb::migration_service_client::MigrationServiceClient<Authed>,
@@ -468,6 +469,7 @@ pub fn config_for(database: PgConnectOptions) -> AppConfig {
         tenant_pools: Default::default(),
         data_calls: Default::default(),
         tls: None,
+        cluster_secrets_dir: None,
     }
 }
 

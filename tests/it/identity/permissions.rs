@@ -50,6 +50,11 @@ enum Call {
     CheckPermission(pb::CheckPermissionRequest),
     Execute(pb::ExecuteRequest),
     Transaction(pb::TransactionRequest),
+    ListClusters(pb::ListClustersRequest),
+    GetCluster(pb::GetClusterRequest),
+    AddCluster(pb::AddClusterRequest),
+    UpdateCluster(pb::UpdateClusterRequest),
+    RemoveCluster(pb::RemoveClusterRequest),
     ListNodes(pb::ListNodesRequest),
     AddNode(pb::AddNodeRequest),
     SetNodeShouldHaveShards(pb::SetNodeShouldHaveShardsRequest),
@@ -103,6 +108,11 @@ impl Call {
             Call::CheckPermission(r) => c.sessions.check_permission(r).await.map(drop),
             Call::Execute(r) => c.data.execute(r).await.map(drop),
             Call::Transaction(r) => c.data.transaction(r).await.map(drop),
+            Call::ListClusters(r) => c.clusters.list_clusters(r).await.map(drop),
+            Call::GetCluster(r) => c.clusters.get_cluster(r).await.map(drop),
+            Call::AddCluster(r) => c.clusters.add_cluster(r).await.map(drop),
+            Call::UpdateCluster(r) => c.clusters.update_cluster(r).await.map(drop),
+            Call::RemoveCluster(r) => c.clusters.remove_cluster(r).await.map(drop),
             Call::ListNodes(r) => c.clusters.list_nodes(r).await.map(drop),
             Call::AddNode(r) => c.clusters.add_node(r).await.map(drop),
             Call::SetNodeShouldHaveShards(r) => {
@@ -278,6 +288,45 @@ fn control_plane() -> Vec<Case> {
             DENIED,
         ),
         case("Login", Login(login("a@example.com", PASSWORD, "")), DENIED),
+        // The cluster registry: reads take tenants:read, changes
+        // clusters:admin.
+        case(
+            "ListClusters",
+            ListClusters(pb::ListClustersRequest {}),
+            None,
+        ),
+        case(
+            "GetCluster",
+            GetCluster(pb::GetClusterRequest {
+                name: "default".into(),
+            }),
+            None,
+        ),
+        case(
+            "AddCluster",
+            AddCluster(pb::AddClusterRequest {
+                name: "elsewhere".into(),
+                url: "postgres://tenantd@127.0.0.1:9/db".into(),
+                ..Default::default()
+            }),
+            DENIED,
+        ),
+        case(
+            "UpdateCluster",
+            UpdateCluster(pb::UpdateClusterRequest {
+                name: "default".into(),
+                state: pb::ClusterState::Closed.into(),
+                ..Default::default()
+            }),
+            DENIED,
+        ),
+        case(
+            "RemoveCluster",
+            RemoveCluster(pb::RemoveClusterRequest {
+                name: "default".into(),
+            }),
+            DENIED,
+        ),
         // Reads of ClusterService take tenants:read: on plain PostgreSQL
         // the reader key gets them answered FAILED_PRECONDITION (no Citus).
         case(

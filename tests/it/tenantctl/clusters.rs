@@ -71,7 +71,7 @@ async fn clusters_move_a_tenant_and_watch_it() {
     assert!(stderr.contains("FAILED_PRECONDITION"), "{stderr}");
 
     // Bad input names its field.
-    let (_, stderr) = ctl.fails(&["clusters", "drain", "no-port"]).await;
+    let (_, stderr) = ctl.fails(&["clusters", "drain-node", "no-port"]).await;
     assert!(stderr.contains("node"), "{stderr}");
     running.stop().await.unwrap();
     db.drop_all().await;

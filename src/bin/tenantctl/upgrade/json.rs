@@ -86,6 +86,9 @@ pub fn plan_json(p: &pb::UpgradePlan) -> Value {
             }))
             .collect::<Vec<_>>(),
         "drift_checked": p.drift_checked,
+        "clusters": p.clusters.iter()
+            .map(|c| json!({ "cluster": c.cluster, "tenants": c.tenants, "behind": c.behind }))
+            .collect::<Vec<_>>(),
     })
 }
 

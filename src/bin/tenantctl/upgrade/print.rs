@@ -235,6 +235,16 @@ pub fn print_plan(format: OutputFormat, p: &pb::UpgradePlan) -> Result<(), CliEr
     }
     output::print_text(&versions.to_string())?;
 
+    let mut clusters = output::table(Some(&["CLUSTER", "TENANTS", "BEHIND"]));
+    for c in &p.clusters {
+        clusters.add_row(vec![
+            c.cluster.clone(),
+            c.tenants.to_string(),
+            c.behind.to_string(),
+        ]);
+    }
+    output::print_text(&clusters.to_string())?;
+
     if !p.failed_sample.is_empty() {
         let mut failures = output::table(Some(&[
             "FAILED TENANT",
