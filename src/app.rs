@@ -69,6 +69,11 @@ pub struct AppConfig {
     pub tls: Option<ServerTls>,
     /// Where registered clusters' password files may be.
     pub cluster_secrets_dir: Option<PathBuf>,
+    /// The password in (or beside) `database`, for a move's subscription
+    /// that connects to `default`.
+    pub database_password: Option<crate::config::Secret>,
+    /// Moves of tenants between clusters.
+    pub moves: crate::clusters::MoveSettings,
 }
 
 /// How often pools of tenants that left ACTIVE through another replica are
@@ -320,6 +325,10 @@ async fn build_services(
         engine,
         config.catalog_pool.clone(),
         config.cluster_secrets_dir.clone(),
+        config
+            .database_password
+            .as_ref()
+            .map(|p| p.expose().to_owned()),
     );
     if let Err(e) = clusters.count_relations().await {
         tracing::warn!(error = %e, "cannot count the relations of capped clusters");
@@ -404,6 +413,14 @@ async fn build_services(
         tasks,
     );
     tracing::info!(workers = config.runner.workers, %owner, "fleet upgrade workers started");
+    crate::clusters::Mover::new(
+        clusters.clone(),
+        catalog.migrations.clone(),
+        catalog.role_secret.clone(),
+        config.moves.clone(),
+        owner.clone(),
+    )
+    .spawn(shutdown.child_token(), tasks);
     let placement_wake = Arc::new(tokio::sync::Notify::new());
     let placement = Placement::new(pool.clone(), engine, placement_wake.clone());
     if engine == catalog::Engine::Citus {
@@ -460,6 +477,8 @@ async fn router(
             background.tasks.clone(),
             metrics.clone(),
             pools,
+            clusters.clone(),
+            background.shutdown.clone(),
         ),
         auth.clone(),
     );

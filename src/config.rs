@@ -102,6 +102,17 @@ pub struct ServeArgs {
     )]
     pub database_password_file: Option<PathBuf>,
 
+    /// The longest a tenant move's switch may hold the tenant's writes
+    /// (they wait, they are not refused); past it the switch is given up,
+    /// the writes go on at the source, and it is tried again (3 times).
+    #[arg(long, env = "TENANTD_MOVE_CUTOVER_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub move_cutover_timeout: Duration,
+
+    /// How long a moved tenant's schema and role stay on the cluster it
+    /// left, for a look or a way back, before they are dropped.
+    #[arg(long, env = "TENANTD_MOVE_SOURCE_GRACE", value_parser = humantime::parse_duration, default_value = "1h")]
+    pub move_source_grace: Duration,
+
     /// Directory of the files that hold the passwords of registered
     /// clusters (AddCluster's password_file names a file in it, a mounted
     /// secret, say); without it, clusters take their passwords from
@@ -419,6 +430,31 @@ pub fn database_options(
         .ok()
         .with_context(|| format!("{} (database password) is not UTF-8", path.display()))?;
     Ok((options.password(&password), tls))
+}
+
+/// The password tenantd logs in to the catalog's database with, for what
+/// must pass it on (a move's subscription connecting to `default`): from
+/// `--database-password-file`, or else the URL's.
+pub fn database_password(
+    url: &Secret,
+    password_file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<Secret>> {
+    if let Some(path) = password_file {
+        let password = String::from_utf8(read_secret_file(path, "database password")?)
+            .ok()
+            .with_context(|| format!("{} (database password) is not UTF-8", path.display()))?;
+        return Ok(Some(Secret::new(&password)));
+    }
+    let parsed = url::Url::parse(url.expose()).ok();
+    Ok(parsed
+        .as_ref()
+        .and_then(|u| u.password())
+        .map(|p| {
+            percent_encoding::percent_decode_str(p)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .map(|p| Secret::new(&p)))
 }
 
 /// The token signing key from `--token-signing-key-file`: at least 32 bytes,

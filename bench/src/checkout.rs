@@ -141,6 +141,7 @@ async fn run_phases(
             acquire_timeout: std::time::Duration::from_secs(10),
         },
         None,
+        None,
     );
     let pools = TenantPools::new(
         clusters,

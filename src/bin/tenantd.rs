@@ -101,6 +101,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             stop.cancel();
         }
     });
+    let database_password = match &args.database_url {
+        Some(url) => {
+            tenantd::config::database_password(url, args.database_password_file.as_deref())?
+        }
+        None => None,
+    };
     let (database, cluster, owner) = match &args.database_url {
         Some(url) => (
             database_options(url, args.database_password_file.as_deref())?,
@@ -161,7 +167,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let result = run(&args, database, admin_key, stop).await;
+    let result = run(&args, database, database_password, admin_key, stop).await;
     if let Some(owner) = &owner {
         owner.stopping();
     }
@@ -185,6 +191,7 @@ async fn run(
         sqlx::postgres::PgConnectOptions,
         tenantd::pgtls::DbTlsSettings,
     ),
+    database_password: Option<tenantd::config::Secret>,
     admin_key: Option<tenantd::config::Secret>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -224,6 +231,13 @@ async fn run(
         data_calls: args.data_calls(),
         tls: args.tls(),
         cluster_secrets_dir: args.cluster_secrets_dir.clone(),
+        database_password,
+        moves: tenantd::clusters::MoveSettings {
+            lease: args.upgrade_lease,
+            cutover_timeout: args.move_cutover_timeout,
+            source_grace: args.move_source_grace,
+            ..Default::default()
+        },
     };
     let running = app::start(config, listener).await?;
     tracing::info!(addr = %running.local_addr(), "tenantd listening");

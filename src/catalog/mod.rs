@@ -8,6 +8,7 @@ pub mod clusters;
 pub(crate) mod error;
 pub(crate) mod identity;
 pub(crate) mod metrics;
+pub mod moves;
 pub mod privileges;
 pub mod settings;
 pub(crate) mod tenant_migrations;

@@ -27,8 +27,10 @@ use crate::catalog::{self, DbFailure, Engine, PoolSettings, audit::Audited};
 use crate::domain::{ClusterLimits, ClusterName, ClusterState, NewCluster, PasswordSource};
 use crate::pgtls::{DbTls, DbTlsSettings};
 
+pub mod mover;
 pub(crate) mod sweeper;
 
+pub use mover::{MoveSettings, Mover};
 pub use sweeper::sweep_intents;
 
 /// How often a replica looks for clusters removed or registered again, and
@@ -46,6 +48,9 @@ pub struct Cluster {
     pub options: PgConnectOptions,
     /// TLS for the connections tenantd opens itself (tenant pools).
     pub tls: Option<Arc<DbTls>>,
+    /// The password in `options`, for what must pass it on (the
+    /// subscription of a move from this cluster).
+    pub password: Option<String>,
     pub engine: Engine,
     /// When the registry entry was made; `None` for `default`.
     generation: Option<DateTime<Utc>>,
@@ -109,6 +114,8 @@ struct Inner {
     /// Clusters whose database held `max_relations` relations or more at
     /// the last count ([`Clusters::count_relations`]).
     over_relations: RwLock<HashSet<ClusterName>>,
+    /// Wakes this replica's move runner when a move is queued here.
+    move_wake: Arc<tokio::sync::Notify>,
     /// One connect at a time, so concurrent first calls make one pool.
     connecting: tokio::sync::Mutex<()>,
 }
@@ -122,12 +129,14 @@ impl Clusters {
         engine: Engine,
         pool_settings: PoolSettings,
         secrets_dir: Option<PathBuf>,
+        password: Option<String>,
     ) -> Self {
         let default = Arc::new(Cluster {
             name: ClusterName::default_cluster(),
             admin: catalog.clone(),
             options,
             tls,
+            password,
             engine,
             generation: None,
         });
@@ -137,6 +146,7 @@ impl Clusters {
                 default,
                 pool_settings,
                 secrets_dir,
+                move_wake: Arc::new(tokio::sync::Notify::new()),
                 live: RwLock::new(HashMap::new()),
                 over_relations: RwLock::new(HashSet::new()),
                 connecting: tokio::sync::Mutex::new(()),
@@ -146,6 +156,11 @@ impl Clusters {
 
     pub fn catalog(&self) -> &PgPool {
         &self.inner.catalog
+    }
+
+    /// Notified when a move is queued through this replica.
+    pub fn move_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.move_wake.clone()
     }
 
     pub fn default_cluster(&self) -> &Arc<Cluster> {
@@ -468,6 +483,7 @@ async fn connect(record: &ClusterRecord, inner: &Inner) -> Result<Cluster, Clust
                 .apply_to_sqlx(o)
                 .map_err(|e| invalid(format!("{e:#}")))
         })?;
+    let mut password_used = None;
     match &record.password {
         PasswordSource::None => {}
         PasswordSource::File(file) => {
@@ -477,6 +493,7 @@ async fn connect(record: &ClusterRecord, inner: &Inner) -> Result<Cluster, Clust
             let password = String::from_utf8(bytes)
                 .map_err(|_| invalid(format!("{file} (cluster password) is not UTF-8")))?;
             options = options.password(&password);
+            password_used = Some(password);
         }
         PasswordSource::Env(var) => {
             check_env_name(var)?;
@@ -486,6 +503,7 @@ async fn connect(record: &ClusterRecord, inner: &Inner) -> Result<Cluster, Clust
                 ))
             })?;
             options = options.password(&password);
+            password_used = Some(password);
         }
     }
     let tls = tls_settings
@@ -510,6 +528,7 @@ async fn connect(record: &ClusterRecord, inner: &Inner) -> Result<Cluster, Clust
         admin,
         options,
         tls,
+        password: password_used,
         engine,
         generation: Some(record.created_at),
     })

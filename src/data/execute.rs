@@ -104,6 +104,10 @@ pub enum ExecError {
 pub enum Lost {
     /// Before any statement ran: the call may run again as it is.
     BeforeAnyStatement,
+    /// PostgreSQL ended the session (57P01: an administrator, or a move
+    /// of the tenant to another cluster at its switch) and said so before
+    /// COMMIT: nothing was committed, and the call may run again.
+    Terminated,
     /// Before COMMIT was sent: nothing was committed.
     NotCommitted,
     /// With COMMIT sent (or on its way): the writes may have committed.
@@ -112,12 +116,15 @@ pub enum Lost {
 
 impl ExecError {
     /// Whether running the call again on a fresh connection is safe and may
-    /// succeed.
+    /// succeed: nothing of it ran, or the server ended the session before
+    /// it committed. (A tenant moved to another cluster has its calls held
+    /// at the switch and their sessions ended so: they run again where the
+    /// tenant now is.)
     pub fn retry_on_fresh_connection(&self) -> bool {
         matches!(
             self,
             ExecError::ConnectionLost {
-                stage: Lost::BeforeAnyStatement,
+                stage: Lost::BeforeAnyStatement | Lost::Terminated,
                 ..
             }
         )
@@ -193,9 +200,14 @@ fn classify(err: tokio_postgres::Error, stage: Lost) -> ExecError {
         // the outcome unknown.
         let lost = code.starts_with("57P") || code.starts_with("08");
         if lost {
+            let said = if code == SqlState::ADMIN_SHUTDOWN.code() {
+                Lost::Terminated
+            } else {
+                Lost::NotCommitted
+            };
             return ExecError::ConnectionLost {
                 message: db.message().to_owned(),
-                stage: stage.min(Lost::NotCommitted),
+                stage: stage.min(said),
             };
         }
         return ExecError::Sql {

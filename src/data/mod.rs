@@ -132,19 +132,30 @@ impl TenantData {
                 memory: MAX_DECODED_BYTES,
             },
         };
-        let mut retried = false;
+        // Runs again on a fresh connection once; twice when the server
+        // ended the session both times (a move's switch may end a session
+        // that logged in to the cluster the tenant just left).
+        let mut reruns = 0;
         loop {
             let mut conn = tokio::time::timeout_at(limits.deadline, self.pools.checkout(id))
                 .await
                 .map_err(|_| ExecError::TimedOut(timeout))??;
             match execute::run(&mut conn, statements, limits).await {
                 Err(e)
-                    if !retried
+                    if (reruns == 0
                         && (e.retry_on_fresh_connection()
-                            || (read_only && matches!(e, ExecError::ConnectionLost { .. }))) =>
+                            || (read_only && matches!(e, ExecError::ConnectionLost { .. }))))
+                        || (reruns == 1
+                            && matches!(
+                                e,
+                                ExecError::ConnectionLost {
+                                    stage: Lost::Terminated,
+                                    ..
+                                }
+                            )) =>
                 {
                     tracing::info!(tenant_id = %id, error = %e, "running the call again on a fresh connection");
-                    retried = true;
+                    reruns += 1;
                 }
                 // A read-only call commits nothing: whatever the stage, its
                 // outcome is known.

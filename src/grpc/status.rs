@@ -9,6 +9,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::catalog::DbFailure;
 use crate::clusters::ClusterError;
+use crate::clusters::mover::MoveError;
 use crate::data::{DataError, ExecError, Lost, PoolError};
 use crate::domain::ValidationError;
 use crate::fleet::UpgradeError;
@@ -60,6 +61,15 @@ pub fn tenant(err: TenantError) -> Status {
         }
         TenantError::Cluster(e) => cluster(e),
         TenantError::Db(failure) => db(failure),
+    }
+}
+
+pub fn moving(err: MoveError) -> Status {
+    match err {
+        MoveError::NotFound(_) => Status::not_found(err.to_string()),
+        MoveError::Precondition(why) => Status::failed_precondition(why),
+        MoveError::Unavailable(why) => Status::unavailable(why),
+        MoveError::Db(failure) => db(failure),
     }
 }
 
@@ -212,7 +222,7 @@ pub fn data(err: DataError, prefix: fn(usize) -> String) -> Status {
                          may have committed; check before trying again",
                         "OUTCOME_UNKNOWN",
                     ),
-                    Lost::BeforeAnyStatement | Lost::NotCommitted => (
+                    Lost::BeforeAnyStatement | Lost::Terminated | Lost::NotCommitted => (
                         Code::Unavailable,
                         "connection to PostgreSQL lost before the call committed: nothing was \
                          written; try again",

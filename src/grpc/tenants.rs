@@ -1,16 +1,25 @@
 //! `tenantd.v1.TenantService`: each handler validates, calls the tenant
 //! lifecycle, and maps the outcome.
 
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use super::auth::{Caller, caller, require_in_tenant, require_scope};
-use super::convert::{self, UpdateTenant};
+use super::convert::{self, UpdateTenant, timestamp};
 use super::pb::{self, tenant_service_server::TenantService};
 use super::status;
+use crate::clusters::Clusters;
 use crate::data::TenantPools;
 use crate::domain::identity::{Permission, Scope};
-use crate::domain::{LifecycleAction, NewTenant, Slug, TenantId, TenantStatus};
+use crate::domain::{
+    ClusterName, LifecycleAction, NewTenant, Slug, TenantId, TenantStatus, ValidationError,
+    Violations,
+};
 use crate::identity::Identity;
 use crate::metrics::{Metrics, create_failure};
 use crate::tenant::{TenantError, Tenants};
@@ -25,6 +34,10 @@ pub struct TenantApi {
     metrics: Metrics,
     /// A tenant leaving ACTIVE has its pool closed here at once.
     pools: TenantPools,
+    /// Moves between clusters.
+    clusters: Clusters,
+    /// Ends watch streams when the server shuts down.
+    shutdown: CancellationToken,
 }
 
 impl TenantApi {
@@ -34,9 +47,13 @@ impl TenantApi {
         tasks: TaskTracker,
         metrics: Metrics,
         pools: TenantPools,
+        clusters: Clusters,
+        shutdown: CancellationToken,
     ) -> Self {
         Self {
             pools,
+            clusters,
+            shutdown,
             tenants,
             identity,
             tasks,
@@ -293,6 +310,176 @@ impl TenantService for TenantApi {
             .await?;
         tracing::info!(tenant_id = %tenant.id, "tenant purged");
         Ok(Response::new(tenant.into()))
+    }
+
+    async fn move_tenant(
+        &self,
+        request: Request<pb::MoveTenantToClusterRequest>,
+    ) -> Result<Response<pb::TenantClusterMove>, Status> {
+        let who = caller(&request)?;
+        require_scope(&who, Scope::ClustersAdmin)?;
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        let tenant = v.check(TenantId::parse("tenant_id", &r.tenant_id));
+        let cluster = v.check(ClusterName::parse("cluster", &r.cluster));
+        v.finish().map_err(status::invalid)?;
+        let (Some(tenant), Some(cluster)) = (tenant, cluster) else {
+            return Err(Status::invalid_argument("tenant_id, cluster"));
+        };
+        let m = self
+            .clusters
+            .request_move(tenant, &cluster, &who.actor())
+            .await
+            .map_err(status::moving)?;
+        Ok(Response::new(move_to_pb(m)))
+    }
+
+    async fn get_move(
+        &self,
+        request: Request<pb::TenantMoveRequest>,
+    ) -> Result<Response<pb::TenantClusterMove>, Status> {
+        require_scope(&caller(&request)?, Scope::TenantsRead)?;
+        let id = move_id(&request.into_inner().id)?;
+        let m = self.clusters.get_move(id).await.map_err(status::moving)?;
+        Ok(Response::new(move_to_pb(m)))
+    }
+
+    async fn list_moves(
+        &self,
+        request: Request<pb::ListMovesRequest>,
+    ) -> Result<Response<pb::ListMovesResponse>, Status> {
+        require_scope(&caller(&request)?, Scope::TenantsRead)?;
+        let r = request.into_inner();
+        let tenant = if r.tenant_id.is_empty() {
+            None
+        } else {
+            Some(TenantId::parse("tenant_id", &r.tenant_id).map_err(status::invalid)?)
+        };
+        let limit = match r.page_size {
+            0 => 20,
+            n @ 1..=100 => i64::from(n),
+            _ => {
+                return Err(status::invalid(ValidationError::single(
+                    "page_size",
+                    "must be 1-100 (0 means 20)",
+                )));
+            }
+        };
+        let moves = self
+            .clusters
+            .list_moves(tenant, limit)
+            .await
+            .map_err(status::moving)?;
+        Ok(Response::new(pb::ListMovesResponse {
+            moves: moves.into_iter().map(move_to_pb).collect(),
+        }))
+    }
+
+    type WatchMoveStream = ReceiverStream<Result<pb::TenantClusterMove, Status>>;
+
+    async fn watch_move(
+        &self,
+        request: Request<pb::TenantMoveRequest>,
+    ) -> Result<Response<Self::WatchMoveStream>, Status> {
+        require_scope(&caller(&request)?, Scope::TenantsRead)?;
+        let id = move_id(&request.into_inner().id)?;
+        let first = self.clusters.get_move(id).await.map_err(status::moving)?;
+        let (tx, rx) = mpsc::channel(16);
+        let clusters = self.clusters.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut last = first;
+            if tx.send(Ok(move_to_pb(last.clone()))).await.is_err() {
+                return;
+            }
+            while matches!(last.status.as_str(), "pending" | "running") {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tx.closed() => return,
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+                let next = match clusters.get_move(id).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let _ = tx.send(Err(status::moving(e))).await;
+                        return;
+                    }
+                };
+                let changed = (
+                    &next.status,
+                    &next.phase,
+                    next.tables_copied,
+                    next.cancel_requested,
+                ) != (
+                    &last.status,
+                    &last.phase,
+                    last.tables_copied,
+                    last.cancel_requested,
+                );
+                last = next;
+                if changed && tx.send(Ok(move_to_pb(last.clone()))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn cancel_move(
+        &self,
+        request: Request<pb::TenantMoveRequest>,
+    ) -> Result<Response<pb::TenantClusterMove>, Status> {
+        let who = caller(&request)?;
+        require_scope(&who, Scope::ClustersAdmin)?;
+        let id = move_id(&request.into_inner().id)?;
+        let m = self
+            .clusters
+            .cancel_move(id, &who.actor())
+            .await
+            .map_err(status::moving)?;
+        Ok(Response::new(move_to_pb(m)))
+    }
+}
+
+fn move_id(value: &str) -> Result<uuid::Uuid, Status> {
+    if value.is_empty() {
+        return Err(status::invalid(ValidationError::single(
+            "id",
+            "is required",
+        )));
+    }
+    value
+        .parse()
+        .map_err(|_| status::invalid(ValidationError::single("id", "must be a UUID")))
+}
+
+fn move_to_pb(m: crate::catalog::moves::MoveRow) -> pb::TenantClusterMove {
+    let status = match m.status.as_str() {
+        "pending" => pb::MoveJobStatus::Pending,
+        "running" => pb::MoveJobStatus::Running,
+        "succeeded" => pb::MoveJobStatus::Succeeded,
+        "failed" => pb::MoveJobStatus::Failed,
+        "cancelled" => pb::MoveJobStatus::Cancelled,
+        _ => pb::MoveJobStatus::Unspecified,
+    };
+    pb::TenantClusterMove {
+        id: m.id.to_string(),
+        tenant_id: m.tenant_id.to_string(),
+        source: m.source,
+        target: m.target,
+        status: status.into(),
+        phase: m.phase,
+        cancel_requested: m.cancel_requested,
+        attempts: m.attempts,
+        requested_by: m.requested_by,
+        error: m.error.unwrap_or_default(),
+        tables_total: m.tables_total,
+        tables_copied: m.tables_copied,
+        pause_ms: m.pause_ms.unwrap_or(0),
+        created_at: Some(timestamp(m.created_at)),
+        started_at: m.started_at.map(timestamp),
+        switched_at: m.switched_at.map(timestamp),
+        finished_at: m.finished_at.map(timestamp),
     }
 }
 

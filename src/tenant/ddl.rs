@@ -67,6 +67,16 @@ pub fn create_tenant_ddl(
     scram_verifier: &str,
     migrations: &TenantMigrations,
 ) -> String {
+    create_tenant_ddl_with(id, scram_verifier, migrations.all())
+}
+
+/// [`create_tenant_ddl`] with the migrations `applied` only (a tenant
+/// made again elsewhere at the version it is at).
+pub fn create_tenant_ddl_with(
+    id: TenantId,
+    scram_verifier: &str,
+    applied: &[super::TenantMigration],
+) -> String {
     debug_assert!(!scram_verifier.contains('\''));
     let schema = id.schema_name().quoted();
     let role = id.role_name().quoted();
@@ -81,10 +91,10 @@ pub fn create_tenant_ddl(
          ALTER ROLE {role} SET search_path TO {schema};\n\
          SET LOCAL search_path TO {schema};\n"
     );
-    for m in migrations.all() {
+    for m in applied {
         let _ = writeln!(sql, "-- {}\n{}\n;", m.name, m.sql_for_new_tenant());
     }
-    ledger_rows(&mut sql, &schema, migrations.all());
+    ledger_rows(&mut sql, &schema, applied);
     let _ = write!(
         sql,
         "REVOKE INSERT, UPDATE, DELETE ON {schema}.schema_migrations FROM {role};\n\

@@ -6,8 +6,9 @@ pub(crate) mod migrations;
 mod service;
 
 pub use ddl::{
-    ROLE_SCRAM_ITERATIONS, create_tenant_ddl, ledger_rows, purge_tenant_ddl,
-    purge_tenant_ddl_if_exists, role_login_ddl, role_password, role_verifier, scram_verifier,
+    ROLE_SCRAM_ITERATIONS, create_tenant_ddl, create_tenant_ddl_with, ledger_rows,
+    purge_tenant_ddl, purge_tenant_ddl_if_exists, role_login_ddl, role_password, role_verifier,
+    scram_verifier,
 };
 pub use migrations::{MigrationSetError, TenantMigration, TenantMigrations};
 pub use service::{TenantError, Tenants};

@@ -3,6 +3,8 @@
 //! as JSON. Other groups name tenants the same way (id or slug) through
 //! [`resolve_id`].
 
+mod moves;
+
 use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use tenantd::pb::{self, get_tenant_request::Selector};
@@ -35,6 +37,38 @@ pub enum TenantsCommand {
     Archive(LifecycleArgs),
     /// ARCHIVED -> PURGED: drop the schema and roles for good.
     Purge(PurgeArgs),
+    /// Move a tenant to another cluster while it serves.
+    Move {
+        #[arg(value_name = "ID_OR_SLUG")]
+        tenant: String,
+        /// The cluster to move to (`tenantctl clusters list`).
+        cluster: String,
+        /// Follow the move until it ends; exit 1 unless it succeeded.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Moves between clusters, newest first.
+    Moves {
+        /// Only this tenant's (id or slug).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// How many (1-100).
+        #[arg(long, default_value_t = 20)]
+        limit: i32,
+    },
+    /// One move; with --watch, followed until it ends.
+    MoveStatus {
+        #[arg(value_parser = crate::cli::parse_uuid)]
+        id: String,
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Cancel a move: before its switch everything it made is undone and
+    /// the tenant stays where it was; after it, it finishes.
+    CancelMove {
+        #[arg(value_parser = crate::cli::parse_uuid)]
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +166,46 @@ pub struct PurgeArgs {
 pub async fn run(command: TenantsCommand, session: &Session) -> Result<(), CliError> {
     let mut client = session.tenants();
     let tenant = match command {
+        TenantsCommand::Move {
+            tenant,
+            cluster,
+            watch,
+        } => {
+            let tenant_id = resolve_id(session, &tenant).await?;
+            let request = pb::MoveTenantToClusterRequest { tenant_id, cluster };
+            let m = session
+                .call(client.move_tenant(session.request(request)))
+                .await?;
+            return moves::show(session, m, watch).await;
+        }
+        TenantsCommand::Moves { tenant, limit } => {
+            let tenant_id = match tenant {
+                Some(t) => resolve_id(session, &t).await?,
+                None => String::new(),
+            };
+            let request = pb::ListMovesRequest {
+                tenant_id,
+                page_size: limit,
+            };
+            let list = session
+                .call(client.list_moves(session.request(request)))
+                .await?;
+            return moves::print_list(session.output, &list.moves);
+        }
+        TenantsCommand::MoveStatus { id, watch } => {
+            let request = pb::TenantMoveRequest { id };
+            let m = session
+                .call(client.get_move(session.request(request)))
+                .await?;
+            return moves::show(session, m, watch).await;
+        }
+        TenantsCommand::CancelMove { id } => {
+            let request = pb::TenantMoveRequest { id };
+            let m = session
+                .call(client.cancel_move(session.request(request)))
+                .await?;
+            return moves::show(session, m, false).await;
+        }
         TenantsCommand::Create(a) => {
             let request = pb::CreateTenantRequest {
                 name: a.name,

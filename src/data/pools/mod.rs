@@ -267,13 +267,17 @@ impl TenantPools {
                 Ok(Ok(obj)) => break obj,
                 Ok(Err(managed::PoolError::Backend(ConnectError::Budget(e)))) => return Err(e),
                 // The role may not log in: the tenant left ACTIVE (through
-                // another replica, whose news has not reached this one yet).
-                // Drop the pool and look again, which reads its status.
+                // another replica, whose news has not reached this one yet),
+                // or moved to another cluster, whose switch also ends the
+                // sessions (a login under way included) on the one it left.
+                // Drop the pool and look again, which reads its status and
+                // its cluster.
                 Ok(Err(managed::PoolError::Backend(ConnectError::Pg(e))))
-                    if e.code()
+                    if (e.code()
                         == Some(
                             &tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
                         )
+                        || e.code() == Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN))
                         && lookups < MAX_POOL_LOOKUPS =>
                 {
                     self.invalidate(id).await;

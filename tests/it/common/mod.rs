@@ -470,6 +470,13 @@ pub fn config_for(database: PgConnectOptions) -> AppConfig {
         data_calls: Default::default(),
         tls: None,
         cluster_secrets_dir: None,
+        database_password: None,
+        moves: tenantd::clusters::MoveSettings {
+            lease: Duration::from_secs(3),
+            poll_interval: Duration::from_millis(100),
+            source_grace: Duration::ZERO,
+            ..Default::default()
+        },
     }
 }
 

@@ -50,6 +50,11 @@ enum Call {
     CheckPermission(pb::CheckPermissionRequest),
     Execute(pb::ExecuteRequest),
     Transaction(pb::TransactionRequest),
+    MoveTenantToCluster(pb::MoveTenantToClusterRequest),
+    GetMove(pb::TenantMoveRequest),
+    ListMoves(pb::ListMovesRequest),
+    WatchMove(pb::TenantMoveRequest),
+    CancelMove(pb::TenantMoveRequest),
     ListClusters(pb::ListClustersRequest),
     GetCluster(pb::GetClusterRequest),
     AddCluster(pb::AddClusterRequest),
@@ -108,6 +113,11 @@ impl Call {
             Call::CheckPermission(r) => c.sessions.check_permission(r).await.map(drop),
             Call::Execute(r) => c.data.execute(r).await.map(drop),
             Call::Transaction(r) => c.data.transaction(r).await.map(drop),
+            Call::MoveTenantToCluster(r) => c.tenants.move_tenant(r).await.map(drop),
+            Call::GetMove(r) => c.tenants.get_move(r).await.map(drop),
+            Call::ListMoves(r) => c.tenants.list_moves(r).await.map(drop),
+            Call::WatchMove(r) => c.tenants.watch_move(r).await.map(drop),
+            Call::CancelMove(r) => c.tenants.cancel_move(r).await.map(drop),
             Call::ListClusters(r) => c.clusters.list_clusters(r).await.map(drop),
             Call::GetCluster(r) => c.clusters.get_cluster(r).await.map(drop),
             Call::AddCluster(r) => c.clusters.add_cluster(r).await.map(drop),
@@ -288,6 +298,36 @@ fn control_plane() -> Vec<Case> {
             DENIED,
         ),
         case("Login", Login(login("a@example.com", PASSWORD, "")), DENIED),
+        // Moves between clusters: reads take tenants:read, the rest
+        // clusters:admin.
+        case(
+            "MoveTenant (TenantService)",
+            MoveTenantToCluster(pb::MoveTenantToClusterRequest {
+                tenant_id: id(),
+                cluster: "default".into(),
+            }),
+            DENIED,
+        ),
+        case(
+            "GetMove",
+            GetMove(pb::TenantMoveRequest { id: id() }),
+            Some(Code::NotFound),
+        ),
+        case(
+            "ListMoves",
+            ListMoves(pb::ListMovesRequest::default()),
+            None,
+        ),
+        case(
+            "WatchMove",
+            WatchMove(pb::TenantMoveRequest { id: id() }),
+            Some(Code::NotFound),
+        ),
+        case(
+            "CancelMove",
+            CancelMove(pb::TenantMoveRequest { id: id() }),
+            DENIED,
+        ),
         // The cluster registry: reads take tenants:read, changes
         // clusters:admin.
         case(

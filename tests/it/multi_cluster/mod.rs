@@ -10,6 +10,7 @@
 //! `--cluster-secrets-dir`, as a deployment mounts a secret.
 
 mod crash;
+mod moves;
 mod placement;
 mod routing;
 
