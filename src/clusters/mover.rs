@@ -1181,4 +1181,97 @@ impl Clusters {
         .map_err(db("commit cancel"))?;
         Ok(row)
     }
+
+    /// Sets `name` draining and queues a move of each of its tenants (those
+    /// without a move under way) to the open clusters, each to the one
+    /// with the fewest tenants per unit of weight counting the moves
+    /// queued before it, never past a cap. Refused, changing nothing, when
+    /// no open cluster can take a move from it.
+    pub async fn drain(
+        &self,
+        name: &crate::domain::ClusterName,
+        actor: &str,
+    ) -> Result<(crate::catalog::clusters::ClusterRecord, Vec<MoveRow>), MoveError> {
+        let source = self.get(name).await?;
+        let mut conn = self
+            .catalog()
+            .acquire()
+            .await
+            .map_err(db("acquire catalog connection"))?;
+        let mut targets = Vec::new();
+        let mut refusals = Vec::new();
+        for c in crate::catalog::clusters::candidates(&mut conn)
+            .await
+            .map_err(db("read the open clusters"))?
+        {
+            if &c.name == name {
+                continue;
+            }
+            let tenants = crate::catalog::clusters::tenants_on(&mut conn, &c.name)
+                .await
+                .map_err(db("count a cluster's tenants"))?;
+            let target = self.get(&c.name).await?;
+            match check_possible(&source, &target).await {
+                Ok(()) => targets.push((c, tenants)),
+                Err(e) => refusals.push(format!("{}: {e:#}", c.name)),
+            }
+        }
+        if targets.is_empty() {
+            return Err(MoveError::Precondition(format!(
+                "no open cluster can take the tenants of {name}{}",
+                if refusals.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", refusals.join("; "))
+                }
+            )));
+        }
+        let on_it: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT t.id FROM tenantd.tenants t WHERE t.placement = $1 AND t.status <> 'purged' \
+               AND NOT EXISTS (SELECT FROM tenantd.tenant_moves m \
+                                WHERE m.tenant_id = t.id AND m.status IN ('pending', 'running')) \
+              ORDER BY t.id",
+        )
+        .bind(name.as_str())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("list the cluster's tenants"))?;
+        drop(conn);
+        let record = self
+            .update(
+                name,
+                Some(crate::domain::ClusterState::Draining),
+                super::LimitsPatch::default(),
+                actor,
+            )
+            .await?;
+        let mut queued = Vec::with_capacity(on_it.len());
+        for id in on_it {
+            let pick = targets
+                .iter_mut()
+                .filter(|(c, n)| c.limits.max_tenants.is_none_or(|cap| *n < cap))
+                .min_by(|(a, n), (b, m)| {
+                    let (x, y) = (
+                        *n as f64 / f64::from(a.limits.weight),
+                        *m as f64 / f64::from(b.limits.weight),
+                    );
+                    x.total_cmp(&y).then_with(|| a.name.cmp(&b.name))
+                });
+            let Some((target, count)) = pick else {
+                break;
+            };
+            *count += 1;
+            let target = target.name.clone();
+            match self
+                .request_move(crate::domain::TenantId::from_uuid(id), &target, actor)
+                .await
+            {
+                Ok(m) => queued.push(m),
+                // Moved, purged or given a move meanwhile: nothing to queue.
+                Err(MoveError::Precondition(_) | MoveError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((record, queued))
+    }
 }

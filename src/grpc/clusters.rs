@@ -318,6 +318,25 @@ impl ClusterService for ClusterApi {
         Ok(Response::new(cluster_to_pb(record)))
     }
 
+    async fn drain_cluster(
+        &self,
+        request: Request<pb::DrainClusterRequest>,
+    ) -> Result<Response<pb::DrainClusterResponse>, Status> {
+        let who = caller(&request)?;
+        require_scope(&who, Scope::ClustersAdmin)?;
+        let name =
+            ClusterName::parse("name", &request.into_inner().name).map_err(status::invalid)?;
+        let (record, moves) = self
+            .clusters
+            .drain(&name, &who.actor())
+            .await
+            .map_err(status::moving)?;
+        Ok(Response::new(pb::DrainClusterResponse {
+            cluster: Some(cluster_to_pb(record)),
+            moves: moves.into_iter().map(super::tenants::move_to_pb).collect(),
+        }))
+    }
+
     async fn remove_cluster(
         &self,
         request: Request<pb::RemoveClusterRequest>,

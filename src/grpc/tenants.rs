@@ -453,7 +453,7 @@ fn move_id(value: &str) -> Result<uuid::Uuid, Status> {
         .map_err(|_| status::invalid(ValidationError::single("id", "must be a UUID")))
 }
 
-fn move_to_pb(m: crate::catalog::moves::MoveRow) -> pb::TenantClusterMove {
+pub(super) fn move_to_pb(m: crate::catalog::moves::MoveRow) -> pb::TenantClusterMove {
     let status = match m.status.as_str() {
         "pending" => pb::MoveJobStatus::Pending,
         "running" => pb::MoveJobStatus::Running,

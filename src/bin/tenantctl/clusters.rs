@@ -49,8 +49,14 @@ pub enum ClustersCommand {
     },
     /// Let new tenants land on a cluster again.
     Open { name: String },
-    /// No new tenants on a cluster; its tenants are to move away.
-    Drain { name: String },
+    /// Move every tenant off a cluster (to the open clusters, as placement
+    /// would place them); no new tenants land there.
+    Drain {
+        name: String,
+        /// Follow the moves until they end; exit 1 unless all succeeded.
+        #[arg(long)]
+        watch: bool,
+    },
     /// No new tenants on a cluster; its tenants stay and serve.
     Close { name: String },
     /// Unregister a cluster that holds no tenant.
@@ -187,8 +193,28 @@ pub async fn run(command: ClustersCommand, session: &Session) -> Result<(), CliE
         ClustersCommand::Open { name } => {
             return set_state(session, &mut c, name, pb::ClusterState::Open).await;
         }
-        ClustersCommand::Drain { name } => {
-            return set_state(session, &mut c, name, pb::ClusterState::Draining).await;
+        ClustersCommand::Drain { name, watch } => {
+            let request = session.request(pb::DrainClusterRequest { name });
+            let drained = session.call(c.drain_cluster(request)).await?;
+            if let Some(cluster) = &drained.cluster {
+                print_clusters(session.output, std::slice::from_ref(cluster))?;
+            }
+            crate::tenants::moves::print_list(session.output, &drained.moves)?;
+            if !watch {
+                return Ok(());
+            }
+            let mut failed = 0;
+            for m in drained.moves {
+                if crate::tenants::moves::show(session, m, true).await.is_err() {
+                    failed += 1;
+                }
+            }
+            if failed > 0 {
+                return Err(CliError::Failed(format!(
+                    "{failed} move(s) did not succeed"
+                )));
+            }
+            return Ok(());
         }
         ClustersCommand::Close { name } => {
             return set_state(session, &mut c, name, pb::ClusterState::Closed).await;

@@ -3,7 +3,7 @@
 //! as JSON. Other groups name tenants the same way (id or slug) through
 //! [`resolve_id`].
 
-mod moves;
+pub mod moves;
 
 use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};

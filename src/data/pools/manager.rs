@@ -131,16 +131,20 @@ impl TenantManager {
                     self.tenant.role_name().quoted(),
                     role_verifier(&self.role_secret, self.tenant)
                 );
-                sqlx::raw_sql(&sql)
-                    .execute(&self.admin)
-                    .await
-                    .map_err(|e| {
-                        ConnectError::Io(std::io::Error::other(format!(
-                            "set the tenant role's password again: {}",
-                            cause_chain(&e)
-                        )))
-                    })?;
-                self.login().await
+                match sqlx::raw_sql(&sql).execute(&self.admin).await {
+                    Ok(_) => self.login().await,
+                    // No such role on this cluster: the tenant moved away
+                    // (its role here dropped), and the pool is stale. The
+                    // refusal goes back as it came, for the checkout to
+                    // look the tenant up again.
+                    Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42704") => {
+                        Err(ConnectError::Pg(e))
+                    }
+                    Err(e) => Err(ConnectError::Io(std::io::Error::other(format!(
+                        "set the tenant role's password again: {}",
+                        cause_chain(&e)
+                    )))),
+                }
             }
             other => other,
         }

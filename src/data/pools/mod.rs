@@ -257,27 +257,29 @@ impl TenantPools {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.settings.wait;
         let mut lookups = 0;
-        let obj =
-            loop {
-                let pool = self.pool(id).await.map_err(|e| self.failed(id, e))?;
-                lookups += 1;
-                pool.last_used
-                    .store(self.shared.now_ms(), Ordering::Relaxed);
-                match tokio::time::timeout_at(deadline, pool.pool.get()).await {
+        let obj = loop {
+            let pool = self.pool(id).await.map_err(|e| self.failed(id, e))?;
+            lookups += 1;
+            pool.last_used
+                .store(self.shared.now_ms(), Ordering::Relaxed);
+            match tokio::time::timeout_at(deadline, pool.pool.get()).await {
                 Ok(Ok(obj)) => break obj,
                 Ok(Err(managed::PoolError::Backend(ConnectError::Budget(e)))) => return Err(e),
                 // The role may not log in: the tenant left ACTIVE (through
                 // another replica, whose news has not reached this one yet),
                 // or moved to another cluster, whose switch also ends the
-                // sessions (a login under way included) on the one it left.
-                // Drop the pool and look again, which reads its status and
-                // its cluster.
+                // sessions (a login under way included) on the one it left,
+                // and later drops the role there (a password refused for a
+                // role that is not there). Drop the pool and look again,
+                // which reads its status and its cluster.
                 Ok(Err(managed::PoolError::Backend(ConnectError::Pg(e))))
-                    if (e.code()
-                        == Some(
-                            &tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-                        )
-                        || e.code() == Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN))
+                    if [
+                        &tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                        &tokio_postgres::error::SqlState::ADMIN_SHUTDOWN,
+                        &tokio_postgres::error::SqlState::INVALID_PASSWORD,
+                    ]
+                    .into_iter()
+                    .any(|code| e.code() == Some(code))
                         && lookups < MAX_POOL_LOOKUPS =>
                 {
                     self.invalidate(id).await;
@@ -295,14 +297,17 @@ impl TenantPools {
                 // Waited past the deadline: for a connection of the
                 // tenant's own full pool, or for the replica's budget.
                 Err(_) if pool.pool.status().size >= self.settings.pool_size => {
-                    return Err(PoolError::PoolBusy(self.settings.wait, self.settings.pool_size));
+                    return Err(PoolError::PoolBusy(
+                        self.settings.wait,
+                        self.settings.pool_size,
+                    ));
                 }
                 Err(_) => {
                     self.shared.metrics.pool().budget_timeouts.inc();
                     return Err(PoolError::Exhausted(self.settings.wait, self.shared.budget));
                 }
             }
-            };
+        };
         // The cache applies its evictions in batches (every 64 inserts or
         // 300 ms), so a full cache would hold up to 64 pools more than its
         // capacity until then: evict now. After the connection is out, so

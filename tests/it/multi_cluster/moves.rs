@@ -421,3 +421,72 @@ async fn a_cancelled_move_leaves_the_tenant_where_it_was() {
     nothing_left(&fleet).await;
     running.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn draining_a_cluster_moves_every_tenant_off_it() {
+    let fleet = Fleet::create().await;
+    let running = fleet.serve().await;
+    let mut c = clients_at(&format!("http://{}", running.local_addr())).await;
+    let mut on_east = Vec::new();
+    for _ in 0..4 {
+        let t = create_on(&mut c, "east").await;
+        seed(&mut c, &t.id, 100).await;
+        on_east.push(t);
+    }
+    create_on(&mut c, "west").await;
+    let drain = pb::DrainClusterRequest {
+        name: "east".into(),
+    };
+    if managed_mode() {
+        let refused = c.clusters.drain_cluster(drain).await.unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert!(refused.message().contains("no open cluster"), "{refused:?}");
+        let east = c
+            .clusters
+            .get_cluster(pb::GetClusterRequest {
+                name: "east".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(east.state, pb::ClusterState::Open as i32, "nothing changed");
+        running.stop().await.unwrap();
+        return;
+    }
+    let drained = c.clusters.drain_cluster(drain).await.unwrap().into_inner();
+    assert_eq!(
+        drained.cluster.unwrap().state,
+        pb::ClusterState::Draining as i32
+    );
+    assert_eq!(drained.moves.len(), 4);
+    let mut landed = std::collections::HashMap::new();
+    for m in &drained.moves {
+        let done = wait_move(&mut c, &m.id).await;
+        assert_eq!(done.status, pb::MoveJobStatus::Succeeded as i32, "{done:?}");
+        *landed.entry(done.target).or_insert(0) += 1;
+    }
+    // As placement places: default (none yet) twice as often as west (one).
+    assert_eq!(landed.get("default"), Some(&3), "{landed:?}");
+    assert_eq!(landed.get("west"), Some(&1), "{landed:?}");
+    for t in &on_east {
+        let r = c
+            .data
+            .execute(read(&t.id, "SELECT count(*) FROM locations"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            matches!(r.rows[0].values[0].kind, Some(pb::value::Kind::Int64(100))),
+            "{}: {r:?}",
+            t.slug
+        );
+    }
+    c.clusters
+        .remove_cluster(pb::RemoveClusterRequest {
+            name: "east".into(),
+        })
+        .await
+        .expect("nothing left on east");
+    nothing_left(&fleet).await;
+    running.stop().await.unwrap();
+}
