@@ -333,6 +333,7 @@ impl Mover {
             flags.check()?;
             self.copy(m, &target, &names, flags).await?;
             self.catch_up(m, &source, &target, &names, flags).await?;
+            crate::crash::point("move.caught_up");
             let mut tries = 0;
             loop {
                 flags.check()?;
@@ -512,6 +513,7 @@ impl Mover {
             .context("read the copy's progress")?;
             self.phase(m, "copying", Some((total as i32, ready as i32)))
                 .await?;
+            crate::crash::point("move.copying");
             if total > 0 && ready == total {
                 return Ok(());
             }
@@ -578,6 +580,7 @@ impl Mover {
             .cutover_timeout
             .saturating_sub(started.elapsed());
         wait_for_marker(target, names, token, left, &flags).await?;
+        crate::crash::point("move.holding_writes");
         // Sequences: the source's values (INSERTs are held; see
         // SEQUENCE_MARGIN), continued on the target.
         let sequences: Vec<String> = sqlx::query_scalar(

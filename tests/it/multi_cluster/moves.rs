@@ -279,8 +279,10 @@ async fn a_move_that_cannot_be_made_is_refused_up_front() {
     running.stop().await.unwrap();
 }
 
-/// The binary dies before the switch (after the subscription) and after
-/// it: the next tenantd undoes and starts again, or only cleans up.
+/// The binary dies at each phase of a move — after the subscription,
+/// while copying, caught up, holding the writes, after the switch: the
+/// next tenantd undoes and starts again, or (after the switch) only
+/// cleans up.
 #[tokio::test]
 async fn a_move_killed_before_or_after_the_switch_is_finished_by_the_next_tenantd() {
     if managed_mode() {
@@ -295,7 +297,10 @@ async fn a_move_killed_before_or_after_the_switch_is_finished_by_the_next_tenant
     let secrets = fleet.secrets.path().to_str().unwrap().to_owned();
     for (point, to) in [
         ("move.after_subscribe", "west"),
-        ("move.after_switch", "east"),
+        ("move.copying", "east"),
+        ("move.caught_up", "west"),
+        ("move.holding_writes", "east"),
+        ("move.after_switch", "west"),
     ] {
         let mut dying = Tenantd::start_with_env(
             &database_url(&fleet.catalog),
