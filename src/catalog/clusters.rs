@@ -251,6 +251,21 @@ pub async fn delete(conn: &mut PgConnection, name: &ClusterName) -> Result<bool,
     Ok(done.rows_affected() == 1)
 }
 
+/// The clusters with a relation cap, and the cap.
+pub async fn relation_caps(
+    db: impl sqlx::PgExecutor<'_>,
+) -> Result<Vec<(ClusterName, i64)>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT name, max_relations FROM tenantd.clusters WHERE max_relations IS NOT NULL",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(n, cap)| (ClusterName::from_catalog(n), cap))
+        .collect())
+}
+
 /// Each cluster's name and registration time: a name registered again
 /// (removed, then added with another URL) has a new time.
 pub async fn generations(

@@ -245,17 +245,17 @@ impl Clusters {
     /// count. One query per capped cluster; none without caps.
     pub async fn count_relations(&self) -> Result<(), ClusterError> {
         let mut over = HashSet::new();
-        for record in self.list().await? {
-            let Some(cap) = record.limits.max_relations else {
-                continue;
-            };
-            let cluster = self.get(&record.name).await?;
+        let caps = registry::relation_caps(self.catalog())
+            .await
+            .map_err(ClusterError::db("read the relation caps"))?;
+        for (name, cap) in caps {
+            let cluster = self.get(&name).await?;
             let relations: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_catalog.pg_class")
                 .fetch_one(&cluster.admin)
                 .await
                 .map_err(ClusterError::db("count a cluster's relations"))?;
             if relations >= cap {
-                over.insert(record.name);
+                over.insert(name);
             }
         }
         if let Ok(mut s) = self.inner.over_relations.write() {

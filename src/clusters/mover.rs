@@ -1124,11 +1124,23 @@ impl Clusters {
         check_possible(&source, &destination)
             .await
             .map_err(|e| MoveError::Precondition(format!("{e:#}")))?;
+        self.queue_move(tenant, &t.placement, target, actor).await
+    }
+
+    /// Queues a move already checked, audited, and wakes this replica's
+    /// runner; Precondition when the tenant has a move under way.
+    async fn queue_move(
+        &self,
+        tenant: crate::domain::TenantId,
+        source: &crate::domain::ClusterName,
+        target: &crate::domain::ClusterName,
+        actor: &str,
+    ) -> Result<MoveRow, MoveError> {
         let mut tx = Audited::begin(self.catalog())
             .await
             .map_err(db("begin move"))?;
         let id = Uuid::now_v7();
-        let row = moves::insert(&mut tx, id, tenant, &t.placement, target, actor)
+        let row = moves::insert(&mut tx, id, tenant, source, target, actor)
             .await
             .map_err(db("queue the move"))?
             .ok_or_else(|| {
@@ -1138,7 +1150,7 @@ impl Clusters {
             actor,
             "tenant.move_requested",
             &format!("tenant:{tenant}"),
-            &json!({ "move_id": id, "from": t.placement.as_str(), "to": target.as_str() }),
+            &json!({ "move_id": id, "from": source.as_str(), "to": target.as_str() }),
         )
         .await
         .map_err(db("commit move"))?;
@@ -1265,12 +1277,13 @@ impl Clusters {
             };
             *count += 1;
             let target = target.name.clone();
+            // Checked above once per target, not again per tenant.
             match self
-                .request_move(crate::domain::TenantId::from_uuid(id), &target, actor)
+                .queue_move(crate::domain::TenantId::from_uuid(id), name, &target, actor)
                 .await
             {
                 Ok(m) => queued.push(m),
-                // Moved, purged or given a move meanwhile: nothing to queue.
+                // Given a move meanwhile: nothing to queue.
                 Err(MoveError::Precondition(_) | MoveError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }

@@ -72,6 +72,35 @@ fn servers() -> &'static [LocalCluster; 2] {
     })
 }
 
+/// CreateTenant on `cluster` (empty: where placement puts it).
+pub(crate) async fn try_create_on(
+    c: &mut crate::common::Clients,
+    cluster: &str,
+) -> Result<pb::Tenant, tonic::Status> {
+    let mut request = crate::common::new_tenant("placed");
+    request.cluster = cluster.to_owned();
+    c.tenants
+        .create_tenant(request)
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// [`try_create_on`], which must succeed.
+pub(crate) async fn create_on(c: &mut crate::common::Clients, cluster: &str) -> pb::Tenant {
+    try_create_on(c, cluster).await.expect("CreateTenant")
+}
+
+/// GetTenant by id.
+pub(crate) async fn tenant_of(c: &mut crate::common::Clients, id: &str) -> pb::Tenant {
+    c.tenants
+        .get_tenant(pb::GetTenantRequest {
+            selector: Some(pb::get_tenant_request::Selector::Id(id.to_owned())),
+        })
+        .await
+        .expect("GetTenant")
+        .into_inner()
+}
+
 /// One test's database on one of the servers, and tenantd's role there.
 pub(crate) struct Remote {
     pub(crate) cluster: &'static str,

@@ -12,17 +12,11 @@ use std::time::Duration;
 use tenantd::pb;
 use tonic::Code;
 
-use super::{Fleet, Remote};
+use super::{Fleet, Remote, create_on, tenant_of};
 use crate::common::binary::Tenantd;
 use crate::common::data::{exec, read};
 use crate::common::fleet::eventually;
-use crate::common::{Clients, TestServer, clients_at, database_url, managed_mode, new_tenant};
-
-async fn create_on(c: &mut Clients, cluster: &str) -> pb::Tenant {
-    let mut request = new_tenant("moved");
-    request.cluster = cluster.to_owned();
-    c.tenants.create_tenant(request).await.unwrap().into_inner()
-}
+use crate::common::{Clients, TestServer, clients_at, database_url, managed_mode};
 
 fn text(s: &str) -> pb::Value {
     pb::Value {
@@ -196,14 +190,7 @@ async fn a_tenant_moves_under_write_load_and_loses_no_acknowledged_write() {
         done.attempts
     );
 
-    let got = c
-        .tenants
-        .get_tenant(pb::GetTenantRequest {
-            selector: Some(pb::get_tenant_request::Selector::Id(t.id.clone())),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = tenant_of(&mut c, &t.id).await;
     assert_eq!(got.cluster, "west");
     let on_west = names_on(&fleet.remotes[1], &t.schema_name).await;
     assert_eq!(on_west.len(), 5000 + acked.len(), "every row, once");
@@ -335,14 +322,7 @@ async fn a_move_killed_before_or_after_the_switch_is_finished_by_the_next_tenant
             "{point}: {done:?}"
         );
         assert!(done.attempts >= 2, "{point}: taken over: {done:?}");
-        let got = n
-            .tenants
-            .get_tenant(pb::GetTenantRequest {
-                selector: Some(pb::get_tenant_request::Selector::Id(t.id.clone())),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let got = tenant_of(&mut n, &t.id).await;
         assert_eq!(got.cluster, to, "{point}");
         let r = n
             .data

@@ -7,17 +7,8 @@ use std::collections::HashMap;
 use tenantd::pb;
 use tonic::Code;
 
-use super::Fleet;
-use crate::common::{Clients, clients_at, new_tenant};
-
-async fn create_on(c: &mut Clients, cluster: &str) -> Result<pb::Tenant, tonic::Status> {
-    let mut request = new_tenant("placed");
-    request.cluster = cluster.to_owned();
-    c.tenants
-        .create_tenant(request)
-        .await
-        .map(|r| r.into_inner())
-}
+use super::{Fleet, tenant_of, try_create_on};
+use crate::common::{Clients, clients_at};
 
 async fn set(c: &mut Clients, request: pb::UpdateClusterRequest) -> pb::Cluster {
     c.clusters
@@ -69,7 +60,7 @@ async fn tenants_land_where_named_or_where_the_policy_says() {
     );
 
     // By name: the role and schema are there, and nowhere else.
-    let on_east = create_on(&mut c, "east").await.unwrap();
+    let on_east = try_create_on(&mut c, "east").await.unwrap();
     assert_eq!(on_east.cluster, "east");
     assert_eq!(
         fleet.remotes[0].holds(&on_east.schema_name).await,
@@ -90,19 +81,12 @@ async fn tenants_land_where_named_or_where_the_policy_says() {
         !in_catalog_db,
         "the schema is not in the catalog's database"
     );
-    let got = c
-        .tenants
-        .get_tenant(pb::GetTenantRequest {
-            selector: Some(pb::get_tenant_request::Selector::Id(on_east.id.clone())),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = tenant_of(&mut c, &on_east.id).await;
     assert_eq!(got.cluster, "east");
 
     // By policy: the fewest tenants per unit of weight, so the three even out.
     for _ in 0..8 {
-        create_on(&mut c, "").await.unwrap();
+        try_create_on(&mut c, "").await.unwrap();
     }
     let n = counts(&mut c).await;
     assert_eq!(n.values().sum::<i64>(), 9, "{n:?}");
@@ -119,7 +103,7 @@ async fn tenants_land_where_named_or_where_the_policy_says() {
     )
     .await;
     for _ in 0..12 {
-        create_on(&mut c, "").await.unwrap();
+        try_create_on(&mut c, "").await.unwrap();
     }
     // One at a time, so the order is fixed (ties go by name): west takes
     // 7 of the 12 where an even share would give it 4.
@@ -130,10 +114,10 @@ async fn tenants_land_where_named_or_where_the_policy_says() {
     set(&mut c, state("default", pb::ClusterState::Closed)).await;
     set(&mut c, state("east", pb::ClusterState::Draining)).await;
     for _ in 0..3 {
-        assert_eq!(create_on(&mut c, "").await.unwrap().cluster, "west");
+        assert_eq!(try_create_on(&mut c, "").await.unwrap().cluster, "west");
     }
     for (name, word) in [("default", "closed"), ("east", "draining")] {
-        let refused = create_on(&mut c, name).await.unwrap_err();
+        let refused = try_create_on(&mut c, name).await.unwrap_err();
         assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
         assert!(refused.message().contains(word), "{refused:?}");
     }
@@ -149,10 +133,10 @@ async fn tenants_land_where_named_or_where_the_policy_says() {
     )
     .await;
     assert_eq!((west.tenants, west.max_tenants), (13, 13));
-    let full = create_on(&mut c, "west").await.unwrap_err();
+    let full = try_create_on(&mut c, "west").await.unwrap_err();
     assert_eq!(full.code(), Code::FailedPrecondition);
     assert!(full.message().contains("max_tenants"), "{full:?}");
-    let nowhere = create_on(&mut c, "").await.unwrap_err();
+    let nowhere = try_create_on(&mut c, "").await.unwrap_err();
     assert_eq!(nowhere.code(), Code::FailedPrecondition);
     assert!(nowhere.message().contains("no open cluster"), "{nowhere:?}");
     // Lifting the cap (0) opens it again.
@@ -165,7 +149,7 @@ async fn tenants_land_where_named_or_where_the_policy_says() {
         },
     )
     .await;
-    assert_eq!(create_on(&mut c, "").await.unwrap().cluster, "west");
+    assert_eq!(try_create_on(&mut c, "").await.unwrap().cluster, "west");
 
     // Names that are no cluster.
     for (name, code) in [
@@ -174,7 +158,7 @@ async fn tenants_land_where_named_or_where_the_policy_says() {
         ("../east", Code::InvalidArgument),
         ("east ", Code::InvalidArgument),
     ] {
-        let refused = create_on(&mut c, name).await.unwrap_err();
+        let refused = try_create_on(&mut c, name).await.unwrap_err();
         assert_eq!(refused.code(), code, "{name:?}: {refused:?}");
         assert!(refused.message().contains("cluster"), "{refused:?}");
     }
@@ -203,7 +187,7 @@ async fn a_cap_holds_under_concurrent_creates() {
         let endpoint = endpoint.clone();
         async move {
             let mut c = clients_at(&endpoint).await;
-            create_on(&mut c, "").await
+            try_create_on(&mut c, "").await
         }
     });
     let results = futures::future::join_all(attempts).await;
@@ -221,7 +205,7 @@ async fn a_relation_cap_keeps_new_tenants_off_a_full_database() {
     let fleet = Fleet::create().await;
     let running = fleet.serve().await;
     let mut c = clients_at(&format!("http://{}", running.local_addr())).await;
-    create_on(&mut c, "east").await.unwrap();
+    try_create_on(&mut c, "east").await.unwrap();
     // Any database holds hundreds of catalog relations: 10 is long past.
     set(
         &mut c,
@@ -232,12 +216,12 @@ async fn a_relation_cap_keeps_new_tenants_off_a_full_database() {
         },
     )
     .await;
-    let refused = create_on(&mut c, "east").await.unwrap_err();
+    let refused = try_create_on(&mut c, "east").await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(refused.message().contains("max_relations"), "{refused:?}");
     // Unnamed creates go elsewhere.
     for _ in 0..4 {
-        assert_ne!(create_on(&mut c, "").await.unwrap().cluster, "east");
+        assert_ne!(try_create_on(&mut c, "").await.unwrap().cluster, "east");
     }
     running.stop().await.unwrap();
 }
@@ -404,7 +388,7 @@ async fn add_cluster_checks_what_it_is_given_and_finds() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    let tenant = create_on(&mut c, "east").await.unwrap();
+    let tenant = try_create_on(&mut c, "east").await.unwrap();
     let e = c
         .clusters
         .remove_cluster(pb::RemoveClusterRequest {

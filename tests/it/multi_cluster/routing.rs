@@ -8,20 +8,10 @@ use std::time::Duration;
 use tenantd::pb;
 use tonic::Code;
 
-use super::Fleet;
+use super::{Fleet, create_on, tenant_of};
 use crate::common::data::{exec, read};
 use crate::common::fleet::{self as upgrades, eventually, migrations, path};
-use crate::common::{Clients, TestServer, clients_at, lifecycle, new_tenant};
-
-async fn create_on(c: &mut Clients, cluster: &str) -> pb::Tenant {
-    let mut request = new_tenant("routed");
-    request.cluster = cluster.to_owned();
-    c.tenants
-        .create_tenant(request)
-        .await
-        .expect("CreateTenant")
-        .into_inner()
-}
+use crate::common::{TestServer, clients_at, lifecycle};
 
 fn count_of(r: &pb::ExecuteResponse) -> i64 {
     match r.rows[0].values[0].kind {
@@ -175,14 +165,7 @@ async fn an_unreachable_cluster_fails_only_its_tenants() {
         .await
         .expect("a tenant on another cluster is served");
     // The east tenant was left as it was.
-    let t = c
-        .tenants
-        .get_tenant(pb::GetTenantRequest {
-            selector: Some(pb::get_tenant_request::Selector::Id(on_east.id.clone())),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let t = tenant_of(&mut c, &on_east.id).await;
     assert_eq!(t.status, pb::TenantStatus::Active as i32);
     b.stop().await.unwrap();
 }
