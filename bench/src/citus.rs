@@ -16,7 +16,13 @@
 //!    move: its time and the write pause — the longest gap between
 //!    consecutive acknowledged writes (all writers merged) that touches the
 //!    move's window. Every call must succeed and every acknowledged write be
-//!    there at the end. Next to it the offline move of the same tenant:
+//!    there at the end. Interleaved with them (ABBA), on the plain side,
+//!    tenantd's own moves between clusters: worker-1's and worker-2's
+//!    servers registered as clusters `east` and `west` (plain databases of
+//!    their own), a tenant of as many rows with eight writers of its own,
+//!    and as many TenantService MoveTenant jobs between them, each polled
+//!    with GetMove — the same two servers Citus moves between, measured the
+//!    same way. Next to it the offline move of the Citus tenant:
 //!    `pg_dump -n <schema> -Fc` from the coordinator piped into
 //!    `pg_restore` into a fresh plain database — the write pause an offline
 //!    move imposes.
@@ -345,6 +351,10 @@ struct Databases {
     citus: String,
     plain: String,
     offline: String,
+    /// Plain databases on worker-1 and worker-2, registered with the plain
+    /// side's tenantd as clusters `east` and `west`.
+    east: String,
+    west: String,
 }
 
 impl Databases {
@@ -354,6 +364,8 @@ impl Databases {
             citus: format!("{base}_citus"),
             plain: format!("{base}_plain"),
             offline: format!("{base}_offline"),
+            east: format!("{base}_east"),
+            west: format!("{base}_west"),
         };
         let made = dbs.make(nodes).await;
         if let Err(e) = made {
@@ -373,13 +385,16 @@ impl Databases {
                 .execute(&mut admin)
                 .await
                 .with_context(|| format!("create {} on the {}", self.citus, node_name))?;
-            if node == 0 {
-                for name in [&self.plain, &self.offline] {
-                    sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
-                        .execute(&mut admin)
-                        .await
-                        .with_context(|| format!("create {name}"))?;
-                }
+            let own: &[&String] = match node {
+                0 => &[&self.plain, &self.offline],
+                1 => &[&self.east],
+                _ => &[&self.west],
+            };
+            for name in own {
+                sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+                    .execute(&mut admin)
+                    .await
+                    .with_context(|| format!("create {name}"))?;
             }
             let _ = admin.close().await;
             let mut db = nodes.connect(node, &self.citus).await?;
@@ -404,8 +419,9 @@ impl Databases {
         }
         let _ = coordinator.close().await;
         eprintln!(
-            "tenantd-bench: databases {} (Citus, 3 nodes), {} and {} (plain, coordinator)",
-            self.citus, self.plain, self.offline
+            "tenantd-bench: databases {} (Citus, 3 nodes), {} and {} (plain, coordinator), \
+             {} and {} (plain, worker-1 and worker-2: clusters east and west)",
+            self.citus, self.plain, self.offline, self.east, self.west
         );
         Ok(())
     }
@@ -422,7 +438,13 @@ impl Databases {
         }
         for (node, node_name) in NODE_NAMES.into_iter().enumerate() {
             let mut admin = nodes.connect(node, "postgres").await?;
-            for name in [&self.citus, &self.plain, &self.offline] {
+            for name in [
+                &self.citus,
+                &self.plain,
+                &self.offline,
+                &self.east,
+                &self.west,
+            ] {
                 sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                     .execute(&mut admin)
                     .await
@@ -481,7 +503,10 @@ struct Results {
     /// The fleet upgrade per side: from the run's creation to its end.
     upgrade: Vec<(Side, Duration)>,
     execute: Vec<(Side, usize, CallStats)>,
+    /// Citus's moves between its workers (and the offline move).
     moves: Moves,
+    /// tenantd's moves between two plain clusters on the same servers.
+    cluster_moves: Moves,
 }
 
 /// The moves under write load and the offline move.
@@ -509,6 +534,9 @@ struct Move {
     /// The move itself as the job recorded it (started_at to finished_at).
     moving: Duration,
     pause: Duration,
+    /// Cluster moves: how long the switch held the writes, as the job
+    /// recorded it.
+    held: Option<Duration>,
 }
 
 async fn run_phases(
@@ -572,13 +600,12 @@ async fn run_phases(
     // tenantd again with one more tenant migration: the fleet upgrade, then
     // (on Citus) the moves.
     let mut upgrade = Vec::new();
-    let mut moves = None;
     for (side, fleet, _) in &fleets {
         let (url, tag) = match side {
             Side::Citus => (&citus_url, format!("{}-v2", dbs.citus)),
             Side::Plain => (&plain_url, format!("{}-v2", dbs.plain)),
         };
-        let (took, moved) = TenantdServer::serve(tenantd_bin, url, &tag, &v2, async |server| {
+        let took = TenantdServer::serve(tenantd_bin, url, &tag, &v2, async |server| {
             let mut client = MigrationServiceClient::new(server.connect().await?);
             let run = upgrade_fleet(&mut client, fleet, args.connections).await?;
             println!(
@@ -590,18 +617,32 @@ async fn run_phases(
                 run.wall.as_secs_f64(),
                 fleet.len() as f64 / run.elapsed.as_secs_f64()
             );
-            let moved = match side {
-                Side::Citus => Some(move_phase(args, bin_dir, nodes, dbs, server).await?),
-                Side::Plain => None,
-            };
-            Ok((run.elapsed, moved))
+            Ok(run.elapsed)
         })
         .await?;
         upgrade.push((*side, took));
-        if moved.is_some() {
-            moves = moved;
-        }
     }
+    // The moves: Citus's between its workers, and tenantd's own between
+    // two plain clusters on the same two servers, interleaved.
+    let grace = [OsStr::new("--move-source-grace"), OsStr::new("0s")];
+    let v2_moves: Vec<&OsStr> = v2.iter().chain(&grace).copied().collect();
+    let (moves, cluster_moves) = TenantdServer::serve(
+        tenantd_bin,
+        &citus_url,
+        &format!("{}-moves", dbs.citus),
+        &v2,
+        async |citus| {
+            TenantdServer::serve(
+                tenantd_bin,
+                &plain_url,
+                &format!("{}-moves", dbs.plain),
+                &v2_moves,
+                async |plain| move_phases(args, bin_dir, nodes, dbs, citus, plain).await,
+            )
+            .await
+        },
+    )
+    .await?;
     Ok(Results {
         version,
         citus_version,
@@ -610,7 +651,8 @@ async fn run_phases(
         fleet: fleets.iter().map(|(s, _, took)| (*s, *took)).collect(),
         upgrade,
         execute,
-        moves: moves.context("the Citus side made no moves")?,
+        moves,
+        cluster_moves,
     })
 }
 
@@ -723,7 +765,7 @@ async fn execute_phases(
             Side::Citus => &dbs.citus,
             Side::Plain => &dbs.plain,
         };
-        fill(nodes, db, id, u64::from(args.select_rows)).await?;
+        fill(nodes, 0, db, id, u64::from(args.select_rows)).await?;
         tenants_of.push(id);
     }
     let mut latencies: Vec<Vec<Duration>> = vec![Vec::new(); 2 * args.clients.len()];
@@ -772,9 +814,15 @@ async fn execute_phases(
 
 /// `rows` customers `bulk-1`… written into the tenant's schema by the
 /// superuser, then analyzed.
-async fn fill(nodes: &Nodes, db: &str, tenant: TenantId, rows: u64) -> anyhow::Result<()> {
+async fn fill(
+    nodes: &Nodes,
+    node: usize,
+    db: &str,
+    tenant: TenantId,
+    rows: u64,
+) -> anyhow::Result<()> {
     let s = tenant.schema_name().quoted();
-    let mut conn = nodes.connect(0, db).await?;
+    let mut conn = nodes.connect(node, db).await?;
     // The schema comes from the tenant id, the count is a number.
     sqlx::raw_sql(&format!(
         "INSERT INTO {s}.customers (code, name) \
@@ -860,174 +908,409 @@ fn text(s: &str) -> pb::Value {
     }
 }
 
-/// The moves under write load, then the offline move of the same tenant.
-async fn move_phase(
+/// The two clusters the plain side's tenant moves between: worker-1's and
+/// worker-2's plain databases.
+const CLUSTERS: [&str; 2] = ["east", "west"];
+
+/// One kind of move, with its loaded tenant and writers.
+struct MoveSide {
+    label: &'static str,
+    tenant: TenantId,
+    tenants: TenantServiceClient<Authed>,
+    /// Citus moves go through ClusterService (MoveTenant to a node).
+    citus: Option<ClusterServiceClient<Authed>>,
+    writers: Option<Writers>,
+    size: String,
+    windows: Vec<(Instant, Instant)>,
+    moved: Vec<Done>,
+}
+
+/// One move done: from, to, MoveTenant to the end seen, the job's own
+/// time, and (cluster moves) how long the job says the switch held writes.
+struct Done {
+    from: String,
+    to: String,
+    sent: Instant,
+    ended: Instant,
+    moving: Duration,
+    held: Option<Duration>,
+}
+
+impl MoveSide {
+    /// The next move: to the other worker (Citus) or the other cluster.
+    async fn move_once(&mut self, nodes: &Nodes, dbs: &Databases) -> anyhow::Result<Done> {
+        let placed = self
+            .tenants
+            .get_tenant(pb::GetTenantRequest {
+                selector: Some(pb::get_tenant_request::Selector::Id(
+                    self.tenant.to_string(),
+                )),
+            })
+            .await
+            .map_err(status)
+            .context("GetTenant")?
+            .into_inner();
+        let Some(clusters) = self.citus.as_mut() else {
+            let from = placed.cluster;
+            let to = if from == CLUSTERS[0] {
+                CLUSTERS[1]
+            } else {
+                CLUSTERS[0]
+            };
+            eprintln!("tenantd-bench: cluster move: {from} -> {to}");
+            let sent = Instant::now();
+            let job = self
+                .tenants
+                .move_tenant(pb::MoveTenantToClusterRequest {
+                    tenant_id: self.tenant.to_string(),
+                    cluster: to.to_owned(),
+                })
+                .await
+                .map_err(status)
+                .context("MoveTenant to a cluster")?
+                .into_inner();
+            let job = wait_move(&mut self.tenants, &job.id).await?;
+            let ended = Instant::now();
+            ensure!(
+                job.status == pb::MoveJobStatus::Succeeded as i32,
+                "move {} ended {:?}: {}",
+                job.id,
+                pb::MoveJobStatus::try_from(job.status),
+                job.error
+            );
+            let moving = between(job.started_at.as_ref(), job.finished_at.as_ref());
+            let held = Duration::from_millis(u64::try_from(job.pause_ms).unwrap_or(0));
+            eprintln!(
+                "tenantd-bench: moved in {:.2} s, writes held {} ms by the switch",
+                moving.as_secs_f64(),
+                job.pause_ms
+            );
+            return Ok(Done {
+                from,
+                to: to.to_owned(),
+                sent,
+                ended,
+                moving,
+                held: Some(held),
+            });
+        };
+        let from = placed.node;
+        let to = if from == nodes.name(1) {
+            nodes.name(2)
+        } else {
+            nodes.name(1)
+        };
+        // What Citus's maintenance daemon does in its own time: the
+        // placements earlier moves left behind, removed before the tenant
+        // moves back onto their node.
+        cleanup_orphans(nodes, dbs).await?;
+        eprintln!("tenantd-bench: Citus move: {from} -> {to}");
+        let sent = Instant::now();
+        let job = clusters
+            .move_tenant(pb::MoveTenantRequest {
+                tenant_id: self.tenant.to_string(),
+                node: to.clone(),
+            })
+            .await
+            .map_err(status)
+            .context("MoveTenant")?
+            .into_inner();
+        let job = wait_job(clusters, &job.id).await?;
+        let ended = Instant::now();
+        if job.status != pb::ClusterJobStatus::Succeeded as i32 {
+            bail!(
+                "move job {} ended {:?}: {} {:?}",
+                job.id,
+                pb::ClusterJobStatus::try_from(job.status),
+                job.error,
+                job.moves.first().map(|m| &m.error)
+            );
+        }
+        let moving = job.moves.first().map_or(Duration::ZERO, |m| {
+            between(m.started_at.as_ref(), m.finished_at.as_ref())
+        });
+        eprintln!("tenantd-bench: moved in {:.2} s", moving.as_secs_f64());
+        Ok(Done {
+            from,
+            to,
+            sent,
+            ended,
+            moving,
+            held: None,
+        })
+    }
+
+    /// Stops the writers, checks that every acknowledged write is in the
+    /// tenant's table at `node`'s `db`, and sums the moves up.
+    async fn finish(
+        mut self,
+        nodes: &Nodes,
+        node: usize,
+        db: &str,
+        load: Duration,
+    ) -> anyhow::Result<Moves> {
+        let writers = self.writers.take().context("writers started")?;
+        let (mut acked, failed) = writers.stop().await?;
+        acked.sort_unstable_by_key(|(_, at)| *at);
+        let times: Vec<Instant> = acked.iter().map(|(_, at)| *at).collect();
+        let each: Vec<Move> = self
+            .moved
+            .iter()
+            .map(|d| Move {
+                from: d.from.clone(),
+                to: d.to.clone(),
+                wall: d.ended - d.sent,
+                moving: d.moving,
+                pause: longest_gap(&times, d.sent, d.ended),
+                held: d.held,
+            })
+            .collect();
+        let windows = &self.windows;
+        let quiet_gap = times
+            .windows(2)
+            .filter(|w| {
+                windows
+                    .iter()
+                    .all(|&(start, end)| w[1] < start || w[0] > end)
+            })
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default();
+        let codes: Vec<String> = acked.into_iter().map(|(code, _)| code).collect();
+        let s = self.tenant.schema_name().quoted();
+        let mut conn = nodes.connect(node, db).await?;
+        let found: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {s}.customers WHERE code = ANY($1)"
+        ))
+        .bind(&codes)
+        .fetch_one(&mut conn)
+        .await
+        .context("count the acknowledged writes")?;
+        let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {s}.customers"))
+            .fetch_one(&mut conn)
+            .await
+            .context("count the tenant's customers")?;
+        let _ = conn.close().await;
+        let lost = codes.len() as i64 - found;
+        println!(
+            "{} moves: {} writes acknowledged ({:.0}/s), {} failed calls, {} acknowledged writes missing",
+            self.label,
+            codes.len(),
+            codes.len() as f64 / load.as_secs_f64(),
+            failed.len(),
+            lost
+        );
+        ensure!(
+            lost == 0,
+            "{}: {lost} of {} acknowledged writes are missing after the moves",
+            self.label,
+            codes.len()
+        );
+        Ok(Moves {
+            each,
+            writes: codes.len(),
+            failed: failed.len(),
+            first_failure: failed.into_iter().next(),
+            write_rate: codes.len() as f64 / load.as_secs_f64(),
+            quiet_gap,
+            rows,
+            size: self.size,
+            offline: Duration::ZERO,
+        })
+    }
+}
+
+/// The moves under write load, Citus's and tenantd's own between clusters
+/// interleaved (ABBA) with both tenants' writers running throughout, then
+/// the offline move of the Citus tenant.
+async fn move_phases(
     args: &CitusArgs,
     bin_dir: &Path,
     nodes: &Nodes,
     dbs: &Databases,
-    server: &TenantdServer,
-) -> anyhow::Result<Moves> {
-    let (ids, _) = tenants::create(server, "moved", 1, 1).await?;
-    let tenant = ids[0];
-    let schema = tenant.schema_name();
-    eprintln!(
-        "tenantd-bench: writing {} customers into the moved tenant {}",
-        args.rows,
-        schema.as_str()
-    );
-    let filled = Instant::now();
-    fill(nodes, &dbs.citus, tenant, args.rows).await?;
-    eprintln!(
-        "tenantd-bench: written in {:.1} s",
-        filled.elapsed().as_secs_f64()
-    );
-    let size = schema_size(nodes, dbs, schema.as_str()).await?;
-    eprintln!("tenantd-bench: the tenant's tables take {size} on its worker");
+    citus: &TenantdServer,
+    plain: &TenantdServer,
+) -> anyhow::Result<(Moves, Moves)> {
+    // The plain side's clusters: worker-1's and worker-2's servers, as
+    // Citus moves between them.
+    let mut registry = ClusterServiceClient::new(plain.connect().await?);
+    for (cluster, (node, db)) in CLUSTERS.into_iter().zip([(1, &dbs.east), (2, &dbs.west)]) {
+        registry
+            .add_cluster(pb::AddClusterRequest {
+                name: cluster.to_owned(),
+                url: format!(
+                    "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
+                    nodes.ports[node]
+                ),
+                ..Default::default()
+            })
+            .await
+            .map_err(status)
+            .with_context(|| format!("AddCluster {cluster}"))?;
+    }
 
-    let mut clusters = ClusterServiceClient::new(server.connect().await?);
-    let mut tenants_client = TenantServiceClient::new(server.connect().await?);
-    let writers = Writers::start(server, tenant).await?;
+    let (ids, _) = tenants::create(citus, "moved", 1, 1).await?;
+    let on_citus = ids[0];
+    let mut request = tenants::request("moved-cluster".to_owned());
+    request.cluster = CLUSTERS[0].to_owned();
+    let mut plain_tenants = TenantServiceClient::new(plain.connect().await?);
+    let on_east = tenants::create_one(&mut plain_tenants, request).await?;
+    let on_east = TenantId::parse("id", &on_east.id)
+        .map_err(|e| anyhow::anyhow!("CreateTenant returned id: {e:?}"))?;
+    for (tenant, node, db) in [(on_citus, 0, &dbs.citus), (on_east, 1, &dbs.east)] {
+        eprintln!(
+            "tenantd-bench: writing {} customers into the moved tenant {}",
+            args.rows,
+            tenant.schema_name().as_str()
+        );
+        let filled = Instant::now();
+        fill(nodes, node, db, tenant, args.rows).await?;
+        eprintln!(
+            "tenantd-bench: written in {:.1} s",
+            filled.elapsed().as_secs_f64()
+        );
+    }
+    let citus_size = schema_size(nodes, dbs, on_citus.schema_name().as_str()).await?;
+    let east_size = plain_schema_size(nodes, 1, &dbs.east, on_east).await?;
+    eprintln!(
+        "tenantd-bench: the tenants' tables take {citus_size} (Citus) and {east_size} (east)"
+    );
+
+    let mut sides = [
+        MoveSide {
+            label: "citus",
+            tenant: on_citus,
+            tenants: TenantServiceClient::new(citus.connect().await?),
+            citus: Some(ClusterServiceClient::new(citus.connect().await?)),
+            writers: Some(Writers::start(citus, on_citus).await?),
+            size: citus_size,
+            windows: Vec::new(),
+            moved: Vec::new(),
+        },
+        MoveSide {
+            label: "clusters",
+            tenant: on_east,
+            tenants: plain_tenants,
+            citus: None,
+            writers: Some(Writers::start(plain, on_east).await?),
+            size: east_size,
+            windows: Vec::new(),
+            moved: Vec::new(),
+        },
+    ];
     let load_start = Instant::now();
     tokio::time::sleep(SETTLE).await;
-    let mut windows = Vec::new();
-    let mut moved = Vec::new();
-    let mut ran: anyhow::Result<()> = Ok(());
-    for i in 0..args.moves {
-        let one = async {
-            let from = node_of(&mut tenants_client, tenant).await?;
-            let to = if from == nodes.name(1) {
-                nodes.name(2)
-            } else {
-                nodes.name(1)
-            };
-            // What Citus's maintenance daemon does in its own time: the
-            // placements earlier moves left behind, removed before the
-            // tenant moves back onto their node.
-            cleanup_orphans(nodes, dbs).await?;
+    let mut ran = Ok(());
+    'moves: for i in 0..args.moves {
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for s in order {
             eprintln!(
-                "tenantd-bench: move {}/{}: {from} -> {to}",
+                "tenantd-bench: move {}/{} ({})",
                 i + 1,
-                args.moves
+                args.moves,
+                sides[s].label
             );
-            let sent = Instant::now();
-            let job = clusters
-                .move_tenant(pb::MoveTenantRequest {
-                    tenant_id: tenant.to_string(),
-                    node: to.clone(),
-                })
-                .await
-                .map_err(status)
-                .context("MoveTenant")?
-                .into_inner();
-            let job = wait_job(&mut clusters, &job.id).await?;
-            let ended = Instant::now();
-            if job.status != pb::ClusterJobStatus::Succeeded as i32 {
-                bail!(
-                    "move job {} ended {:?}: {} {:?}",
-                    job.id,
-                    pb::ClusterJobStatus::try_from(job.status),
-                    job.error,
-                    job.moves.first().map(|m| &m.error)
-                );
+            match sides[s].move_once(nodes, dbs).await {
+                Ok(done) => {
+                    sides[s].windows.push((done.sent, done.ended));
+                    sides[s].moved.push(done);
+                }
+                Err(e) => {
+                    ran = Err(e);
+                    break 'moves;
+                }
             }
-            let moving = job
-                .moves
-                .first()
-                .and_then(|m| {
-                    Some(seconds(m.finished_at.as_ref()?) - seconds(m.started_at.as_ref()?))
-                })
-                .map_or(Duration::ZERO, |s| Duration::from_secs_f64(s.max(0.0)));
-            let now = node_of(&mut tenants_client, tenant).await?;
-            ensure!(now == to, "after the move the tenant is on {now}, not {to}");
-            eprintln!(
-                "tenantd-bench: moved in {:.2} s ({:.2} s seen from here)",
-                moving.as_secs_f64(),
-                (ended - sent).as_secs_f64()
-            );
-            anyhow::Ok((from, to, sent, ended, moving))
-        };
-        match one.await {
-            Ok((from, to, sent, ended, moving)) => {
-                windows.push((sent, ended));
-                moved.push((from, to, ended - sent, moving));
-            }
-            Err(e) => {
-                ran = Err(e);
-                break;
-            }
+            tokio::time::sleep(SETTLE).await;
         }
-        tokio::time::sleep(SETTLE).await;
     }
-    let (mut acked, failed) = writers.stop().await?;
     let load = load_start.elapsed();
+    let [citus_side, cluster_side] = sides;
+    let final_cluster = cluster_side.moved.last().map_or(CLUSTERS[0], |d| {
+        if d.to == CLUSTERS[1] {
+            CLUSTERS[1]
+        } else {
+            CLUSTERS[0]
+        }
+    });
+    let (node, db) = if final_cluster == CLUSTERS[0] {
+        (1, &dbs.east)
+    } else {
+        (2, &dbs.west)
+    };
+    let citus_moves = citus_side.finish(nodes, 0, &dbs.citus, load).await;
+    let cluster_moves = cluster_side.finish(nodes, node, db, load).await;
     ran?;
-    acked.sort_unstable_by_key(|(_, at)| *at);
-    let times: Vec<Instant> = acked.iter().map(|(_, at)| *at).collect();
-    let each: Vec<Move> = moved
-        .into_iter()
-        .zip(&windows)
-        .map(|((from, to, wall, moving), &(start, end))| Move {
-            from,
-            to,
-            wall,
-            moving,
-            pause: longest_gap(&times, start, end),
-        })
-        .collect();
-    let quiet_gap = times
-        .windows(2)
-        .filter(|w| {
-            windows
-                .iter()
-                .all(|&(start, end)| w[1] < start || w[0] > end)
-        })
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or_default();
+    let mut citus_moves = citus_moves?;
+    let cluster_moves = cluster_moves?;
+    citus_moves.offline = offline_move(
+        bin_dir,
+        nodes,
+        dbs,
+        on_citus.schema_name().as_str(),
+        citus_moves.rows,
+    )
+    .await?;
+    Ok((citus_moves, cluster_moves))
+}
 
-    // Every acknowledged write is there.
-    let codes: Vec<String> = acked.into_iter().map(|(code, _)| code).collect();
-    let s = schema.quoted();
-    let mut conn = nodes.connect(0, &dbs.citus).await?;
-    let found: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM {s}.customers WHERE code = ANY($1)"
-    ))
-    .bind(&codes)
+/// From `start` to `end` of a job, zero when either is missing.
+fn between(
+    start: Option<&prost_types::Timestamp>,
+    end: Option<&prost_types::Timestamp>,
+) -> Duration {
+    match (start, end) {
+        (Some(s), Some(e)) => Duration::from_secs_f64((seconds(e) - seconds(s)).max(0.0)),
+        _ => Duration::ZERO,
+    }
+}
+
+/// Polls a cluster move until it ends.
+async fn wait_move(
+    client: &mut TenantServiceClient<Authed>,
+    id: &str,
+) -> anyhow::Result<pb::TenantClusterMove> {
+    let deadline = Instant::now() + JOB_WAIT;
+    loop {
+        let job = client
+            .get_move(pb::TenantMoveRequest { id: id.into() })
+            .await
+            .map_err(status)
+            .context("GetMove")?
+            .into_inner();
+        if matches!(
+            pb::MoveJobStatus::try_from(job.status),
+            Ok(pb::MoveJobStatus::Succeeded
+                | pb::MoveJobStatus::Failed
+                | pb::MoveJobStatus::Cancelled)
+        ) {
+            return Ok(job);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "move {id} did not end within {JOB_WAIT:?}"
+        );
+        tokio::time::sleep(JOB_POLL).await;
+    }
+}
+
+/// The size of a tenant's tables (with indexes) on a plain database.
+async fn plain_schema_size(
+    nodes: &Nodes,
+    node: usize,
+    db: &str,
+    tenant: TenantId,
+) -> anyhow::Result<String> {
+    let mut conn = nodes.connect(node, db).await?;
+    let size: String = sqlx::query_scalar(
+        "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_class c \
+           JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'",
+    )
+    .bind(tenant.schema_name().as_str())
     .fetch_one(&mut conn)
     .await
-    .context("count the acknowledged writes")?;
-    let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {s}.customers"))
-        .fetch_one(&mut conn)
-        .await
-        .context("count the tenant's customers")?;
+    .context("read the tenant's size")?;
     let _ = conn.close().await;
-    let lost = codes.len() as i64 - found;
-    println!(
-        "citus  moves: {} writes acknowledged ({:.0}/s), {} failed calls, {} acknowledged writes missing",
-        codes.len(),
-        codes.len() as f64 / load.as_secs_f64(),
-        failed.len(),
-        lost
-    );
-    ensure!(
-        lost == 0,
-        "{lost} of {} acknowledged writes are missing after the moves",
-        codes.len()
-    );
-
-    let offline = offline_move(bin_dir, nodes, dbs, schema.as_str(), rows).await?;
-    Ok(Moves {
-        each,
-        writes: codes.len(),
-        failed: failed.len(),
-        first_failure: failed.into_iter().next(),
-        write_rate: codes.len() as f64 / load.as_secs_f64(),
-        quiet_gap,
-        rows,
-        size,
-        offline,
-    })
+    Ok(size)
 }
 
 /// The longest gap between consecutive acknowledgements (sorted) that
@@ -1040,21 +1323,6 @@ fn longest_gap(times: &[Instant], start: Instant, end: Instant) -> Duration {
         .map(|w| w[1] - w[0])
         .max()
         .unwrap_or(end - start)
-}
-
-async fn node_of(
-    client: &mut TenantServiceClient<Authed>,
-    tenant: TenantId,
-) -> anyhow::Result<String> {
-    Ok(client
-        .get_tenant(pb::GetTenantRequest {
-            selector: Some(pb::get_tenant_request::Selector::Id(tenant.to_string())),
-        })
-        .await
-        .map_err(status)
-        .context("GetTenant")?
-        .into_inner()
-        .node)
 }
 
 /// Polls the job until it ends.
@@ -1251,58 +1519,95 @@ async fn offline_move(
     Ok(took)
 }
 
-fn moves_summary(m: &Moves) -> (Duration, Duration, Duration, Duration) {
+/// A side's moves summed up.
+struct Summary {
+    pause_p50: Duration,
+    pause_max: Duration,
+    move_p50: Duration,
+    wall_p50: Duration,
+    /// All the moves' times together (the job's start to end).
+    total: Duration,
+}
+
+fn moves_summary(m: &Moves) -> Summary {
     let mut pauses: Vec<Duration> = m.each.iter().map(|x| x.pause).collect();
     pauses.sort_unstable();
     let mut times: Vec<Duration> = m.each.iter().map(|x| x.moving).collect();
     times.sort_unstable();
     let mut walls: Vec<Duration> = m.each.iter().map(|x| x.wall).collect();
     walls.sort_unstable();
+    Summary {
+        pause_p50: percentile(&pauses, 0.5),
+        pause_max: *pauses.last().unwrap_or(&Duration::ZERO),
+        move_p50: percentile(&times, 0.5),
+        wall_p50: percentile(&walls, 0.5),
+        total: times.iter().sum(),
+    }
+}
+
+fn report_moves(label: &str, m: &Moves) -> Summary {
+    for (i, one) in m.each.iter().enumerate() {
+        println!(
+            "{label} move {}: {} -> {}: {:.2} s moving ({:.2} s MoveTenant to end seen), write pause {:.0} ms{}",
+            i + 1,
+            one.from,
+            one.to,
+            one.moving.as_secs_f64(),
+            one.wall.as_secs_f64(),
+            ms(one.pause),
+            one.held.map_or(String::new(), |h| format!(
+                " (switch held writes {:.0} ms)",
+                ms(h)
+            ))
+        );
+    }
+    let sum = moves_summary(m);
+    println!(
+        "{label} moves: {} of a tenant with {} customers at the end ({} before): move p50 {:.2} s ({:.2} s wall), \
+         all {:.1} s, write pause p50 {:.0} ms, max {:.0} ms (longest gap with no move running: {:.0} ms); \
+         {} writes, {} failed calls{}",
+        m.each.len(),
+        m.rows,
+        m.size,
+        sum.move_p50.as_secs_f64(),
+        sum.wall_p50.as_secs_f64(),
+        sum.total.as_secs_f64(),
+        ms(sum.pause_p50),
+        ms(sum.pause_max),
+        ms(m.quiet_gap),
+        m.writes,
+        m.failed,
+        m.first_failure
+            .as_ref()
+            .map_or(String::new(), |f| format!(" (first: {f})"))
+    );
+    sum
+}
+
+/// Cluster moves next to Citus's: the pause p50, the pause max and all
+/// moves' time, each as a ratio (cluster / Citus).
+fn ratios(citus: &Summary, clusters: &Summary) -> (f64, f64, f64) {
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-6);
     (
-        percentile(&pauses, 0.5),
-        *pauses.last().unwrap_or(&Duration::ZERO),
-        percentile(&times, 0.5),
-        percentile(&walls, 0.5),
+        ratio(clusters.pause_p50, citus.pause_p50),
+        ratio(clusters.pause_max, citus.pause_max),
+        ratio(clusters.total, citus.total),
     )
 }
 
 fn report(args: &CitusArgs, window: Window, r: &Results) {
     println!();
-    for (i, m) in r.moves.each.iter().enumerate() {
-        println!(
-            "move {}: {} -> {}: {:.2} s moving ({:.2} s MoveTenant to end seen), write pause {:.0} ms",
-            i + 1,
-            m.from,
-            m.to,
-            m.moving.as_secs_f64(),
-            m.wall.as_secs_f64(),
-            ms(m.pause)
-        );
-    }
-    let (pause_p50, pause_max, move_p50, wall_p50) = moves_summary(&r.moves);
+    let citus = report_moves("citus", &r.moves);
+    let clusters = report_moves("clusters", &r.cluster_moves);
+    let (p50, max, total) = ratios(&citus, &clusters);
     println!(
-        "moves: {} of a tenant with {} customers at the end ({} before): move p50 {:.2} s ({:.2} s wall), write pause p50 {:.0} ms, max {:.0} ms \
-         (longest gap with no move running: {:.0} ms); {} writes, {} failed calls{}",
-        r.moves.each.len(),
-        r.moves.rows,
-        r.moves.size,
-        move_p50.as_secs_f64(),
-        wall_p50.as_secs_f64(),
-        ms(pause_p50),
-        ms(pause_max),
-        ms(r.moves.quiet_gap),
-        r.moves.writes,
-        r.moves.failed,
-        r.moves
-            .first_failure
-            .as_ref()
-            .map_or(String::new(), |f| format!(" (first: {f})"))
+        "cluster moves / Citus moves: write pause p50 {p50:.2}x, max {max:.2}x, all moves' time {total:.2}x"
     );
     println!(
-        "offline move (pg_dump | pg_restore of {} customers): {:.1} s of write pause, {:.0}x the online move's max",
+        "offline move (pg_dump | pg_restore of {} customers): {:.1} s of write pause, {:.0}x the Citus move's max",
         r.moves.rows,
         r.moves.offline.as_secs_f64(),
-        r.moves.offline.as_secs_f64() / pause_max.as_secs_f64().max(1e-3)
+        r.moves.offline.as_secs_f64() / citus.pause_max.as_secs_f64().max(1e-3)
     );
     if args.markdown {
         println!();
@@ -1364,29 +1669,56 @@ fn markdown(args: &CitusArgs, window: Window, r: &Results) -> String {
             ms(s.p99)
         );
     }
-    let (pause_p50, pause_max, move_p50, wall_p50) = moves_summary(&r.moves);
+    let citus = moves_summary(&r.moves);
+    let clusters = moves_summary(&r.cluster_moves);
     let _ = write!(
         md,
-        "\n| move of a tenant with {} customers ({}), {WRITERS} writers | moves | move p50 s | write pause p50 ms | write pause max ms | failed calls | acknowledged writes lost |\n",
+        "\n| move of a tenant with {} customers ({}), {WRITERS} writers on each side | moves | move p50 s | all moves s | write pause p50 ms | write pause max ms | failed calls | acknowledged writes lost |\n",
         args.rows, r.moves.size
     );
-    md.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (what, m, sum) in [
+        (
+            "online, Citus: MoveTenant (citus_schema_move) between the workers",
+            &r.moves,
+            &citus,
+        ),
+        (
+            "online, clusters: MoveTenant to the other cluster (logical replication), same two servers",
+            &r.cluster_moves,
+            &clusters,
+        ),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {what} | {} | {:.2} | {:.1} | {:.0} | {:.0} | {} | 0 of {} |",
+            m.each.len(),
+            sum.move_p50.as_secs_f64(),
+            sum.total.as_secs_f64(),
+            ms(sum.pause_p50),
+            ms(sum.pause_max),
+            m.failed,
+            m.writes
+        );
+    }
     let _ = writeln!(
         md,
-        "| online: MoveTenant (citus_schema_move), alternating workers | {} | {:.2} | {:.0} | {:.0} | {} | 0 of {} |",
-        r.moves.each.len(),
-        move_p50.as_secs_f64(),
-        ms(pause_p50),
-        ms(pause_max),
-        r.moves.failed,
-        r.moves.writes
-    );
-    let _ = writeln!(
-        md,
-        "| offline: `pg_dump -n <schema> -Fc \\| pg_restore` into a fresh database | 1 | {:.2} | {:.0} | {:.0} | – | – |",
+        "| offline: `pg_dump -n <schema> -Fc \\| pg_restore` into a fresh database | 1 | {:.2} | {:.2} | {:.0} | {:.0} | – | – |",
+        r.moves.offline.as_secs_f64(),
         r.moves.offline.as_secs_f64(),
         ms(r.moves.offline),
         ms(r.moves.offline)
+    );
+    let (p50, max, total) = ratios(&citus, &clusters);
+    let mut held: Vec<Duration> = r.cluster_moves.each.iter().filter_map(|m| m.held).collect();
+    held.sort_unstable();
+    let _ = writeln!(
+        md,
+        "\nCluster moves / Citus moves, same run: write pause p50 **{p50:.2}×**, max **{max:.2}×**, \
+         all moves' time **{total:.2}×**. The switch itself held the writes p50 {:.0} ms, max {:.0} ms \
+         (the job's pause_ms).",
+        ms(percentile(&held, 0.5)),
+        ms(*held.last().unwrap_or(&Duration::ZERO))
     );
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let profile = if cfg!(debug_assertions) {
@@ -1412,7 +1744,7 @@ fn markdown(args: &CitusArgs, window: Window, r: &Results) -> String {
         chrono::Utc::now().format("%Y-%m-%d"),
         args.rounds,
         JOB_POLL.as_millis(),
-        wall_p50.as_secs_f64(),
+        citus.wall_p50.as_secs_f64(),
         ms(r.moves.quiet_gap),
         r.moves.write_rate,
         command.join(" "),

@@ -24,7 +24,7 @@ pub struct ClusterRecord {
 }
 
 const COLUMNS: &str = "c.name, c.url, c.password_file, c.password_env, c.state, c.weight, \
-     c.max_tenants, c.max_relations, c.created_at, c.updated_at, \
+     c.max_tenants, c.max_relations, c.connection_budget, c.created_at, c.updated_at, \
      (SELECT count(*) FROM tenantd.tenants t \
        WHERE t.placement = c.name AND t.status <> 'purged') AS tenants";
 
@@ -38,6 +38,7 @@ struct Row {
     weight: i32,
     max_tenants: Option<i64>,
     max_relations: Option<i64>,
+    connection_budget: Option<i32>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     tenants: i64,
@@ -61,6 +62,7 @@ impl TryFrom<Row> for ClusterRecord {
                 weight: r.weight,
                 max_tenants: r.max_tenants,
                 max_relations: r.max_relations,
+                connection_budget: r.connection_budget,
             },
             tenants: r.tenants,
             created_at: r.created_at,
@@ -81,8 +83,9 @@ pub async fn insert(
     };
     let inserted: Option<String> = sqlx::query_scalar(
         "INSERT INTO tenantd.clusters \
-             (name, url, password_file, password_env, weight, max_tenants, max_relations) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING name",
+             (name, url, password_file, password_env, weight, max_tenants, max_relations, \
+              connection_budget) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING name",
     )
     .bind(new.name.as_str())
     .bind(&new.url)
@@ -91,6 +94,7 @@ pub async fn insert(
     .bind(new.limits.weight)
     .bind(new.limits.max_tenants)
     .bind(new.limits.max_relations)
+    .bind(new.limits.connection_budget)
     .fetch_optional(&mut *conn)
     .await?;
     match inserted {
@@ -129,13 +133,14 @@ pub async fn update(
 ) -> Result<Option<ClusterRecord>, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE tenantd.clusters SET state = $2, weight = $3, max_tenants = $4, \
-             max_relations = $5, updated_at = now() WHERE name = $1",
+             max_relations = $5, connection_budget = $6, updated_at = now() WHERE name = $1",
     )
     .bind(name.as_str())
     .bind(state.as_str())
     .bind(limits.weight)
     .bind(limits.max_tenants)
     .bind(limits.max_relations)
+    .bind(limits.connection_budget)
     .execute(&mut *conn)
     .await?;
     if done.rows_affected() == 0 {
@@ -156,20 +161,29 @@ pub async fn lock(
     // (committed on another connection while the row is held) takes KEY
     // SHARE, which UPDATE would block.
     let mode = if exclusive { "NO KEY UPDATE" } else { "SHARE" };
-    let row: Option<(String, i32, Option<i64>, Option<i64>)> = sqlx::query_as(&format!(
-        "SELECT state, weight, max_tenants, max_relations FROM tenantd.clusters \
-          WHERE name = $1 FOR {mode}"
+    #[derive(sqlx::FromRow)]
+    struct Locked {
+        state: String,
+        weight: i32,
+        max_tenants: Option<i64>,
+        max_relations: Option<i64>,
+        connection_budget: Option<i32>,
+    }
+    let row: Option<Locked> = sqlx::query_as(&format!(
+        "SELECT state, weight, max_tenants, max_relations, connection_budget \
+           FROM tenantd.clusters WHERE name = $1 FOR {mode}"
     ))
     .bind(name.as_str())
     .fetch_optional(conn)
     .await?;
-    row.map(|(state, weight, max_tenants, max_relations)| {
+    row.map(|r| {
         Ok((
-            super::decode(&state)?,
+            super::decode(&r.state)?,
             ClusterLimits {
-                weight,
-                max_tenants,
-                max_relations,
+                weight: r.weight,
+                max_tenants: r.max_tenants,
+                max_relations: r.max_relations,
+                connection_budget: r.connection_budget,
             },
         ))
     })
@@ -212,13 +226,14 @@ pub async fn candidates(conn: &mut PgConnection) -> Result<Vec<Candidate>, sqlx:
         weight: i32,
         max_tenants: Option<i64>,
         max_relations: Option<i64>,
+        connection_budget: Option<i32>,
         tenants: i64,
     }
     let rows: Vec<Open> = sqlx::query_as(
-        "WITH open AS (SELECT name, weight, max_tenants, max_relations FROM tenantd.clusters \
-                        WHERE state = 'open') \
+        "WITH open AS (SELECT name, weight, max_tenants, max_relations, connection_budget \
+                         FROM tenantd.clusters WHERE state = 'open') \
          SELECT * FROM ( \
-             SELECT o.name, o.weight, o.max_tenants, o.max_relations, \
+             SELECT o.name, o.weight, o.max_tenants, o.max_relations, o.connection_budget, \
                     CASE WHEN (SELECT count(*) FROM open) > 1 OR o.max_tenants IS NOT NULL \
                          THEN (SELECT count(*) FROM tenantd.tenants t \
                                 WHERE t.placement = o.name AND t.status <> 'purged') \
@@ -236,6 +251,7 @@ pub async fn candidates(conn: &mut PgConnection) -> Result<Vec<Candidate>, sqlx:
                 weight: o.weight,
                 max_tenants: o.max_tenants,
                 max_relations: o.max_relations,
+                connection_budget: o.connection_budget,
             },
             tenants: o.tenants,
         })
@@ -331,5 +347,20 @@ pub async fn intents(
                 exists,
             )
         })
+        .collect())
+}
+
+/// The clusters with a connection budget, and the budget.
+pub async fn connection_budgets(
+    db: impl sqlx::PgExecutor<'_>,
+) -> Result<Vec<(ClusterName, i32)>, sqlx::Error> {
+    let rows: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT name, connection_budget FROM tenantd.clusters WHERE connection_budget IS NOT NULL",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(n, budget)| (ClusterName::from_catalog(n), budget))
         .collect())
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{Connection as _, PgConnection};
 use uuid::Uuid;
 
 use crate::domain::upgrade::{Outcome, Run, RunId, RunSettings, RunStatus, TenantSelector, Totals};
@@ -223,8 +223,14 @@ pub async fn create_run(
     .execute(&mut *conn)
     .await?
     .rows_affected();
+    // `concurrency` per cluster: as many slots for each cluster the run's
+    // tenants are on (tenants moved meanwhile are caught by the per-cluster
+    // count in claim_items).
     sqlx::query(
-        "INSERT INTO tenantd.upgrade_slots (run_id, slot) SELECT $1, generate_series(1, $2)",
+        "INSERT INTO tenantd.upgrade_slots (run_id, slot) \
+         SELECT $1, generate_series(1, $2 * greatest(1, ( \
+             SELECT count(DISTINCT t.placement) FROM tenantd.upgrade_items i \
+               JOIN tenantd.tenants t ON t.id = i.tenant_id WHERE i.run_id = $1)))",
     )
     .bind(id.0)
     .bind(settings.concurrency)
@@ -537,7 +543,7 @@ pub async fn release_slot(
     owner: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE tenantd.upgrade_slots SET owner = NULL, lease_expires_at = NULL \
+        "UPDATE tenantd.upgrade_slots SET owner = NULL, lease_expires_at = NULL, cluster = NULL \
          WHERE run_id = $1 AND slot = $2 AND owner = $3",
     )
     .bind(run.0)
@@ -582,24 +588,70 @@ pub struct Claimed {
 /// Canaries first; other tenants only once no canary is left to run (a
 /// failed canary has paused the run; an operator who resumes it goes on). Nothing
 /// once the run is no longer running (paused, halted, cancelled).
+/// Which of a run's items may be claimed now (`$1`: the run).
+const CLAIMABLE: &str = "c.run_id = $1 \
+    AND EXISTS (SELECT FROM tenantd.upgrade_runs r WHERE r.id = $1 AND r.status = 'running') \
+    AND (c.status = 'pending' AND c.next_attempt_at <= now() \
+         OR c.status = 'running' AND c.lease_expires_at < now()) \
+    AND (c.canary OR NOT EXISTS ( \
+         SELECT FROM tenantd.upgrade_items k \
+         WHERE k.run_id = $1 AND k.canary AND k.status IN ('pending', 'running')))";
+
+/// Claims up to `batch` of the run's items for the worker holding `slot`,
+/// all on one cluster: the one with claimable items where the fewest of the
+/// run's other slots work now, among those where fewer than the run's
+/// concurrency do. So a run upgrades at most `concurrency` tenants at once
+/// on each cluster. Claims of one run are serialized (a transaction-scoped
+/// advisory lock), so two workers cannot both take a cluster's last place.
 pub async fn claim_items(
     conn: &mut PgConnection,
     run: RunId,
+    slot: i32,
     owner: &str,
     lease: Duration,
     batch: i64,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let rows: Vec<(Uuid, i32, bool, i64, Option<String>)> = sqlx::query_as(
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(1970, hashtext($1::text))")
+        .bind(run.0)
+        .execute(&mut *tx)
+        .await?;
+    let cluster: Option<String> = sqlx::query_scalar(&format!(
+        "WITH busy AS ( \
+             SELECT s.cluster, count(*) AS n FROM tenantd.upgrade_slots s \
+              WHERE s.run_id = $1 AND s.slot <> $2 AND s.cluster IS NOT NULL \
+                AND s.owner IS NOT NULL AND s.lease_expires_at >= now() \
+              GROUP BY s.cluster), \
+         open AS ( \
+             SELECT DISTINCT t.placement AS cluster FROM tenantd.upgrade_items c \
+               JOIN tenantd.tenants t ON t.id = c.tenant_id WHERE {CLAIMABLE}) \
+         SELECT o.cluster FROM open o LEFT JOIN busy b USING (cluster) \
+          WHERE coalesce(b.n, 0) < (SELECT concurrency FROM tenantd.upgrade_runs WHERE id = $1) \
+          ORDER BY coalesce(b.n, 0), random() LIMIT 1"
+    ))
+    .bind(run.0)
+    .bind(slot)
+    .fetch_optional(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE tenantd.upgrade_slots SET cluster = $3 WHERE run_id = $1 AND slot = $2 AND owner = $4",
+    )
+    .bind(run.0)
+    .bind(slot)
+    .bind(&cluster)
+    .bind(owner)
+    .execute(&mut *tx)
+    .await?;
+    let Some(cluster) = cluster else {
+        tx.commit().await?;
+        return Ok(Vec::new());
+    };
+    let rows: Vec<(Uuid, i32, bool, i64, Option<String>)> = sqlx::query_as(&format!(
         // MATERIALIZED: see claim_slot; the batch size must hold.
         "WITH free AS MATERIALIZED ( \
              SELECT tenant_id FROM tenantd.upgrade_items c \
-             WHERE c.run_id = $1 \
-               AND EXISTS (SELECT FROM tenantd.upgrade_runs r WHERE r.id = $1 AND r.status = 'running') \
-               AND (c.status = 'pending' AND c.next_attempt_at <= now() \
-                    OR c.status = 'running' AND c.lease_expires_at < now()) \
-               AND (c.canary OR NOT EXISTS ( \
-                    SELECT FROM tenantd.upgrade_items k \
-                    WHERE k.run_id = $1 AND k.canary AND k.status IN ('pending', 'running'))) \
+             WHERE {CLAIMABLE} \
+               AND EXISTS (SELECT FROM tenantd.tenants t WHERE t.id = c.tenant_id AND t.placement = $5) \
              ORDER BY c.canary DESC, c.next_attempt_at \
              LIMIT $4 FOR UPDATE SKIP LOCKED) \
          UPDATE tenantd.upgrade_items i \
@@ -608,13 +660,15 @@ pub async fn claim_items(
          FROM free WHERE i.run_id = $1 AND i.tenant_id = free.tenant_id \
          RETURNING i.tenant_id, i.attempts, i.canary, i.from_version, \
                    (SELECT t.placement FROM tenantd.tenants t WHERE t.id = i.tenant_id)",
-    )
+    ))
     .bind(run.0)
     .bind(owner)
     .bind(lease)
     .bind(batch)
-    .fetch_all(conn)
+    .bind(&cluster)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(rows
         .into_iter()
         .map(|(t, attempts, canary, from_version, cluster)| Claimed {

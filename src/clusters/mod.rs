@@ -13,6 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -98,6 +99,48 @@ pub struct Inspection {
     pub warnings: Vec<String>,
 }
 
+/// A cluster's share of this replica's tenant connections: its cap (0:
+/// none of its own) and the connections open to it now.
+#[derive(Debug, Default)]
+pub struct ConnectionBudget {
+    limit: AtomicUsize,
+    open: AtomicUsize,
+}
+
+impl ConnectionBudget {
+    /// The cap; 0 when the cluster has none of its own.
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Connections open to the cluster now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// A place for one more connection, if the cap leaves one: held by the
+    /// connection until it closes.
+    pub fn try_take(self: &Arc<Self>) -> Option<BudgetSlot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                let limit = self.limit();
+                (limit == 0 || open < limit).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| BudgetSlot(self.clone()))
+    }
+}
+
+/// One connection's place in its cluster's budget, given back on drop.
+#[derive(Debug)]
+pub struct BudgetSlot(Arc<ConnectionBudget>);
+
+impl Drop for BudgetSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The clusters this replica has connected to. Cheap to clone.
 #[derive(Clone)]
 pub struct Clusters {
@@ -114,6 +157,10 @@ struct Inner {
     /// Clusters whose database held `max_relations` relations or more at
     /// the last count ([`Clusters::count_relations`]).
     over_relations: RwLock<HashSet<ClusterName>>,
+    /// Each cluster's cap on this replica's tenant connections to it, and
+    /// how many are open; the caps are read again every [`REFRESH_PERIOD`]
+    /// and at once after a change through this replica.
+    budgets: RwLock<HashMap<ClusterName, Arc<ConnectionBudget>>>,
     /// Wakes this replica's move runner when a move is queued here.
     move_wake: Arc<tokio::sync::Notify>,
     /// One connect at a time, so concurrent first calls make one pool.
@@ -149,6 +196,7 @@ impl Clusters {
                 move_wake: Arc::new(tokio::sync::Notify::new()),
                 live: RwLock::new(HashMap::new()),
                 over_relations: RwLock::new(HashSet::new()),
+                budgets: RwLock::new(HashMap::new()),
                 connecting: tokio::sync::Mutex::new(()),
             }),
         }
@@ -264,13 +312,56 @@ impl Clusters {
         Ok(())
     }
 
-    /// [`Self::count_relations`] after a change of the registry: on this
-    /// replica the new caps hold at once, on the others within
-    /// [`REFRESH_PERIOD`].
-    async fn recount_relations(&self) {
+    /// [`Self::count_relations`] and [`Self::read_budgets`] after a change
+    /// of the registry: on this replica the new caps hold at once, on the
+    /// others within [`REFRESH_PERIOD`].
+    async fn reread_limits(&self) {
         if let Err(e) = self.count_relations().await {
             tracing::warn!(error = %e, "cannot count the relations of capped clusters");
         }
+        if let Err(e) = self.read_budgets().await {
+            tracing::warn!(error = %e, "cannot read the clusters' connection budgets");
+        }
+    }
+
+    /// Cluster `name`'s connection budget on this replica. Its cap is the
+    /// registry's as last read (read now, the first time).
+    pub async fn connection_budget(&self, name: &ClusterName) -> Arc<ConnectionBudget> {
+        if let Some(b) = self.budget_entry(name) {
+            return b;
+        }
+        if let Err(e) = self.read_budgets().await {
+            tracing::warn!(error = %e, "cannot read the clusters' connection budgets");
+        }
+        match self.inner.budgets.write() {
+            Ok(mut budgets) => budgets.entry(name.clone()).or_default().clone(),
+            Err(_) => Arc::default(),
+        }
+    }
+
+    fn budget_entry(&self, name: &ClusterName) -> Option<Arc<ConnectionBudget>> {
+        self.inner.budgets.read().ok()?.get(name).cloned()
+    }
+
+    /// Reads every cluster's connection cap from the registry.
+    pub async fn read_budgets(&self) -> Result<(), ClusterError> {
+        let caps: HashMap<ClusterName, i32> = registry::connection_budgets(self.catalog())
+            .await
+            .map_err(ClusterError::db("read the connection budgets"))?
+            .into_iter()
+            .collect();
+        if let Ok(mut budgets) = self.inner.budgets.write() {
+            for name in caps.keys() {
+                budgets.entry(name.clone()).or_default();
+            }
+            for (name, budget) in budgets.iter() {
+                let cap = caps
+                    .get(name)
+                    .map_or(0, |&n| usize::try_from(n).unwrap_or(0));
+                budget.limit.store(cap, Ordering::Relaxed);
+            }
+        }
+        Ok(())
     }
 
     /// Every [`REFRESH_PERIOD`]: [`Self::refresh`], [`Self::count_relations`],
@@ -284,7 +375,7 @@ impl Clusters {
             if let Err(e) = self.refresh().await {
                 tracing::warn!(error = %e, "cannot read the cluster registry");
             }
-            self.recount_relations().await;
+            self.reread_limits().await;
             if let Err(e) = sweep_intents(self.clone(), sweeper::MIN_INTENT_AGE).await {
                 tracing::warn!(error = %e, "cannot sweep half-made tenants");
             }
@@ -333,13 +424,14 @@ impl Clusters {
             "weight": new.limits.weight,
             "max_tenants": new.limits.max_tenants,
             "max_relations": new.limits.max_relations,
+            "connection_budget": new.limits.connection_budget,
             "server_version": inspection.server_version,
             "warnings": inspection.warnings,
         });
         tx.commit(actor, "cluster.add", &target(&new.name), &details)
             .await
             .map_err(ClusterError::db("commit add cluster"))?;
-        self.recount_relations().await;
+        self.reread_limits().await;
         Ok((record, inspection))
     }
 
@@ -385,11 +477,12 @@ impl Clusters {
             "weight": limits.weight,
             "max_tenants": limits.max_tenants,
             "max_relations": limits.max_relations,
+            "connection_budget": limits.connection_budget,
         });
         tx.commit(actor, "cluster.update", &target(name), &details)
             .await
             .map_err(ClusterError::db("commit update cluster"))?;
-        self.recount_relations().await;
+        self.reread_limits().await;
         Ok(record)
     }
 
@@ -439,6 +532,7 @@ pub struct LimitsPatch {
     pub weight: Option<i32>,
     pub max_tenants: Option<Option<i64>>,
     pub max_relations: Option<Option<i64>>,
+    pub connection_budget: Option<Option<i32>>,
 }
 
 impl LimitsPatch {
@@ -447,6 +541,7 @@ impl LimitsPatch {
             weight: self.weight.unwrap_or(current.weight),
             max_tenants: self.max_tenants.unwrap_or(current.max_tenants),
             max_relations: self.max_relations.unwrap_or(current.max_relations),
+            connection_budget: self.connection_budget.unwrap_or(current.connection_budget),
         }
     }
 }

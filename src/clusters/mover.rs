@@ -11,15 +11,19 @@
 //! 2. **copying** — PostgreSQL copies every table, then streams changes.
 //! 3. **catching_up** — until a marker written on the source shows on the
 //!    target quickly.
-//! 4. **cutting_over** — the source's tables are locked against writes
+//! 4. **verifying** — under a short hold of the writes (as at the switch,
+//!    below) a snapshot is taken on each side; the hold released, every
+//!    table's row count and checksum are compared in the two snapshots
+//!    (outside any pause, so the switch does not grow with the tenant).
+//! 5. **cutting_over** — the source's tables are locked against writes
 //!    (reads go on; writers wait, they are not refused); a marker written
 //!    after the lock shows on the target, so every write acknowledged
-//!    before it is there; sequences are set; row counts and checksums of
-//!    every table compared; the target role may log in; the catalog flips
+//!    before it is there; sequences are set; the target role may log in;
+//!    the catalog flips
 //!    the placement (**switched**); the source role may not log in and its
 //!    sessions end — the held calls, which committed nothing, run again on
 //!    the target; the lock goes.
-//! 5. **cleaning_up** — subscription, slot, publication and markers
+//! 6. **cleaning_up** — subscription, slot, publication and markers
 //!    dropped; the source's schema and role after `source_grace`.
 //!
 //! A cancel, a failure or a crash before the switch undoes everything on
@@ -32,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use serde_json::json;
-use sqlx::{Acquire as _, Connection as _, PgConnection};
+use sqlx::{Connection as _, PgConnection};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -334,12 +338,13 @@ impl Mover {
             self.copy(m, &target, &names, flags).await?;
             self.catch_up(m, &source, &target, &names, flags).await?;
             crate::crash::point("move.caught_up");
+            let verified = self.verify(m, &source, &target, &names, &tables).await?;
             let mut tries = 0;
             loop {
                 flags.check()?;
                 self.phase(m, "cutting_over", None).await?;
                 tries += 1;
-                match self.switch(m, &source, &target, &names, &tables, tenant.status).await {
+                match self.switch(m, &source, &target, &names, &tables, tenant.status, &verified).await {
                     Ok(()) => break,
                     Err(Stop::Failed { error, retry: true }) if tries < SWITCH_TRIES => {
                         tracing::warn!(move_id = %m.id, error = %format!("{error:#}"), "switch given up; trying again");
@@ -543,29 +548,27 @@ impl Mover {
         }
     }
 
-    /// The switch: see the module's documentation.
-    async fn switch(
+    /// Holds the tenant's writes on the source — its tables locked against
+    /// writes (reads go on; writers wait, they are not refused) in the
+    /// transaction answered, which ends the hold — until a marker written
+    /// under the hold shows on the target: from then on both sides hold
+    /// the same rows. Answers when the hold began.
+    async fn hold_writes<'c>(
         &self,
-        m: &MoveRow,
+        conn: &'c mut PgConnection,
         source: &Cluster,
         target: &Cluster,
         names: &Names,
         tables: &[String],
-        status: TenantStatus,
-    ) -> Result<(), Stop> {
-        let id = m.tenant();
-        let mut hold = source
-            .admin
-            .acquire()
+    ) -> Result<(sqlx::Transaction<'c, sqlx::Postgres>, Instant), Stop> {
+        let mut x = sqlx::Connection::begin(conn)
             .await
-            .context("connect to the source")?;
-        let mut x = hold.begin().await.context("begin the switch")?;
+            .context("begin the hold")?;
         let started = Instant::now();
         execute_batch(
             &mut x,
             &format!(
                 "SET LOCAL lock_timeout = '2s'; SET LOCAL statement_timeout = '{}ms'; \
-                 SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO'; SET LOCAL extra_float_digits = 3; \
                  LOCK TABLE {} IN EXCLUSIVE MODE",
                 self.settings.cutover_timeout.as_millis(),
                 tables.join(", ")
@@ -574,12 +577,112 @@ impl Mover {
         .await
         .context("hold the tenant's writes on the source")?;
         let token = write_marker(source, names).await?;
-        let flags = Flags::default();
         let left = self
             .settings
             .cutover_timeout
             .saturating_sub(started.elapsed());
-        wait_for_marker(target, names, token, left, &flags).await?;
+        wait_for_marker(target, names, token, left, &Flags::default()).await?;
+        Ok((x, started))
+    }
+
+    /// The copy compared with the source before the switch, at one moment:
+    /// under a short hold of the writes ([`Self::hold_writes`]) a snapshot
+    /// is taken on each side; the hold released (writes go on at the
+    /// source), every table's row count and checksum are computed in the
+    /// two snapshots, in parallel. A difference fails the move, which
+    /// leaves the tenant on the source. What happens after that moment
+    /// reaches the target through the same replication, and the switch
+    /// waits for all of it; so the switch's own pause does not grow with
+    /// the tenant's size. Answers what was compared.
+    async fn verify(
+        &self,
+        m: &MoveRow,
+        source: &Cluster,
+        target: &Cluster,
+        names: &Names,
+        tables: &[String],
+    ) -> Result<serde_json::Value, Stop> {
+        self.phase(m, "verifying", None).await?;
+        const SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+             SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO'; \
+             SET LOCAL extra_float_digits = 3; SELECT 1";
+        let mut here = source
+            .admin
+            .acquire()
+            .await
+            .context("connect to the source")?;
+        let mut there = target
+            .admin
+            .acquire()
+            .await
+            .context("connect to the target")?;
+        let mut hold = source
+            .admin
+            .acquire()
+            .await
+            .context("connect to the source")?;
+        let (x, held_from) = self
+            .hold_writes(&mut hold, source, target, names, tables)
+            .await?;
+        // Nothing commits on the tenant's tables while the hold lasts: the
+        // two snapshots see the same rows.
+        let snapshots = async {
+            execute_batch(&mut here, SNAPSHOT).await?;
+            execute_batch(&mut there, SNAPSHOT).await
+        }
+        .await;
+        let _ = x.rollback().await;
+        let held = held_from.elapsed();
+        snapshots.context("take a snapshot on each side")?;
+        let (mine, theirs) =
+            tokio::join!(checksums(&mut here, tables), checksums(&mut there, tables));
+        let _ = execute_batch(&mut here, "ROLLBACK").await;
+        let _ = execute_batch(&mut there, "ROLLBACK").await;
+        let mine = mine.context("checksum the source's tables")?;
+        let theirs = theirs.context("checksum the target's tables")?;
+        if mine != theirs {
+            let differ: Vec<&String> = mine
+                .iter()
+                .zip(&theirs)
+                .filter(|(a, b)| a != b)
+                .map(|(a, _)| &a.0)
+                .collect();
+            return Err(Stop::Failed {
+                error: anyhow!(
+                    "the copies differ after the catch-up (tables {differ:?}); the tenant stays on the source"
+                ),
+                retry: false,
+            });
+        }
+        tracing::info!(move_id = %m.id, held_ms = held.as_millis() as u64, "copy verified");
+        Ok(json!(
+            mine.iter()
+                .map(|(t, rows, sum)| (t.clone(), json!([rows, sum])))
+                .collect::<serde_json::Map<_, _>>()
+        ))
+    }
+
+    /// The switch: see the module's documentation.
+    #[allow(clippy::too_many_arguments)]
+    async fn switch(
+        &self,
+        m: &MoveRow,
+        source: &Cluster,
+        target: &Cluster,
+        names: &Names,
+        tables: &[String],
+        status: TenantStatus,
+        verified: &serde_json::Value,
+    ) -> Result<(), Stop> {
+        let id = m.tenant();
+        let mut hold = source
+            .admin
+            .acquire()
+            .await
+            .context("connect to the source")?;
+        let (mut x, started) = self
+            .hold_writes(&mut hold, source, target, names, tables)
+            .await?;
         crate::crash::point("move.holding_writes");
         // Sequences: the source's values (INSERTs are held; see
         // SEQUENCE_MARGIN), continued on the target.
@@ -619,49 +722,15 @@ impl Mover {
                 .await
                 .context("set the sequences on the target")?;
         }
-        // Both sides, table by table: rows and a checksum of their text.
-        execute_batch(
-            &mut t,
-            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET extra_float_digits = 3",
-        )
-        .await
-        .context("settle the target's output formats")?;
-        let (here, there) = tokio::join!(checksums(&mut x, tables), checksums(&mut t, tables));
-        let here = here.context("checksum the source's tables")?;
-        let there = there.context("checksum the target's tables")?;
-        let _ = execute_batch(
-            &mut t,
-            "RESET TimeZone; RESET DateStyle; RESET extra_float_digits",
-        )
-        .await;
-        if here != there {
-            let differ: Vec<&String> = here
-                .iter()
-                .zip(&there)
-                .filter(|(a, b)| a != b)
-                .map(|(a, _)| &a.0)
-                .collect();
-            return Err(Stop::Failed {
-                error: anyhow!(
-                    "the copies differ after the catch-up (tables {differ:?}); the tenant stays on the source"
-                ),
-                retry: false,
-            });
-        }
         execute_batch(&mut t, &role_login_ddl(id, status == TenantStatus::Active))
             .await
             .context("let the tenant's role log in on the target")?;
         drop(t);
         let pause_ms = i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX);
-        let verified = json!(
-            here.iter()
-                .map(|(t, rows, sum)| (t.clone(), json!([rows, sum])))
-                .collect::<serde_json::Map<_, _>>()
-        );
         let mut flip = Audited::begin(self.clusters.catalog())
             .await
             .context("begin the switch in the catalog")?;
-        if !moves::switch(&mut flip, m, pause_ms, &verified)
+        if !moves::switch(&mut flip, m, pause_ms, verified)
             .await
             .context("switch the placement")?
         {
@@ -840,7 +909,7 @@ async fn checksums(
     let mut out = Vec::with_capacity(tables.len());
     for table in tables {
         let (rows, sum): (i64, String) = sqlx::query_as(&format!(
-            "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0)::text FROM {table} t"
+            "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {table} t"
         ))
         .fetch_one(&mut *conn)
         .await?;

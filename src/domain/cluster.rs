@@ -120,6 +120,9 @@ pub struct ClusterLimits {
     /// many relations (pg_class rows: tables, indexes, sequences, views…),
     /// which bounds its catalog's bloat.
     pub max_relations: Option<i64>,
+    /// Tenant connections each replica may hold to the cluster (its share
+    /// of the replica's connection budget); `None`: no cap of its own.
+    pub connection_budget: Option<i32>,
 }
 
 impl Default for ClusterLimits {
@@ -128,6 +131,7 @@ impl Default for ClusterLimits {
             weight: 100,
             max_tenants: None,
             max_relations: None,
+            connection_budget: None,
         }
     }
 }
@@ -143,6 +147,9 @@ impl ClusterLimits {
         }
         if self.max_relations.is_some_and(|n| n <= 0) {
             v.add("max_relations", "must be positive when given");
+        }
+        if self.connection_budget.is_some_and(|n| n <= 0) {
+            v.add("connection_budget", "must be positive when given");
         }
     }
 }

@@ -142,7 +142,7 @@ impl Shared {
         while !self.stop.is_cancelled() {
             let worked = match self.claim_slot().await {
                 Ok(Some((run, slot))) => {
-                    let result = self.work_on(run, &mut conn).await;
+                    let result = self.work_on(run, slot, &mut conn).await;
                     if let Err(e) = self.release_slot(run, slot).await {
                         tracing::warn!(error = %e, %run, "could not release upgrade slot");
                     }
@@ -192,7 +192,7 @@ impl Shared {
 
     /// Upgrades the run's tenants while the run is running and has
     /// claimable tenants. True when it did some work.
-    async fn work_on(&self, run: RunId, conn: &mut UpgradeConn) -> anyhow::Result<bool> {
+    async fn work_on(&self, run: RunId, slot: i32, conn: &mut UpgradeConn) -> anyhow::Result<bool> {
         let settings = {
             let mut c = self.pool.acquire().await?;
             match upgrades::get_run(&mut c, run).await? {
@@ -211,7 +211,8 @@ impl Shared {
         loop {
             let batch = {
                 let mut c = self.pool.acquire().await?;
-                upgrades::claim_items(&mut c, run, &self.owner, self.settings.lease, size).await?
+                upgrades::claim_items(&mut c, run, slot, &self.owner, self.settings.lease, size)
+                    .await?
             };
             if !batch.iter().any(|c| c.canary) {
                 size = self.settings.batch;

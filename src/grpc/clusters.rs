@@ -90,6 +90,7 @@ fn cluster_to_pb(c: ClusterRecord) -> pb::Cluster {
         weight: c.limits.weight,
         max_tenants: c.limits.max_tenants.unwrap_or(0),
         max_relations: c.limits.max_relations.unwrap_or(0),
+        connection_budget: c.limits.connection_budget.unwrap_or(0),
         tenants: c.tenants,
         password_file,
         password_env,
@@ -150,6 +151,8 @@ fn new_cluster(r: pb::AddClusterRequest) -> Result<NewCluster, ValidationError> 
         weight: if r.weight == 0 { 100 } else { r.weight },
         max_tenants: cap(&mut v, "max_tenants", r.max_tenants),
         max_relations: cap(&mut v, "max_relations", r.max_relations),
+        connection_budget: cap(&mut v, "connection_budget", r.connection_budget.into())
+            .map(|n| n as i32),
     };
     limits.validate(&mut v);
     v.finish()?;
@@ -307,6 +310,9 @@ impl ClusterService for ClusterApi {
             weight: r.weight,
             max_tenants: r.max_tenants.map(|n| cap(&mut v, "max_tenants", n)),
             max_relations: r.max_relations.map(|n| cap(&mut v, "max_relations", n)),
+            connection_budget: r
+                .connection_budget
+                .map(|n| cap(&mut v, "connection_budget", n.into()).map(|n| n as i32)),
         };
         v.finish().map_err(status::invalid)?;
         let name = name.ok_or_else(|| Status::invalid_argument("name"))?;

@@ -155,9 +155,9 @@ pub fn data(err: DataError, prefix: fn(usize) -> String) -> Status {
                     format!("the tenant is {s}"),
                 ),
             ),
-            PoolError::Exhausted(..) | PoolError::PoolBusy(..) => {
-                Status::resource_exhausted(e.to_string())
-            }
+            PoolError::Exhausted(..)
+            | PoolError::ClusterExhausted(..)
+            | PoolError::PoolBusy(..) => Status::resource_exhausted(e.to_string()),
             // PostgreSQL has no connection slot (53300: max_connections or
             // the role's CONNECTION LIMIT) or other resources (class 53) left.
             PoolError::Connect {

@@ -130,6 +130,10 @@ pub struct LimitArgs {
     /// No tenant placed once the database holds this many relations (0: no cap).
     #[arg(long)]
     max_relations: Option<i64>,
+    /// Tenant connections each replica may hold to the cluster, its share
+    /// of the replica's --pool-budget (0: no cap of its own).
+    #[arg(long)]
+    connection_budget: Option<i32>,
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +175,7 @@ pub async fn run(command: ClustersCommand, session: &Session) -> Result<(), CliE
                 weight: limits.weight.unwrap_or(0),
                 max_tenants: limits.max_tenants.unwrap_or(0),
                 max_relations: limits.max_relations.unwrap_or(0),
+                connection_budget: limits.connection_budget.unwrap_or(0),
             };
             let added = session
                 .call(c.add_cluster(session.request(request)))
@@ -184,6 +189,7 @@ pub async fn run(command: ClustersCommand, session: &Session) -> Result<(), CliE
                 weight: limits.weight,
                 max_tenants: limits.max_tenants,
                 max_relations: limits.max_relations,
+                connection_budget: limits.connection_budget,
             };
             let cluster = session
                 .call(c.update_cluster(session.request(request)))
@@ -336,6 +342,7 @@ fn cluster_json(c: &pb::Cluster) -> Value {
         "weight": c.weight,
         "max_tenants": cap(c.max_tenants),
         "max_relations": cap(c.max_relations),
+        "connection_budget": cap(c.connection_budget.into()),
         "tenants": c.tenants,
         "password_file": c.password_file,
         "password_env": c.password_env,
@@ -356,6 +363,7 @@ fn print_clusters(format: OutputFormat, clusters: &[pb::Cluster]) -> Result<(), 
                 "WEIGHT",
                 "MAX TENANTS",
                 "MAX RELATIONS",
+                "CONNECTIONS",
                 "URL",
             ]));
             let or_dash = |n: i64| if n > 0 { n.to_string() } else { "-".to_owned() };
@@ -367,6 +375,7 @@ fn print_clusters(format: OutputFormat, clusters: &[pb::Cluster]) -> Result<(), 
                     c.weight.to_string(),
                     or_dash(c.max_tenants),
                     or_dash(c.max_relations),
+                    or_dash(c.connection_budget.into()),
                     if c.url.is_empty() {
                         "(the catalog's database)".to_owned()
                     } else {

@@ -71,7 +71,8 @@ pub struct StartArgs {
     /// Version to upgrade to (default: the latest tenant migration the server knows).
     #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
     target_version: Option<i64>,
-    /// Tenants upgraded at once across all replicas, 1-64 (server default 4).
+    /// Tenants upgraded at once on each cluster, across all replicas, 1-64
+    /// (server default 4).
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=64))]
     concurrency: Option<i32>,
     /// Tenants upgraded first; any canary failure pauses the run (default 0).

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::domain::TenantId;
+use crate::clusters::{BudgetSlot, ConnectionBudget};
+use crate::domain::{ClusterName, TenantId};
 use crate::metrics::{EvictionReason, Metrics};
 
 use super::{Canceller, PoolError, TenantPool, WAIT_SLICE};
@@ -70,14 +71,53 @@ impl Shared {
         }
     }
 
+    /// A place for one more connection in cluster `name`'s budget,
+    /// closing idle connections of the least recently used pools on that
+    /// cluster and then waiting if its budget is spent.
+    pub(super) async fn cluster_slot(
+        &self,
+        name: &ClusterName,
+        budget: &Arc<ConnectionBudget>,
+    ) -> Result<BudgetSlot, PoolError> {
+        if let Some(slot) = budget.try_take() {
+            return Ok(slot);
+        }
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let _waiting = scopeguard(|| {
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
+        });
+        self.metrics.pool().budget_waits.inc();
+        let deadline = tokio::time::Instant::now() + self.wait;
+        loop {
+            self.close_idle_where(1, |p| Arc::ptr_eq(&p.budget, budget));
+            if let Some(slot) = budget.try_take() {
+                return Ok(slot);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.metrics.pool().budget_timeouts.inc();
+                return Err(PoolError::ClusterExhausted(
+                    self.wait,
+                    name.to_string(),
+                    budget.limit(),
+                ));
+            }
+            tokio::time::sleep(WAIT_SLICE).await;
+        }
+    }
+
     /// Closes up to `want` idle connections, least recently used pool
     /// first; returns how many it closed.
     pub(super) fn close_idle(&self, want: usize) -> usize {
+        self.close_idle_where(want, |_| true)
+    }
+
+    /// [`Self::close_idle`] among the pools `which` picks.
+    fn close_idle_where(&self, want: usize, which: impl Fn(&TenantPool) -> bool) -> usize {
         let pools = oldest_first(
             self.cache
                 .iter()
                 .map(|(_, p)| p)
-                .filter(|p| p.pool.status().available > 0),
+                .filter(|p| which(p) && p.pool.status().available > 0),
             |p| p.last_used.load(Ordering::Relaxed),
         );
         let mut closed = 0;

@@ -9,8 +9,9 @@ use std::time::Duration;
 use deadpool::managed::{self, Metrics as ObjectMetrics, RecycleError, RecycleResult};
 use sqlx::PgPool;
 
+use crate::clusters::ConnectionBudget;
 use crate::data::socket::{Control, Endpoint};
-use crate::domain::TenantId;
+use crate::domain::{ClusterName, TenantId};
 use crate::metrics::EvictionReason;
 use crate::tenant::role_verifier;
 
@@ -40,6 +41,10 @@ impl TenantConn {
 /// Makes a tenant's connections: a permit first, then a login as its role.
 pub struct TenantManager {
     pub(super) tenant: TenantId,
+    /// The cluster the tenant's role and schema are on, and its share of
+    /// the replica's connections.
+    pub(super) cluster: ClusterName,
+    pub(super) budget: Arc<ConnectionBudget>,
     /// tenantd's role on the tenant's cluster: to set the role's password
     /// again when it was changed.
     pub(super) admin: PgPool,
@@ -190,6 +195,13 @@ impl managed::Manager for TenantManager {
     type Error = ConnectError;
 
     async fn create(&self) -> Result<TenantConn, ConnectError> {
+        // The cluster's share first: a caller waiting for it holds none of
+        // the replica's budget, which other clusters' tenants may use.
+        let slot = self
+            .shared
+            .cluster_slot(&self.cluster, &self.budget)
+            .await
+            .map_err(ConnectError::Budget)?;
         let permit = self.shared.permit().await.map_err(ConnectError::Budget)?;
         let mut repaired = false;
         let (client, connection, control) = loop {
@@ -231,6 +243,7 @@ impl managed::Manager for TenantManager {
             }
             metrics.pool().connections_open.dec();
             drop(permit);
+            drop(slot);
         });
         // The wrapper aborts this task when dropped; the real one must run on
         // to close the connection in order.

@@ -27,8 +27,8 @@ use tokio::sync::Semaphore;
 
 use super::socket::Endpoint;
 use crate::catalog;
-use crate::clusters::Clusters;
-use crate::domain::{TenantId, TenantStatus};
+use crate::clusters::{Clusters, ConnectionBudget};
+use crate::domain::{ClusterName, TenantId, TenantStatus};
 use crate::log_bursts::LogBursts;
 use crate::metrics::{EvictionReason, Metrics};
 use crate::pgtls::DbTls;
@@ -83,8 +83,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a waiter looks again for idle connections to close.
 const WAIT_SLICE: Duration = Duration::from_millis(20);
 /// How many times one checkout looks its tenant's pool up when the pool it
-/// found is closed under it (dropped by the cache meanwhile).
-const MAX_POOL_LOOKUPS: u32 = 3;
+/// found is closed under it (dropped by the cache meanwhile) or its login
+/// is refused because the tenant changed (left ACTIVE, moved).
+const MAX_POOL_LOOKUPS: u32 = 6;
 /// How soon a backend whose client closed the connection notices, even in
 /// the middle of a statement that ignores cancels.
 const CLIENT_CHECK_INTERVAL_MS: u32 = 500;
@@ -106,6 +107,11 @@ pub enum PoolError {
         "no tenant connection free within {0:?}: the replica's connection budget of {1} is in use"
     )]
     Exhausted(Duration, usize),
+    #[error(
+        "no tenant connection free within {0:?}: the replica's connection budget of {2} \
+         for cluster {1} is in use"
+    )]
+    ClusterExhausted(Duration, String, usize),
     #[error(
         "all {1} connections of the tenant's pool stayed busy for {0:?}; \
          the tenant's calls are too many or too long"
@@ -171,6 +177,9 @@ pub struct TenantPool {
     last_used: AtomicU64,
     /// The invalidation epoch when the pool was built.
     built_at: u64,
+    /// The cluster its connections go to, and that cluster's budget.
+    cluster: ClusterName,
+    budget: Arc<ConnectionBudget>,
 }
 
 /// The pool cache. Cheap to clone.
@@ -282,7 +291,7 @@ impl TenantPools {
                     .any(|code| e.code() == Some(code))
                         && lookups < MAX_POOL_LOOKUPS =>
                 {
-                    self.invalidate(id).await;
+                    self.drop_stale(id, pool.built_at).await;
                 }
                 Ok(Err(managed::PoolError::Backend(e))) => {
                     return Err(self.failed(id, e.into_pool_error()));
@@ -295,11 +304,20 @@ impl TenantPools {
                 Ok(Err(managed::PoolError::Closed)) => return Err(PoolError::Closed),
                 Ok(Err(e)) => return Err(self.failed(id, PoolError::connect(&e, None))),
                 // Waited past the deadline: for a connection of the
-                // tenant's own full pool, or for the replica's budget.
+                // tenant's own full pool, for its cluster's share of the
+                // budget, or for the replica's budget.
                 Err(_) if pool.pool.status().size >= self.settings.pool_size => {
                     return Err(PoolError::PoolBusy(
                         self.settings.wait,
                         self.settings.pool_size,
+                    ));
+                }
+                Err(_) if pool.budget.limit() > 0 && pool.budget.open() >= pool.budget.limit() => {
+                    self.shared.metrics.pool().budget_timeouts.inc();
+                    return Err(PoolError::ClusterExhausted(
+                        self.settings.wait,
+                        pool.cluster.to_string(),
+                        pool.budget.limit(),
                     ));
                 }
                 Err(_) => {
@@ -332,15 +350,13 @@ impl TenantPools {
 
     async fn pool(&self, id: TenantId) -> Result<Arc<TenantPool>, PoolError> {
         if let Some(pool) = self.shared.cache.get(&id).await {
-            if self
-                .invalidated
-                .get(&id)
-                .is_none_or(|at| at < pool.built_at)
-            {
-                self.shared.metrics.pool().cache_hits.inc();
-                return Ok(pool);
+            match self.invalidated.get(&id) {
+                Some(at) if at >= pool.built_at => self.remove_if_built_by(id, at).await,
+                _ => {
+                    self.shared.metrics.pool().cache_hits.inc();
+                    return Ok(pool);
+                }
             }
-            self.shared.cache.invalidate(&id).await;
         }
         // Concurrent first calls for one tenant build one pool: the others
         // wait for it, and count as hits.
@@ -421,8 +437,11 @@ impl TenantPools {
             .get(&placement)
             .await
             .map_err(|e| PoolError::Cluster(e.to_string()))?;
+        let budget = self.clusters.connection_budget(&placement).await;
         let manager = TenantManager {
             tenant: id,
+            cluster: placement.clone(),
+            budget: budget.clone(),
             admin: cluster.admin.clone(),
             role_secret: self.role_secret.clone(),
             config: connect_config(&cluster.options, id, &self.role_secret),
@@ -439,6 +458,8 @@ impl TenantPools {
             pool,
             last_used: AtomicU64::new(self.shared.now_ms()),
             built_at,
+            cluster: placement.clone(),
+            budget,
         }))
     }
 
@@ -449,6 +470,47 @@ impl TenantPools {
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         self.invalidated.insert(id, epoch);
         self.shared.cache.invalidate(&id).await;
+    }
+
+    /// Drops tenant `id`'s pool if it is the one built at `built_at` (or
+    /// older): its login was refused, so its status or cluster changed. A
+    /// newer pool, built meanwhile by another call that looked again, stays:
+    /// many calls failing on one stale pool at once must not throw away,
+    /// one after the other, the pools each of them builds.
+    async fn drop_stale(&self, id: TenantId, built_at: u64) {
+        use moka::ops::compute::{CompResult, Op};
+        // The latest of the two invalidations, set atomically: a status
+        // change's newer epoch is never lowered.
+        let at = match self
+            .invalidated
+            .entry(id)
+            .and_compute_with(|entry| match entry {
+                Some(entry) if *entry.value() >= built_at => Op::Nop,
+                _ => Op::Put(built_at),
+            }) {
+            CompResult::Unchanged(entry)
+            | CompResult::Inserted(entry)
+            | CompResult::ReplacedWith(entry) => *entry.value(),
+            _ => built_at,
+        };
+        self.remove_if_built_by(id, at).await;
+    }
+
+    /// Removes tenant `id`'s cached pool if it was built at or before
+    /// epoch `at`, atomically with respect to the cache's other writers.
+    async fn remove_if_built_by(&self, id: TenantId, at: u64) {
+        use moka::ops::compute::Op;
+        self.shared
+            .cache
+            .entry(id)
+            .and_compute_with(|entry| {
+                let op = match entry {
+                    Some(entry) if entry.value().built_at <= at => Op::Remove,
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
     }
 
     /// Pools open now.

@@ -475,3 +475,69 @@ async fn draining_a_cluster_moves_every_tenant_off_it() {
     nothing_left(&fleet).await;
     running.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_copy_that_differs_from_the_source_is_not_switched_to() {
+    if managed_mode() {
+        return; // moves are refused in this mode (see above)
+    }
+    let fleet = Fleet::create().await;
+    let running = fleet.serve().await;
+    let mut c = clients_at(&format!("http://{}", running.local_addr())).await;
+    let t = create_on(&mut c, "east").await;
+    seed(&mut c, &t.id, 300).await;
+    // On west, every table the move makes there changes each row the
+    // replication applies: the rows arrive, counted alike, but not equal.
+    let mut west = fleet.remotes[1].connect().await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION public.tamper() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF TG_TABLE_NAME = 'locations' THEN NEW.name := NEW.name || ' (changed)'; END IF; \
+               RETURN NEW; END $$; \
+         CREATE FUNCTION public.arm_tamper() RETURNS event_trigger LANGUAGE plpgsql AS $$ \
+         DECLARE r record; \
+         BEGIN FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() \
+                  WHERE command_tag = 'CREATE TABLE' AND schema_name LIKE 'tenant\\_%' LOOP \
+                 EXECUTE format('CREATE TRIGGER tamper BEFORE INSERT OR UPDATE ON %s \
+                                 FOR EACH ROW EXECUTE FUNCTION public.tamper()', r.object_identity); \
+                 EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER tamper', r.object_identity); \
+               END LOOP; END $$; \
+         CREATE EVENT TRIGGER arm_tamper ON ddl_command_end EXECUTE FUNCTION public.arm_tamper();",
+    )
+    .execute(&mut west)
+    .await
+    .unwrap();
+    let queued = c
+        .tenants
+        .move_tenant(pb::MoveTenantToClusterRequest {
+            tenant_id: t.id.clone(),
+            cluster: "west".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = wait_move(&mut c, &queued.id).await;
+    sqlx::raw_sql("DROP EVENT TRIGGER arm_tamper")
+        .execute(&mut west)
+        .await
+        .unwrap();
+    assert_eq!(done.status, pb::MoveJobStatus::Failed as i32, "{done:?}");
+    assert!(done.error.contains("differ"), "{done:?}");
+    assert!(done.switched_at.is_none(), "{done:?}");
+    // Still on east, whole and served; nothing of the move left on west.
+    assert_eq!(tenant_of(&mut c, &t.id).await.cluster, "east");
+    assert_eq!(fleet.remotes[0].holds(&t.schema_name).await, (true, true));
+    assert_eq!(fleet.remotes[1].holds(&t.schema_name).await, (false, false));
+    let names = names_on(&fleet.remotes[0], &t.schema_name).await;
+    assert_eq!(names.len(), 300);
+    assert!(names.iter().all(|n| !n.contains("changed")));
+    c.data
+        .execute(exec(
+            &t.id,
+            "INSERT INTO locations (name) VALUES ('after the failed move')",
+            vec![],
+        ))
+        .await
+        .expect("still served where it was");
+    nothing_left(&fleet).await;
+    running.stop().await.unwrap();
+}

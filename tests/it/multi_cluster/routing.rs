@@ -3,6 +3,8 @@
 //! (the role's LOGIN there), archive and purge (nothing left there), and
 //! fleet upgrades across every cluster in one run.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tenantd::pb;
@@ -171,6 +173,37 @@ async fn an_unreachable_cluster_fails_only_its_tenants() {
 }
 
 /// One run upgrades the tenants of every cluster, each on its own cluster.
+/// How long the test migration's step sleeps (seconds), as its text says.
+const SLOW_STEP: &str = "0.3";
+
+/// Until `stop`: the most upgrades seen running at once on each database,
+/// and the most databases seen with one running at the same moment.
+async fn most_upgrading_at_once(
+    mut databases: Vec<sqlx::PgConnection>,
+    stop: Arc<AtomicBool>,
+) -> (Vec<i64>, usize) {
+    let mut most = vec![0; databases.len()];
+    let mut side_by_side = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let mut busy = 0;
+        for (db, most) in databases.iter_mut().zip(most.iter_mut()) {
+            let running: i64 = sqlx::query_scalar(&format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                  AND state = 'active' AND pid <> pg_backend_pid() \
+                  AND query LIKE '%pg_sleep({SLOW_STEP})%'"
+            ))
+            .fetch_one(db)
+            .await
+            .unwrap();
+            *most = (*most).max(running);
+            busy += usize::from(running > 0);
+        }
+        side_by_side = side_by_side.max(busy);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (most, side_by_side)
+}
+
 #[tokio::test]
 async fn a_fleet_upgrade_reaches_every_cluster() {
     let fleet = Fleet::create().await;
@@ -189,7 +222,9 @@ async fn a_fleet_upgrade_reaches_every_cluster() {
         }
     }
     a.stop().await.unwrap();
-    let v2 = migrations(&[("add_timezone", upgrades::ADD_TIMEZONE)]);
+    // Slow enough that the runs on the three clusters overlap.
+    let slow = format!("{}SELECT pg_sleep({SLOW_STEP});\n", upgrades::ADD_TIMEZONE);
+    let v2 = migrations(&[("add_timezone", &slow)]);
     let mut config = fleet.config();
     config.tenant_migrations = Some(path(&v2));
     let b = TestServer::run(config).await.unwrap();
@@ -241,10 +276,29 @@ async fn a_fleet_upgrade_reaches_every_cluster() {
     .execute(&mut on_east)
     .await
     .unwrap();
-    let run = upgrades::start(&mut m, upgrades::start_request(4, 0)).await;
+    // Concurrency 1: one tenant at a time on each cluster, the three
+    // clusters at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut databases = vec![fleet.catalog.connect().await];
+    for r in &fleet.remotes {
+        databases.push(r.connect().await);
+    }
+    let sampler = tokio::spawn(most_upgrading_at_once(databases, stop.clone()));
+    let run = upgrades::start(&mut m, upgrades::start_request(1, 0)).await;
     let run = upgrades::wait_for_end(&mut m, &run.id, upgrades::WAIT).await;
+    stop.store(true, Ordering::Relaxed);
     upgrades::assert_status(&run, pb::UpgradeStatus::Succeeded);
     assert_eq!(upgrades::totals(&run).done, 12, "{run:?}");
+    let (per_cluster, clusters_at_once) = sampler.await.unwrap();
+    assert_eq!(
+        per_cluster,
+        [1, 1, 1],
+        "tenants upgrading at once per cluster"
+    );
+    assert!(
+        clusters_at_once >= 2,
+        "the clusters upgrade side by side: {clusters_at_once}"
+    );
     // Each tenant's ledger, on its own cluster, and the catalog say 2.
     let mut catalog = fleet.catalog.connect().await;
     for t in &tenants {
