@@ -5,25 +5,28 @@
 //!
 //! 1. **preparing** — under the tenant's advisory lock (held for the whole
 //!    move, so no upgrade changes its schema meanwhile), its role and schema
-//!    are made on the target at the version of its ledger, tables emptied;
-//!    a marker table beside them on both sides; a publication of its tables
-//!    on the source; a subscription on the target.
+//!    are made on the target at the version of its ledger, tables emptied,
+//!    their secondary indexes and constraints dropped there (not the
+//!    primary keys, which the replication needs); a marker table beside
+//!    them on both sides; a publication of its tables on the source; a
+//!    subscription on the target.
 //! 2. **copying** — PostgreSQL copies every table, then streams changes.
-//! 3. **catching_up** — until a marker written on the source shows on the
+//! 3. **indexing** — the secondary indexes and constraints made again.
+//! 4. **catching_up** — until a marker written on the source shows on the
 //!    target quickly.
-//! 4. **verifying** — under a short hold of the writes (as at the switch,
+//! 5. **verifying** — under a short hold of the writes (as at the switch,
 //!    below) a snapshot is taken on each side; the hold released, every
 //!    table's row count and checksum are compared in the two snapshots
 //!    (outside any pause, so the switch does not grow with the tenant).
-//! 5. **cutting_over** — the source's tables are locked against writes
+//! 6. **cutting_over** — the source's tables are locked against writes
 //!    (reads go on; writers wait, they are not refused); a marker written
 //!    after the lock shows on the target, so every write acknowledged
 //!    before it is there; sequences are set; the target role may log in;
-//!    the catalog flips
-//!    the placement (**switched**); the source role may not log in and its
+//!    the catalog flips the placement (**switched**); the source role may
+//!    not log in and its
 //!    sessions end — the held calls, which committed nothing, run again on
 //!    the target; the lock goes.
-//! 6. **cleaning_up** — subscription, slot, publication and markers
+//! 7. **cleaning_up** — subscription, slot, publication and markers
 //!    dropped; the source's schema and role after `source_grace`.
 //!
 //! A cancel, a failure or a crash before the switch undoes everything on
@@ -333,9 +336,11 @@ impl Mover {
                     retry: false,
                 });
             }
-            let tables = self.prepare(m, &source, &target, &names, &mut lock).await?;
+            let (tables, deferred) = self.prepare(m, &source, &target, &names, &mut lock).await?;
             flags.check()?;
             self.copy(m, &target, &names, flags).await?;
+            flags.check()?;
+            self.index(m, &target, &deferred).await?;
             self.catch_up(m, &source, &target, &names, flags).await?;
             crate::crash::point("move.caught_up");
             let verified = self.verify(m, &source, &target, &names, &tables).await?;
@@ -361,7 +366,9 @@ impl Mover {
     }
 
     /// Role, schema and marker on the target; marker and publication on
-    /// the source; the subscription. Answers the tenant's tables.
+    /// the source; the subscription. Answers the tenant's tables, and what
+    /// makes the target's secondary indexes and constraints again after
+    /// the copy ([`defer_secondary`]).
     async fn prepare(
         &self,
         m: &MoveRow,
@@ -369,7 +376,7 @@ impl Mover {
         target: &Cluster,
         names: &Names,
         catalog: &mut PgConnection,
-    ) -> Result<Vec<String>, Stop> {
+    ) -> Result<(Vec<String>, Vec<String>), Stop> {
         for (side, c) in [("source", source), ("target", target)] {
             if c.engine != Engine::Postgres {
                 return Err(Stop::Failed {
@@ -420,6 +427,9 @@ impl Mover {
                 .await
                 .context("empty the target's tables")?;
         }
+        let deferred = defer_secondary(&mut t, schema.as_str())
+            .await
+            .context("put off the target's secondary indexes")?;
         execute_batch(&mut t, &marker)
             .await
             .context("make the marker on the target")?;
@@ -494,7 +504,34 @@ impl Mover {
         .await
         .context("subscribe the target to the source")?;
         crate::crash::point("move.after_subscribe");
-        Ok(tables)
+        Ok((tables, deferred))
+    }
+
+    /// The secondary indexes and constraints put off by the preparation,
+    /// made on the target now that the copy is done (the changes streamed
+    /// meanwhile wait for each).
+    async fn index(&self, m: &MoveRow, target: &Cluster, deferred: &[String]) -> Result<(), Stop> {
+        if deferred.is_empty() {
+            return Ok(());
+        }
+        self.phase(m, "indexing", None).await?;
+        let mut t = target
+            .admin
+            .acquire()
+            .await
+            .context("connect to the target")?;
+        let started = Instant::now();
+        execute_batch(
+            &mut t,
+            &format!(
+                "SET maintenance_work_mem = '256MB'; {}; RESET maintenance_work_mem",
+                deferred.join(";\n")
+            ),
+        )
+        .await
+        .context("make the secondary indexes and constraints on the target")?;
+        tracing::info!(move_id = %m.id, statements = deferred.len(), took_ms = started.elapsed().as_millis() as u64, "indexes made on the target");
+        Ok(())
     }
 
     /// Until PostgreSQL has copied every table.
@@ -902,6 +939,63 @@ async fn tables_of(conn: &mut PgConnection, schema: &str) -> Result<Vec<String>,
 }
 
 /// Rows and an order-independent checksum of every table.
+/// Drops the secondary indexes and constraints (unique, exclusion,
+/// foreign keys; not the primary keys, which the replication needs to
+/// apply updates and deletes) of `schema`'s tables on the target, as
+/// Citus's moves copy into tables without them: each copied row then
+/// updates its table and primary key only. Answers the statements that
+/// make them again, in order: indexes and unique and exclusion
+/// constraints, then foreign keys.
+async fn defer_secondary(t: &mut PgConnection, schema: &str) -> Result<Vec<String>, sqlx::Error> {
+    // Foreign keys first: they may lean on a unique index dropped after.
+    let constraints: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT format('ALTER TABLE %s DROP CONSTRAINT %I', k.conrelid::regclass, k.conname), \
+                format('ALTER TABLE %s ADD CONSTRAINT %I %s', k.conrelid::regclass, k.conname, \
+                       pg_get_constraintdef(k.oid)), \
+                k.contype = 'f' \
+           FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace \
+          WHERE n.nspname = $1 AND k.contype IN ('f', 'u', 'x') \
+          ORDER BY k.contype <> 'f', k.conname",
+    )
+    .bind(schema)
+    .fetch_all(&mut *t)
+    .await?;
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT format('DROP INDEX %s', i.indexrelid::regclass), pg_get_indexdef(i.indexrelid) \
+           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+           JOIN pg_namespace n ON n.oid = c.relnamespace \
+          WHERE n.nspname = $1 AND NOT i.indisprimary AND NOT i.indisreplident \
+            AND NOT EXISTS (SELECT FROM pg_constraint k \
+                             WHERE k.conindid = i.indexrelid AND k.contype IN ('p', 'u', 'x')) \
+          ORDER BY 1",
+    )
+    .bind(schema)
+    .fetch_all(&mut *t)
+    .await?;
+    let mut drops = String::new();
+    for drop in constraints
+        .iter()
+        .map(|(drop, _, _)| drop)
+        .chain(indexes.iter().map(|(drop, _)| drop))
+    {
+        drops.push_str(drop);
+        drops.push_str(";\n");
+    }
+    if !drops.is_empty() {
+        execute_batch(t, &drops).await?;
+    }
+    // Again: indexes, then the constraints, foreign keys last.
+    let (keys, others): (Vec<_>, Vec<_>) = constraints
+        .into_iter()
+        .partition(|(_, _, foreign)| *foreign);
+    Ok(indexes
+        .into_iter()
+        .map(|(_, make)| make)
+        .chain(others.into_iter().map(|(_, make, _)| make))
+        .chain(keys.into_iter().map(|(_, make, _)| make))
+        .collect())
+}
+
 async fn checksums(
     conn: &mut PgConnection,
     tables: &[String],

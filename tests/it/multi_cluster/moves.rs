@@ -66,6 +66,23 @@ async fn names_on(remote: &Remote, schema: &str) -> Vec<String> {
     .unwrap()
 }
 
+/// The indexes and constraints of the tenant's tables there, as text.
+async fn indexes_and_constraints(remote: &Remote, schema: &str) -> Vec<String> {
+    let mut c = remote.connect().await;
+    sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 \
+         UNION ALL \
+         SELECT k.conrelid::regclass::text || ' ' || k.conname || ' ' || pg_get_constraintdef(k.oid) \
+                || CASE WHEN k.convalidated THEN '' ELSE ' (not validated)' END \
+           FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace WHERE n.nspname = $1 \
+         ORDER BY 1",
+    )
+    .bind(schema)
+    .fetch_all(&mut c)
+    .await
+    .unwrap()
+}
+
 /// No publication, slot, subscription or marker of any move left.
 async fn nothing_left(fleet: &Fleet) {
     for r in &fleet.remotes {
@@ -151,6 +168,12 @@ async fn a_tenant_moves_under_write_load_and_loses_no_acknowledged_write() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let shape = indexes_and_constraints(&fleet.remotes[0], &t.schema_name).await;
+    assert!(
+        shape.iter().any(|d| d.contains("UNIQUE"))
+            && shape.iter().any(|d| d.contains("FOREIGN KEY")),
+        "the tenant has unique and foreign keys to move: {shape:?}"
+    );
 
     let queued = c
         .tenants
@@ -192,6 +215,11 @@ async fn a_tenant_moves_under_write_load_and_loses_no_acknowledged_write() {
 
     let got = tenant_of(&mut c, &t.id).await;
     assert_eq!(got.cluster, "west");
+    // Put off during the copy, every index and constraint is there again.
+    assert_eq!(
+        indexes_and_constraints(&fleet.remotes[1], &t.schema_name).await,
+        shape
+    );
     let on_west = names_on(&fleet.remotes[1], &t.schema_name).await;
     assert_eq!(on_west.len(), 5000 + acked.len(), "every row, once");
     let on_west: std::collections::HashSet<String> = on_west.into_iter().collect();
