@@ -347,6 +347,10 @@ impl Mover {
             let mut tries = 0;
             loop {
                 flags.check()?;
+                // The verification (or a switch given up) may have left
+                // the target behind: the switch starts caught up, or its
+                // pause would include the backlog.
+                self.catch_up(m, &source, &target, &names, flags).await?;
                 self.phase(m, "cutting_over", None).await?;
                 tries += 1;
                 match self.switch(m, &source, &target, &names, &tables, tenant.status, &verified).await {
@@ -601,18 +605,37 @@ impl Mover {
         let mut x = sqlx::Connection::begin(conn)
             .await
             .context("begin the hold")?;
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *x)
+            .await
+            .context("begin the hold")?;
         let started = Instant::now();
-        execute_batch(
-            &mut x,
-            &format!(
-                "SET LOCAL lock_timeout = '2s'; SET LOCAL statement_timeout = '{}ms'; \
-                 LOCK TABLE {} IN EXCLUSIVE MODE",
-                self.settings.cutover_timeout.as_millis(),
-                tables.join(", ")
-            ),
-        )
-        .await
-        .context("hold the tenant's writes on the source")?;
+        let lock_sql = format!(
+            "SET LOCAL lock_timeout = '2s'; SET LOCAL statement_timeout = '{}ms'; \
+             LOCK TABLE {} IN EXCLUSIVE MODE",
+            self.settings.cutover_timeout.as_millis(),
+            tables.join(", ")
+        );
+        let lock = execute_batch(&mut x, &lock_sql);
+        // An autovacuum of the tenant's tables would hold the lock up
+        // until PostgreSQL cancels it for us, after deadlock_timeout (1 s):
+        // cancelled at once instead (it runs again later).
+        let unblock = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let _ = sqlx::query(
+                    "SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a \
+                      WHERE a.pid = ANY (pg_blocking_pids($1)) AND a.backend_type = 'autovacuum worker'",
+                )
+                .bind(pid)
+                .execute(&source.admin)
+                .await;
+            }
+        };
+        tokio::select! {
+            locked = lock => locked.context("hold the tenant's writes on the source")?,
+            () = unblock => {}
+        }
         let token = write_marker(source, names).await?;
         let left = self
             .settings
