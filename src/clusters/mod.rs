@@ -105,6 +105,9 @@ pub struct Inspection {
 pub struct ConnectionBudget {
     limit: AtomicUsize,
     open: AtomicUsize,
+    /// Callers waiting for a place: while there are any, a connection to
+    /// the cluster handed back is closed instead of kept idle.
+    waiters: AtomicUsize,
 }
 
 impl ConnectionBudget {
@@ -116,6 +119,23 @@ impl ConnectionBudget {
     /// Connections open to the cluster now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// Whether anyone waits for a place now.
+    pub fn wanted(&self) -> bool {
+        self.waiters.load(Ordering::SeqCst) > 0
+    }
+
+    /// Counts a waiter until the guard answered is dropped.
+    pub fn waiting(self: &Arc<Self>) -> impl Drop + use<> {
+        struct Waiting(Arc<ConnectionBudget>);
+        impl Drop for Waiting {
+            fn drop(&mut self) {
+                self.0.waiters.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        Waiting(self.clone())
     }
 
     /// A place for one more connection, if the cap leaves one: held by the

@@ -341,9 +341,11 @@ impl Mover {
             self.copy(m, &target, &names, flags).await?;
             flags.check()?;
             self.index(m, &target, &deferred).await?;
+            crate::crash::point("move.indexed");
             self.catch_up(m, &source, &target, &names, flags).await?;
             crate::crash::point("move.caught_up");
             let verified = self.verify(m, &source, &target, &names, &tables).await?;
+            crate::crash::point("move.verified");
             let mut tries = 0;
             loop {
                 flags.check()?;

@@ -82,10 +82,8 @@ impl Shared {
         if let Some(slot) = budget.try_take() {
             return Ok(slot);
         }
-        self.waiters.fetch_add(1, Ordering::SeqCst);
-        let _waiting = scopeguard(|| {
-            self.waiters.fetch_sub(1, Ordering::SeqCst);
-        });
+        // Connections to this cluster handed back meanwhile are closed.
+        let _waiting = budget.waiting();
         self.metrics.pool().budget_waits.inc();
         let deadline = tokio::time::Instant::now() + self.wait;
         loop {

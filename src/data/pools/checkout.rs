@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use deadpool::managed::Object;
 
+use crate::clusters::ConnectionBudget;
 use crate::data::socket::{Control, Endpoint};
 
 use super::{CONNECT_TIMEOUT, Shared, TenantManager};
@@ -38,6 +39,8 @@ impl Canceller {
 pub struct Checkout {
     pub(super) obj: Option<Object<TenantManager>>,
     pub(super) shared: Arc<Shared>,
+    /// The budget of the connection's cluster.
+    pub(super) budget: Arc<ConnectionBudget>,
     pub(super) discard: bool,
 }
 
@@ -152,7 +155,8 @@ impl Drop for Checkout {
     fn drop(&mut self) {
         self.shared.metrics.pool().connections_in_use.dec();
         if let Some(obj) = self.obj.take() {
-            if self.discard || self.shared.waiters.load(Ordering::SeqCst) > 0 {
+            if self.discard || self.shared.waiters.load(Ordering::SeqCst) > 0 || self.budget.wanted()
+            {
                 drop(Object::take(obj));
             }
         }

@@ -266,13 +266,13 @@ impl TenantPools {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.settings.wait;
         let mut lookups = 0;
-        let obj = loop {
+        let (obj, budget) = loop {
             let pool = self.pool(id).await.map_err(|e| self.failed(id, e))?;
             lookups += 1;
             pool.last_used
                 .store(self.shared.now_ms(), Ordering::Relaxed);
             match tokio::time::timeout_at(deadline, pool.pool.get()).await {
-                Ok(Ok(obj)) => break obj,
+                Ok(Ok(obj)) => break (obj, pool.budget.clone()),
                 Ok(Err(managed::PoolError::Backend(ConnectError::Budget(e)))) => return Err(e),
                 // The role may not log in: the tenant left ACTIVE (through
                 // another replica, whose news has not reached this one yet),
@@ -344,6 +344,7 @@ impl TenantPools {
         Ok(Checkout {
             obj: Some(obj),
             shared: self.shared.clone(),
+            budget: budget.clone(),
             discard: false,
         })
     }

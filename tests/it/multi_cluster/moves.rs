@@ -295,7 +295,8 @@ async fn a_move_that_cannot_be_made_is_refused_up_front() {
 }
 
 /// The binary dies at each phase of a move — after the subscription,
-/// while copying, caught up, holding the writes, after the switch: the
+/// while copying, with the indexes made again, caught up, verified,
+/// holding the writes, after the switch: the
 /// next tenantd undoes and starts again, or (after the switch) only
 /// cleans up.
 #[tokio::test]
@@ -313,7 +314,9 @@ async fn a_move_killed_before_or_after_the_switch_is_finished_by_the_next_tenant
     for (point, to) in [
         ("move.after_subscribe", "west"),
         ("move.copying", "east"),
-        ("move.caught_up", "west"),
+        ("move.indexed", "west"),
+        ("move.caught_up", "east"),
+        ("move.verified", "west"),
         ("move.holding_writes", "east"),
         ("move.after_switch", "west"),
     ] {
