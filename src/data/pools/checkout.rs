@@ -155,7 +155,9 @@ impl Drop for Checkout {
     fn drop(&mut self) {
         self.shared.metrics.pool().connections_in_use.dec();
         if let Some(obj) = self.obj.take() {
-            if self.discard || self.shared.waiters.load(Ordering::SeqCst) > 0 || self.budget.wanted()
+            if self.discard
+                || self.shared.waiters.load(Ordering::SeqCst) > 0
+                || self.budget.wanted()
             {
                 drop(Object::take(obj));
             }
