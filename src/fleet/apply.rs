@@ -340,6 +340,23 @@ pub(crate) async fn remote_ledger(
 /// Runs `pending` and their ledger rows on the tenant's cluster: one
 /// transaction when every one is transactional; otherwise each on its own,
 /// a non-transactional one followed by its ledger row.
+/// A migration that cannot run in a transaction block (CREATE INDEX
+/// CONCURRENTLY…): `set` first (the tenant's schema as search_path, and
+/// whatever else the caller needs for the session), then the migration,
+/// then `reset`, whatever the migration did.
+async fn outside_transaction(
+    engine: Engine,
+    conn: &mut PgConnection,
+    set: &str,
+    sql: &str,
+    reset: &str,
+) -> Result<(), sqlx::Error> {
+    engine.execute_ddl(&mut *conn, set).await?;
+    let ran = engine.execute_ddl(&mut *conn, sql).await;
+    engine.execute_ddl(&mut *conn, reset).await?;
+    ran
+}
+
 async fn apply_on_cluster(
     cluster: &Cluster,
     tenant: TenantId,
@@ -369,24 +386,18 @@ async fn apply_on_cluster(
             let _ = write!(sql, "SET LOCAL search_path TO DEFAULT;\n{record}COMMIT");
             sql
         } else {
-            let m = &step[0];
-            engine
-                .execute_ddl(
-                    &mut conn,
-                    &format!(
-                        "{} SET search_path TO {schema}",
-                        timeouts(lock_timeout, statement_timeout, "SESSION")
-                    ),
-                )
-                .await?;
-            let ran = engine.execute_ddl(&mut conn, &m.sql).await;
-            engine
-                .execute_ddl(
-                    &mut conn,
-                    "RESET search_path; RESET lock_timeout; RESET statement_timeout",
-                )
-                .await?;
-            ran?;
+            // A connection of the cluster's pool: its time-outs go back too.
+            outside_transaction(
+                engine,
+                &mut conn,
+                &format!(
+                    "{} SET search_path TO {schema}",
+                    timeouts(lock_timeout, statement_timeout, "SESSION")
+                ),
+                &step[0].sql,
+                "RESET search_path; RESET lock_timeout; RESET statement_timeout",
+            )
+            .await?;
             format!("BEGIN; {record} COMMIT")
         };
         if let Err(e) = engine.execute_ddl(&mut conn, &sql).await {
@@ -442,10 +453,14 @@ async fn upgrade_step_by_step(
                     return Err(e);
                 }
             } else {
-                engine.execute_ddl(&mut *conn, &format!("SET search_path TO {schema}")).await?;
-                let ran = engine.execute_ddl(&mut *conn, &m.sql).await;
-                engine.execute_ddl(&mut *conn, "RESET search_path").await?;
-                ran?;
+                outside_transaction(
+                    engine,
+                    &mut *conn,
+                    &format!("SET search_path TO {schema}"),
+                    &m.sql,
+                    "RESET search_path",
+                )
+                .await?;
                 engine.execute_ddl(&mut *conn, &format!("BEGIN; {record} COMMIT")).await?;
             }
             to = m.version;
