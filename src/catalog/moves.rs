@@ -263,3 +263,52 @@ pub async fn source_dropped(db: impl sqlx::PgExecutor<'_>, id: Uuid) -> Result<(
         .await
         .map(drop)
 }
+
+/// The tenant's pending or running move, if any.
+pub async fn active_for(
+    db: impl sqlx::PgExecutor<'_>,
+    tenant: TenantId,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM tenantd.tenant_moves WHERE tenant_id = $1 AND status IN ('pending', 'running')",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_optional(db)
+    .await
+}
+
+/// Pending or running moves from or to a cluster.
+pub async fn active_on(
+    db: impl sqlx::PgExecutor<'_>,
+    cluster: &ClusterName,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM tenantd.tenant_moves \
+          WHERE status IN ('pending', 'running') AND (source = $1 OR target = $1)",
+    )
+    .bind(cluster.as_str())
+    .fetch_one(db)
+    .await
+}
+
+/// In the switch's catalog transaction: locks the move's row (a cancel
+/// waits for the switch to commit) and answers whether a cancel came
+/// first; then locks the tenant's row (a lifecycle change waits too) and
+/// answers its status now.
+pub async fn lock_for_switch(
+    conn: &mut PgConnection,
+    m: &MoveRow,
+) -> Result<(bool, Option<String>), sqlx::Error> {
+    let cancelled: bool = sqlx::query_scalar(
+        "SELECT cancel_requested FROM tenantd.tenant_moves WHERE id = $1 FOR UPDATE",
+    )
+    .bind(m.id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM tenantd.tenants WHERE id = $1 FOR UPDATE")
+            .bind(m.tenant_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok((cancelled, status))
+}

@@ -68,6 +68,12 @@ pub enum ClusterError {
     Unreachable { name: String, message: String },
     #[error("cluster {name:?} cannot hold tenants: {}", missing.join("; "))]
     Unfit { name: String, missing: Vec<String> },
+    #[error(
+        "cluster {name:?} is the very database of cluster {other:?} (same server, same database)"
+    )]
+    SameDatabase { name: String, other: String },
+    #[error("cluster {name:?} has {moves} move(s) from or to it under way: cancel them or wait")]
+    Moving { name: String, moves: i64 },
     #[error("cluster {name:?} still holds {tenants} tenant(s): move or purge them first")]
     NotEmpty { name: String, tenants: i64 },
     #[error("the default cluster (the catalog's own database) cannot be removed")]
@@ -430,8 +436,26 @@ impl Clusters {
         };
         let cluster = connect(&probe, &self.inner).await?;
         let inspection = inspect(&cluster).await;
+        let seen = self.registered_as(&cluster).await;
         cluster.admin.close().await;
-        let inspection = inspection?;
+        let mut inspection = inspection?;
+        match seen {
+            Ok((Some(other), _)) => {
+                return Err(ClusterError::SameDatabase {
+                    name: new.name.to_string(),
+                    other: other.to_string(),
+                });
+            }
+            Ok((None, unreachable)) => {
+                for other in unreachable {
+                    inspection.warnings.push(format!(
+                        "cluster {other} could not be reached to check that it is not this \
+                         same database"
+                    ));
+                }
+            }
+            Err(e) => return Err(ClusterError::db("read the new cluster's identity")(e)),
+        }
         let mut tx = Audited::begin(&self.inner.catalog)
             .await
             .map_err(ClusterError::db("begin add cluster"))?;
@@ -453,6 +477,32 @@ impl Clusters {
             .map_err(ClusterError::db("commit add cluster"))?;
         self.reread_limits().await;
         Ok((record, inspection))
+    }
+
+    /// The registered cluster that is `cluster`'s very database (same
+    /// server, same database), if any; and the clusters that could not be
+    /// reached to tell.
+    async fn registered_as(
+        &self,
+        cluster: &Cluster,
+    ) -> Result<(Option<ClusterName>, Vec<ClusterName>), sqlx::Error> {
+        let mine = identity(&cluster.admin).await?;
+        let mut conn = self.inner.catalog.acquire().await?;
+        let registered = registry::list(&mut conn).await?;
+        drop(conn);
+        let mut unreachable = Vec::new();
+        for r in registered {
+            let theirs = match self.get(&r.name).await {
+                Ok(c) => identity(&c.admin).await.ok(),
+                Err(_) => None,
+            };
+            match theirs {
+                Some(theirs) if theirs == mine => return Ok((Some(r.name), unreachable)),
+                Some(_) => {}
+                None => unreachable.push(r.name),
+            }
+        }
+        Ok((None, unreachable))
     }
 
     pub async fn record(&self, name: &ClusterName) -> Result<ClusterRecord, ClusterError> {
@@ -532,6 +582,15 @@ impl Clusters {
                 tenants: tenants + half_made,
             });
         }
+        let moving = crate::catalog::moves::active_on(&mut *tx, name)
+            .await
+            .map_err(ClusterError::db("count the moves from or to the cluster"))?;
+        if moving > 0 {
+            return Err(ClusterError::Moving {
+                name: name.to_string(),
+                moves: moving,
+            });
+        }
         registry::delete(&mut tx, name)
             .await
             .map_err(ClusterError::db("unregister cluster"))?;
@@ -600,7 +659,9 @@ async fn connect(record: &ClusterRecord, inner: &Inner) -> Result<Cluster, Clust
         })?;
     let mut password_used = None;
     match &record.password {
-        PasswordSource::None => {}
+        // No password: none is sent — not PGPASSWORD's, not ~/.pgpass's
+        // (which sqlx would read), which may be tenantd's own.
+        PasswordSource::None => options = options.password(""),
         PasswordSource::File(file) => {
             let path = secret_path(inner.secrets_dir.as_deref(), file)?;
             let bytes = crate::config::read_secret_file(&path, "cluster password")
@@ -647,6 +708,15 @@ async fn connect(record: &ClusterRecord, inner: &Inner) -> Result<Cluster, Clust
         engine,
         generation: Some(record.created_at),
     })
+}
+
+/// A server's system identifier and the database a pool is connected to.
+pub(crate) async fn identity(db: &PgPool) -> Result<(String, String), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT system_identifier::text, current_database()::text FROM pg_control_system()",
+    )
+    .fetch_one(db)
+    .await
 }
 
 /// The prefix of the environment variables a cluster's password may come
@@ -700,7 +770,18 @@ fn secret_path(dir: Option<&Path>, file: &str) -> Result<PathBuf, ClusterError> 
             "must be a file name (no directories) inside --cluster-secrets-dir".into(),
         ));
     }
-    Ok(dir.join(file))
+    // A symbolic link is followed (a mounted Kubernetes secret is one, to
+    // `..data/<name>`), but only to a file inside the directory; the path
+    // read is the one checked. A file that is not there (yet) is reported
+    // when it is read.
+    let path = dir.join(file);
+    match (path.canonicalize(), dir.canonicalize()) {
+        (Ok(real), Ok(base)) if real.starts_with(&base) => Ok(real),
+        (Ok(_), Ok(_)) => Err(invalid(format!(
+            "{file} leads outside --cluster-secrets-dir"
+        ))),
+        _ => Ok(path),
+    }
 }
 
 /// What tenantd needs on a cluster: PostgreSQL 15 or later, a role that

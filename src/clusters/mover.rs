@@ -207,8 +207,7 @@ impl Mover {
             }
             Err(Stop::Abandoned) => return,
             Err(Stop::Cancelled) => {
-                if let Err(e) = self.undo(&m).await {
-                    tracing::warn!(move_id = %m.id, error = %format!("{e:#}"), "cannot undo a cancelled move yet");
+                if !self.undo_or_record(&m).await {
                     return;
                 }
                 self.audit(&m, "tenant.move_cancelled", json!({})).await;
@@ -217,8 +216,7 @@ impl Mover {
             Err(Stop::Failed { error, retry }) => {
                 let message = format!("{error:#}");
                 tracing::warn!(move_id = %m.id, tenant_id = %m.tenant_id, error = %message, retry, "tenant move failed");
-                if let Err(e) = self.undo(&m).await {
-                    tracing::warn!(move_id = %m.id, error = %format!("{e:#}"), "cannot undo a failed move yet");
+                if !self.undo_or_record(&m).await {
                     return;
                 }
                 if retry && m.attempts < MAX_ATTEMPTS {
@@ -355,7 +353,7 @@ impl Mover {
                 self.catch_up(m, &source, &target, &names, flags).await?;
                 self.phase(m, "cutting_over", None).await?;
                 tries += 1;
-                match self.switch(m, &source, &target, &names, &tables, tenant.status, &verified).await {
+                match self.switch(m, &source, &target, &names, &tables, &verified).await {
                     Ok(()) => break,
                     Err(Stop::Failed { error, retry: true }) if tries < SWITCH_TRIES => {
                         tracing::warn!(move_id = %m.id, error = %format!("{error:#}"), "switch given up; trying again");
@@ -725,7 +723,6 @@ impl Mover {
     }
 
     /// The switch: see the module's documentation.
-    #[allow(clippy::too_many_arguments)]
     async fn switch(
         &self,
         m: &MoveRow,
@@ -733,7 +730,6 @@ impl Mover {
         target: &Cluster,
         names: &Names,
         tables: &[String],
-        status: TenantStatus,
         verified: &serde_json::Value,
     ) -> Result<(), Stop> {
         let id = m.tenant();
@@ -784,14 +780,25 @@ impl Mover {
                 .await
                 .context("set the sequences on the target")?;
         }
-        execute_batch(&mut t, &role_login_ddl(id, status == TenantStatus::Active))
+        // The catalog's rows of the move and the tenant, locked until the
+        // flip commits: a cancel that came first is honoured; the target
+        // role may log in only if the tenant is active now (a suspend or an
+        // archive meanwhile waits, and then acts on the new cluster).
+        let mut flip = Audited::begin(self.clusters.catalog())
+            .await
+            .context("begin the switch in the catalog")?;
+        let (cancelled, status) = moves::lock_for_switch(&mut flip, m)
+            .await
+            .context("lock the move and the tenant")?;
+        if cancelled {
+            return Err(Stop::Cancelled);
+        }
+        let active = status.as_deref() == Some(TenantStatus::Active.as_str());
+        execute_batch(&mut t, &role_login_ddl(id, active))
             .await
             .context("let the tenant's role log in on the target")?;
         drop(t);
         let pause_ms = i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX);
-        let mut flip = Audited::begin(self.clusters.catalog())
-            .await
-            .context("begin the switch in the catalog")?;
         if !moves::switch(&mut flip, m, pause_ms, verified)
             .await
             .context("switch the placement")?
@@ -867,8 +874,16 @@ impl Mover {
                 other => anyhow!("{other:?}"),
             })?;
         // The tenant's schema on the target only while the catalog places
-        // it elsewhere.
+        // it elsewhere — and never on the source's own server (its role is
+        // the source's there).
         let placed = tenants::status_of(self.clusters.catalog(), m.tenant()).await?;
+        if one_server(&source, &target).await? {
+            bail!(
+                "clusters {} and {} are on one PostgreSQL server: nothing of the tenant is dropped there",
+                m.source,
+                m.target
+            );
+        }
         if placed.is_none_or(|(_, cluster)| cluster != m.target()) {
             let mut t = target.admin.acquire().await?;
             execute_batch(&mut t, &purge_tenant_ddl_if_exists(m.tenant()))
@@ -876,6 +891,38 @@ impl Mover {
                 .context("drop the tenant's schema and role on the target")?;
         }
         Ok(())
+    }
+
+    /// [`Self::undo`]; when it fails, the move keeps the error for GetMove
+    /// and is tried again later — until its attempts run out: then it ends
+    /// failed, saying what may be left (the tenant stays on the source).
+    async fn undo_or_record(&self, m: &MoveRow) -> bool {
+        let Err(e) = self.undo(m).await else {
+            return true;
+        };
+        let message = format!("cannot undo the move: {e:#}");
+        tracing::warn!(move_id = %m.id, error = %message, "cannot undo a move yet");
+        let catalog = self.clusters.catalog();
+        let recorded = if m.attempts >= MAX_ATTEMPTS + 2 {
+            self.audit(m, "tenant.move_failed", json!({ "error": message }))
+                .await;
+            let message = format!(
+                "{message}; the tenant stays on the source, and what the move made on the \
+                 target may be left there"
+            );
+            moves::finish(catalog, m.id, &self.owner, "failed", Some(&message)).await
+        } else {
+            sqlx::query("UPDATE tenantd.tenant_moves SET error = $2 WHERE id = $1")
+                .bind(m.id)
+                .bind(&message)
+                .execute(catalog)
+                .await
+                .map(drop)
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(move_id = %m.id, error = %e, "cannot record a move's state");
+        }
+        false
     }
 
     /// The sources of moves past their grace.
@@ -1019,6 +1066,14 @@ async fn defer_secondary(t: &mut PgConnection, schema: &str) -> Result<Vec<Strin
         .chain(others.into_iter().map(|(_, make, _)| make))
         .chain(keys.into_iter().map(|(_, make, _)| make))
         .collect())
+}
+
+/// Whether two clusters are on one PostgreSQL server (its system
+/// identifier), whichever databases they name.
+pub(crate) async fn one_server(a: &Cluster, b: &Cluster) -> anyhow::Result<bool> {
+    let (x, y) = tokio::try_join!(super::identity(&a.admin), super::identity(&b.admin))
+        .context("read the servers' system identifiers")?;
+    Ok(x.0 == y.0)
 }
 
 async fn checksums(
@@ -1197,6 +1252,14 @@ pub async fn check_possible(source: &Cluster, target: &Cluster) -> anyhow::Resul
                 c.name
             );
         }
+    }
+    if one_server(source, target).await? {
+        bail!(
+            "clusters {} and {} are on one PostgreSQL server, whose roles their databases share: \
+             a tenant cannot be moved between them",
+            source.name,
+            target.name
+        );
     }
     let (wal_level, replication): (String, bool) = sqlx::query_as(
         "SELECT current_setting('wal_level'), rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user",

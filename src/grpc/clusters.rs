@@ -124,12 +124,38 @@ fn new_cluster(r: pb::AddClusterRequest) -> Result<NewCluster, ValidationError> 
     } else {
         match url::Url::parse(&url) {
             Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") => {
-                if u.password().is_some() {
+                let query = |key: &str| {
+                    u.query_pairs()
+                        .filter(|(k, _)| k.eq_ignore_ascii_case(key))
+                        .map(|(_, v)| v.into_owned())
+                        .collect::<Vec<_>>()
+                };
+                if u.password().is_some() || !query("password").is_empty() {
                     v.add(
                         "url",
                         "must not carry a password (the catalog would keep it): use \
                          password_file or password_env",
                     );
+                }
+                // A Unix socket is a server on tenantd's own machine, where
+                // `trust` and `peer` let anyone in without a password (the
+                // private cluster's superuser, say).
+                if u.host_str().is_some_and(|h| {
+                    h.starts_with('/') || h.to_ascii_lowercase().starts_with("%2f")
+                }) || query("host")
+                    .iter()
+                    .any(|h| h.starts_with('/') || h.starts_with('@'))
+                {
+                    v.add(
+                        "url",
+                        "must name a server by host name or address, not a Unix socket",
+                    );
+                }
+                let database = query("dbname")
+                    .pop()
+                    .unwrap_or_else(|| u.path().trim_start_matches('/').to_owned());
+                if matches!(database.as_str(), "template0" | "template1") {
+                    v.add("url", "must not name a template database");
                 }
             }
             _ => v.add("url", "must be a postgres:// URL"),

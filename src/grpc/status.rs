@@ -56,9 +56,9 @@ pub fn tenant(err: TenantError) -> Status {
             "cluster",
             "no cluster of this name is registered (ListClusters)",
         )),
-        TenantError::ClusterRefused { .. } | TenantError::NoClusterRoom => {
-            Status::failed_precondition(err.to_string())
-        }
+        TenantError::ClusterRefused { .. }
+        | TenantError::NoClusterRoom
+        | TenantError::Moving(_) => Status::failed_precondition(err.to_string()),
         TenantError::Cluster(e) => cluster(e),
         TenantError::Db(failure) => db(failure),
     }
@@ -76,13 +76,16 @@ pub fn moving(err: MoveError) -> Status {
 pub fn cluster(err: ClusterError) -> Status {
     match err {
         ClusterError::NotFound(_) => Status::not_found(err.to_string()),
-        ClusterError::NameTaken(_) => Status::already_exists(err.to_string()),
+        ClusterError::NameTaken(_) | ClusterError::SameDatabase { .. } => {
+            Status::already_exists(err.to_string())
+        }
         ClusterError::Unreachable { .. } => {
             tracing::warn!(error = %err, "cluster unreachable");
             Status::unavailable(err.to_string())
         }
         ClusterError::Unfit { .. }
         | ClusterError::NotEmpty { .. }
+        | ClusterError::Moving { .. }
         | ClusterError::RemoveDefault => Status::failed_precondition(err.to_string()),
         ClusterError::InvalidSetting { field, ref message } => {
             invalid(ValidationError::single(field, message.clone()))

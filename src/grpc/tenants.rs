@@ -496,6 +496,7 @@ fn create_failure_reason(e: &TenantError) -> &'static str {
         TenantError::NotFound
         | TenantError::VersionConflict { .. }
         | TenantError::InvalidTransition { .. }
-        | TenantError::ConfirmationMismatch => create_failure::OTHER,
+        | TenantError::ConfirmationMismatch
+        | TenantError::Moving(_) => create_failure::OTHER,
     }
 }

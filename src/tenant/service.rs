@@ -46,6 +46,8 @@ pub enum TenantError {
     ClusterRefused { name: String, why: String },
     #[error("no open cluster has room for another tenant (see ListClusters)")]
     NoClusterRoom,
+    #[error("the tenant is being moved (move {0}): cancel the move or wait for its end")]
+    Moving(Uuid),
     #[error(transparent)]
     Cluster(ClusterError),
     #[error(transparent)]
@@ -489,6 +491,14 @@ impl Tenants {
         let Some(next) = transition(&current, LifecycleAction::Purge)? else {
             return Ok(current);
         };
+        // A move copies the schema this would drop (and, after its switch,
+        // drops the source itself).
+        if let Some(moving) = crate::catalog::moves::active_for(&mut *tx, id)
+            .await
+            .map_err(TenantError::db("look for a move of the tenant"))?
+        {
+            return Err(TenantError::Moving(moving));
+        }
         if current.placement.is_default() {
             self.engine
                 .execute_ddl(&mut tx, &purge_tenant_ddl(id))

@@ -9,6 +9,7 @@
 //! database — whose password it reads from a file in its
 //! `--cluster-secrets-dir`, as a deployment mounts a secret.
 
+mod attacks;
 mod budgets;
 mod crash;
 mod moves;

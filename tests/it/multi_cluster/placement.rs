@@ -294,6 +294,48 @@ async fn add_cluster_checks_what_it_is_given_and_finds() {
         assert_eq!(e.code(), Code::InvalidArgument, "{field}: {e:?}");
         assert!(e.message().contains(field), "{field}: {e:?}");
     }
+    // No password in the query either, in any spelling; no Unix socket
+    // (where trust or peer let anyone in); no template database.
+    let bare = good.url.split('?').next().unwrap().to_owned();
+    let socket_dir = fleet.secrets.path().display().to_string();
+    for url in [
+        format!("{bare}?password=pw"),
+        format!("{bare}?sslmode=disable&password=pw"),
+        format!("{bare}?pass%77ord=pw"),
+        format!("{bare}?PassWord=pw"),
+        format!("{bare}?host={socket_dir}"),
+        format!("{bare}?host=%2Ftmp"),
+        "postgres://u@%2Ftmp/db".to_owned(),
+        "postgres://u@%2ftmp:5432/db".to_owned(),
+        good.url.replace(&fleet.remotes[0].db, "template1"),
+        good.url.replace(&fleet.remotes[0].db, "template0"),
+        format!("{bare}?dbname=template1"),
+    ] {
+        let e = refused(pb::AddClusterRequest {
+            url: url.clone(),
+            ..good.clone()
+        })
+        .await;
+        assert_eq!(e.code(), Code::InvalidArgument, "{url}: {e:?}");
+        assert!(e.message().contains("url"), "{url}: {e:?}");
+        assert!(
+            !e.message().contains("pw"),
+            "{url}: the password is not echoed: {e:?}"
+        );
+    }
+    // A symbolic link in the secrets directory is followed only to a file
+    // inside it.
+    let outside = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(outside.path(), "outside-secret").unwrap();
+    std::os::unix::fs::symlink(outside.path(), fleet.secrets.path().join("link-out")).unwrap();
+    let e = refused(pb::AddClusterRequest {
+        password_file: "link-out".into(),
+        ..good.clone()
+    })
+    .await;
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("password_file"), "{e:?}");
+    assert!(!e.message().contains("outside-secret"), "{e:?}");
     // A caller may not make tenantd read (and send to a server of the
     // caller's choosing) any file or variable but the cluster secrets.
     for file in [
@@ -375,9 +417,33 @@ async fn add_cluster_checks_what_it_is_given_and_finds() {
     assert_eq!(added.wal_level, "logical");
     assert_eq!(added.superuser, !crate::common::managed_mode());
     assert!(added.server_version.starts_with("15"), "{added:?}");
-    // Twice: refused.
+    // Twice: refused; and the same database under another name (another
+    // URL for it, a password file that is a link to its file) too.
     let e = refused(good.clone()).await;
     assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    std::os::unix::fs::symlink(
+        fleet.secrets.path().join("east.password"),
+        fleet.secrets.path().join("east-link.password"),
+    )
+    .unwrap();
+    for (name, url, file) in [
+        ("east-again", good.url.clone(), "east.password"),
+        (
+            "east-other-url",
+            format!("{}&application_name=x", good.url),
+            "east-link.password",
+        ),
+    ] {
+        let e = refused(pb::AddClusterRequest {
+            name: name.into(),
+            url,
+            password_file: file.into(),
+            ..good.clone()
+        })
+        .await;
+        assert_eq!(e.code(), Code::AlreadyExists, "{name}: {e:?}");
+        assert!(e.message().contains("same database"), "{name}: {e:?}");
+    }
 
     // Removing: not `default`, not one that holds a tenant.
     let e = c
