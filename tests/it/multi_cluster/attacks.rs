@@ -2,7 +2,9 @@
 //! coming back: a password tenantd was not given is never sent; a cluster
 //! a move runs from or to cannot be removed; a tenant being moved cannot be
 //! purged; a tenant suspended during its move cannot log in where it lands;
-//! two clusters on one server cannot move tenants between them.
+//! two clusters on one server cannot move tenants between them; a cancel
+//! that comes before the switch is honoured, however stale the move's own
+//! view of it.
 
 use std::time::Duration;
 
@@ -254,4 +256,60 @@ async fn can_login(remote: &Remote, role: &str) -> bool {
         .fetch_one(&mut c)
         .await
         .unwrap()
+}
+
+#[tokio::test]
+async fn a_cancel_while_the_copy_is_verified_is_honoured() {
+    if managed_mode() {
+        return; // moves are refused in this mode
+    }
+    let fleet = Fleet::create().await;
+    // A long lease: the move's heartbeat (which also reads the cancel)
+    // comes only every 15 s, so the switch itself must see the cancel.
+    let mut config = fleet.config();
+    config.moves.lease = Duration::from_secs(60);
+    let running = crate::common::TestServer::run(config).await.unwrap();
+    let mut c = clients_at(&format!("http://{}", running.local_addr())).await;
+    for r in &fleet.remotes {
+        c.clusters.add_cluster(r.add_request()).await.unwrap();
+    }
+    let t = create_on(&mut c, "east").await;
+    // Enough rows that the verification's checksums take a moment.
+    let mut seed = crate::common::data::exec(
+        &t.id,
+        "INSERT INTO locations (name) SELECT 'seed ' || g FROM generate_series(1, 200000) g",
+        vec![],
+    );
+    seed.timeout_ms = 60_000;
+    c.data.execute(seed).await.unwrap();
+    let queued = c
+        .tenants
+        .move_tenant(move_to(&t.id, "west"))
+        .await
+        .unwrap()
+        .into_inner();
+    let seen = eventually("the move verifies", Duration::from_secs(120), || {
+        let (mut c, id) = (c.clone(), queued.id.clone());
+        async move {
+            let m = move_of(&mut c, &id).await;
+            (m.phase == "verifying"
+                || m.status != pb::MoveJobStatus::Running as i32
+                    && m.status != pb::MoveJobStatus::Pending as i32)
+                .then_some(m)
+        }
+    })
+    .await;
+    assert_eq!(seen.phase, "verifying", "caught in the phase: {seen:?}");
+    c.tenants
+        .cancel_move(pb::TenantMoveRequest {
+            id: queued.id.clone(),
+        })
+        .await
+        .unwrap();
+    let done = ended(&mut c, &queued.id).await;
+    assert_eq!(done.status, pb::MoveJobStatus::Cancelled as i32, "{done:?}");
+    assert!(done.switched_at.is_none(), "{done:?}");
+    assert_eq!(tenant_of(&mut c, &t.id).await.cluster, "east");
+    assert_eq!(fleet.remotes[1].holds(&t.schema_name).await, (false, false));
+    running.stop().await.unwrap();
 }
