@@ -330,9 +330,7 @@ async fn build_services(
             .as_ref()
             .map(|p| p.expose().to_owned()),
     );
-    if let Err(e) = clusters.count_relations().await {
-        tracing::warn!(error = %e, "cannot count the relations of capped clusters");
-    }
+    clusters.reread_limits().await;
     // Creates on other clusters that died with an earlier process.
     tasks.spawn({
         let clusters = clusters.clone();

@@ -267,18 +267,30 @@ pub async fn delete(conn: &mut PgConnection, name: &ClusterName) -> Result<bool,
     Ok(done.rows_affected() == 1)
 }
 
-/// The clusters with a relation cap, and the cap.
-pub async fn relation_caps(
-    db: impl sqlx::PgExecutor<'_>,
-) -> Result<Vec<(ClusterName, i64)>, sqlx::Error> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT name, max_relations FROM tenantd.clusters WHERE max_relations IS NOT NULL",
+/// A cluster's caps that each replica applies itself: the relation cap
+/// placement checks, and the connection budget of its tenant pools.
+#[derive(Debug, Clone)]
+pub struct Caps {
+    pub name: ClusterName,
+    pub max_relations: Option<i64>,
+    pub connection_budget: Option<i32>,
+}
+
+/// The clusters with a relation cap or a connection budget, in one read.
+pub async fn caps(db: impl sqlx::PgExecutor<'_>) -> Result<Vec<Caps>, sqlx::Error> {
+    let rows: Vec<(String, Option<i64>, Option<i32>)> = sqlx::query_as(
+        "SELECT name, max_relations, connection_budget FROM tenantd.clusters \
+          WHERE max_relations IS NOT NULL OR connection_budget IS NOT NULL",
     )
     .fetch_all(db)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(n, cap)| (ClusterName::from_catalog(n), cap))
+        .map(|(name, max_relations, connection_budget)| Caps {
+            name: ClusterName::from_catalog(name),
+            max_relations,
+            connection_budget,
+        })
         .collect())
 }
 
@@ -347,20 +359,5 @@ pub async fn intents(
                 exists,
             )
         })
-        .collect())
-}
-
-/// The clusters with a connection budget, and the budget.
-pub async fn connection_budgets(
-    db: impl sqlx::PgExecutor<'_>,
-) -> Result<Vec<(ClusterName, i32)>, sqlx::Error> {
-    let rows: Vec<(String, i32)> = sqlx::query_as(
-        "SELECT name, connection_budget FROM tenantd.clusters WHERE connection_budget IS NOT NULL",
-    )
-    .fetch_all(db)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(n, budget)| (ClusterName::from_catalog(n), budget))
         .collect())
 }

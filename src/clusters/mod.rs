@@ -181,7 +181,7 @@ struct Inner {
     secrets_dir: Option<PathBuf>,
     live: RwLock<HashMap<ClusterName, Arc<Cluster>>>,
     /// Clusters whose database held `max_relations` relations or more at
-    /// the last count ([`Clusters::count_relations`]).
+    /// the last count ([`Clusters::reread_limits`]).
     over_relations: RwLock<HashSet<ClusterName>>,
     /// Each cluster's cap on this replica's tenant connections to it, and
     /// how many are open; the caps are read again every [`REFRESH_PERIOD`]
@@ -314,22 +314,41 @@ impl Clusters {
             .unwrap_or_default()
     }
 
+    /// Reads the registry's caps (one query) and applies them on this
+    /// replica: [`Self::count_relations`] and the connection budgets. Run
+    /// at start, every [`REFRESH_PERIOD`], and after a change of the
+    /// registry through this replica (where the new caps hold at once; on
+    /// the others within the period).
+    pub async fn reread_limits(&self) {
+        let caps = match registry::caps(self.catalog()).await {
+            Ok(caps) => caps,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the clusters' caps");
+                return;
+            }
+        };
+        self.apply_budgets(&caps);
+        if let Err(e) = self.count_relations(&caps).await {
+            tracing::warn!(error = %e, "cannot count the relations of capped clusters");
+        }
+    }
+
     /// Counts the relations (pg_class rows) of every cluster with a
     /// relation cap: placement skips those at or past it until the next
     /// count. One query per capped cluster; none without caps.
-    pub async fn count_relations(&self) -> Result<(), ClusterError> {
+    async fn count_relations(&self, caps: &[registry::Caps]) -> Result<(), ClusterError> {
         let mut over = HashSet::new();
-        let caps = registry::relation_caps(self.catalog())
-            .await
-            .map_err(ClusterError::db("read the relation caps"))?;
-        for (name, cap) in caps {
-            let cluster = self.get(&name).await?;
+        for c in caps {
+            let Some(cap) = c.max_relations else {
+                continue;
+            };
+            let cluster = self.get(&c.name).await?;
             let relations: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_catalog.pg_class")
                 .fetch_one(&cluster.admin)
                 .await
                 .map_err(ClusterError::db("count a cluster's relations"))?;
             if relations >= cap {
-                over.insert(name);
+                over.insert(c.name.clone());
             }
         }
         if let Ok(mut s) = self.inner.over_relations.write() {
@@ -338,26 +357,17 @@ impl Clusters {
         Ok(())
     }
 
-    /// [`Self::count_relations`] and [`Self::read_budgets`] after a change
-    /// of the registry: on this replica the new caps hold at once, on the
-    /// others within [`REFRESH_PERIOD`].
-    async fn reread_limits(&self) {
-        if let Err(e) = self.count_relations().await {
-            tracing::warn!(error = %e, "cannot count the relations of capped clusters");
-        }
-        if let Err(e) = self.read_budgets().await {
-            tracing::warn!(error = %e, "cannot read the clusters' connection budgets");
-        }
-    }
-
-    /// Cluster `name`'s connection budget on this replica. Its cap is the
-    /// registry's as last read (read now, the first time).
-    pub async fn connection_budget(&self, name: &ClusterName) -> Arc<ConnectionBudget> {
-        if let Some(b) = self.budget_entry(name) {
+    /// Cluster `name`'s connection budget on this replica, with the cap
+    /// last read from the registry (none for a cluster that had none).
+    pub fn connection_budget(&self, name: &ClusterName) -> Arc<ConnectionBudget> {
+        if let Some(b) = self
+            .inner
+            .budgets
+            .read()
+            .ok()
+            .and_then(|b| b.get(name).cloned())
+        {
             return b;
-        }
-        if let Err(e) = self.read_budgets().await {
-            tracing::warn!(error = %e, "cannot read the clusters' connection budgets");
         }
         match self.inner.budgets.write() {
             Ok(mut budgets) => budgets.entry(name.clone()).or_default().clone(),
@@ -365,32 +375,25 @@ impl Clusters {
         }
     }
 
-    fn budget_entry(&self, name: &ClusterName) -> Option<Arc<ConnectionBudget>> {
-        self.inner.budgets.read().ok()?.get(name).cloned()
-    }
-
-    /// Reads every cluster's connection cap from the registry.
-    pub async fn read_budgets(&self) -> Result<(), ClusterError> {
-        let caps: HashMap<ClusterName, i32> = registry::connection_budgets(self.catalog())
-            .await
-            .map_err(ClusterError::db("read the connection budgets"))?
-            .into_iter()
-            .collect();
-        if let Ok(mut budgets) = self.inner.budgets.write() {
-            for name in caps.keys() {
-                budgets.entry(name.clone()).or_default();
-            }
-            for (name, budget) in budgets.iter() {
-                let cap = caps
-                    .get(name)
-                    .map_or(0, |&n| usize::try_from(n).unwrap_or(0));
-                budget.limit.store(cap, Ordering::Relaxed);
-            }
+    /// Sets every cluster's connection cap to the registry's.
+    fn apply_budgets(&self, caps: &[registry::Caps]) {
+        let Ok(mut budgets) = self.inner.budgets.write() else {
+            return;
+        };
+        for c in caps.iter().filter(|c| c.connection_budget.is_some()) {
+            budgets.entry(c.name.clone()).or_default();
         }
-        Ok(())
+        for (name, budget) in budgets.iter() {
+            let cap = caps
+                .iter()
+                .find(|c| &c.name == name)
+                .and_then(|c| c.connection_budget)
+                .map_or(0, |n| usize::try_from(n).unwrap_or(0));
+            budget.limit.store(cap, Ordering::Relaxed);
+        }
     }
 
-    /// Every [`REFRESH_PERIOD`]: [`Self::refresh`], [`Self::count_relations`],
+    /// Every [`REFRESH_PERIOD`]: [`Self::refresh`], [`Self::reread_limits`],
     /// then [`sweep_intents`].
     pub async fn maintain(self, shutdown: CancellationToken) {
         loop {

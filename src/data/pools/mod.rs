@@ -438,7 +438,7 @@ impl TenantPools {
             .get(&placement)
             .await
             .map_err(|e| PoolError::Cluster(e.to_string()))?;
-        let budget = self.clusters.connection_budget(&placement).await;
+        let budget = self.clusters.connection_budget(&placement);
         let manager = TenantManager {
             tenant: id,
             cluster: placement.clone(),

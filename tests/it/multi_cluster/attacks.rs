@@ -12,7 +12,7 @@ use tenantd::pb;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::Code;
 
-use super::{Fleet, Remote, create_on, tenant_of};
+use super::{Fleet, create_on, tenant_of, wait_move};
 use crate::common::binary::Tenantd;
 use crate::common::fleet::eventually;
 use crate::common::{Clients, clients_at, database_url, lifecycle, managed_mode};
@@ -30,19 +30,6 @@ async fn move_of(c: &mut Clients, id: &str) -> pb::TenantClusterMove {
         .await
         .unwrap()
         .into_inner()
-}
-
-async fn ended(c: &mut Clients, id: &str) -> pb::TenantClusterMove {
-    eventually("the move ends", Duration::from_secs(120), || {
-        let (mut c, id) = (c.clone(), id.to_owned());
-        async move {
-            let m = move_of(&mut c, &id).await;
-            (m.status != pb::MoveJobStatus::Pending as i32
-                && m.status != pb::MoveJobStatus::Running as i32)
-                .then_some(m)
-        }
-    })
-    .await
 }
 
 /// A server that asks for a cleartext password and reports what it got.
@@ -215,7 +202,7 @@ async fn a_move_holds_its_clusters_and_its_tenant() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(refused.message().contains("being moved"), "{refused:?}");
-    let done = ended(&mut c, &queued.id).await;
+    let done = wait_move(&mut c, &queued.id).await;
     assert_eq!(done.status, pb::MoveJobStatus::Succeeded as i32, "{done:?}");
     assert_eq!(tenant_of(&mut c, &archived.id).await.cluster, "west");
     // The move over, the purge goes through.
@@ -240,22 +227,13 @@ async fn a_move_holds_its_clusters_and_its_tenant() {
         .unwrap()
         .into_inner();
     c.tenants.suspend_tenant(lifecycle(&t.id)).await.unwrap();
-    let done = ended(&mut c, &queued.id).await;
+    let done = wait_move(&mut c, &queued.id).await;
     assert_eq!(done.status, pb::MoveJobStatus::Succeeded as i32, "{done:?}");
     assert_eq!(tenant_of(&mut c, &t.id).await.cluster, "west");
-    assert!(!can_login(&fleet.remotes[1], &t.schema_name).await);
+    assert!(!fleet.remotes[1].can_login(&t.schema_name).await);
     c.tenants.resume_tenant(lifecycle(&t.id)).await.unwrap();
-    assert!(can_login(&fleet.remotes[1], &t.schema_name).await);
+    assert!(fleet.remotes[1].can_login(&t.schema_name).await);
     running.stop().await.unwrap();
-}
-
-async fn can_login(remote: &Remote, role: &str) -> bool {
-    let mut c = remote.connect().await;
-    sqlx::query_scalar("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1")
-        .bind(role)
-        .fetch_one(&mut c)
-        .await
-        .unwrap()
 }
 
 #[tokio::test]
@@ -315,7 +293,7 @@ async fn a_cancel_before_the_switch_is_honoured_by_the_switch() {
         })
         .await
         .unwrap();
-    let done = ended(&mut c, &queued.id).await;
+    let done = wait_move(&mut c, &queued.id).await;
     assert_eq!(done.status, pb::MoveJobStatus::Cancelled as i32, "{done:?}");
     assert!(done.switched_at.is_none(), "{done:?}");
     assert_eq!(tenant_of(&mut c, &t.id).await.cluster, "east");

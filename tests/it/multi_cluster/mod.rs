@@ -103,6 +103,25 @@ pub(crate) async fn tenant_of(c: &mut crate::common::Clients, id: &str) -> pb::T
         .into_inner()
 }
 
+/// Follows a move until it ends.
+pub(crate) async fn wait_move(c: &mut crate::common::Clients, id: &str) -> pb::TenantClusterMove {
+    let mut stream = c
+        .tenants
+        .watch_move(pb::TenantMoveRequest { id: id.to_owned() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, stream.message())
+        .await
+        .unwrap()
+    {
+        last = Some(m);
+    }
+    last.expect("the watch sent the move")
+}
+
 /// One test's database on one of the servers, and tenantd's role there.
 pub(crate) struct Remote {
     pub(crate) cluster: &'static str,
@@ -130,6 +149,16 @@ impl Remote {
             password_file: format!("{}.password", self.cluster),
             ..Default::default()
         }
+    }
+
+    /// Whether `role` may log in on this server.
+    pub(crate) async fn can_login(&self, role: &str) -> bool {
+        let mut c = self.connect().await;
+        sqlx::query_scalar("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1")
+            .bind(role)
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
     }
 
     /// Whether the tenant's schema and role exist on this server.

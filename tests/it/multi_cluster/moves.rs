@@ -12,7 +12,7 @@ use std::time::Duration;
 use tenantd::pb;
 use tonic::Code;
 
-use super::{Fleet, Remote, create_on, tenant_of};
+use super::{Fleet, Remote, create_on, tenant_of, wait_move};
 use crate::common::binary::Tenantd;
 use crate::common::data::{exec, read};
 use crate::common::fleet::eventually;
@@ -35,25 +35,6 @@ async fn seed(c: &mut Clients, tenant: &str, rows: usize) {
         ))
         .await
         .unwrap();
-}
-
-/// Follows a move until it ends.
-async fn wait_move(c: &mut Clients, id: &str) -> pb::TenantClusterMove {
-    let mut stream = c
-        .tenants
-        .watch_move(pb::TenantMoveRequest { id: id.to_owned() })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, stream.message())
-        .await
-        .unwrap()
-    {
-        last = Some(m);
-    }
-    last.expect("the watch sent the move")
 }
 
 async fn names_on(remote: &Remote, schema: &str) -> Vec<String> {

@@ -22,15 +22,6 @@ fn count_of(r: &pb::ExecuteResponse) -> i64 {
     }
 }
 
-async fn can_login(remote: &super::Remote, role: &str) -> bool {
-    let mut c = remote.connect().await;
-    sqlx::query_scalar("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1")
-        .bind(role)
-        .fetch_one(&mut c)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_tenant_on_another_cluster_is_served_and_managed_there() {
     let fleet = Fleet::create().await;
@@ -86,7 +77,7 @@ async fn a_tenant_on_another_cluster_is_served_and_managed_there() {
     // Suspend: the role stops logging in on west, and calls on either
     // replica are refused within the revocation window.
     ca.tenants.suspend_tenant(lifecycle(&t.id)).await.unwrap();
-    assert!(!can_login(west, &t.schema_name).await);
+    assert!(!west.can_login(&t.schema_name).await);
     eventually("the other replica refuses", Duration::from_secs(10), || {
         let mut cb = cb.clone();
         let id = t.id.clone();
@@ -98,7 +89,7 @@ async fn a_tenant_on_another_cluster_is_served_and_managed_there() {
     })
     .await;
     ca.tenants.resume_tenant(lifecycle(&t.id)).await.unwrap();
-    assert!(can_login(west, &t.schema_name).await);
+    assert!(west.can_login(&t.schema_name).await);
     eventually(
         "the other replica serves again",
         Duration::from_secs(10),
@@ -118,7 +109,7 @@ async fn a_tenant_on_another_cluster_is_served_and_managed_there() {
 
     // Archive and purge: nothing of the tenant left on west.
     ca.tenants.archive_tenant(lifecycle(&t.id)).await.unwrap();
-    assert!(!can_login(west, &t.schema_name).await);
+    assert!(!west.can_login(&t.schema_name).await);
     let purged = cb
         .tenants
         .purge_tenant(pb::PurgeTenantRequest {
