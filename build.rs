@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/tenantd/v1/identity.proto",
         "proto/tenantd/v1/data.proto",
         "proto/tenantd/v1/clusters.proto",
+        "proto/tenantd/v1/events.proto",
     ];
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);

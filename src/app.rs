@@ -32,7 +32,9 @@ use crate::grpc::auth::Authenticator;
 use crate::grpc::metrics::GrpcMetricsLayer;
 use crate::grpc::request_id;
 use crate::grpc::tls::ServerTls;
-use crate::grpc::{ClusterApi, DataApi, MigrationApi, SessionApi, TenantApi, UserApi, pb};
+use crate::grpc::{
+    ClusterApi, DataApi, EventApi, MigrationApi, SessionApi, TenantApi, UsageApi, UserApi, pb,
+};
 use crate::identity::{Identity, IdentitySettings, keys};
 use crate::metrics::Metrics;
 use crate::pgtls::DbTlsSettings;
@@ -74,6 +76,12 @@ pub struct AppConfig {
     pub database_password: Option<crate::config::Secret>,
     /// Moves of tenants between clusters.
     pub moves: crate::clusters::MoveSettings,
+    /// How events reach watchers.
+    pub events: crate::events::EventSettings,
+    /// How tenant usage is sampled and kept.
+    pub usage: crate::usage::UsageSettings,
+    /// The operator console's HTTP listener; `None`: no console.
+    pub console_addr: Option<SocketAddr>,
 }
 
 /// How often pools of tenants that left ACTIVE through another replica are
@@ -81,8 +89,10 @@ pub struct AppConfig {
 const POOL_WATCH_PERIOD: Duration = Duration::from_secs(1);
 
 /// The services health reports on ("" is the server as a whole).
-const SERVICES: [&str; 7] = [
+const SERVICES: [&str; 9] = [
     "",
+    pb::event_service_server::SERVICE_NAME,
+    pb::usage_service_server::SERVICE_NAME,
     pb::cluster_service_server::SERVICE_NAME,
     pb::tenant_service_server::SERVICE_NAME,
     pb::migration_service_server::SERVICE_NAME,
@@ -95,6 +105,7 @@ const SERVICES: [&str; 7] = [
 pub struct Running {
     local_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    console_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -107,6 +118,11 @@ impl Running {
     /// Where the metrics listener is bound, if there is one.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// Where the operator console listens, when it is on.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console_addr
     }
 
     /// Cancelling it starts a graceful shutdown.
@@ -135,6 +151,18 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
     // Bound first: a taken port fails the start before any database work.
     let metrics_listener = bind_metrics(config.metrics_addr).await?;
     let metrics_addr = metrics_listener.as_ref().map(|&(_, addr)| addr);
+    let console_listener = match config.console_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen for the console on {addr}"))?,
+        ),
+        None => None,
+    };
+    let console_addr = match &console_listener {
+        Some(l) => Some(l.local_addr().context("read the console's address")?),
+        None => None,
+    };
     let metrics = Metrics::new();
     // Settings that name files are checked before any database work, so a
     // wrong path or file is reported as such, naming its setting.
@@ -154,6 +182,19 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
     let background = Background::default();
     let services = build_services(&config, db_tls, &catalog, &metrics, &background).await?;
     let pools = services.pools.clone();
+    if let Some(listener) = console_listener {
+        let console = crate::console::Console::new(crate::console::ConsoleParts {
+            identity: services.identity.clone(),
+            upgrades: services.upgrades.clone(),
+            events: services.events.clone(),
+            usage: services.usage.clone(),
+            catalog: catalog.pool.clone(),
+        });
+        tracing::info!(addr = ?console_addr, "serving the operator console");
+        background
+            .tasks
+            .spawn(console.serve(listener, background.shutdown.child_token()));
+    }
     let (health, router) = router(services, grpc_tls, &metrics, &background).await?;
     // Metrics stay up while requests drain, and stop before the pool closes.
     let metrics_stop = CancellationToken::new();
@@ -183,6 +224,7 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
     Ok(Running {
         local_addr,
         metrics_addr,
+        console_addr,
         shutdown,
         handle,
     })
@@ -287,6 +329,8 @@ struct Services {
     upgrades: Upgrades,
     placement: Placement,
     clusters: Clusters,
+    events: crate::events::Events,
+    usage: crate::usage::Usage,
 }
 
 async fn build_services(
@@ -433,6 +477,10 @@ async fn build_services(
             tasks,
         );
     }
+    let events = crate::events::Events::new(pool.clone(), config.events.clone());
+    events.spawn(shutdown.child_token(), tasks);
+    let usage = crate::usage::Usage::new(clusters.clone(), config.usage.clone());
+    tasks.spawn(usage.clone().sample_loop(shutdown.child_token()));
     Ok(Services {
         identity,
         pools,
@@ -441,6 +489,8 @@ async fn build_services(
         upgrades,
         placement,
         clusters,
+        events,
+        usage,
     })
 }
 
@@ -462,10 +512,20 @@ async fn router(
         upgrades,
         placement,
         clusters,
+        events,
+        usage,
     } = services;
     let auth = Authenticator::new(identity.clone());
     let data_api = pb::tenant_data_service_server::TenantDataServiceServer::with_interceptor(
-        DataApi::new(data, identity.clone()),
+        DataApi::new(data, identity.clone(), usage.clone()),
+        auth.clone(),
+    );
+    let event_api = pb::event_service_server::EventServiceServer::with_interceptor(
+        EventApi::new(events, identity.clone(), background.shutdown.clone()),
+        auth.clone(),
+    );
+    let usage_api = pb::usage_service_server::UsageServiceServer::with_interceptor(
+        UsageApi::new(usage, identity.clone()),
         auth.clone(),
     );
     let tenant_api = pb::tenant_service_server::TenantServiceServer::with_interceptor(
@@ -549,7 +609,9 @@ async fn router(
         .add_service(cluster_api)
         .add_service(user_api)
         .add_service(session_api)
-        .add_service(data_api);
+        .add_service(data_api)
+        .add_service(event_api)
+        .add_service(usage_api);
     Ok((health, router))
 }
 

@@ -78,6 +78,35 @@ pub struct ServeArgs {
     #[arg(long, env = "TENANTD_METRICS_ADDR", default_value = "127.0.0.1:9464", value_parser = parse_metrics_addr)]
     pub metrics_addr: std::option::Option<SocketAddr>,
 
+    /// Address of the operator console (plain HTTP: a page showing the
+    /// fleet, live), or `off` (the default). It must be a loopback address
+    /// unless --console-allow-remote is given; put a TLS proxy in front to
+    /// reach it from elsewhere. Signing in needs a service key with
+    /// tenants:read and events:read.
+    #[arg(long, env = "TENANTD_CONSOLE_ADDR", default_value = "off", value_parser = parse_metrics_addr)]
+    pub console_addr: std::option::Option<SocketAddr>,
+
+    /// Let --console-addr be an address other than loopback.
+    #[arg(long, env = "TENANTD_CONSOLE_ALLOW_REMOTE")]
+    pub console_allow_remote: bool,
+
+    /// How often each replica looks for new events while anyone watches
+    /// them (EventService.WatchEvents): the longest a committed change waits
+    /// before its watchers are sent it.
+    #[arg(long, env = "TENANTD_EVENTS_POLL_INTERVAL", default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub events_poll_interval: Duration,
+
+    /// Events each replica keeps for its watchers; a watcher further
+    /// behind the newest is cut off (RESOURCE_EXHAUSTED) and resumes from
+    /// its cursor.
+    #[arg(long, env = "TENANTD_EVENTS_BUFFER", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
+    pub events_buffer: u32,
+
+    /// How often tenant schema sizes are sampled (one catalog query per
+    /// cluster).
+    #[arg(long, env = "TENANTD_USAGE_SAMPLE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub usage_sample_interval: Duration,
+
     /// PostgreSQL URL of the database that holds the catalog and the tenant
     /// schemas, e.g. postgres://tenantd@db.internal/platform. TLS as libpq
     /// reads it: ?sslmode=verify-full&sslrootcert=/path/ca.pem (also
@@ -353,16 +382,31 @@ impl ServeArgs {
         if self.data_default_max_rows == 0 || self.data_max_rows < self.data_default_max_rows {
             bail!("--data-default-max-rows must be at least 1 and at most --data-max-rows");
         }
-        if let Some(dir) = &self.tenant_migrations {
-            if !dir.is_dir() {
-                bail!("--tenant-migrations {} is not a directory", dir.display());
-            }
+        if let Some(dir) = &self.tenant_migrations
+            && !dir.is_dir()
+        {
+            bail!("--tenant-migrations {} is not a directory", dir.display());
         }
         if let Some(url) = &self.database_url {
             parse_database_url(url)?;
             DbTlsSettings::from_url(url.expose()).context("--database-url")?;
         }
         Ok(())
+    }
+}
+
+impl ServeArgs {
+    /// `--console-addr`, refused when not loopback unless allowed.
+    pub fn console_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        match self.console_addr {
+            Some(addr) if !addr.ip().is_loopback() && !self.console_allow_remote => {
+                anyhow::bail!(
+                    "--console-addr {addr} is not a loopback address: the console is plain \
+                     HTTP; give --console-allow-remote to serve it there anyway (behind a TLS proxy)"
+                )
+            }
+            addr => Ok(addr),
+        }
     }
 }
 

@@ -14,9 +14,11 @@ pub mod app;
 pub mod catalog;
 pub mod clusters;
 pub mod config;
+pub mod console;
 pub mod crash;
 pub mod data;
 pub mod domain;
+pub mod events;
 pub mod files;
 pub mod fleet;
 pub mod grpc;
@@ -28,5 +30,6 @@ pub mod pgtls;
 pub mod placement;
 pub mod telemetry;
 pub mod tenant;
+pub mod usage;
 
 pub use grpc::pb;

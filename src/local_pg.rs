@@ -488,10 +488,10 @@ fn find_binaries_in(
         }
         // A PATH entry may hold links into a versioned directory.
         let linked = dir.join("initdb").canonicalize().ok();
-        if let Some(parent) = linked.as_deref().and_then(Path::parent) {
-            if complete(parent) {
-                return Ok(parent.to_path_buf());
-            }
+        if let Some(parent) = linked.as_deref().and_then(Path::parent)
+            && complete(parent)
+        {
+            return Ok(parent.to_path_buf());
         }
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(versions_root)

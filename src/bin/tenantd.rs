@@ -238,6 +238,15 @@ async fn run(
             source_grace: args.move_source_grace,
             ..Default::default()
         },
+        events: tenantd::events::EventSettings {
+            poll_interval: args.events_poll_interval,
+            buffer: args.events_buffer as usize,
+        },
+        usage: tenantd::usage::UsageSettings {
+            sample_interval: args.usage_sample_interval,
+            ..Default::default()
+        },
+        console_addr: args.console_addr()?,
     };
     let running = app::start(config, listener).await?;
     tracing::info!(addr = %running.local_addr(), "tenantd listening");

@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod clusters;
 pub(crate) mod error;
+pub mod events;
 pub(crate) mod identity;
 pub(crate) mod metrics;
 pub mod moves;

@@ -267,3 +267,27 @@ pub async fn left_active_since(
     .await?;
     Ok(ids.into_iter().map(TenantId::from_uuid).collect())
 }
+
+/// Every tenant that has a schema (active, suspended, archived): id, slug,
+/// schema and cluster, for sampling their sizes.
+pub async fn placed(
+    db: impl sqlx::PgExecutor<'_>,
+) -> Result<Vec<(Uuid, String, String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, slug, schema_name, placement FROM tenantd.tenants \
+         WHERE status IN ('active', 'suspended', 'archived')",
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// How many tenants there are in each (status, schema version), purged
+/// left out.
+pub async fn census(db: impl sqlx::PgExecutor<'_>) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT status, schema_version, count(*) FROM tenantd.tenants \
+         WHERE status <> 'purged' GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(db)
+    .await
+}

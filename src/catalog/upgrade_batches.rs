@@ -89,13 +89,19 @@ fn item(run: RunId, tenant: TenantId) -> String {
     )
 }
 
-/// Marks the run's item of the tenant done at `to`.
+/// Marks the run's item of the tenant done at `to`, and appends its event
+/// (`upgrade.tenant_done`). Last in its transaction: the event holds the
+/// audit chain's head only for the commit.
 pub fn item_done(run: RunId, tenant: TenantId, to: i64) -> String {
     format!(
         "UPDATE tenantd.upgrade_items SET status = 'done', to_version = {to}, finished_at = now(), \
              finished_xid = pg_current_xact_id(), lease_owner = NULL, lease_expires_at = NULL, \
-             last_sqlstate = NULL, last_error = NULL WHERE {};",
-        item(run, tenant)
+             last_sqlstate = NULL, last_error = NULL WHERE {};\n\
+         SELECT tenantd.append_audit('tenantd', 'upgrade.tenant_done', 'tenant:{id}', \
+             jsonb_build_object('run', '{run}', 'to', {to}));",
+        item(run, tenant),
+        id = tenant.as_uuid(),
+        run = run.0,
     )
 }
 

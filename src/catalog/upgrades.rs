@@ -823,3 +823,32 @@ pub async fn status_counts(
     .fetch_all(conn)
     .await
 }
+
+/// A tenant that failed in a run, as the console lists it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FailedItem {
+    pub tenant_id: uuid::Uuid,
+    pub slug: String,
+    pub sqlstate: String,
+    pub message: String,
+    pub attempts: i32,
+}
+
+/// Up to `limit` failed tenants of the run, the most recent first.
+pub async fn failed_items(
+    conn: &mut PgConnection,
+    run: RunId,
+    limit: i64,
+) -> Result<Vec<FailedItem>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT i.tenant_id, coalesce(t.slug, '') AS slug, coalesce(i.last_sqlstate, '') AS sqlstate, \
+                coalesce(i.last_error, '') AS message, i.attempts \
+         FROM tenantd.upgrade_items i LEFT JOIN tenantd.tenants t ON t.id = i.tenant_id \
+         WHERE i.run_id = $1 AND i.status = 'failed' \
+         ORDER BY i.finished_at DESC NULLS LAST, i.tenant_id LIMIT $2",
+    )
+    .bind(run.0)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}

@@ -132,10 +132,11 @@ pub enum Permission {
     DataRead,
     DataWrite,
     UpgradesRun,
+    EventsRead,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 8] = [
+    pub const ALL: [Permission; 9] = [
         Permission::TenantRead,
         Permission::TenantUpdate,
         Permission::TenantDelete,
@@ -144,6 +145,7 @@ impl Permission {
         Permission::DataRead,
         Permission::DataWrite,
         Permission::UpgradesRun,
+        Permission::EventsRead,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -156,13 +158,17 @@ impl Permission {
             Self::DataRead => "data:read",
             Self::DataWrite => "data:write",
             Self::UpgradesRun => "upgrades:run",
+            Self::EventsRead => "events:read",
         }
     }
 
     /// Whether it only reads: all a member keeps in a tenant that is not
     /// ACTIVE (suspended, archived).
     pub const fn is_read(self) -> bool {
-        matches!(self, Self::TenantRead | Self::DataRead | Self::MembersRead)
+        matches!(
+            self,
+            Self::TenantRead | Self::DataRead | Self::MembersRead | Self::EventsRead
+        )
     }
 
     /// Whether it changes who may do what, or the tenant itself (members,
@@ -179,7 +185,9 @@ impl Permission {
         match self {
             Self::TenantRead | Self::DataRead => Role::Employee,
             Self::DataWrite | Self::MembersRead => Role::Manager,
-            Self::TenantUpdate | Self::MembersManage | Self::UpgradesRun => Role::Admin,
+            Self::TenantUpdate | Self::MembersManage | Self::UpgradesRun | Self::EventsRead => {
+                Role::Admin
+            }
             Self::TenantDelete => Role::Owner,
         }
     }
@@ -283,10 +291,12 @@ pub enum Scope {
     Data,
     /// Add and change Citus nodes; move, rebalance and drain tenants.
     ClustersAdmin,
+    /// Watch and list the catalog's events, of every tenant.
+    EventsRead,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 8] = [
         Scope::TenantsRead,
         Scope::TenantsWrite,
         Scope::UpgradesRun,
@@ -294,6 +304,7 @@ impl Scope {
         Scope::SessionsValidate,
         Scope::Data,
         Scope::ClustersAdmin,
+        Scope::EventsRead,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -305,6 +316,7 @@ impl Scope {
             Self::SessionsValidate => "sessions:validate",
             Self::Data => "data",
             Self::ClustersAdmin => "clusters:admin",
+            Self::EventsRead => "events:read",
         }
     }
 

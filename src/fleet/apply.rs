@@ -176,11 +176,11 @@ async fn upgrade_in_transaction(
     let rows = sqlx::Executor::fetch_all(&mut *conn, sqlx::raw_sql(&open)).await?;
     let state = LockedTenant::from_batch(&rows)?;
     // Paused, halted or cancelled since the claim: leave the tenant alone.
-    if let Some(locked) = &state {
-        if locked.run_status != Some(RunStatus::Running) {
-            engine.execute_ddl(&mut *conn, "ROLLBACK").await?;
-            return Ok(Applied::RunStopped);
-        }
+    if let Some(locked) = &state
+        && locked.run_status != Some(RunStatus::Running)
+    {
+        engine.execute_ddl(&mut *conn, "ROLLBACK").await?;
+        return Ok(Applied::RunStopped);
     }
     let (catalog_version, ledger) = match state {
         Some(LockedTenant {

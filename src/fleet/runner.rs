@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use super::apply::{self, Applied};
 use crate::catalog::Engine;
+use crate::catalog::audit;
 use crate::catalog::upgrades::{self, Claimed, FailureEffect};
 use crate::clusters::Clusters;
 use crate::domain::upgrade::{RunId, RunStatus};
@@ -218,9 +219,21 @@ impl Shared {
                 size = self.settings.batch;
             }
             if batch.is_empty() {
-                let mut c = self.pool.acquire().await?;
-                if let Some(status) = upgrades::finish_if_complete(&mut c, run).await? {
-                    tracing::info!(%run, %status, "upgrade run finished");
+                let mut tx = self.pool.begin().await?;
+                match upgrades::finish_if_complete(&mut tx, run).await? {
+                    Some(status) => {
+                        audit::append(
+                            &mut tx,
+                            "tenantd",
+                            "upgrade.finished",
+                            &format!("upgrade:{run}"),
+                            &serde_json::json!({ "status": status.as_str() }),
+                        )
+                        .await?;
+                        tx.commit().await?;
+                        tracing::info!(%run, %status, "upgrade run finished");
+                    }
+                    None => tx.commit().await?,
                 }
                 return Ok(worked);
             }
@@ -325,6 +338,26 @@ impl Shared {
                     retry_in,
                 )
                 .await?;
+                if effect != FailureEffect::Retrying {
+                    audit::append(
+                        &mut tx,
+                        "tenantd",
+                        "upgrade.tenant_failed",
+                        &format!("tenant:{}", item.tenant.as_uuid()),
+                        &serde_json::json!({
+                            "run": run.to_string(),
+                            "sqlstate": sqlstate,
+                            "message": message,
+                            "attempts": item.attempts,
+                            "run_effect": match effect {
+                                FailureEffect::PausedRun => "paused",
+                                FailureEffect::HaltedRun => "halted",
+                                _ => "none",
+                            },
+                        }),
+                    )
+                    .await?;
+                }
                 tx.commit().await?;
                 match effect {
                     FailureEffect::Retrying => {

@@ -48,24 +48,34 @@ impl Authenticator {
     }
 }
 
+/// The credential of `authorization: Bearer <credential>`.
+fn bearer<T>(request: &Request<T>) -> Result<&str, Status> {
+    let header = request.metadata().get("authorization").ok_or_else(|| {
+        Status::unauthenticated(
+            "missing credentials: send `authorization: Bearer <service key or access token>`",
+        )
+    })?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(|| {
+            Status::unauthenticated("the authorization header must be `Bearer <credential>`")
+        })
+}
+
+/// The credential a call came with, for a long call that checks it again.
+pub fn credential<T>(request: &Request<T>) -> Option<&str> {
+    bearer(request).ok()
+}
+
 impl Interceptor for Authenticator {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let header = request.metadata().get("authorization").ok_or_else(|| {
-            Status::unauthenticated(
-                "missing credentials: send `authorization: Bearer <service key or access token>`",
-            )
-        })?;
-        let credential = header
-            .to_str()
-            .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(|| {
-                Status::unauthenticated("the authorization header must be `Bearer <credential>`")
-            })?;
+        let credential = bearer(&request)?;
         let caller = if credential.starts_with("tdk_") {
             self.identity.keys.verify(credential).map(Caller::Service)
         } else {

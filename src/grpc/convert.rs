@@ -116,10 +116,10 @@ impl TryFrom<pb::UpdateTenantRequest> for UpdateTenant {
         if let Some(country) = &r.country {
             patch.country = v.check(Country::parse_optional("country", country));
         }
-        if let Some(expected) = r.expected_version {
-            if expected < 1 {
-                v.add("expected_version", "must be at least 1");
-            }
+        if let Some(expected) = r.expected_version
+            && expected < 1
+        {
+            v.add("expected_version", "must be at least 1");
         }
         v.finish()?;
         let id = id.ok_or_else(|| ValidationError::single("id", "is required"))?;

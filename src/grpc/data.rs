@@ -10,6 +10,7 @@ use crate::data::{Outcome, Statement, TenantData, Value};
 use crate::domain::identity::{Permission, Scope};
 use crate::domain::{TenantId, ValidationError};
 use crate::identity::Identity;
+use crate::usage::Usage;
 
 /// Statements one Transaction call may hold.
 const MAX_STATEMENTS: usize = 100;
@@ -21,11 +22,16 @@ const MAX_PARAMS: usize = 65_535;
 pub struct DataApi {
     data: TenantData,
     identity: Identity,
+    usage: Usage,
 }
 
 impl DataApi {
-    pub fn new(data: TenantData, identity: Identity) -> Self {
-        Self { data, identity }
+    pub fn new(data: TenantData, identity: Identity, usage: Usage) -> Self {
+        Self {
+            data,
+            identity,
+            usage,
+        }
     }
 
     /// Checks the caller, runs, and maps the outcome.
@@ -49,10 +55,16 @@ impl DataApi {
             permission,
         )
         .await?;
-        self.data
+        let started = std::time::Instant::now();
+        let result = self
+            .data
             .run(call.tenant, &call.statements, call.read_only, call.timeout)
-            .await
-            .map_err(|e| status::data(e, call.prefix))
+            .await;
+        // Counted once the caller may act in the tenant, so nobody adds to
+        // another tenant's counts.
+        self.usage
+            .record_call(*call.tenant.as_uuid(), started.elapsed(), result.is_ok());
+        result.map_err(|e| status::data(e, call.prefix))
     }
 
     fn statement(

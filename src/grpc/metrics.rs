@@ -226,10 +226,10 @@ impl<B: Body + Unpin> Body for MetricsBody<B> {
             Poll::Ready(None) => Some(Code::Unknown),
             Poll::Pending => None,
         };
-        if let Some(code) = code {
-            if let Some(mut call) = this.pending.take() {
-                call.record(code);
-            }
+        if let Some(code) = code
+            && let Some(mut call) = this.pending.take()
+        {
+            call.record(code);
         }
         polled
     }

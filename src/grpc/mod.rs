@@ -7,6 +7,7 @@ mod clusters;
 pub(crate) mod codec;
 mod convert;
 pub(crate) mod data;
+pub(crate) mod events;
 pub(crate) mod identity;
 pub(crate) mod metrics;
 mod migrations;
@@ -14,12 +15,15 @@ pub(crate) mod request_id;
 mod status;
 mod tenants;
 pub mod tls;
+mod usage;
 
 pub use clusters::ClusterApi;
 pub use data::DataApi;
+pub use events::EventApi;
 pub use identity::{SessionApi, UserApi};
 pub use migrations::MigrationApi;
 pub use tenants::TenantApi;
+pub use usage::UsageApi;
 
 /// The canonical name of a status code ("OK", "NOT_FOUND", …), as
 /// metrics label it and tenantctl prints it.

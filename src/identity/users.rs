@@ -112,13 +112,13 @@ impl Identity {
             .await
             .map_err(db("lock user"))?
             .ok_or(IdentityError::NotFound("user"))?;
-        if let Some(expected) = patch.expected_version {
-            if expected != current.version {
-                return Err(IdentityError::VersionConflict {
-                    expected,
-                    actual: current.version,
-                });
-            }
+        if let Some(expected) = patch.expected_version
+            && expected != current.version
+        {
+            return Err(IdentityError::VersionConflict {
+                expected,
+                actual: current.version,
+            });
         }
         let email = patch.email.as_ref().map(|e| e.as_ref().map(Email::as_str));
         let phone = patch.phone.as_ref().map(|p| p.as_ref().map(Phone::as_str));

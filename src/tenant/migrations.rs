@@ -190,14 +190,14 @@ impl TenantMigrations {
         let known = crate::catalog::tenant_migrations::registered(&mut *conn)
             .await
             .context("read the tenant migration catalog")?;
-        if let Some((catalog_latest, ..)) = known.last() {
-            if *catalog_latest > self.latest() {
-                return Err(MigrationSetError::CatalogAhead {
-                    catalog_latest: *catalog_latest,
-                    ours: self.latest(),
-                }
-                .into());
+        if let Some((catalog_latest, ..)) = known.last()
+            && *catalog_latest > self.latest()
+        {
+            return Err(MigrationSetError::CatalogAhead {
+                catalog_latest: *catalog_latest,
+                ours: self.latest(),
             }
+            .into());
         }
         for (version, name, checksum) in &known {
             let ours = &self.list[(*version - 1) as usize];

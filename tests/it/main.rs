@@ -15,6 +15,7 @@ mod citus_moves;
 mod data;
 mod deploy;
 mod docs;
+mod events;
 mod identity;
 mod isolation;
 mod managed;

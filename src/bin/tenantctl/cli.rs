@@ -102,6 +102,11 @@ pub enum Command {
     },
     /// The server's gRPC health, as a whole and per service.
     Health,
+    /// The catalog's changes, as events: list a page or watch them live.
+    Events {
+        #[command(subcommand)]
+        command: crate::events::EventsCommand,
+    },
     /// Check the tamper-evident audit log.
     Audit {
         #[command(subcommand)]

@@ -10,6 +10,7 @@ mod audit;
 mod cli;
 mod clusters;
 mod error;
+mod events;
 mod health;
 mod identity;
 mod output;
@@ -56,6 +57,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Audit { command } => audit::run(command, &session).await,
         Command::Clusters { command } => clusters::run(command, &session).await,
         Command::Health => health::run(&session).await,
+        Command::Events { command } => events::run(command, &session).await,
         Command::Users { command } => identity::users::run(command, &session).await,
         Command::Members { command } => identity::members::run(command, &session).await,
         Command::Sessions { command } => identity::sessions::run(command, &session).await,

@@ -86,6 +86,12 @@ pub fn print_json(value: &serde_json::Value) -> Result<(), CliError> {
     print_text(&text)
 }
 
+/// Writes `value` as one line of compact JSON (a stream of them is JSON
+/// Lines).
+pub fn print_json_line(value: &serde_json::Value) -> Result<(), CliError> {
+    print_text(&value.to_string())
+}
+
 /// Writes `text` and a newline to stdout. A closed pipe (`| head`) ends the
 /// output quietly; other write errors fail the command.
 pub fn print_text(text: &str) -> Result<(), CliError> {

@@ -63,6 +63,10 @@ pub enum TenantsCommand {
         #[arg(long)]
         watch: bool,
     },
+    /// What tenants weigh: schema size and rows (sampled), data calls,
+    /// failures and latency (on the replica answering). One tenant, or the
+    /// heaviest.
+    Usage(crate::events::UsageArgs),
     /// Cancel a move: before its switch everything it made is undone and
     /// the tenant stays where it was; after it, it finishes.
     CancelMove {
@@ -178,6 +182,7 @@ pub async fn run(command: TenantsCommand, session: &Session) -> Result<(), CliEr
                 .await?;
             return moves::show(session, m, watch).await;
         }
+        TenantsCommand::Usage(args) => return crate::events::usage(args, session).await,
         TenantsCommand::Moves { tenant, limit } => {
             let tenant_id = match tenant {
                 Some(t) => resolve_id(session, &t).await?,

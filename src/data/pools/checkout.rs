@@ -154,13 +154,12 @@ impl Drop for Running {
 impl Drop for Checkout {
     fn drop(&mut self) {
         self.shared.metrics.pool().connections_in_use.dec();
-        if let Some(obj) = self.obj.take() {
-            if self.discard
+        if let Some(obj) = self.obj.take()
+            && (self.discard
                 || self.shared.waiters.load(Ordering::SeqCst) > 0
-                || self.budget.wanted()
-            {
-                drop(Object::take(obj));
-            }
+                || self.budget.wanted())
+        {
+            drop(Object::take(obj));
         }
     }
 }

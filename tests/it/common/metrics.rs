@@ -16,15 +16,35 @@ pub struct HttpResponse {
 
 /// `method path` over a fresh connection, read until the server closes it.
 pub async fn http(addr: SocketAddr, method: &str, path: &str) -> HttpResponse {
+    request(addr, method, path, &[], "").await
+}
+
+/// `method path` with extra `headers` and `body` over a fresh connection,
+/// read until the server closes it.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpResponse {
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
-        .expect("connect to the metrics listener");
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        .expect("connect to the HTTP listener");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
         .await
-        .expect("the metrics listener answers within 10 s")
+        .expect("the HTTP listener answers within 10 s")
         .unwrap();
     let raw = String::from_utf8(raw).expect("a UTF-8 response");
     let (head, body) = raw.split_once("\r\n\r\n").expect("headers end");

@@ -274,6 +274,8 @@ pub struct Clients {
     pub sessions: tenantd::pb::session_service_client::SessionServiceClient<Authed>,
     pub data: tenantd::pb::tenant_data_service_client::TenantDataServiceClient<Authed>,
     pub clusters: tenantd::pb::cluster_service_client::ClusterServiceClient<Authed>,
+    pub events: tenantd::pb::event_service_client::EventServiceClient<Authed>,
+    pub usage: tenantd::pb::usage_service_client::UsageServiceClient<Authed>,
 }
 
 impl Clients {
@@ -287,6 +289,8 @@ impl Clients {
             users: tenantd::pb::user_service_client::UserServiceClient::new(ch.clone()),
             sessions: tenantd::pb::session_service_client::SessionServiceClient::new(ch.clone()),
             clusters: tenantd::pb::cluster_service_client::ClusterServiceClient::new(ch.clone()),
+            events: tenantd::pb::event_service_client::EventServiceClient::new(ch.clone()),
+            usage: tenantd::pb::usage_service_client::UsageServiceClient::new(ch.clone()),
             data: tenantd::pb::tenant_data_service_client::TenantDataServiceClient::new(ch),
         }
     }
@@ -398,6 +402,11 @@ impl TestServer {
         format!("http://{}", self.addr)
     }
 
+    /// Where this server serves its console, when on.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.running.as_ref().and_then(Running::console_addr)
+    }
+
     pub async fn client(&self) -> TenantServiceClient<Authed> {
         tenant_client(&self.endpoint()).await
     }
@@ -477,6 +486,9 @@ pub fn config_for(database: PgConnectOptions) -> AppConfig {
             source_grace: Duration::ZERO,
             ..Default::default()
         },
+        events: Default::default(),
+        usage: Default::default(),
+        console_addr: None,
     }
 }
 

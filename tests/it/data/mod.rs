@@ -153,10 +153,10 @@ async fn refused_or_reported(
     result: Result<tonic::Response<pb::ExecuteResponse>, tonic::Status>,
     privilege: &str,
 ) {
-    if let Err(err) = &result {
-        if sqlstate(err).as_deref() == Some("42501") {
-            return;
-        }
+    if let Err(err) = &result
+        && sqlstate(err).as_deref() == Some("42501")
+    {
+        return;
     }
     assert!(
         crate::common::managed_mode(),

@@ -40,11 +40,11 @@ async fn login_failures_look_the_same_and_are_rate_limited() {
             .sessions
             .login(login("grace@example.com", "wrong horse battery staple", ""))
             .await;
-        if let Err(s) = r {
-            if s.code() == Code::ResourceExhausted {
-                limited = true;
-                break;
-            }
+        if let Err(s) = r
+            && s.code() == Code::ResourceExhausted
+        {
+            limited = true;
+            break;
         }
     }
     assert!(limited, "repeated failures are rate-limited");
