@@ -189,11 +189,10 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
             events: services.events.clone(),
             usage: services.usage.clone(),
             catalog: catalog.pool.clone(),
+            shutdown: background.shutdown.child_token(),
         });
         tracing::info!(addr = ?console_addr, "serving the operator console");
-        background
-            .tasks
-            .spawn(console.serve(listener, background.shutdown.child_token()));
+        background.tasks.spawn(console.serve(listener));
     }
     let (health, router) = router(services, grpc_tls, &metrics, &background).await?;
     // Metrics stay up while requests drain, and stop before the pool closes.
@@ -477,9 +476,9 @@ async fn build_services(
             tasks,
         );
     }
-    let events = crate::events::Events::new(pool.clone(), config.events.clone());
+    let events = crate::events::Events::new(pool.clone(), config.events.clone(), metrics.clone());
     events.spawn(shutdown.child_token(), tasks);
-    let usage = crate::usage::Usage::new(clusters.clone(), config.usage.clone());
+    let usage = crate::usage::Usage::new(clusters.clone(), config.usage.clone(), metrics.clone());
     tasks.spawn(usage.clone().sample_loop(shutdown.child_token()));
     Ok(Services {
         identity,

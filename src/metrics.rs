@@ -57,6 +57,7 @@ struct Inner {
     catalog_pool: CatalogPoolMetrics,
     pool: PoolMetrics,
     collect_errors: Counter,
+    watch: WatchMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -80,6 +81,7 @@ impl Metrics {
         let upgrades = UpgradeMetrics::register(&mut registry);
         let catalog_pool = CatalogPoolMetrics::register(&mut registry);
         let pool = PoolMetrics::register(&mut registry);
+        let watch = WatchMetrics::register(&mut registry);
         let collect_errors = Counter::default();
         registry.register(
             "metrics_collect_errors",
@@ -95,6 +97,7 @@ impl Metrics {
                 catalog_pool,
                 pool,
                 collect_errors,
+                watch,
             }),
         }
     }
@@ -102,6 +105,11 @@ impl Metrics {
     /// The tenant data-plane pool cache's metrics, for it to update.
     pub fn pool(&self) -> &PoolMetrics {
         &self.inner.pool
+    }
+
+    /// Event watchers and the usage sampler.
+    pub fn watch(&self) -> &WatchMetrics {
+        &self.inner.watch
     }
 
     /// Tenant creation outcomes.
@@ -517,5 +525,45 @@ mod tests {
         assert_eq!(a.tenants().created.get(), 1);
         assert_eq!(b.tenants().created.get(), 0);
         assert_eq!(a.clone().tenants().created.get(), 1, "clones share values");
+    }
+}
+
+/// The event stream's watchers and the usage sampler (nothing per tenant).
+#[derive(Clone, Default)]
+pub struct WatchMetrics {
+    /// Event watchers connected to this replica.
+    pub watchers: Gauge,
+    /// Watchers cut off for falling a whole buffer behind.
+    pub cut_off: Counter,
+    /// The last usage sampling's wall time, in milliseconds.
+    pub sample_millis: Gauge,
+    /// Tenants the last usage sampling covered.
+    pub sampled_tenants: Gauge,
+}
+
+impl WatchMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "event_watchers",
+            "EventService.WatchEvents streams open on this replica",
+            m.watchers.clone(),
+        );
+        registry.register(
+            "event_watchers_cut_off",
+            "Event watchers cut off (RESOURCE_EXHAUSTED) for falling more than --events-buffer events behind",
+            m.cut_off.clone(),
+        );
+        registry.register(
+            "usage_sample_milliseconds",
+            "Wall time of the last sampling of tenant schema sizes (every cluster's query and the catalog's)",
+            m.sample_millis.clone(),
+        );
+        registry.register(
+            "usage_sampled_tenants",
+            "Tenants the last sampling of schema sizes covered",
+            m.sampled_tenants.clone(),
+        );
+        m
     }
 }

@@ -483,7 +483,7 @@ impl Side {
 
     /// Round `round`'s order: ABBA, so neither side always goes first.
     fn order(round: usize) -> [Side; 2] {
-        if round % 2 == 0 {
+        if round.is_multiple_of(2) {
             [Side::Citus, Side::Plain]
         } else {
             [Side::Plain, Side::Citus]

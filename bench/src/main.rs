@@ -27,6 +27,7 @@
 mod checkout;
 mod citus;
 mod create;
+mod events;
 mod execute;
 mod flags;
 mod measure;
@@ -82,6 +83,12 @@ enum Command {
     /// database on the same server: CreateTenant, a fleet upgrade, Execute,
     /// and tenant moves under write load next to an offline pg_dump move.
     Citus(citus::CitusArgs),
+    /// The event stream at a steady rate of tenant changes with many
+    /// watchers: delivery lag, writers with and without watchers, tenantd's
+    /// memory, and a watcher that never reads.
+    Events(events::EventsArgs),
+    /// What sampling tenant sizes costs PostgreSQL at a fleet's size.
+    Usage(events::UsageArgs),
 }
 
 /// Where the benchmark runs; shared by every subcommand.
@@ -123,6 +130,8 @@ fn main() -> ExitCode {
         Command::Checkout(args) => runtime.block_on(checkout::run(args)),
         Command::Touch(args) => runtime.block_on(touch::run(args)),
         Command::Citus(args) => runtime.block_on(citus::run(args)),
+        Command::Events(args) => runtime.block_on(events::run(args)),
+        Command::Usage(args) => runtime.block_on(events::run_usage(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

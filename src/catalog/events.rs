@@ -13,7 +13,8 @@ pub struct EventRow {
     pub action: String,
     pub target: String,
     pub tenant_id: Option<Uuid>,
-    pub details: serde_json::Value,
+    /// A JSON object, as text: read once, sent to every watcher as is.
+    pub details: String,
 }
 
 /// What a page selects: kinds ("tenant.create") or categories ("tenant")
@@ -49,7 +50,7 @@ pub async fn after(
     limit: i64,
 ) -> Result<Vec<EventRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT seq, at, actor, action, target, tenant_id, details \
+        "SELECT seq, at, actor, action, target, tenant_id, details::text AS details \
          FROM tenantd.audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
     )
     .bind(after)
@@ -77,13 +78,13 @@ pub async fn page(
         action: Option<String>,
         target: Option<String>,
         tenant_id: Option<Uuid>,
-        details: Option<serde_json::Value>,
+        details: Option<String>,
     }
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT h.seq AS head, e.seq, e.at, e.actor, e.action, e.target, e.tenant_id, e.details \
          FROM tenantd.audit_head h \
          LEFT JOIN LATERAL ( \
-             SELECT seq, at, actor, action, target, tenant_id, details \
+             SELECT seq, at, actor, action, target, tenant_id, details::text AS details \
              FROM tenantd.audit_log \
              WHERE seq > $1 AND seq <= $1 + $5 \
                AND ($2::uuid IS NULL OR tenant_id = $2) \
@@ -130,7 +131,7 @@ pub async fn page(
 /// The newest `n` events, newest first.
 pub async fn newest(conn: &mut PgConnection, n: i64) -> Result<Vec<EventRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT seq, at, actor, action, target, tenant_id, details \
+        "SELECT seq, at, actor, action, target, tenant_id, details::text AS details \
          FROM tenantd.audit_log ORDER BY seq DESC LIMIT $1",
     )
     .bind(n)

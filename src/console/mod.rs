@@ -57,6 +57,8 @@ pub struct ConsoleParts {
     pub events: Events,
     pub usage: Usage,
     pub catalog: PgPool,
+    /// Ends the pages' streams when the server shuts down.
+    pub shutdown: CancellationToken,
 }
 
 #[derive(Clone)]
@@ -71,8 +73,9 @@ impl Console {
         }
     }
 
-    /// Serves until `shutdown`.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+    /// Serves until the parts' `shutdown`.
+    pub async fn serve(self, listener: TcpListener) {
+        let shutdown = self.parts.shutdown.clone();
         let app = self.router();
         let served = axum::serve(
             listener,
@@ -321,16 +324,20 @@ async fn logout(headers: HeaderMap) -> Response {
 }
 
 /// The panels again every second, as server-sent events, until the page
-/// goes away (or its key stops being valid: the stream then ends and the
-/// page reloads into the login form).
+/// goes away, the server shuts down, or its key stops being valid (the
+/// stream then ends and the page reloads into the login form).
 async fn stream(State(console): State<Console>, headers: HeaderMap) -> Response {
     let key = key_from_cookies(&headers).unwrap_or_default().to_owned();
     let updates =
         futures::stream::unfold((console, key, true), |(console, key, first)| async move {
             if !first {
-                tokio::time::sleep(TICK).await;
+                tokio::select! {
+                    () = tokio::time::sleep(TICK) => {}
+                    // Open pages must not hold the server's shutdown up.
+                    () = console.parts.shutdown.cancelled() => return None,
+                }
             }
-            if !console.key_may_use(&key) {
+            if console.parts.shutdown.is_cancelled() || !console.key_may_use(&key) {
                 return None;
             }
             let event = match console.render_panels().await {
@@ -491,7 +498,7 @@ impl Panels {
                 .as_ref()
                 .map(|s| s.slug.clone())
                 .unwrap_or_default(),
-            size: bytes(u.sampled.as_ref().map_or(0, |s| s.schema.bytes)),
+            size: crate::usage::human_bytes(u.sampled.as_ref().map_or(0, |s| s.schema.bytes)),
             rows: u.sampled.as_ref().map_or(0, |s| s.schema.rows),
             calls: u.calls.calls,
             errors: u.calls.errors,
@@ -552,21 +559,6 @@ fn run_view(r: &Run) -> RunView {
 
 fn time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
-}
-
-fn bytes(n: i64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n.max(0) as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }
 
 /// A horizontal bar chart as SVG: one bar per (label, count), scaled to

@@ -133,6 +133,7 @@ pub struct Events {
 struct Inner {
     pool: PgPool,
     settings: EventSettings,
+    metrics: crate::metrics::Metrics,
     live: broadcast::Sender<Arc<Event>>,
     /// The last event the fan-out broadcast (0 before it read any).
     head: AtomicI64,
@@ -141,12 +142,13 @@ struct Inner {
 }
 
 impl Events {
-    pub fn new(pool: PgPool, settings: EventSettings) -> Self {
+    pub fn new(pool: PgPool, settings: EventSettings, metrics: crate::metrics::Metrics) -> Self {
         let (live, _) = broadcast::channel(settings.buffer.max(16));
         Self {
             inner: Arc::new(Inner {
                 pool,
                 settings,
+                metrics,
                 live,
                 head: AtomicI64::new(0),
                 watched: Notify::new(),
@@ -245,6 +247,30 @@ impl Events {
     /// until the receiver goes away (`None`), `shutdown`, or `still_allowed`
     /// (asked every few seconds) says no.
     pub async fn watch<F, Fut>(
+        &self,
+        after: i64,
+        selection: Selection,
+        out: mpsc::Sender<Arc<Event>>,
+        shutdown: CancellationToken,
+        still_allowed: F,
+    ) -> Option<WatchEnd>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), WatchEnd>>,
+    {
+        let m = self.inner.metrics.watch();
+        m.watchers.inc();
+        let end = self
+            .follow(after, selection, out, shutdown, still_allowed)
+            .await;
+        m.watchers.dec();
+        if matches!(end, Some(WatchEnd::TooSlow { .. })) {
+            m.cut_off.inc();
+        }
+        end
+    }
+
+    async fn follow<F, Fut>(
         &self,
         mut after: i64,
         selection: Selection,
@@ -359,7 +385,7 @@ mod tests {
             action: action.into(),
             target: String::new(),
             tenant_id: tenant,
-            details: serde_json::json!({}),
+            details: "{}".into(),
         }
     }
 

@@ -108,7 +108,7 @@ pub fn event_to_pb(e: &Event) -> pb::Event {
         actor: e.actor.clone(),
         target: e.target.clone(),
         tenant_id: e.tenant_id.map(|t| t.to_string()).unwrap_or_default(),
-        details_json: e.details.to_string(),
+        details_json: e.details.clone(),
     }
 }
 

@@ -180,6 +180,7 @@ pub struct Usage {
 
 struct Inner {
     clusters: Clusters,
+    metrics: crate::metrics::Metrics,
     settings: UsageSettings,
     since: DateTime<Utc>,
     calls: moka::sync::Cache<Uuid, Arc<CallStats>>,
@@ -191,7 +192,7 @@ struct Inner {
 /// materialized view and TOAST pages (× the block size), rows of tables,
 /// and how many tables. One scan of pg_class; no relation is opened or
 /// locked, so a migration holding a lock does not hold it up.
-const SCHEMA_SIZES: &str = "\
+pub const SCHEMA_SIZES: &str = "\
 SELECT n.nspname::text, \
        (coalesce(sum(c.relpages::bigint + coalesce(t.relpages, 0)), 0) \
           * current_setting('block_size')::bigint)::bigint, \
@@ -221,13 +222,18 @@ WHERE n.nspname LIKE 'tenant\\_%' \
 GROUP BY n.nspname";
 
 impl Usage {
-    pub fn new(clusters: Clusters, settings: UsageSettings) -> Self {
+    pub fn new(
+        clusters: Clusters,
+        settings: UsageSettings,
+        metrics: crate::metrics::Metrics,
+    ) -> Self {
         let calls = moka::sync::Cache::builder()
             .max_capacity(settings.max_tenants)
             .build();
         Self {
             inner: Arc::new(Inner {
                 clusters,
+                metrics,
                 settings,
                 since: Utc::now(),
                 calls,
@@ -334,6 +340,11 @@ impl Usage {
         if let Ok(mut c) = self.inner.last_cost.write() {
             *c = cost;
         }
+        let m = self.inner.metrics.watch();
+        m.sample_millis
+            .set(i64::try_from(cost.took.as_millis()).unwrap_or(i64::MAX));
+        m.sampled_tenants
+            .set(i64::try_from(cost.tenants).unwrap_or(i64::MAX));
         if !failures.is_empty() {
             anyhow::bail!(
                 "some clusters could not be sampled: {}",
@@ -437,9 +448,33 @@ impl Usage {
     }
 }
 
+/// Bytes for people: `512 B`, `1.5 kB`, `3.2 GB` (powers of 1024).
+pub fn human_bytes(n: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n.max(0) as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{} B", n.max(0))
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_read_as_people_write_them() {
+        assert_eq!(human_bytes(-5), "0 B");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 kB");
+        assert_eq!(human_bytes(5 * 1024 * 1024 * 1024), "5.0 GB");
+    }
 
     #[test]
     fn buckets_grow_by_root_two_and_quantiles_land_in_them() {

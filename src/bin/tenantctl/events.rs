@@ -210,7 +210,7 @@ pub async fn usage(args: UsageArgs, session: &Session) -> Result<(), CliError> {
                     ("tenant", u.tenant_id.clone()),
                     ("slug", u.slug.clone()),
                     ("cluster", u.cluster.clone()),
-                    ("schema size", human_bytes(u.schema_bytes)),
+                    ("schema size", tenantd::usage::human_bytes(u.schema_bytes)),
                     ("rows (estimate)", u.row_estimate.to_string()),
                     ("tables", u.relations.to_string()),
                     ("sampled at", output::rfc3339_seconds(u.sampled_at.as_ref())),
@@ -253,7 +253,7 @@ pub async fn usage(args: UsageArgs, session: &Session) -> Result<(), CliError> {
                     u.tenant_id.clone(),
                     u.slug.clone(),
                     u.cluster.clone(),
-                    human_bytes(u.schema_bytes),
+                    tenantd::usage::human_bytes(u.schema_bytes),
                     u.row_estimate.to_string(),
                     u.calls.to_string(),
                     u.errors.to_string(),
@@ -263,20 +263,5 @@ pub async fn usage(args: UsageArgs, session: &Session) -> Result<(), CliError> {
             output::print_text(&table.to_string())?;
             output::print_text(&format!("{} tenants sampled", list.sampled_tenants))
         }
-    }
-}
-
-fn human_bytes(n: i64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n.max(0) as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{ClientBuilder, Locator};
 use serde_json::json;
 use tenantd::pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::fleet::{self, fleet_at_v1_with};
 use crate::common::metrics::{HttpResponse, request};
@@ -152,6 +153,31 @@ async fn every_console_url_answers_401_without_a_usable_key() {
         assert_eq!(get(addr, asset, Some(&jar)).await.status, 200, "{asset}");
     }
     assert_eq!(get(addr, "/nope", Some(&jar)).await.status, 404);
+
+    // An open page's stream does not hold the server's shutdown up (the
+    // test's shutdown timeout is 10 s).
+    let mut sse = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sse.write_all(
+        format!("GET /stream HTTP/1.1\r\nHost: {addr}\r\nCookie: {jar}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = vec![0u8; 8192];
+    let n = tokio::time::timeout(Duration::from_secs(10), sse.read(&mut head))
+        .await
+        .expect("the stream answers")
+        .unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/event-stream"), "{head}");
+    let mut server = server;
+    let began = Instant::now();
+    server.stop().await.unwrap();
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "shutdown waited {:?} for an open console stream",
+        began.elapsed()
+    );
 }
 
 /// chromedriver on a free port, killed when dropped.

@@ -132,8 +132,11 @@ async fn sizes_are_sampled_and_calls_counted_per_tenant() {
         .collect();
     assert_eq!(order, vec![small.id.as_str()]);
 
-    // Prometheus keeps its labels fixed: no tenant ids (Scrape checks).
-    Scrape::of(server.metrics_addr().unwrap()).await;
+    // Prometheus keeps its labels fixed: no tenant ids (Scrape checks);
+    // the sampler reports itself there.
+    let scrape = Scrape::of(server.metrics_addr().unwrap()).await;
+    scrape.assert("tenantd_usage_sampled_tenants", 2.0);
+    scrape.assert("tenantd_event_watchers", 0.0);
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! and table output.
 
 mod clusters;
+mod events;
 mod identity;
 mod tenants;
 mod upgrades;
