@@ -17,6 +17,9 @@ use crate::domain::{ValidationError, Violations};
 use crate::events::{self, Event, Events, Selection, WatchEnd};
 use crate::identity::Identity;
 
+/// What a user (not a service key) may see of its tenant's events.
+const USER_CATEGORIES: [&str; 3] = ["tenant", "member", "upgrade"];
+
 /// Events queued per watcher between the replica's ring and the watcher's
 /// connection.
 const QUEUE: usize = 256;
@@ -49,7 +52,7 @@ impl EventApi {
         let kinds = v.check(events::parse_kinds("filter.kinds", &filter.kinds));
         let tenant = v.check(events::parse_tenant("filter.tenant_id", &filter.tenant_id));
         v.finish().map_err(status::invalid)?;
-        let (kinds, mut tenant) = (kinds.unwrap_or_default(), tenant.flatten());
+        let (mut kinds, mut tenant) = (kinds.unwrap_or_default(), tenant.flatten());
         match who {
             Caller::Service(_) => require_scope(who, Scope::EventsRead)?,
             Caller::User(p) => {
@@ -66,6 +69,22 @@ impl EventApi {
                     )));
                 }
                 tenant = Some(bound);
+                // A member's own sessions (logins, with their addresses) are
+                // not the tenant's business: users see the tenant's events.
+                if kinds.is_empty() {
+                    kinds = USER_CATEGORIES.iter().map(|c| (*c).to_owned()).collect();
+                } else if let Some(i) = kinds
+                    .iter()
+                    .position(|k| !USER_CATEGORIES.contains(&events::category(k)))
+                {
+                    return Err(status::invalid(ValidationError::single(
+                        format!("filter.kinds[{i}]"),
+                        format!(
+                            "a user may watch only the categories {}",
+                            USER_CATEGORIES.join(", ")
+                        ),
+                    )));
+                }
                 require_in_tenant(
                     &self.identity,
                     who,

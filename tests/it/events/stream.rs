@@ -438,6 +438,54 @@ async fn a_user_sees_only_its_own_tenant_and_only_while_its_role_allows() {
         "{:?}",
         page.events
     );
+    // Members' logins into the tenant (with their addresses) are events of
+    // the tenant for a service, not for other members.
+    let all_of_mine = c
+        .events
+        .list_events(pb::ListEventsRequest {
+            after: 0,
+            filter: Some(pb::EventFilter {
+                kinds: vec![],
+                tenant_id: mine.id.clone(),
+            }),
+            page_size: 1000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        all_of_mine.events.iter().any(|e| e.kind == "session.login"),
+        "{all_of_mine:?}"
+    );
+    assert!(
+        page.events.iter().all(|e| !e.kind.starts_with("session.")),
+        "{:?}",
+        page.events
+    );
+    for kinds in [
+        vec!["session"],
+        vec!["member", "session.login"],
+        vec!["user"],
+        vec!["cluster"],
+    ] {
+        let err = adm
+            .events
+            .list_events(pb::ListEventsRequest {
+                after: 0,
+                filter: Some(pb::EventFilter {
+                    kinds: kinds.iter().map(|k| k.to_string()).collect(),
+                    tenant_id: String::new(),
+                }),
+                page_size: 10,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{kinds:?}: {err:?}");
+        assert_eq!(
+            bad_fields(&err),
+            vec![format!("filter.kinds[{}]", kinds.len() - 1)]
+        );
+    }
     let mut watch = adm
         .events
         .watch_events(watch_from(0))
