@@ -190,6 +190,7 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
             usage: services.usage.clone(),
             catalog: catalog.pool.clone(),
             shutdown: background.shutdown.child_token(),
+            loopback_only: console_addr.is_some_and(|a| a.ip().is_loopback()),
         });
         tracing::info!(addr = ?console_addr, "serving the operator console");
         background.tasks.spawn(console.serve(listener));

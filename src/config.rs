@@ -102,6 +102,16 @@ pub struct ServeArgs {
     #[arg(long, env = "TENANTD_EVENTS_BUFFER", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
     pub events_buffer: u32,
 
+    /// Event watchers (EventService.WatchEvents streams) one replica
+    /// serves at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TENANTD_EVENTS_MAX_WATCHERS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub events_max_watchers: u32,
+
+    /// Event watchers one caller (a user, a service key) may have open on
+    /// one replica at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TENANTD_EVENTS_MAX_WATCHERS_PER_CALLER", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub events_max_watchers_per_caller: u32,
+
     /// How often tenant schema sizes are sampled (one catalog query per
     /// cluster).
     #[arg(long, env = "TENANTD_USAGE_SAMPLE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]

@@ -209,7 +209,9 @@ async fn run_events(
     tenantd_bin: &Path,
     db: &BenchDatabase,
 ) -> anyhow::Result<EventResults> {
-    let extra: [&OsStr; 0] = [];
+    // Every watcher here is the bench's one key.
+    let per_caller = (args.watchers + 1).to_string();
+    let extra = ["--events-max-watchers-per-caller", &per_caller].map(OsStr::new);
     TenantdServer::serve(tenantd_bin, &db.url, &db.name, &extra, async |server| {
         let pid = server.pid()?;
         let (tenants, _) = crate::tenants::create(server, "ev", args.tenants, 4).await?;

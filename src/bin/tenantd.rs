@@ -241,6 +241,8 @@ async fn run(
         events: tenantd::events::EventSettings {
             poll_interval: args.events_poll_interval,
             buffer: args.events_buffer as usize,
+            max_watchers: args.events_max_watchers as usize,
+            max_watchers_per_caller: args.events_max_watchers_per_caller as usize,
         },
         usage: tenantd::usage::UsageSettings {
             sample_interval: args.usage_sample_interval,

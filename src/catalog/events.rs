@@ -86,7 +86,7 @@ pub async fn page(
          LEFT JOIN LATERAL ( \
              SELECT seq, at, actor, action, target, tenant_id, details::text AS details \
              FROM tenantd.audit_log \
-             WHERE seq > $1 AND seq <= $1 + $5 \
+             WHERE seq > $1 AND seq <= $5 \
                AND ($2::uuid IS NULL OR tenant_id = $2) \
                AND (cardinality($3::text[]) = 0 OR action = ANY($3) \
                     OR split_part(action, '.', 1) = ANY($3)) \
@@ -97,7 +97,7 @@ pub async fn page(
     .bind(selection.tenant)
     .bind(&selection.kinds)
     .bind(limit)
-    .bind(window)
+    .bind(after.saturating_add(window))
     .fetch_all(conn)
     .await?;
     let head = rows.first().map_or(after, |r| r.head);

@@ -59,17 +59,25 @@ pub struct ConsoleParts {
     pub catalog: PgPool,
     /// Ends the pages' streams when the server shuts down.
     pub shutdown: CancellationToken,
+    /// The listener is on loopback: requests must name a loopback host
+    /// (a page on another name that resolves here — DNS rebinding — is
+    /// refused).
+    pub loopback_only: bool,
 }
 
 #[derive(Clone)]
 pub struct Console {
     parts: std::sync::Arc<ConsoleParts>,
+    /// The panels as last rendered, shared by every open page: however
+    /// many pages are open, the catalog is read once a tick.
+    rendered: std::sync::Arc<tokio::sync::Mutex<Option<(std::time::Instant, String)>>>,
 }
 
 impl Console {
     pub fn new(parts: ConsoleParts) -> Self {
         Self {
             parts: std::sync::Arc::new(parts),
+            rendered: Default::default(),
         }
     }
 
@@ -149,7 +157,20 @@ impl Console {
         ))
     }
 
+    /// The panels, rendered at most once a tick for all pages together.
     async fn render_panels(&self) -> Result<String, Response> {
+        let mut last = self.rendered.lock().await;
+        if let Some((at, body)) = last.as_ref()
+            && at.elapsed() < TICK.mul_f64(0.9)
+        {
+            return Ok(body.clone());
+        }
+        let body = self.render_now().await?;
+        *last = Some((std::time::Instant::now(), body.clone()));
+        Ok(body)
+    }
+
+    async fn render_now(&self) -> Result<String, Response> {
         let view = self.view().await.map_err(|e| {
             tracing::warn!(error = %format!("{e:#}"), "the console cannot read the catalog");
             (
@@ -163,6 +184,22 @@ impl Console {
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         })
     }
+}
+
+/// Whether the request's Host names this machine by a loopback address or
+/// `localhost` (with or without a port).
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The service key in the request's cookie, if any.
@@ -243,6 +280,13 @@ async fn gate(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    if console.parts.loopback_only && !loopback_host(request.headers()) {
+        return (
+            StatusCode::FORBIDDEN,
+            "the console answers only to a loopback host name (127.0.0.1, [::1], localhost)",
+        )
+            .into_response();
+    }
     let login = request.uri().path() == "/login" && request.method() == axum::http::Method::POST;
     if login || console.authorized(request.headers()) {
         next.run(request).await
@@ -629,6 +673,36 @@ mod tests {
         assert!(svg.contains("&lt;b&gt;") && !svg.contains("<b>"), "{svg}");
         assert!(svg.contains(r#"width="360""#), "{svg}");
         assert!(svg.contains(r#"width="180""#), "{svg}");
+    }
+
+    #[test]
+    fn only_loopback_host_names_pass() {
+        let host = |h: &'static str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, HeaderValue::from_static(h));
+            loopback_host(&m)
+        };
+        for ok in [
+            "127.0.0.1:8081",
+            "127.0.0.1",
+            "localhost:8081",
+            "LOCALHOST",
+            "[::1]:8081",
+            "127.1.2.3:1",
+        ] {
+            assert!(host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:8081",
+            "localhost.evil.example:8081",
+            "127.0.0.1.nip.io:8081",
+            "10.0.0.1:8081",
+            "[::2]:8081",
+            "",
+        ] {
+            assert!(!host(bad), "{bad}");
+        }
+        assert!(!loopback_host(&HeaderMap::new()));
     }
 
     #[test]

@@ -32,6 +32,11 @@ pub struct EventSettings {
     /// Events a replica keeps for its watchers; a watcher further behind
     /// than this is cut off.
     pub buffer: usize,
+    /// Watchers a replica serves at once, in all.
+    pub max_watchers: usize,
+    /// Watchers one caller (a user, a service key) may have open on a
+    /// replica at once.
+    pub max_watchers_per_caller: usize,
 }
 
 impl Default for EventSettings {
@@ -39,8 +44,58 @@ impl Default for EventSettings {
         Self {
             poll_interval: Duration::from_millis(50),
             buffer: 4096,
+            max_watchers: 1024,
+            max_watchers_per_caller: 16,
         }
     }
+}
+
+/// Catalog reads of event pages (ListEvents, watchers catching up) at
+/// once on a replica: the rest wait their turn, so a flood of them never
+/// takes the catalog pool from everything else.
+const READERS: usize = 4;
+/// How long a page waits for its turn before the caller is told to retry.
+const READ_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a page could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// Every reader's turn was taken for longer than [`READ_WAIT`].
+    Busy,
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for ReadError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(e)
+    }
+}
+
+/// A watch's place among the replica's watchers; given back when dropped.
+pub struct WatchSlot {
+    inner: Arc<Inner>,
+    caller: String,
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.inner.open.lock() {
+            if let Some(n) = open.by_caller.get_mut(&self.caller) {
+                *n -= 1;
+                if *n == 0 {
+                    open.by_caller.remove(&self.caller);
+                }
+            }
+            open.total -= 1;
+        }
+    }
+}
+
+/// Watchers open on the replica, in all and per caller.
+#[derive(Default)]
+struct Open {
+    total: usize,
+    by_caller: std::collections::HashMap<String, usize>,
 }
 
 /// Events read from the catalog per statement.
@@ -59,6 +114,8 @@ pub enum WatchEnd {
     Denied(String),
     /// The catalog could not be read.
     Catalog(String),
+    /// The replica's event readers stayed busy; resume after `cursor`.
+    Busy { cursor: i64 },
     /// The replica is shutting down; resume after `cursor` elsewhere.
     ShuttingDown { cursor: i64 },
 }
@@ -139,6 +196,8 @@ struct Inner {
     head: AtomicI64,
     /// Wakes the fan-out when its first watcher comes.
     watched: Notify,
+    readers: tokio::sync::Semaphore,
+    open: std::sync::Mutex<Open>,
 }
 
 impl Events {
@@ -152,6 +211,8 @@ impl Events {
                 live,
                 head: AtomicI64::new(0),
                 watched: Notify::new(),
+                readers: tokio::sync::Semaphore::new(READERS),
+                open: Default::default(),
             }),
         }
     }
@@ -221,21 +282,57 @@ impl Events {
         }
     }
 
-    /// A page of selected events after `after`.
+    /// A page of selected events after `after`, read in its turn among
+    /// the replica's [`READERS`].
     pub async fn page(
         &self,
         after: i64,
         selection: &Selection,
         limit: i64,
-    ) -> Result<Page, sqlx::Error> {
+    ) -> Result<Page, ReadError> {
+        let _turn = tokio::time::timeout(READ_WAIT, self.inner.readers.acquire())
+            .await
+            .map_err(|_| ReadError::Busy)?
+            .map_err(|_| ReadError::Busy)?;
         let mut conn = self.inner.pool.acquire().await?;
-        crate::catalog::events::page(&mut conn, after, selection, limit, WINDOW).await
+        Ok(crate::catalog::events::page(&mut conn, after, selection, limit, WINDOW).await?)
     }
 
     /// The newest event's cursor.
     pub async fn head(&self) -> Result<i64, sqlx::Error> {
         let mut conn = self.inner.pool.acquire().await?;
         crate::catalog::events::head(&mut conn).await
+    }
+
+    /// A place for one more watch of `caller`, or why not (the limit
+    /// reached, for the replica or for the caller).
+    pub fn admit(&self, caller: &str) -> Result<WatchSlot, String> {
+        let s = &self.inner.settings;
+        let mut open = self
+            .inner
+            .open
+            .lock()
+            .map_err(|_| "the watcher registry is unusable".to_owned())?;
+        if open.total >= s.max_watchers {
+            return Err(format!(
+                "this replica serves {} event watchers, its limit (--events-max-watchers): \
+                 try another replica or later",
+                s.max_watchers
+            ));
+        }
+        let mine = open.by_caller.get(caller).copied().unwrap_or(0);
+        if mine >= s.max_watchers_per_caller {
+            return Err(format!(
+                "{caller} has {mine} event watchers open on this replica, its limit \
+                 (--events-max-watchers-per-caller): close one first"
+            ));
+        }
+        open.total += 1;
+        *open.by_caller.entry(caller.to_owned()).or_default() += 1;
+        Ok(WatchSlot {
+            inner: Arc::clone(&self.inner),
+            caller: caller.to_owned(),
+        })
     }
 
     /// Watchers connected to this replica now.
@@ -300,7 +397,8 @@ impl Events {
                 };
                 let page = match page {
                     Ok(p) => p,
-                    Err(e) => return Some(WatchEnd::Catalog(e.to_string())),
+                    Err(ReadError::Busy) => return Some(WatchEnd::Busy { cursor: after }),
+                    Err(ReadError::Db(e)) => return Some(WatchEnd::Catalog(e.to_string())),
                 };
                 for e in page.events {
                     let seq = e.seq;

@@ -12,9 +12,10 @@ use super::auth::{Caller, caller, require_in_tenant, require_scope};
 use super::convert::timestamp;
 use super::pb::{self, event_service_server::EventService};
 use super::status;
+use crate::catalog::DbFailure;
 use crate::domain::identity::{Permission, Scope};
 use crate::domain::{ValidationError, Violations};
-use crate::events::{self, Event, Events, Selection, WatchEnd};
+use crate::events::{self, Event, Events, ReadError, Selection, WatchEnd};
 use crate::identity::Identity;
 
 /// What a user (not a service key) may see of its tenant's events.
@@ -22,7 +23,7 @@ const USER_CATEGORIES: [&str; 3] = ["tenant", "member", "upgrade"];
 
 /// Events queued per watcher between the replica's ring and the watcher's
 /// connection.
-const QUEUE: usize = 256;
+const QUEUE: usize = 64;
 
 pub struct EventApi {
     events: Events,
@@ -99,14 +100,41 @@ impl EventApi {
     }
 }
 
-fn cursor(field: &str, value: i64) -> Result<i64, Status> {
+/// `after` checked: 0, or the cursor of an event that exists (a cursor
+/// past the newest was never handed out: waiting for it would skip what
+/// comes before).
+fn cursor(field: &str, value: i64, head: i64) -> Result<i64, Status> {
     if value < 0 {
         return Err(status::invalid(ValidationError::single(
             field,
             "must be 0 or the cursor of an event",
         )));
     }
+    if value > head {
+        return Err(status::invalid(ValidationError::single(
+            field,
+            format!("is past the newest event ({head}): pass the cursor of an event handled, or 0"),
+        )));
+    }
     Ok(value)
+}
+
+fn read_failed(e: ReadError) -> Status {
+    match e {
+        ReadError::Busy => Status::unavailable(
+            "this replica's event readers are all busy: retry shortly (or on another replica)",
+        ),
+        ReadError::Db(e) => status::db(DbFailure::of::<DbFailure>("read events")(e)),
+    }
+}
+
+impl EventApi {
+    async fn head(&self) -> Result<i64, Status> {
+        self.events
+            .head()
+            .await
+            .map_err(|e| read_failed(ReadError::Db(e)))
+    }
 }
 
 pub fn event_to_pb(e: &Event) -> pb::Event {
@@ -145,19 +173,22 @@ impl EventService for EventApi {
         let credential = super::auth::credential(&request).map(str::to_owned);
         let r = request.into_inner();
         let selection = self.selection(&who, r.filter).await?;
-        let mut after = cursor("after", r.after)?;
-        if r.from_now {
-            if after != 0 {
-                return Err(status::invalid(ValidationError::single(
-                    "after",
-                    "must be 0 with from_now",
-                )));
-            }
-            after =
-                self.events.head().await.map_err(|e| {
-                    status::internal("read the newest event", &anyhow::Error::new(e))
-                })?;
+        if r.from_now && r.after != 0 {
+            return Err(status::invalid(ValidationError::single(
+                "after",
+                "must be 0 with from_now",
+            )));
         }
+        let head = self.head().await?;
+        let after = if r.from_now {
+            head
+        } else {
+            cursor("after", r.after, head)?
+        };
+        let slot = self
+            .events
+            .admit(&who.actor())
+            .map_err(Status::resource_exhausted)?;
         let (tx, rx) = mpsc::channel::<Result<pb::Event, Status>>(QUEUE);
         let (events_tx, mut events_rx) = mpsc::channel::<Arc<Event>>(QUEUE);
         let events = self.events.clone();
@@ -167,10 +198,19 @@ impl EventService for EventApi {
         // Converts events to messages while the watch runs; the watch's end
         // (if not the watcher's leaving) becomes the stream's status.
         tokio::spawn(async move {
+            let _slot = slot;
+            // Ends as soon as the watcher goes away (cancels, disconnects),
+            // not only at the next event sent to it: its end closes the
+            // watch's queue, which ends the watch.
             let forward = {
                 let tx = tx.clone();
                 async move {
-                    while let Some(e) = events_rx.recv().await {
+                    loop {
+                        let e = tokio::select! {
+                            e = events_rx.recv() => e,
+                            () = tx.closed() => break,
+                        };
+                        let Some(e) = e else { break };
                         if tx.send(Ok(event_to_pb(&e))).await.is_err() {
                             break;
                         }
@@ -192,6 +232,9 @@ impl EventService for EventApi {
                 )),
                 Some(WatchEnd::Denied(why)) => Status::permission_denied(why),
                 Some(WatchEnd::Unauthenticated(why)) => Status::unauthenticated(why),
+                Some(WatchEnd::Busy { cursor }) => Status::unavailable(format!(
+                    "this replica's event readers stayed busy; resume with after = {cursor}"
+                )),
                 Some(WatchEnd::Catalog(e)) => {
                     tracing::warn!(error = %e, "an event watch cannot read the catalog");
                     Status::unavailable(
@@ -211,7 +254,7 @@ impl EventService for EventApi {
         let who = caller(&request)?;
         let r = request.into_inner();
         let selection = self.selection(&who, r.filter).await?;
-        let after = cursor("after", r.after)?;
+        let after = cursor("after", r.after, self.head().await?)?;
         let limit = match r.page_size {
             0 => 100,
             n @ 1..=1000 => n,
@@ -226,7 +269,7 @@ impl EventService for EventApi {
             .events
             .page(after, &selection, i64::from(limit))
             .await
-            .map_err(|e| status::internal("read events", &anyhow::Error::new(e)))?;
+            .map_err(read_failed)?;
         Ok(Response::new(pb::ListEventsResponse {
             events: page.events.iter().map(event_to_pb).collect(),
             next_after: page.next_after,

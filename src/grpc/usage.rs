@@ -6,6 +6,7 @@ use super::auth::{caller, require_in_tenant, require_scope};
 use super::convert::timestamp;
 use super::pb::{self, usage_service_server::UsageService};
 use super::status;
+use crate::catalog::DbFailure;
 use crate::domain::identity::{Permission, Scope};
 use crate::domain::{TenantId, ValidationError};
 use crate::identity::Identity;
@@ -60,9 +61,13 @@ impl UsageService for UsageApi {
             Permission::TenantRead,
         )
         .await?;
-        Ok(Response::new(usage_to_pb(
-            self.usage.tenant(*tenant.as_uuid()),
-        )))
+        let usage = self
+            .usage
+            .current(tenant)
+            .await
+            .map_err(|e| status::db(DbFailure::of::<DbFailure>("read the tenant")(e)))?
+            .ok_or_else(|| Status::not_found("tenant not found"))?;
+        Ok(Response::new(usage_to_pb(usage)))
     }
 
     async fn list_tenant_usage(

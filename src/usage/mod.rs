@@ -408,6 +408,31 @@ impl Usage {
         }
     }
 
+    /// One tenant's usage with its slug and cluster as the catalog has them
+    /// now (a tenant made since the last sampling has them too, its sizes
+    /// zero until the next); `None` when it does not exist or was purged.
+    pub async fn current(
+        &self,
+        tenant: crate::domain::TenantId,
+    ) -> Result<Option<TenantUsage>, sqlx::Error> {
+        let mut conn = self.inner.clusters.catalog().acquire().await?;
+        let Some(row) = crate::catalog::tenants::get(&mut conn, tenant).await? else {
+            return Ok(None);
+        };
+        if row.status == crate::domain::TenantStatus::Purged {
+            return Ok(None);
+        }
+        let mut usage = self.tenant(*tenant.as_uuid());
+        let sampled = usage.sampled.get_or_insert_with(|| Sampled {
+            slug: String::new(),
+            cluster: String::new(),
+            schema: SchemaSample::default(),
+        });
+        sampled.slug = row.slug;
+        sampled.cluster = row.placement.to_string();
+        Ok(Some(usage))
+    }
+
     /// The `limit` heaviest tenants by `order`, and how many the last
     /// sampling covered.
     pub fn heaviest(&self, order: Order, limit: usize) -> (Vec<TenantUsage>, usize) {

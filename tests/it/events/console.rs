@@ -153,6 +153,30 @@ async fn every_console_url_answers_401_without_a_usable_key() {
         assert_eq!(get(addr, asset, Some(&jar)).await.status, 200, "{asset}");
     }
     assert_eq!(get(addr, "/nope", Some(&jar)).await.status, 404);
+    // A loopback console answers only to loopback names: a page on another
+    // name that resolves here (DNS rebinding) gets nothing, key or not.
+    for host in [
+        "evil.example",
+        "localhost.evil.example:80",
+        "127.0.0.1.nip.io",
+    ] {
+        let r = request(addr, "GET", "/", &[("Host", host), ("Cookie", &jar)], "").await;
+        assert_eq!(r.status, 403, "{host}");
+        let r = request(
+            addr,
+            "POST",
+            "/login",
+            &[
+                ("Host", host),
+                ("Origin", &format!("http://{host}")),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            &format!("key={}", urlencode(admin)),
+        )
+        .await;
+        assert_eq!(r.status, 403, "{host}");
+        assert!(!r.headers.contains_key("set-cookie"));
+    }
 
     // An open page's stream does not hold the server's shutdown up (the
     // test's shutdown timeout is 10 s).

@@ -680,3 +680,125 @@ async fn upgrade_outcomes_are_events() {
         .into_inner();
     assert!(v.ok, "{v:?}");
 }
+
+#[tokio::test]
+async fn a_watcher_that_leaves_is_let_go_at_once_and_watchers_are_capped() {
+    let server = crate::common::TestServer::start_with(|c| {
+        c.events.max_watchers_per_caller = 3;
+        c.events.max_watchers = 5;
+    })
+    .await;
+    let mut c = server.clients().await;
+    let metrics = server.metrics_addr().unwrap();
+    let watchers = async || {
+        crate::common::metrics::Scrape::of(metrics)
+            .await
+            .value("tenantd_event_watchers")
+    };
+    // Filters that never match: nothing is ever sent to these watchers.
+    let quiet = || pb::WatchEventsRequest {
+        after: 0,
+        filter: Some(pb::EventFilter {
+            kinds: vec!["citus".into()],
+            tenant_id: String::new(),
+        }),
+        from_now: true,
+    };
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(c.events.watch_events(quiet()).await.unwrap().into_inner());
+    }
+    let err = c.events.watch_events(quiet()).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("events-max-watchers-per-caller"),
+        "{err:?}"
+    );
+    assert_eq!(watchers().await, 3.0);
+
+    // Leaving (dropping the stream: the call is cancelled) frees the place
+    // at once, though no event ever went to it.
+    open.pop();
+    crate::common::fleet::eventually("the watch let go", Duration::from_secs(5), || async {
+        (watchers().await == 2.0).then_some(())
+    })
+    .await;
+    open.push(c.events.watch_events(quiet()).await.unwrap().into_inner());
+
+    // The replica's cap counts every caller.
+    let (owner, email) = new_user(&mut c, "capo").await;
+    let tenant = tenant_owned_by(&mut c, "cap", &owner).await;
+    let token = log_in(&mut c, &email, &tenant.id).await.access_token;
+    let mut user = server.clients_as(&token).await;
+    let user_quiet = || pb::WatchEventsRequest {
+        filter: Some(pb::EventFilter {
+            kinds: vec!["upgrade".into()],
+            tenant_id: String::new(),
+        }),
+        ..quiet()
+    };
+    for _ in 0..2 {
+        open.push(
+            user.events
+                .watch_events(user_quiet())
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    let err = user.events.watch_events(user_quiet()).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("events-max-watchers"), "{err:?}");
+    drop(open);
+    crate::common::fleet::eventually("every watch let go", Duration::from_secs(5), || async {
+        (watchers().await == 0.0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_cursor_past_the_newest_event_is_refused() {
+    let server = crate::common::TestServer::start().await;
+    let mut c = server.clients().await;
+    c.tenant("cur").await;
+    let newest = head(&mut c).await;
+    for after in [
+        newest + 1,
+        1_000_000_000_000,
+        i64::MAX - 19_999,
+        i64::MAX - 20_000,
+        i64::MAX,
+    ] {
+        let err = c
+            .events
+            .list_events(pb::ListEventsRequest {
+                after,
+                filter: Some(pb::EventFilter {
+                    kinds: vec!["citus".into()],
+                    tenant_id: String::new(),
+                }),
+                page_size: 10,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{after}: {err:?}");
+        assert_eq!(bad_fields(&err), vec!["after"]);
+        let err = c.events.watch_events(watch_from(after)).await.unwrap_err();
+        assert_eq!(bad_fields(&err), vec!["after"], "{after}");
+    }
+    // The newest itself is a cursor like any other.
+    let page = c
+        .events
+        .list_events(pb::ListEventsRequest {
+            after: newest,
+            filter: None,
+            page_size: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        page.events.is_empty() && page.next_after == newest,
+        "{page:?}"
+    );
+}

@@ -194,6 +194,30 @@ async fn members_read_their_own_tenant_only_and_refused_calls_count_nowhere() {
         .into_inner();
     assert_eq!((o.calls, o.errors), (0, 0), "{o:?}");
 
+    // A tenant made since the last sampling (every 60 s by default) has its
+    // slug and cluster; one that does not exist is not found.
+    let fresh = c.tenant("ufresh").await;
+    let u = c
+        .usage
+        .get_tenant_usage(pb::GetTenantUsageRequest {
+            tenant_id: fresh.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (u.slug.as_str(), u.cluster.as_str()),
+        (fresh.slug.as_str(), "default")
+    );
+    let err = c
+        .usage
+        .get_tenant_usage(pb::GetTenantUsageRequest {
+            tenant_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
     for (tenant_id, field) in [("nope", "tenant_id"), ("", "tenant_id")] {
         let err = c
             .usage
