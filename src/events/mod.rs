@@ -75,28 +75,44 @@ impl From<sqlx::Error> for ReadError {
 pub struct WatchSlot {
     inner: Arc<Inner>,
     caller: String,
+    tenant: Option<Uuid>,
+}
+
+/// Takes one from a count of a map, forgetting the key at zero.
+fn release<K: std::hash::Hash + Eq>(counts: &mut std::collections::HashMap<K, usize>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
 }
 
 impl Drop for WatchSlot {
     fn drop(&mut self) {
         if let Ok(mut open) = self.inner.open.lock() {
-            if let Some(n) = open.by_caller.get_mut(&self.caller) {
-                *n -= 1;
-                if *n == 0 {
-                    open.by_caller.remove(&self.caller);
-                }
+            release(&mut open.by_caller, &self.caller);
+            if let Some(tenant) = self.tenant {
+                release(&mut open.by_tenant, &tenant);
+                open.users -= 1;
             }
             open.total -= 1;
         }
     }
 }
 
-/// Watchers open on the replica, in all and per caller.
+/// Watchers open on the replica: in all, users' (per tenant), per caller.
 #[derive(Default)]
 struct Open {
     total: usize,
+    users: usize,
     by_caller: std::collections::HashMap<String, usize>,
+    by_tenant: std::collections::HashMap<Uuid, usize>,
 }
+
+/// Users' watchers of one tenant, at most, in callers' limits: the members
+/// of one tenant cannot take a replica's places from the others.
+const TENANT_CALLERS: usize = 4;
 
 /// Events read from the catalog per statement.
 const PAGE: i64 = 1000;
@@ -304,9 +320,11 @@ impl Events {
         crate::catalog::events::head(&mut conn).await
     }
 
-    /// A place for one more watch of `caller`, or why not (the limit
-    /// reached, for the replica or for the caller).
-    pub fn admit(&self, caller: &str) -> Result<WatchSlot, String> {
+    /// A place for one more watch of `caller` (a user's watching `tenant`,
+    /// a service key's `None`), or why not: the replica's limit, of which a
+    /// quarter is kept for service keys; for a user, its tenant's share
+    /// ([`TENANT_CALLERS`] callers' worth); the caller's own limit.
+    pub fn admit(&self, caller: &str, tenant: Option<Uuid>) -> Result<WatchSlot, String> {
         let s = &self.inner.settings;
         let mut open = self
             .inner
@@ -320,6 +338,25 @@ impl Events {
                 s.max_watchers
             ));
         }
+        if let Some(t) = tenant {
+            let for_users = s.max_watchers - s.max_watchers / 4;
+            if open.users >= for_users {
+                return Err(format!(
+                    "users hold {} event watchers on this replica, all the places not kept \
+                     for services: try another replica or later",
+                    open.users
+                ));
+            }
+            let of_tenant = open.by_tenant.get(&t).copied().unwrap_or(0);
+            let tenant_limit = s.max_watchers_per_caller * TENANT_CALLERS;
+            if of_tenant >= tenant_limit {
+                return Err(format!(
+                    "the members of this tenant hold {of_tenant} event watchers on this \
+                     replica, the tenant's limit ({TENANT_CALLERS} × \
+                     --events-max-watchers-per-caller): close one first"
+                ));
+            }
+        }
         let mine = open.by_caller.get(caller).copied().unwrap_or(0);
         if mine >= s.max_watchers_per_caller {
             return Err(format!(
@@ -329,9 +366,14 @@ impl Events {
         }
         open.total += 1;
         *open.by_caller.entry(caller.to_owned()).or_default() += 1;
+        if let Some(t) = tenant {
+            open.users += 1;
+            *open.by_tenant.entry(t).or_default() += 1;
+        }
         Ok(WatchSlot {
             inner: Arc::clone(&self.inner),
             caller: caller.to_owned(),
+            tenant,
         })
     }
 

@@ -187,7 +187,13 @@ impl EventService for EventApi {
         };
         let slot = self
             .events
-            .admit(&who.actor())
+            .admit(
+                &who.actor(),
+                match who {
+                    Caller::User(_) => selection.tenant,
+                    Caller::Service(_) => None,
+                },
+            )
             .map_err(Status::resource_exhausted)?;
         let (tx, rx) = mpsc::channel::<Result<pb::Event, Status>>(QUEUE);
         let (events_tx, mut events_rx) = mpsc::channel::<Arc<Event>>(QUEUE);

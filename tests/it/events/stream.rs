@@ -802,3 +802,77 @@ async fn a_cursor_past_the_newest_event_is_refused() {
         "{page:?}"
     );
 }
+
+/// Logs in `n` new ADMINs of `tenant`; their clients.
+async fn admins_of(
+    server: &crate::common::TestServer,
+    c: &mut crate::common::Clients,
+    tenant: &str,
+    n: usize,
+) -> Vec<crate::common::Clients> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let (user, email) = new_user(c, &format!("adm{i}")).await;
+        add_member(c, tenant, &user, pb::MemberRole::Admin).await;
+        let token = log_in(c, &email, tenant).await.access_token;
+        out.push(server.clients_as(&token).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn users_take_neither_the_places_kept_for_services_nor_one_tenant_all() {
+    let server = crate::common::TestServer::start_with(|c| {
+        c.events.max_watchers = 8;
+        c.events.max_watchers_per_caller = 1;
+    })
+    .await;
+    let mut c = server.clients().await;
+    let one = c.tenant("fair-one").await;
+    let two = c.tenant("fair-two").await;
+    let mut open = Vec::new();
+    // One tenant's members: four callers' worth, no more.
+    let mut of_one = admins_of(&server, &mut c, &one.id, 5).await;
+    for a in of_one.iter_mut().take(4) {
+        open.push(
+            a.events
+                .watch_events(watch_from(0))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    let err = of_one[4]
+        .events
+        .watch_events(watch_from(0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("this tenant"), "{err:?}");
+    // Users in all: the replica's limit less a quarter kept for services.
+    let mut of_two = admins_of(&server, &mut c, &two.id, 3).await;
+    for a in of_two.iter_mut().take(2) {
+        open.push(
+            a.events
+                .watch_events(watch_from(0))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    let err = of_two[2]
+        .events
+        .watch_events(watch_from(0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("kept"), "{err:?}");
+    // A service still gets in.
+    open.push(
+        c.events
+            .watch_events(watch_from(0))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+}
