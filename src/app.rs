@@ -12,8 +12,6 @@ use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::server::Router;
@@ -82,6 +80,8 @@ pub struct AppConfig {
     pub usage: crate::usage::UsageSettings,
     /// The operator console's HTTP listener; `None`: no console.
     pub console_addr: Option<SocketAddr>,
+    /// How the gRPC listener guards its connections.
+    pub connections: crate::grpc::incoming::ConnectionLimits,
 }
 
 /// How often pools of tenants that left ACTIVE through another replica are
@@ -210,7 +210,7 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
     let shutdown = background.shutdown.clone();
     let handle = tokio::spawn(serve(
         router,
-        listener,
+        (listener, config.connections.clone()),
         Stopping {
             background,
             health,
@@ -645,7 +645,7 @@ struct Stopping {
 /// listener closes, then the tenant pools and the catalog pool.
 async fn serve(
     router: Router<Stack>,
-    listener: TcpListener,
+    (listener, connections): (TcpListener, crate::grpc::incoming::ConnectionLimits),
     stopping: Stopping,
 ) -> anyhow::Result<()> {
     let Stopping {
@@ -668,12 +668,7 @@ async fn serve(
         }
     };
     // Small request/response frames must not wait for Nagle's algorithm.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.and_then(|c| {
-            c.set_nodelay(true)?;
-            Ok(c)
-        })
-    });
+    let incoming = crate::grpc::incoming::incoming(listener, connections);
     let serve = router.serve_with_incoming_shutdown(incoming, signal);
     // A client that keeps a connection or a stream open must not hold
     // shutdown up for ever: past the deadline the connections are dropped.

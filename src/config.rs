@@ -78,6 +78,21 @@ pub struct ServeArgs {
     #[arg(long, env = "TENANTD_METRICS_ADDR", default_value = "127.0.0.1:9464", value_parser = parse_metrics_addr)]
     pub metrics_addr: std::option::Option<SocketAddr>,
 
+    /// gRPC connections open at once; new ones past this are closed at
+    /// once (keep it under the process's open-file limit, `ulimit -n`).
+    #[arg(long, env = "TENANTD_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// gRPC connections open at once from one client address; new ones
+    /// past this are closed at once.
+    #[arg(long, env = "TENANTD_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections_per_address: u32,
+
+    /// How long a new gRPC connection may stay silent (no TLS or HTTP/2
+    /// handshake) before it is closed.
+    #[arg(long, env = "TENANTD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
     /// Address of the operator console (plain HTTP: a page showing the
     /// fleet, live), or `off` (the default). It must be a loopback address
     /// unless --console-allow-remote is given; put a TLS proxy in front to

@@ -249,6 +249,11 @@ async fn run(
             ..Default::default()
         },
         console_addr: args.console_addr()?,
+        connections: tenantd::grpc::incoming::ConnectionLimits {
+            max: args.max_connections as usize,
+            per_address: args.max_connections_per_address as usize,
+            handshake_timeout: args.handshake_timeout,
+        },
     };
     let running = app::start(config, listener).await?;
     tracing::info!(addr = %running.local_addr(), "tenantd listening");

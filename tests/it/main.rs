@@ -18,6 +18,7 @@ mod docs;
 mod events;
 mod identity;
 mod isolation;
+mod listener;
 mod managed;
 mod metrics;
 mod multi_cluster;

@@ -489,6 +489,7 @@ pub fn config_for(database: PgConnectOptions) -> AppConfig {
         events: Default::default(),
         usage: Default::default(),
         console_addr: None,
+        connections: Default::default(),
     }
 }
 
