@@ -377,11 +377,6 @@ impl Events {
         })
     }
 
-    /// Watchers connected to this replica now.
-    pub fn watchers(&self) -> usize {
-        self.inner.live.receiver_count()
-    }
-
     /// Sends every selected event after `after` to `out`, then each new one,
     /// until the receiver goes away (`None`), `shutdown`, or `still_allowed`
     /// (asked every few seconds) says no.

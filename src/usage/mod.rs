@@ -185,7 +185,6 @@ struct Inner {
     since: DateTime<Utc>,
     calls: moka::sync::Cache<Uuid, Arc<CallStats>>,
     samples: RwLock<Arc<Samples>>,
-    last_cost: RwLock<SampleCost>,
 }
 
 /// Sums a cluster's tenant schemas from its system catalog: table, index,
@@ -238,7 +237,6 @@ impl Usage {
                 since: Utc::now(),
                 calls,
                 samples: RwLock::new(Arc::default()),
-                last_cost: RwLock::new(SampleCost::default()),
             }),
         }
     }
@@ -337,9 +335,6 @@ impl Usage {
                 tenants: sampled,
             });
         }
-        if let Ok(mut c) = self.inner.last_cost.write() {
-            *c = cost;
-        }
         let m = self.inner.metrics.watch();
         m.sample_millis
             .set(i64::try_from(cost.took.as_millis()).unwrap_or(i64::MAX));
@@ -384,11 +379,6 @@ impl Usage {
             .read()
             .map(|s| s.clone())
             .unwrap_or_default()
-    }
-
-    /// The last sampling's cost.
-    pub fn last_cost(&self) -> SampleCost {
-        self.inner.last_cost.read().map(|c| *c).unwrap_or_default()
     }
 
     /// One tenant's usage.
