@@ -193,7 +193,7 @@ impl Selection {
             || self
                 .kinds
                 .iter()
-                .any(|k| *k == e.action || e.action.split_once('.').is_some_and(|(c, _)| c == k))
+                .any(|k| *k == e.action || category(&e.action) == k)
     }
 }
 

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -19,26 +19,23 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-/// One warning per kind per window: a flood of refused connections is a
-/// line every ten seconds, not one per connection.
-struct Throttle {
-    window: Duration,
-    last: Mutex<HashMap<&'static str, std::time::Instant>>,
-}
+use crate::log_bursts::LogBursts;
 
-impl Throttle {
-    fn due(&self, kind: &'static str) -> bool {
-        let Ok(mut last) = self.last.lock() else {
-            return false;
-        };
-        let now = std::time::Instant::now();
-        match last.get(kind) {
-            Some(at) if now.duration_since(*at) < self.window => false,
-            _ => {
-                last.insert(kind, now);
-                true
-            }
-        }
+/// A refused connection is logged once per burst of its kind; the rest
+/// are counted and summed up (the tenant pools' failures log the same way).
+fn refused(bursts: &LogBursts, kind: &str, message: &str) {
+    let now = Instant::now();
+    for s in bursts.due(now) {
+        tracing::warn!(
+            more = s.more,
+            "{} more gRPC connections refused like this in the last {}s: {}",
+            s.more,
+            s.over.as_secs(),
+            s.sample
+        );
+    }
+    if bursts.first(kind, message, now) {
+        tracing::warn!("{message}; repeats are counted and summed up");
     }
 }
 
@@ -149,19 +146,18 @@ pub fn incoming(
 ) -> impl Stream<Item = io::Result<Guarded>> {
     let places = Arc::new(Semaphore::new(limits.max));
     let by_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
-    let refused = Arc::new(Throttle {
-        window: Duration::from_secs(10),
-        last: Mutex::default(),
-    });
+    let bursts = Arc::new(LogBursts::new(Duration::from_secs(10)));
     let timeout = limits.handshake_timeout;
     TcpListenerStream::new(listener)
         .filter_map(move |accepted| {
             let admitted = match accepted {
-                Ok(stream) => admit(stream, &places, &by_address, &limits, &refused),
+                Ok(stream) => admit(stream, &places, &by_address, &limits, &bursts),
                 Err(e) => {
-                    if refused.due("accept") {
-                        tracing::warn!(error = %e, "cannot accept a gRPC connection");
-                    }
+                    refused(
+                        &bursts,
+                        "accept",
+                        &format!("cannot accept a gRPC connection: {e}"),
+                    );
                     None
                 }
             };
@@ -185,25 +181,33 @@ fn admit(
     places: &Arc<Semaphore>,
     by_address: &Arc<Mutex<HashMap<IpAddr, usize>>>,
     limits: &ConnectionLimits,
-    refused: &Throttle,
+    bursts: &LogBursts,
 ) -> Option<Guarded> {
     let ip = stream.peer_addr().ok()?.ip();
     let Ok(place) = Arc::clone(places).try_acquire_owned() else {
-        if refused.due("max") {
-            tracing::warn!(
-                limit = limits.max,
-                "gRPC connections at their limit (--max-connections): closing new ones"
-            );
-        }
+        refused(
+            bursts,
+            "max",
+            &format!(
+                "gRPC connections at their limit (--max-connections {}): closing new ones",
+                limits.max
+            ),
+        );
         return None;
     };
     let address = {
         let mut open = by_address.lock().ok()?;
         let n = open.entry(ip).or_default();
         if *n >= limits.per_address {
-            if refused.due("per_address") {
-                tracing::warn!(%ip, limit = limits.per_address, "gRPC connections from one address at their limit (--max-connections-per-address): closing new ones");
-            }
+            refused(
+                bursts,
+                "per_address",
+                &format!(
+                    "gRPC connections from {ip} at their limit \
+                     (--max-connections-per-address {}): closing new ones",
+                    limits.per_address
+                ),
+            );
             return None;
         }
         *n += 1;
