@@ -12,7 +12,6 @@
 //! cursor.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -208,8 +207,6 @@ struct Inner {
     settings: EventSettings,
     metrics: crate::metrics::Metrics,
     live: broadcast::Sender<Arc<Event>>,
-    /// The last event the fan-out broadcast (0 before it read any).
-    head: AtomicI64,
     /// Wakes the fan-out when its first watcher comes.
     watched: Notify,
     readers: tokio::sync::Semaphore,
@@ -225,7 +222,6 @@ impl Events {
                 settings,
                 metrics,
                 live,
-                head: AtomicI64::new(0),
                 watched: Notify::new(),
                 readers: tokio::sync::Semaphore::new(READERS),
                 open: Default::default(),
@@ -243,6 +239,8 @@ impl Events {
         let inner = &self.inner;
         let mut idle = true;
         let mut failing = false;
+        // The last event broadcast.
+        let mut head = 0;
         loop {
             if inner.live.receiver_count() == 0 {
                 idle = true;
@@ -257,18 +255,16 @@ impl Events {
                 if idle {
                     // Nobody watched: start from the newest; watchers page
                     // what they missed from the catalog.
-                    let head = crate::catalog::events::head(&mut conn).await?;
-                    inner.head.store(head, Ordering::Release);
+                    head = crate::catalog::events::head(&mut conn).await?;
                 }
                 loop {
-                    let from = inner.head.load(Ordering::Acquire);
-                    let rows = crate::catalog::events::after(&mut conn, from, PAGE).await?;
+                    let rows = crate::catalog::events::after(&mut conn, head, PAGE).await?;
                     let full = rows.len() as i64 == PAGE;
                     for row in rows {
                         let seq = row.seq;
                         // No receivers is not an error: they may come back.
                         let _ = inner.live.send(Arc::new(row));
-                        inner.head.store(seq, Ordering::Release);
+                        head = seq;
                     }
                     if !full {
                         return Ok::<_, sqlx::Error>(());
