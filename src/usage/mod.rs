@@ -292,36 +292,30 @@ impl Usage {
                 .push((id, slug, schema));
         }
         let mut sampled = HashMap::with_capacity(by_cluster.values().map(Vec::len).sum());
-        let mut failures = Vec::new();
-        for (cluster, tenants) in &by_cluster {
-            match self.sizes(cluster).await {
-                Ok(sizes) => {
-                    for (id, slug, schema) in tenants {
-                        sampled.insert(
-                            *id,
-                            Sampled {
-                                slug: slug.clone(),
-                                cluster: cluster.clone(),
-                                schema: sizes.get(schema).cloned().unwrap_or_default(),
-                            },
-                        );
-                    }
-                }
-                Err(e) => failures.push(format!("{cluster}: {e:#}")),
-            }
-        }
         // A cluster that could not be read keeps its last sample.
         let previous = self.samples();
+        let mut failures = Vec::new();
         for (cluster, tenants) in &by_cluster {
-            if failures
-                .iter()
-                .any(|f| f.starts_with(&format!("{cluster}:")))
-            {
-                for (id, _, _) in tenants {
-                    if let Some(s) = previous.tenants.get(id) {
-                        sampled.insert(*id, s.clone());
-                    }
+            let sizes = match self.sizes(cluster).await {
+                Ok(sizes) => Some(sizes),
+                Err(e) => {
+                    failures.push(format!("{cluster}: {e:#}"));
+                    None
                 }
+            };
+            for (id, slug, schema) in tenants {
+                let sample = match &sizes {
+                    Some(sizes) => Sampled {
+                        slug: slug.clone(),
+                        cluster: cluster.clone(),
+                        schema: sizes.get(schema).cloned().unwrap_or_default(),
+                    },
+                    None => match previous.tenants.get(id) {
+                        Some(s) => s.clone(),
+                        None => continue,
+                    },
+                };
+                sampled.insert(*id, sample);
             }
         }
         let cost = SampleCost {
