@@ -114,6 +114,13 @@ pub struct ExecuteArgs {
     #[arg(long, conflicts_with = "baseline_tenantd", requires = "database_url")]
     tls_sslmode: Option<String>,
 
+    /// With --baseline-tenantd or --tls-sslmode: how many times the ABBA
+    /// block runs at each client count. The two sides' means are taken over
+    /// all their phases; more rounds of shorter phases average out more of
+    /// the machine's drift.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
+
     #[command(flatten)]
     target: Target,
 }
@@ -337,6 +344,8 @@ impl Drop for TempDir {
 
 struct Results {
     rows: u32,
+    /// How many times the ABBA block ran at each client count (0: none).
+    rounds: u32,
     pool_size: usize,
     channels: usize,
     pgbench_threads: usize,
@@ -437,8 +446,12 @@ async fn phases_with(
             phases
                 .push(pgbench_phase(&raw, Route::RawTransaction, clients, threads, window).await?);
         }
-        phases.push(grpc_phase(args, window, server, Route::Tenantd, clients, tenant).await?);
-        if let Some((base, route)) = baseline {
+        let Some((base, route)) = baseline else {
+            phases.push(grpc_phase(args, window, server, Route::Tenantd, clients, tenant).await?);
+            continue;
+        };
+        for _ in 0..args.rounds {
+            phases.push(grpc_phase(args, window, server, Route::Tenantd, clients, tenant).await?);
             for _ in 0..2 {
                 phases.push(grpc_phase(args, window, base, route, clients, tenant).await?);
             }
@@ -451,6 +464,7 @@ async fn phases_with(
         pool_size: args.pool_size,
         channels: args.channels,
         pgbench_threads: threads_max,
+        rounds: if baseline.is_some() { args.rounds } else { 0 },
         phases,
         connections_open: metrics.get("tenantd_tenant_connections_open").copied(),
         budget_waits: metrics
@@ -1002,13 +1016,17 @@ fn markdown(window: Window, server: &PgServer, r: &Results, check: &Check) -> St
         server,
         format_args!(
             "{}, at each client count the pgbench phases first and tenantd right after (with a \
-             baseline build: tenantd, baseline, baseline, tenantd); \
+             baseline build: tenantd, baseline, baseline, tenantd{}); \
              tenantd --tenant-pool-size {} (connection budget {BUDGET}; {} tenant connections \
              open at the end, {} budget waits), its clients on {} HTTP/2 connections (fewer when \
              fewer clients); pgbench with {} threads at most, logged in as the tenant's role \
              with its schema as search_path; the clients in processes of their own on the same \
              cores.",
             window.per_phase(),
+            match r.rounds {
+                0 | 1 => String::new(),
+                n => format!(", {n} times over"),
+            },
             r.pool_size,
             or_na(r.connections_open, 0),
             or_na(r.budget_waits, 0),

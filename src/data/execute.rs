@@ -3,9 +3,13 @@
 //! A call is one transaction: `BEGIN [READ ONLY]` with `statement_timeout`
 //! set locally, the statements, `COMMIT`, and `RESET ALL` so that nothing a
 //! statement set for the session outlives the call. For a single statement
-//! the three are pipelined: one round trip to PostgreSQL when the statement
-//! is already prepared on the connection (prepared statements are cached
-//! per connection).
+//! all of it is one request: Bind and Execute messages under one Sync, so
+//! one round trip to PostgreSQL when the statement is already prepared on
+//! the connection (prepared statements are cached per connection), and one
+//! ReadyForQuery — PostgreSQL flushes its output once per call, one send
+//! and, over TLS, one record. (The driver's typed API ends every query with
+//! a Sync of its own; tenantd's copy of tokio-postgres adds the one method
+//! that sends messages encoded here, see vendor/tokio-postgres/PATCH.md.)
 //!
 //! Results are read as they stream in: rows past the row limit or the
 //! response budget are counted and dropped, never buffered, and a value is
@@ -22,12 +26,16 @@
 
 use std::time::Duration;
 
-use futures::TryStreamExt as _;
+use bytes::BytesMut;
+use fallible_iterator::FallibleIterator as _;
+use postgres_protocol::message::backend::{CommandCompleteBody, DataRowBody, Message};
+use postgres_protocol::message::frontend;
+use tokio_postgres::Responses;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{IsNull, ToSql as _, Type};
 
 use super::pools::Checkout;
-use super::values::{Budget, RawCell, Value, check_column_type};
+use super::values::{Budget, Value, check_column_type};
 
 /// One statement of a call.
 #[derive(Debug, Clone)]
@@ -292,28 +300,6 @@ async fn prepare<'a>(conn: &Checkout, s: &'a Statement) -> Result<Prepared<'a>, 
     })
 }
 
-/// Why reading a statement's rows failed.
-enum ReadError {
-    Pg(tokio_postgres::Error),
-    /// A value that came back could not be decoded.
-    Decode(String),
-}
-
-impl From<tokio_postgres::Error> for ReadError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        ReadError::Pg(e)
-    }
-}
-
-impl ReadError {
-    fn into_exec(self, conn: &Checkout, stage: Lost) -> ExecError {
-        match self {
-            ReadError::Pg(e) => lost_or(conn, classify(e, stage)),
-            ReadError::Decode(m) => ExecError::Client(m),
-        }
-    }
-}
-
 /// A lost connection that the socket's guard ended over an oversized
 /// message is reported as such.
 fn lost_or(conn: &Checkout, err: ExecError) -> ExecError {
@@ -328,71 +314,225 @@ fn lost_or(conn: &Checkout, err: ExecError) -> ExecError {
     }
 }
 
-/// Runs one prepared statement and reads its rows within the limits.
-async fn run_one(
-    conn: &Checkout,
-    p: &Prepared<'_>,
-    budget: &mut Budget,
-) -> Result<Outcome, ReadError> {
-    let columns = p
-        .statement
-        .columns()
-        .iter()
-        .map(|c| (c.name().to_owned(), type_name(c.type_())))
-        .collect();
-    let dropped_before = conn.socket().rows_dropped();
-    let stream = conn
-        .client()
-        .query_raw(&p.statement, p.params.iter())
-        .await?;
-    futures::pin_mut!(stream);
-    let mut out = Outcome {
-        columns,
-        ..Outcome::default()
-    };
-    let types: Vec<Type> = p
-        .statement
-        .columns()
-        .iter()
-        .map(|c| c.type_().clone())
-        .collect();
-    while let Some(row) = stream.try_next().await? {
-        if out.truncated {
-            continue;
+/// The rows of one statement, read within the limits as they stream in.
+struct Rows<'p> {
+    prepared: &'p Prepared<'p>,
+    out: Outcome,
+    /// What the socket had dropped before the statement ran.
+    dropped_before: u64,
+}
+
+impl<'p> Rows<'p> {
+    fn new(conn: &Checkout, prepared: &'p Prepared<'p>) -> Self {
+        let columns = prepared
+            .statement
+            .columns()
+            .iter()
+            .map(|c| (c.name().to_owned(), type_name(c.type_())))
+            .collect();
+        Rows {
+            prepared,
+            out: Outcome {
+                columns,
+                ..Outcome::default()
+            },
+            dropped_before: conn.socket().rows_dropped(),
         }
-        if out.rows.len() >= p.max_rows {
-            out.truncated = true;
-            continue;
+    }
+
+    /// Takes a row whole, or counts it as cut off: past the row limit, or
+    /// when its values would not fit in what is left of the budget.
+    fn push(&mut self, row: &DataRowBody, budget: &mut Budget) -> Result<(), ExecError> {
+        if self.out.truncated {
+            return Ok(());
         }
-        // The row is taken whole or not at all.
+        if self.out.rows.len() >= self.prepared.max_rows {
+            self.out.truncated = true;
+            return Ok(());
+        }
+        let columns = self.prepared.statement.columns();
+        let buffer = row.buffer();
+        let mut ranges = row.ranges();
         let mut left = *budget;
-        let mut values = Vec::with_capacity(row.len());
-        for (i, ty) in types.iter().enumerate() {
-            let RawCell(raw) = row.try_get(i)?;
-            match left.decode(ty, raw) {
+        let mut values = Vec::with_capacity(columns.len());
+        for column in columns {
+            let raw = match ranges.next() {
+                Ok(Some(None)) => None,
+                Ok(Some(Some(range))) => match buffer.get(range) {
+                    Some(raw) => Some(raw),
+                    None => return Err(ExecError::Client("a malformed row".to_owned())),
+                },
+                Ok(None) => return Err(ExecError::Client("a row with too few values".to_owned())),
+                Err(e) => return Err(ExecError::Client(format!("a malformed row: {e}"))),
+            };
+            match left.decode(column.type_(), raw) {
                 Ok(Some(v)) => values.push(v),
                 Ok(None) => break,
                 Err(e) => {
-                    return Err(ReadError::Decode(format!(
+                    return Err(ExecError::Client(format!(
                         "column {:?}: {e}",
-                        p.statement.columns()[i].name()
+                        column.name()
                     )));
                 }
             }
         }
-        if values.len() < types.len() {
-            out.truncated = true;
-            continue;
+        if values.len() < columns.len() {
+            self.out.truncated = true;
+            return Ok(());
         }
         *budget = left;
-        out.rows.push(values);
+        self.out.rows.push(values);
+        Ok(())
     }
-    // Rows too large to read at all were dropped by the socket.
-    if conn.socket().rows_dropped() != dropped_before {
-        out.truncated = true;
+
+    fn finish(mut self, conn: &Checkout) -> Outcome {
+        // Rows too large to read at all were dropped by the socket.
+        if conn.socket().rows_dropped() != self.dropped_before {
+            self.out.truncated = true;
+        }
+        self.out
     }
-    out.rows_affected = stream.rows_affected().unwrap_or(0);
-    Ok(out)
+}
+
+/// A request to PostgreSQL: statements as Bind and Execute messages under
+/// one Sync, so that the server answers them all with one ReadyForQuery —
+/// one flush, one send, one TLS record — and stops at the first that fails.
+#[derive(Default)]
+struct Request {
+    buf: BytesMut,
+    statements: usize,
+}
+
+impl Request {
+    /// A statement of tenantd's own, parsed as the unnamed statement (it
+    /// leaves nothing on the connection). Returns its index.
+    fn fixed(&mut self, sql: &str) -> Result<usize, ExecError> {
+        let encoded = frontend::parse("", sql, std::iter::empty(), &mut self.buf)
+            .and_then(|()| {
+                frontend::bind(
+                    "",
+                    "",
+                    std::iter::empty(),
+                    std::iter::empty::<()>(),
+                    |(), _| Ok(postgres_protocol::IsNull::No),
+                    std::iter::empty(),
+                    &mut self.buf,
+                )
+                .map_err(|_| std::io::Error::other("a statement without parameters"))
+            })
+            .and_then(|()| frontend::execute("", 0, &mut self.buf));
+        encoded.map_err(|e| ExecError::Client(format!("encode {sql:?}: {e}")))?;
+        self.statements += 1;
+        Ok(self.statements - 1)
+    }
+
+    /// A call's statement, prepared on the connection, with its parameters
+    /// and every result column in binary. Returns its index.
+    fn prepared(&mut self, p: &Prepared<'_>) -> Result<usize, ExecError> {
+        let types = p.statement.params();
+        let formats: Vec<i16> = p
+            .params
+            .iter()
+            .zip(types)
+            .map(|(value, ty)| value.encode_format(ty) as i16)
+            .collect();
+        let mut failed_at = 0;
+        frontend::bind(
+            "",
+            p.statement.name(),
+            formats,
+            p.params.iter().zip(types).enumerate(),
+            |(i, (value, ty)), buf| match value.to_sql_checked(ty, buf) {
+                Ok(IsNull::No) => Ok(postgres_protocol::IsNull::No),
+                Ok(IsNull::Yes) => Ok(postgres_protocol::IsNull::Yes),
+                Err(e) => {
+                    failed_at = i;
+                    Err(e)
+                }
+            },
+            [1],
+            &mut self.buf,
+        )
+        .map_err(|e| match e {
+            frontend::BindError::Conversion(e) => {
+                ExecError::Client(format!("params[{failed_at}]: {e}"))
+            }
+            frontend::BindError::Serialization(e) => ExecError::Client(e.to_string()),
+        })?;
+        frontend::execute("", 0, &mut self.buf)
+            .map_err(|e| ExecError::Client(format!("encode the statement: {e}")))?;
+        self.statements += 1;
+        Ok(self.statements - 1)
+    }
+
+    /// Sends the request; its answers are read with [`read_reply`].
+    fn send(mut self, client: &tokio_postgres::Client) -> Result<Responses, tokio_postgres::Error> {
+        frontend::sync(&mut self.buf);
+        client.send_encoded(self.buf.freeze())
+    }
+}
+
+/// Where a request stopped: at its statement `step`, with the error
+/// PostgreSQL gave (or the connection's).
+struct Failure {
+    step: usize,
+    error: tokio_postgres::Error,
+}
+
+/// Reads a request's answers up to its ReadyForQuery: the rows of its
+/// statement at `target` (read with `rows`), and where it stopped if it
+/// did not run to the end. A value that cannot be decoded ends the reading
+/// at once with [`ExecError::Client`] (the connection is not used again).
+async fn read_reply(
+    responses: &mut Responses,
+    target: usize,
+    rows: &mut Rows<'_>,
+    budget: &mut Budget,
+) -> Result<Option<Failure>, ExecError> {
+    let mut step = 0;
+    let mut failure = None;
+    loop {
+        let message = match responses.next().await {
+            Ok(message) => message,
+            // PostgreSQL skips the rest of the request; its ReadyForQuery
+            // still comes.
+            Err(error) if error.as_db_error().is_some() => {
+                failure.get_or_insert(Failure { step, error });
+                continue;
+            }
+            // The connection is gone: what PostgreSQL said before (a
+            // FATAL naming why) tells more than the closed socket.
+            Err(error) => return Ok(Some(failure.unwrap_or(Failure { step, error }))),
+        };
+        match message {
+            Message::DataRow(row) if step == target => rows.push(&row, budget)?,
+            Message::CommandComplete(body) => {
+                if step == target {
+                    rows.out.rows_affected = rows_affected(&body);
+                }
+                step += 1;
+            }
+            Message::EmptyQueryResponse => step += 1,
+            Message::ReadyForQuery(_) => return Ok(failure),
+            Message::CopyInResponse(_) | Message::CopyOutResponse(_) => {
+                return Err(ExecError::Client(
+                    "PostgreSQL began a COPY, which a call cannot run".to_owned(),
+                ));
+            }
+            // ParseComplete, BindComplete, the rows of tenantd's own
+            // statements.
+            _ => {}
+        }
+    }
+}
+
+/// The count at the end of a command tag ("INSERT 0 5", "UPDATE 2").
+fn rows_affected(body: &CommandCompleteBody) -> u64 {
+    body.tag()
+        .ok()
+        .and_then(|tag| tag.rsplit(' ').next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0)
 }
 
 fn type_name(ty: &Type) -> String {
@@ -463,6 +603,11 @@ macro_rules! reset {
 /// The session reset on its own (also what the benchmark's raw side sends).
 pub const SESSION_RESET: &str = reset!();
 
+/// The reset's statements one by one, for a request under one Sync.
+fn reset_statements() -> impl Iterator<Item = &'static str> {
+    SESSION_RESET.split("; ")
+}
+
 /// Sends `end` (COMMIT or ROLLBACK) followed by the reset in one message;
 /// when `end` fails the rest of the message is skipped, so the reset is
 /// sent again on its own. A failed reset marks the connection `dirty`.
@@ -498,80 +643,103 @@ async fn run_inner(
         prepared.push(prepare(conn, s).await.map_err(|e| e.at(i))?);
     }
     let client = conn.client();
-    // PostgreSQL ends each statement itself a little before the deadline
-    // (so the caller learns SQLSTATE 57014); at the deadline the client side
-    // cancels whatever lifted its own timeout.
-    let left = limits
-        .deadline
-        .saturating_duration_since(tokio::time::Instant::now())
-        .saturating_sub(SERVER_FIRST);
-    let timeout_ms = left.as_millis().clamp(1, i32::MAX as u128);
-    // A read-only transaction takes its snapshot at once, so no statement
-    // can switch it to read-write afterwards.
-    let begin = if limits.read_only {
-        format!("BEGIN READ ONLY; SET LOCAL statement_timeout = {timeout_ms}; SELECT 1")
-    } else {
-        format!("BEGIN; SET LOCAL statement_timeout = {timeout_ms}")
-    };
     let mut budget = limits.budget;
     if let [only] = prepared.as_slice() {
-        // BEGIN, the statement, COMMIT and the reset in one round trip:
-        // tokio-postgres queues a request's messages when its future is
-        // first polled, and join3 polls in order, so they go out in order.
-        // COMMIT after a failed statement only rolls back.
-        let (began, ran, committed) = futures::future::join3(
-            client.batch_execute(&begin),
-            run_one(conn, only, &mut budget),
-            client.batch_execute(COMMIT_AND_RESET),
-        )
-        .await;
-        if committed.is_err() {
-            *dirty |= client.batch_execute(SESSION_RESET).await.is_err();
+        // BEGIN, the statement, COMMIT and the reset under one Sync: one
+        // round trip, and one answer from the server. After a failure
+        // PostgreSQL skips the rest (the COMMIT included) up to the Sync.
+        let mut request = Request::default();
+        begin(&mut request, limits)?;
+        let target = request.prepared(only)?;
+        let commit = request.fixed("COMMIT")?;
+        for sql in reset_statements() {
+            request.fixed(sql)?;
         }
+        let mut responses = request
+            .send(client)
+            .map_err(|e| classify(e, Lost::BeforeAnyStatement))?;
+        let mut rows = Rows::new(conn, only);
         // The COMMIT went out with the BEGIN: after a lost connection the
         // outcome is unknown, so none of these is retried.
-        began.map_err(|e| lost_or(conn, classify(e, Lost::OutcomeUnknown)))?;
-        let outcome = ran.map_err(|e| e.into_exec(conn, Lost::OutcomeUnknown).at(0))?;
-        committed.map_err(|e| lost_or(conn, classify(e, Lost::OutcomeUnknown)))?;
-        return Ok(vec![outcome]);
-    }
-    // Several statements: each waits for the one before; no COMMIT is sent
-    // until all succeeded, so a connection lost before it committed nothing.
-    let mut outcomes = Vec::with_capacity(prepared.len());
-    let mut began = Some(client.batch_execute(&begin));
-    for (i, p) in prepared.iter().enumerate() {
-        let ran = match began.take() {
-            Some(begin) => {
-                let (began, ran) =
-                    futures::future::join(begin, run_one(conn, p, &mut budget)).await;
-                if let Err(e) = began {
-                    let err = lost_or(conn, classify(e, Lost::BeforeAnyStatement));
-                    if !err.breaks_connection() {
-                        finish(client, ROLLBACK_AND_RESET, dirty)
-                            .await
-                            .map_err(|e| classify(e, Lost::NotCommitted))?;
-                    }
-                    return Err(err);
-                }
-                ran
-            }
-            None => run_one(conn, p, &mut budget).await,
+        let failure = read_reply(&mut responses, target, &mut rows, &mut budget).await?;
+        let outcome = rows.finish(conn);
+        let Some(Failure { step, error }) = failure else {
+            return Ok(vec![outcome]);
         };
-        match ran {
-            Ok(outcome) => outcomes.push(outcome),
-            Err(e) => {
-                let err = e.into_exec(conn, Lost::NotCommitted).at(i);
-                if !err.breaks_connection() {
-                    finish(client, ROLLBACK_AND_RESET, dirty)
-                        .await
-                        .map_err(|e| classify(e, Lost::NotCommitted))?;
-                }
-                return Err(err);
-            }
+        if step > commit {
+            // Committed; the reset stopped part-way and is sent again.
+            *dirty |= client.batch_execute(SESSION_RESET).await.is_err();
+            return Ok(vec![outcome]);
         }
+        let err = lost_or(conn, classify(error, Lost::OutcomeUnknown));
+        if !err.breaks_connection() {
+            roll_back(client, dirty).await;
+        }
+        return Err(if step == target { err.at(0) } else { err });
+    }
+    // Several statements: each waits for the one before (the first goes
+    // with the BEGIN); no COMMIT is sent until all succeeded, so a
+    // connection lost before it committed nothing.
+    let mut outcomes = Vec::with_capacity(prepared.len());
+    for (i, p) in prepared.iter().enumerate() {
+        let mut request = Request::default();
+        if i == 0 {
+            begin(&mut request, limits)?;
+        }
+        let target = request.prepared(p)?;
+        let mut responses = request
+            .send(client)
+            .map_err(|e| classify(e, Lost::NotCommitted))?;
+        let mut rows = Rows::new(conn, p);
+        let failure = read_reply(&mut responses, target, &mut rows, &mut budget).await?;
+        let Some(Failure { step, error }) = failure else {
+            outcomes.push(rows.finish(conn));
+            continue;
+        };
+        let err = if step < target {
+            lost_or(conn, classify(error, Lost::BeforeAnyStatement))
+        } else {
+            lost_or(conn, classify(error, Lost::NotCommitted)).at(i)
+        };
+        if !err.breaks_connection() {
+            roll_back(client, dirty).await;
+        }
+        return Err(err);
     }
     finish(client, COMMIT_AND_RESET, dirty)
         .await
         .map_err(|e| lost_or(conn, classify(e, Lost::OutcomeUnknown)))?;
     Ok(outcomes)
+}
+
+/// The start of a call's transaction: read-only or not, with PostgreSQL
+/// ending each statement itself a little before the call's deadline (so
+/// the caller learns SQLSTATE 57014); at the deadline the client side
+/// cancels whatever lifted its own timeout.
+fn begin(request: &mut Request, limits: CallLimits) -> Result<(), ExecError> {
+    let left = limits
+        .deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .saturating_sub(SERVER_FIRST);
+    let timeout_ms = left.as_millis().clamp(1, i32::MAX as u128);
+    request.fixed(if limits.read_only {
+        "BEGIN READ ONLY"
+    } else {
+        "BEGIN"
+    })?;
+    request.fixed(&format!("SET LOCAL statement_timeout = {timeout_ms}"))?;
+    if limits.read_only {
+        // A read-only transaction takes its snapshot at once, so no
+        // statement can switch it to read-write afterwards.
+        request.fixed("SELECT 1")?;
+    }
+    Ok(())
+}
+
+/// Ends a failed call's transaction and resets the session; a connection
+/// where that fails is not used again.
+async fn roll_back(client: &tokio_postgres::Client, dirty: &mut bool) {
+    if finish(client, ROLLBACK_AND_RESET, dirty).await.is_err() {
+        *dirty = true;
+    }
 }

@@ -366,23 +366,6 @@ fn array_len(raw: &[u8]) -> Result<usize, BoxError> {
     })
 }
 
-/// A cell's bytes as they came, undecoded (`None`: SQL NULL).
-pub struct RawCell<'a>(pub Option<&'a [u8]>);
-
-impl<'a> FromSql<'a> for RawCell<'a> {
-    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, BoxError> {
-        Ok(RawCell(Some(raw)))
-    }
-
-    fn from_sql_null(_: &Type) -> Result<Self, BoxError> {
-        Ok(RawCell(None))
-    }
-
-    fn accepts(_: &Type) -> bool {
-        true
-    }
-}
-
 fn decode(ty: &Type, raw: &[u8]) -> Result<Value, BoxError> {
     match ty.kind() {
         Kind::Enum(_) => return Ok(Value::Text(wire::text_from_sql(raw)?.to_owned())),

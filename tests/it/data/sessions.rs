@@ -94,6 +94,40 @@ async fn nothing_a_call_leaves_in_the_session_reaches_the_next_call() {
         Kind::Text(clean.clone()),
         "the same session ({pid}) as before, as clean as before"
     );
+    // The same when the call fails, in its statement (PostgreSQL skips the
+    // rest of the request, COMMIT and reset included) or at its COMMIT (a
+    // deferred constraint): rolled back, reset, and the session kept.
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {role}.once (id int UNIQUE DEFERRABLE INITIALLY DEFERRED); \
+         INSERT INTO {role}.once VALUES (1); \
+         GRANT SELECT, INSERT ON {role}.once TO {role}"
+    ))
+    .execute(&mut db)
+    .await
+    .unwrap();
+    for (sql, state) in [
+        (
+            "SELECT 1 / (count(*) - count(*)) FROM (SELECT leave_everything()) AS made",
+            "22012",
+        ),
+        (
+            "INSERT INTO once SELECT 1 FROM (SELECT leave_everything()) AS made",
+            "23505",
+        ),
+    ] {
+        let err = c.data.execute(exec(&t.id, sql, vec![])).await.unwrap_err();
+        assert_eq!(sqlstate(&err).as_deref(), Some(state), "{sql}: {err:?}");
+        assert_eq!(
+            read_scalar(&mut c, &t.id, check).await,
+            Kind::Text(clean.clone()),
+            "{sql}: the same session ({pid}), as clean as before"
+        );
+    }
+    assert_eq!(
+        read_scalar(&mut c, &t.id, "SELECT count(*) FROM once").await,
+        Kind::Int64(1),
+        "the failed COMMIT wrote nothing"
+    );
     // Role settings are the values a session starts from, which RESET ALL
     // returns to: a new session starts from a role reset to what tenantd
     // gave it.
