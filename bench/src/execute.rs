@@ -583,7 +583,7 @@ async fn setup_table(
         &transaction_script,
         format!(
             "\\set id random(1, {rows})\n\\startpipeline\nBEGIN READ ONLY;\n\
-             SET LOCAL statement_timeout = {timeout_ms};\nSELECT 1;\n{select};\nCOMMIT;\n\
+             SELECT set_config('statement_timeout', '{timeout_ms}', true);\n{select};\nCOMMIT;\n\
              {reset}\\endpipeline\n"
         ),
     )

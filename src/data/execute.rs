@@ -404,26 +404,43 @@ struct Request {
 }
 
 impl Request {
-    /// A statement of tenantd's own, parsed as the unnamed statement (it
-    /// leaves nothing on the connection). Returns its index.
-    fn fixed(&mut self, sql: &str) -> Result<usize, ExecError> {
-        let encoded = frontend::parse("", sql, std::iter::empty(), &mut self.buf)
-            .and_then(|()| {
-                frontend::bind(
-                    "",
-                    "",
-                    std::iter::empty(),
-                    std::iter::empty::<()>(),
-                    |(), _| Ok(postgres_protocol::IsNull::No),
-                    std::iter::empty(),
-                    &mut self.buf,
-                )
-                .map_err(|_| std::io::Error::other("a statement without parameters"))
-            })
-            .and_then(|()| frontend::execute("", 0, &mut self.buf));
-        encoded.map_err(|e| ExecError::Client(format!("encode {sql:?}: {e}")))?;
+    /// One of tenantd's own statements, its parameters in text. Returns
+    /// its index.
+    fn own(&mut self, own: &Own, params: &[&str]) -> Result<usize, ExecError> {
+        let name = match own {
+            Own::Prepared(statement) => statement.name(),
+            Own::Parsed(sql) => {
+                frontend::parse("", sql, std::iter::empty(), &mut self.buf)
+                    .map_err(|e| ExecError::Client(format!("encode {sql:?}: {e}")))?;
+                ""
+            }
+        };
+        frontend::bind(
+            "",
+            name,
+            std::iter::empty(),
+            params,
+            |param, buf| {
+                buf.extend_from_slice(param.as_bytes());
+                Ok(postgres_protocol::IsNull::No)
+            },
+            std::iter::empty(),
+            &mut self.buf,
+        )
+        .map_err(|_| ExecError::Client("encode a statement of tenantd's own".to_owned()))?;
+        frontend::execute("", 0, &mut self.buf)
+            .map_err(|e| ExecError::Client(format!("encode a statement: {e}")))?;
         self.statements += 1;
         Ok(self.statements - 1)
+    }
+
+    /// COMMIT and the session reset. Returns the COMMIT's index.
+    fn commit_and_reset(&mut self, own: &OwnStatements) -> Result<usize, ExecError> {
+        let commit = self.own(&own.commit, &[])?;
+        for statement in &own.reset {
+            self.own(statement, &[])?;
+        }
+        Ok(commit)
     }
 
     /// A call's statement, prepared on the connection, with its parameters
@@ -460,7 +477,7 @@ impl Request {
             frontend::BindError::Serialization(e) => ExecError::Client(e.to_string()),
         })?;
         frontend::execute("", 0, &mut self.buf)
-            .map_err(|e| ExecError::Client(format!("encode the statement: {e}")))?;
+            .map_err(|e| ExecError::Client(format!("encode a statement: {e}")))?;
         self.statements += 1;
         Ok(self.statements - 1)
     }
@@ -480,14 +497,12 @@ struct Failure {
 }
 
 /// Reads a request's answers up to its ReadyForQuery: the rows of its
-/// statement at `target` (read with `rows`), and where it stopped if it
-/// did not run to the end. A value that cannot be decoded ends the reading
+/// statement at `target`'s index (into its rows, within its budget), and
+/// where it stopped if it did not run to the end. A value that cannot be decoded ends the reading
 /// at once with [`ExecError::Client`] (the connection is not used again).
 async fn read_reply(
     responses: &mut Responses,
-    target: usize,
-    rows: &mut Rows<'_>,
-    budget: &mut Budget,
+    mut target: Option<(usize, &mut Rows<'_>, &mut Budget)>,
 ) -> Result<Option<Failure>, ExecError> {
     let mut step = 0;
     let mut failure = None;
@@ -504,17 +519,21 @@ async fn read_reply(
             // FATAL naming why) tells more than the closed socket.
             Err(error) => return Ok(Some(failure.unwrap_or(Failure { step, error }))),
         };
-        match message {
-            Message::DataRow(row) if step == target => rows.push(&row, budget)?,
-            Message::CommandComplete(body) => {
-                if step == target {
+        match (message, &mut target) {
+            (Message::DataRow(row), Some((at, rows, budget))) if *at == step => {
+                rows.push(&row, budget)?
+            }
+            (Message::CommandComplete(body), target) => {
+                if let Some((at, rows, _)) = target
+                    && *at == step
+                {
                     rows.out.rows_affected = rows_affected(&body);
                 }
                 step += 1;
             }
-            Message::EmptyQueryResponse => step += 1,
-            Message::ReadyForQuery(_) => return Ok(failure),
-            Message::CopyInResponse(_) | Message::CopyOutResponse(_) => {
+            (Message::EmptyQueryResponse, _) => step += 1,
+            (Message::ReadyForQuery(_), _) => return Ok(failure),
+            (Message::CopyInResponse(_) | Message::CopyOutResponse(_), _) => {
                 return Err(ExecError::Client(
                     "PostgreSQL began a COPY, which a call cannot run".to_owned(),
                 ));
@@ -553,11 +572,14 @@ pub async fn run(
     let abandoned = conn.cancel_on_drop();
     let mut dirty = false;
     let attempt = async {
-        match run_inner(conn, statements, limits, &mut dirty).await {
-            // Nothing was committed: prepare afresh and run once more.
+        match run_inner(conn, statements, limits, OwnHow::Prepared, &mut dirty).await {
+            // Nothing was committed: prepare afresh and run once more, with
+            // tenantd's own statements parsed in the request (a function
+            // that deallocates prepared statements cannot take them away
+            // half-way through the call again).
             Err(e) if e.stale_statement() => {
                 conn.statement_cache().clear();
-                run_inner(conn, statements, limits, &mut dirty).await
+                run_inner(conn, statements, limits, OwnHow::Parsed, &mut dirty).await
             }
             other => other,
         }
@@ -608,27 +630,80 @@ fn reset_statements() -> impl Iterator<Item = &'static str> {
     SESSION_RESET.split("; ")
 }
 
-/// Sends `end` (COMMIT or ROLLBACK) followed by the reset in one message;
-/// when `end` fails the rest of the message is skipped, so the reset is
-/// sent again on its own. A failed reset marks the connection `dirty`.
-async fn finish(
-    client: &tokio_postgres::Client,
-    end_and_reset: &str,
-    dirty: &mut bool,
-) -> Result<(), tokio_postgres::Error> {
-    let ended = client.batch_execute(end_and_reset).await;
-    if ended.is_err() {
-        *dirty |= client.batch_execute(SESSION_RESET).await.is_err();
-    }
-    ended
-}
-
-const COMMIT_AND_RESET: &str = concat!("COMMIT; ", reset!());
 const ROLLBACK_AND_RESET: &str = concat!("ROLLBACK; ", reset!());
 
 /// How much before the call's deadline PostgreSQL's own statement_timeout
 /// fires.
 const SERVER_FIRST: Duration = Duration::from_millis(25);
+
+/// tenantd's own statements in a call: BEGIN, the timeout, COMMIT and the
+/// reset.
+struct OwnStatements {
+    begin: Own,
+    /// `SET LOCAL statement_timeout` with the value as a parameter. As a
+    /// SELECT it also takes the transaction's snapshot, so that no
+    /// statement can switch a read-only transaction to read-write
+    /// afterwards.
+    set_timeout: Own,
+    commit: Own,
+    reset: Vec<Own>,
+}
+
+const SET_TIMEOUT: &str = "SELECT set_config('statement_timeout', $1, true)";
+
+/// One of tenantd's own statements in a request.
+enum Own {
+    /// Prepared on the connection (and cached with the calls' statements):
+    /// PostgreSQL neither parses nor plans it again.
+    Prepared(tokio_postgres::Statement),
+    /// Parsed in the request, as the unnamed statement.
+    Parsed(&'static str),
+}
+
+/// How a call gets tenantd's own statements.
+#[derive(Debug, Clone, Copy)]
+enum OwnHow {
+    Prepared,
+    Parsed,
+}
+
+impl Own {
+    async fn get(conn: &Checkout, sql: &'static str, how: OwnHow) -> Result<Own, ExecError> {
+        match how {
+            OwnHow::Parsed => Ok(Own::Parsed(sql)),
+            OwnHow::Prepared => conn
+                .statement_cache()
+                .prepare(conn.client(), sql)
+                .await
+                .map(Own::Prepared)
+                .map_err(|e| classify(e, Lost::BeforeAnyStatement)),
+        }
+    }
+}
+
+impl OwnStatements {
+    /// The statements, prepared (all in one round trip, on a connection's
+    /// first call) or not, as `how` says.
+    async fn get(conn: &Checkout, read_only: bool, how: OwnHow) -> Result<Self, ExecError> {
+        let begin = if read_only {
+            "BEGIN READ ONLY"
+        } else {
+            "BEGIN"
+        };
+        let (begin, set_timeout, commit, reset) = futures::try_join!(
+            Own::get(conn, begin, how),
+            Own::get(conn, SET_TIMEOUT, how),
+            Own::get(conn, "COMMIT", how),
+            futures::future::try_join_all(reset_statements().map(|sql| Own::get(conn, sql, how))),
+        )?;
+        Ok(OwnStatements {
+            begin,
+            set_timeout,
+            commit,
+            reset,
+        })
+    }
+}
 
 /// One attempt at the call. `dirty` is set when the connection's session
 /// could not be reset.
@@ -636,12 +711,14 @@ async fn run_inner(
     conn: &Checkout,
     statements: &[Statement],
     limits: CallLimits,
+    own: OwnHow,
     dirty: &mut bool,
 ) -> Result<Vec<Outcome>, ExecError> {
     let mut prepared = Vec::with_capacity(statements.len());
     for (i, s) in statements.iter().enumerate() {
         prepared.push(prepare(conn, s).await.map_err(|e| e.at(i))?);
     }
+    let own = OwnStatements::get(conn, limits.read_only, own).await?;
     let client = conn.client();
     let mut budget = limits.budget;
     if let [only] = prepared.as_slice() {
@@ -649,33 +726,18 @@ async fn run_inner(
         // round trip, and one answer from the server. After a failure
         // PostgreSQL skips the rest (the COMMIT included) up to the Sync.
         let mut request = Request::default();
-        begin(&mut request, limits)?;
+        begin(&mut request, &own, limits)?;
         let target = request.prepared(only)?;
-        let commit = request.fixed("COMMIT")?;
-        for sql in reset_statements() {
-            request.fixed(sql)?;
-        }
+        let commit = request.commit_and_reset(&own)?;
         let mut responses = request
             .send(client)
             .map_err(|e| classify(e, Lost::BeforeAnyStatement))?;
         let mut rows = Rows::new(conn, only);
+        let failure = read_reply(&mut responses, Some((target, &mut rows, &mut budget))).await?;
         // The COMMIT went out with the BEGIN: after a lost connection the
         // outcome is unknown, so none of these is retried.
-        let failure = read_reply(&mut responses, target, &mut rows, &mut budget).await?;
-        let outcome = rows.finish(conn);
-        let Some(Failure { step, error }) = failure else {
-            return Ok(vec![outcome]);
-        };
-        if step > commit {
-            // Committed; the reset stopped part-way and is sent again.
-            *dirty |= client.batch_execute(SESSION_RESET).await.is_err();
-            return Ok(vec![outcome]);
-        }
-        let err = lost_or(conn, classify(error, Lost::OutcomeUnknown));
-        if !err.breaks_connection() {
-            roll_back(client, dirty).await;
-        }
-        return Err(if step == target { err.at(0) } else { err });
+        settle(conn, failure, commit, Some(target), dirty).await?;
+        return Ok(vec![rows.finish(conn)]);
     }
     // Several statements: each waits for the one before (the first goes
     // with the BEGIN); no COMMIT is sent until all succeeded, so a
@@ -684,14 +746,14 @@ async fn run_inner(
     for (i, p) in prepared.iter().enumerate() {
         let mut request = Request::default();
         if i == 0 {
-            begin(&mut request, limits)?;
+            begin(&mut request, &own, limits)?;
         }
         let target = request.prepared(p)?;
         let mut responses = request
             .send(client)
             .map_err(|e| classify(e, Lost::NotCommitted))?;
         let mut rows = Rows::new(conn, p);
-        let failure = read_reply(&mut responses, target, &mut rows, &mut budget).await?;
+        let failure = read_reply(&mut responses, Some((target, &mut rows, &mut budget))).await?;
         let Some(Failure { step, error }) = failure else {
             outcomes.push(rows.finish(conn));
             continue;
@@ -706,9 +768,13 @@ async fn run_inner(
         }
         return Err(err);
     }
-    finish(client, COMMIT_AND_RESET, dirty)
-        .await
-        .map_err(|e| lost_or(conn, classify(e, Lost::OutcomeUnknown)))?;
+    let mut request = Request::default();
+    let commit = request.commit_and_reset(&own)?;
+    let mut responses = request
+        .send(client)
+        .map_err(|e| classify(e, Lost::NotCommitted))?;
+    let failure = read_reply(&mut responses, None).await?;
+    settle(conn, failure, commit, None, dirty).await?;
     Ok(outcomes)
 }
 
@@ -716,30 +782,52 @@ async fn run_inner(
 /// ending each statement itself a little before the call's deadline (so
 /// the caller learns SQLSTATE 57014); at the deadline the client side
 /// cancels whatever lifted its own timeout.
-fn begin(request: &mut Request, limits: CallLimits) -> Result<(), ExecError> {
+fn begin(request: &mut Request, own: &OwnStatements, limits: CallLimits) -> Result<(), ExecError> {
     let left = limits
         .deadline
         .saturating_duration_since(tokio::time::Instant::now())
         .saturating_sub(SERVER_FIRST);
-    let timeout_ms = left.as_millis().clamp(1, i32::MAX as u128);
-    request.fixed(if limits.read_only {
-        "BEGIN READ ONLY"
-    } else {
-        "BEGIN"
-    })?;
-    request.fixed(&format!("SET LOCAL statement_timeout = {timeout_ms}"))?;
-    if limits.read_only {
-        // A read-only transaction takes its snapshot at once, so no
-        // statement can switch it to read-write afterwards.
-        request.fixed("SELECT 1")?;
-    }
+    let timeout_ms = left.as_millis().clamp(1, i32::MAX as u128).to_string();
+    request.own(&own.begin, &[])?;
+    request.own(&own.set_timeout, &[&timeout_ms])?;
     Ok(())
+}
+
+/// What a request that sent COMMIT (at index `commit`) and the reset came
+/// to. A failure after the COMMIT succeeded leaves the writes committed
+/// and the reset half-done: the reset is sent again. A failure before it (in the
+/// statement at `statement`, or the COMMIT itself) is the call's error,
+/// its transaction rolled back. After a lost connection the outcome is
+/// unknown.
+async fn settle(
+    conn: &Checkout,
+    failure: Option<Failure>,
+    commit: usize,
+    statement: Option<usize>,
+    dirty: &mut bool,
+) -> Result<(), ExecError> {
+    let Some(Failure { step, error }) = failure else {
+        return Ok(());
+    };
+    let client = conn.client();
+    if step > commit {
+        // (Over a lost connection this fails, and the connection goes.)
+        *dirty |= client.batch_execute(SESSION_RESET).await.is_err();
+        return Ok(());
+    }
+    let err = lost_or(conn, classify(error, Lost::OutcomeUnknown));
+    if !err.breaks_connection() {
+        roll_back(client, dirty).await;
+    }
+    Err(if Some(step) == statement {
+        err.at(0)
+    } else {
+        err
+    })
 }
 
 /// Ends a failed call's transaction and resets the session; a connection
 /// where that fails is not used again.
 async fn roll_back(client: &tokio_postgres::Client, dirty: &mut bool) {
-    if finish(client, ROLLBACK_AND_RESET, dirty).await.is_err() {
-        *dirty = true;
-    }
+    *dirty |= client.batch_execute(ROLLBACK_AND_RESET).await.is_err();
 }
