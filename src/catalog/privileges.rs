@@ -14,7 +14,7 @@ macro_rules! revoked_functions {
     () => {
         r"p.pronamespace = 'pg_catalog'::regnamespace
    AND (p.proname ~ '^pg_(try_)?advisory_(xact_)?lock(_shared)?$'
-        OR p.proname ~ '^(lo_.*|loread|lowrite|pg_cancel_backend|pg_terminate_backend|pg_notify|setseed|pg_prepared_statement|pg_stat_get_activity)$'
+        OR p.proname ~ '^(lo_.*|loread|lowrite|pg_cancel_backend|pg_terminate_backend|pg_notify|setseed|pg_prepared_statement|pg_stat_get_activity|pg_logical_emit_message)$'
         OR p.proname LIKE 'pg\_stat\_get\_backend\_%'"
     };
 }

@@ -101,10 +101,16 @@ pub enum ExecError {
     /// message quoting a huge value); the connection was closed unread.
     #[error("{0}")]
     TooLarge(String),
-    /// This side failed to encode a parameter or decode a result (the
-    /// statement may have run, and committed).
+    /// This side failed to encode a parameter, or PostgreSQL answered
+    /// what the protocol does not allow here.
     #[error("{0}")]
     Client(String),
+    /// A value of the result could not be read here; the rest of the
+    /// answer was read to its end and dropped. `committed`: the call's
+    /// writes were committed all the same (the COMMIT of a single statement
+    /// goes with it), so it must not be sent again.
+    #[error("{message}")]
+    Unreadable { message: String, committed: bool },
 }
 
 /// Where a call was when its connection broke, in the order of a call.
@@ -318,6 +324,8 @@ fn lost_or(conn: &Checkout, err: ExecError) -> ExecError {
 struct Rows<'p> {
     prepared: &'p Prepared<'p>,
     out: Outcome,
+    /// Why a value could not be decoded; no row is taken after it.
+    unreadable: Option<String>,
     /// What the socket had dropped before the statement ran.
     dropped_before: u64,
 }
@@ -336,13 +344,23 @@ impl<'p> Rows<'p> {
                 columns,
                 ..Outcome::default()
             },
+            unreadable: None,
             dropped_before: conn.socket().rows_dropped(),
         }
     }
 
     /// Takes a row whole, or counts it as cut off: past the row limit, or
-    /// when its values would not fit in what is left of the budget.
-    fn push(&mut self, row: &DataRowBody, budget: &mut Budget) -> Result<(), ExecError> {
+    /// when its values would not fit in what is left of the budget. A value
+    /// that cannot be decoded is noted, and no row is taken after it.
+    fn push(&mut self, row: &DataRowBody, budget: &mut Budget) {
+        if self.unreadable.is_none()
+            && let Err(why) = self.take(row, budget)
+        {
+            self.unreadable = Some(why);
+        }
+    }
+
+    fn take(&mut self, row: &DataRowBody, budget: &mut Budget) -> Result<(), String> {
         if self.out.truncated {
             return Ok(());
         }
@@ -360,20 +378,15 @@ impl<'p> Rows<'p> {
                 Ok(Some(None)) => None,
                 Ok(Some(Some(range))) => match buffer.get(range) {
                     Some(raw) => Some(raw),
-                    None => return Err(ExecError::Client("a malformed row".to_owned())),
+                    None => return Err("a malformed row".to_owned()),
                 },
-                Ok(None) => return Err(ExecError::Client("a row with too few values".to_owned())),
-                Err(e) => return Err(ExecError::Client(format!("a malformed row: {e}"))),
+                Ok(None) => return Err("a row with too few values".to_owned()),
+                Err(e) => return Err(format!("a malformed row: {e}")),
             };
             match left.decode(column.type_(), raw) {
                 Ok(Some(v)) => values.push(v),
                 Ok(None) => break,
-                Err(e) => {
-                    return Err(ExecError::Client(format!(
-                        "column {:?}: {e}",
-                        column.name()
-                    )));
-                }
+                Err(e) => return Err(format!("column {:?}: {e}", column.name())),
             }
         }
         if values.len() < columns.len() {
@@ -494,12 +507,15 @@ impl Request {
 struct Failure {
     step: usize,
     error: tokio_postgres::Error,
+    /// Whether the session is still in a (failed) transaction block, as
+    /// the ReadyForQuery after it said: a COMMIT that ran and failed ended
+    /// it; a failure before the COMMIT ran did not.
+    in_transaction: bool,
 }
 
 /// Reads a request's answers up to its ReadyForQuery: the rows of its
 /// statement at `target`'s index (into its rows, within its budget), and
-/// where it stopped if it did not run to the end. A value that cannot be decoded ends the reading
-/// at once with [`ExecError::Client`] (the connection is not used again).
+/// where it stopped if it did not run to the end.
 async fn read_reply(
     responses: &mut Responses,
     mut target: Option<(usize, &mut Rows<'_>, &mut Budget)>,
@@ -512,16 +528,26 @@ async fn read_reply(
             // PostgreSQL skips the rest of the request; its ReadyForQuery
             // still comes.
             Err(error) if error.as_db_error().is_some() => {
-                failure.get_or_insert(Failure { step, error });
+                failure.get_or_insert(Failure {
+                    step,
+                    error,
+                    in_transaction: true,
+                });
                 continue;
             }
             // The connection is gone: what PostgreSQL said before (a
             // FATAL naming why) tells more than the closed socket.
-            Err(error) => return Ok(Some(failure.unwrap_or(Failure { step, error }))),
+            Err(error) => {
+                return Ok(Some(failure.unwrap_or(Failure {
+                    step,
+                    error,
+                    in_transaction: true,
+                })));
+            }
         };
         match (message, &mut target) {
             (Message::DataRow(row), Some((at, rows, budget))) if *at == step => {
-                rows.push(&row, budget)?
+                rows.push(&row, budget)
             }
             (Message::CommandComplete(body), target) => {
                 if let Some((at, rows, _)) = target
@@ -532,7 +558,12 @@ async fn read_reply(
                 step += 1;
             }
             (Message::EmptyQueryResponse, _) => step += 1,
-            (Message::ReadyForQuery(_), _) => return Ok(failure),
+            (Message::ReadyForQuery(body), _) => {
+                if let Some(failure) = failure.as_mut() {
+                    failure.in_transaction = body.status() != b'I';
+                }
+                return Ok(failure);
+            }
             (Message::CopyInResponse(_) | Message::CopyOutResponse(_), _) => {
                 return Err(ExecError::Client(
                     "PostgreSQL began a COPY, which a call cannot run".to_owned(),
@@ -737,6 +768,12 @@ async fn run_inner(
         // The COMMIT went out with the BEGIN: after a lost connection the
         // outcome is unknown, so none of these is retried.
         settle(conn, failure, commit, Some(target), dirty).await?;
+        if let Some(message) = rows.unreadable.take() {
+            return Err(ExecError::Unreadable {
+                message,
+                committed: !limits.read_only,
+            });
+        }
         return Ok(vec![rows.finish(conn)]);
     }
     // Several statements: each waits for the one before (the first goes
@@ -754,7 +791,19 @@ async fn run_inner(
             .map_err(|e| classify(e, Lost::NotCommitted))?;
         let mut rows = Rows::new(conn, p);
         let failure = read_reply(&mut responses, Some((target, &mut rows, &mut budget))).await?;
-        let Some(Failure { step, error }) = failure else {
+        let Some(Failure {
+            step,
+            error,
+            in_transaction,
+        }) = failure
+        else {
+            if let Some(why) = rows.unreadable.take() {
+                roll_back(client, true, dirty).await;
+                return Err(ExecError::Unreadable {
+                    message: format!("statement {i}: {why}"),
+                    committed: false,
+                });
+            }
             outcomes.push(rows.finish(conn));
             continue;
         };
@@ -764,7 +813,7 @@ async fn run_inner(
             lost_or(conn, classify(error, Lost::NotCommitted)).at(i)
         };
         if !err.breaks_connection() {
-            roll_back(client, dirty).await;
+            roll_back(client, in_transaction, dirty).await;
         }
         return Err(err);
     }
@@ -806,7 +855,12 @@ async fn settle(
     statement: Option<usize>,
     dirty: &mut bool,
 ) -> Result<(), ExecError> {
-    let Some(Failure { step, error }) = failure else {
+    let Some(Failure {
+        step,
+        error,
+        in_transaction,
+    }) = failure
+    else {
         return Ok(());
     };
     let client = conn.client();
@@ -817,7 +871,7 @@ async fn settle(
     }
     let err = lost_or(conn, classify(error, Lost::OutcomeUnknown));
     if !err.breaks_connection() {
-        roll_back(client, dirty).await;
+        roll_back(client, in_transaction, dirty).await;
     }
     Err(if Some(step) == statement {
         err.at(0)
@@ -826,8 +880,13 @@ async fn settle(
     })
 }
 
-/// Ends a failed call's transaction and resets the session; a connection
-/// where that fails is not used again.
-async fn roll_back(client: &tokio_postgres::Client, dirty: &mut bool) {
-    *dirty |= client.batch_execute(ROLLBACK_AND_RESET).await.is_err();
+/// Ends a failed call's transaction, if it is still open, and resets the
+/// session; a connection where that fails is not used again.
+async fn roll_back(client: &tokio_postgres::Client, in_transaction: bool, dirty: &mut bool) {
+    let sql = if in_transaction {
+        ROLLBACK_AND_RESET
+    } else {
+        SESSION_RESET
+    };
+    *dirty |= client.batch_execute(sql).await.is_err();
 }

@@ -409,6 +409,10 @@ fn forbidden_function(name: &str) -> Option<&'static str> {
         }
         "set_config" => "settings are managed by tenantd; SET LOCAL the presentation settings",
         "pg_notify" => "notification channels are shared by the whole database",
+        "pg_logical_emit_message" => {
+            "it writes to the write-ahead log, which the whole cluster and every logical decoding \
+             consumer share"
+        }
         "setseed" => "the seed of random() would outlive the call on the connection",
         "pg_prepared_statement" | "pg_stat_get_activity" | "pg_stat_statements" => SHOWS_OTHERS,
         // pg_stat_activity's parts one by one: the running query's text,

@@ -209,6 +209,31 @@ pub fn data(err: DataError, prefix: fn(usize) -> String) -> Status {
                     "a value could not be passed to or read from PostgreSQL: {message}"
                 ))
             }
+            // Nothing was written: as any value this side cannot take.
+            ExecError::Unreadable {
+                message,
+                committed: false,
+            } => {
+                tracing::warn!(error = %message, "a result value could not be read");
+                Status::failed_precondition(format!(
+                    "a value of the result could not be read: {message}; nothing was committed"
+                ))
+            }
+            // The writes are in: the caller must not send the call again.
+            ExecError::Unreadable {
+                message,
+                committed: true,
+            } => {
+                tracing::warn!(error = %message, "a result value could not be read after the call committed");
+                Status::with_error_details(
+                    Code::Unknown,
+                    format!(
+                        "the call committed, but a value of its result could not be read: \
+                         {message}; do not send it again"
+                    ),
+                    ErrorDetails::with_error_info("COMMITTED", "tenantd", HashMap::new()),
+                )
+            }
             ExecError::TimedOut(t) => Status::deadline_exceeded(format!(
                 "the call ran past its timeout of {t:?} and was cancelled"
             )),

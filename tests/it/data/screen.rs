@@ -302,6 +302,18 @@ const FINDINGS: &[Finding] = &[
         from_a_function: "PERFORM pg_stat_get_backend_activity(s) FROM pg_stat_get_backend_idset() s;",
         privilege: "pg_stat_get_backend_",
     },
+    Finding {
+        what: "messages of any size written to the write-ahead log, read-only or not",
+        through_the_api: &[
+            "select pg_logical_emit_message(false, 'x', repeat('y', 100))::text",
+            "SELECT PG_CATALOG.pg_logical_emit_message(true, 'p', 'x'::bytea)",
+            "select \"pg_logical_emit_message\"(false, 'x', 'y')",
+            "SELECT * FROM customers WHERE pg_logical_emit_message(false, 'x', code) IS NOT NULL",
+            "with m as (select pg_logical_emit_message(false, 'x', 'y') as lsn) select lsn::text from m",
+        ],
+        from_a_function: "PERFORM pg_logical_emit_message(false, 'x', 'y');",
+        privilege: "pg_logical_emit_message(",
+    },
 ];
 
 #[tokio::test]

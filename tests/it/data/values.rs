@@ -475,3 +475,62 @@ async fn timestamps_past_what_protobuf_holds_come_back_as_text() {
     assert_eq!(a.values[0].kind, Some(Kind::Text("infinity".into())));
     assert!(matches!(a.values[1].kind, Some(Kind::Timestamptz(_))));
 }
+
+/// Every date PostgreSQL holds comes back as it prints it, past the years a
+/// date library holds too; a write that returns one is answered OK (its
+/// COMMIT went with it: an unreadable value must never turn a committed
+/// write into an error that invites sending it again).
+#[tokio::test]
+async fn every_date_postgresql_holds_comes_back_and_a_write_returning_one_is_ok() {
+    let server = TestServer::start().await;
+    let mut c = server.clients().await;
+    let t = c.tenant("dates").await;
+    let r = c
+        .data
+        .execute(read(
+            &t.id,
+            "SELECT d, d::text FROM (VALUES ('4714-11-24 BC'::date), ('0001-12-31 BC'), \
+             ('0001-01-01'), ('9999-12-31'), ('10000-01-01'), ('262142-12-31'), \
+             ('262143-01-01'), ('300000-02-29'), ('5874897-12-31'), ('infinity'), \
+             ('-infinity')) AS v (d)",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.rows.len(), 11);
+    for row in &r.rows {
+        let Some(Kind::Text(printed)) = row.values[1].kind.clone() else {
+            panic!("not text: {row:?}")
+        };
+        assert_eq!(row.values[0].kind, Some(Kind::Date(printed)));
+    }
+    for (i, sql) in [
+        "INSERT INTO customers (code, name) VALUES ($1, 'far') RETURNING '262143-01-01'::date",
+        "INSERT INTO customers (code, name) VALUES ($1, 'far') \
+         RETURNING ARRAY['5874897-12-31'::date, '300000-01-01']",
+        "WITH made AS (INSERT INTO customers (code, name) VALUES ($1, 'far') RETURNING code) \
+         SELECT '262143-01-01'::date FROM made",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let code = format!("FAR-{i}");
+        let r = c
+            .data
+            .execute(exec(&t.id, sql, vec![text(&code)]))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+            .into_inner();
+        assert_eq!(r.rows.len(), 1, "{sql}");
+        let again = c
+            .data
+            .execute(exec(&t.id, sql, vec![text(&code)]))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            sqlstate(&again).as_deref(),
+            Some("23505"),
+            "{sql}: {again:?}"
+        );
+    }
+}
