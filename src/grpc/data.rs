@@ -209,6 +209,31 @@ fn result_to_pb(o: Outcome) -> pb::StatementResult {
 /// Dimensions an array may have: PostgreSQL's MAXDIM.
 const MAX_ARRAY_DIMENSIONS: usize = 6;
 
+/// How deep a JSON parameter may nest. PostgreSQL's parser recurses per
+/// level and stops with 54001 (stack depth) some thousands of levels down;
+/// a value refused here is the caller's, named by its field.
+const MAX_JSON_DEPTH: usize = 1000;
+
+/// The deepest nesting of arrays and objects in JSON text (already known
+/// to be JSON).
+fn json_depth(json: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0, false, false);
+    for b in json.bytes() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if in_string => escaped = true,
+            b'"' => in_string = !in_string,
+            b'[' | b'{' if !in_string => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' if !in_string => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// A request value; `field` names it in errors (made only for one).
 pub fn value_from_pb(v: pb::Value, field: &dyn Fn() -> String) -> Result<Value, ValidationError> {
     value_at_depth(v, field, 0)
@@ -271,6 +296,12 @@ fn value_at_depth(
         Some(Kind::Json(s)) => {
             serde_json::from_str::<serde::de::IgnoredAny>(&s)
                 .map_err(|e| ValidationError::single(field(), format!("must be JSON: {e}")))?;
+            if json_depth(&s) > MAX_JSON_DEPTH {
+                return Err(ValidationError::single(
+                    field(),
+                    format!("JSON nests at most {MAX_JSON_DEPTH} levels deep"),
+                ));
+            }
             Value::Json(s)
         }
         Some(Kind::Array(_)) if depth >= MAX_ARRAY_DIMENSIONS => {
@@ -316,6 +347,17 @@ pub fn value_to_pb(v: Value) -> pb::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_depth_counts_brackets_outside_strings_only() {
+        assert_eq!(json_depth("1"), 0);
+        assert_eq!(json_depth(r#"{"a": "[[[[{{"}"#), 1);
+        assert_eq!(json_depth(r#"["\"[", [[{}]], "\\"]"#), 4);
+        assert_eq!(
+            json_depth(&format!("{}{}", "[".repeat(1001), "]".repeat(1001))),
+            1001
+        );
+    }
 
     #[test]
     fn values_round_trip_through_pb() {

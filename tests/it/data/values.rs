@@ -325,6 +325,26 @@ async fn malformed_values_are_invalid_arguments_never_internal() {
             value: v(Kind::Json("{".into())),
             named: true,
         },
+        // Past what PostgreSQL's parser recurses through, in both JSON
+        // types and both kinds of nesting.
+        Malformed {
+            sql: "SELECT $1::jsonb",
+            value: v(Kind::Json(format!(
+                "{}1{}",
+                "[".repeat(20_000),
+                "]".repeat(20_000)
+            ))),
+            named: true,
+        },
+        Malformed {
+            sql: "SELECT $1::json",
+            value: v(Kind::Json(format!(
+                "{}1{}",
+                r#"{"a":"#.repeat(1_001),
+                "}".repeat(1_001)
+            ))),
+            named: true,
+        },
         Malformed {
             sql: "SELECT $1::timestamptz",
             value: timestamp(0, -1),
