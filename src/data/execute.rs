@@ -843,9 +843,9 @@ fn begin(request: &mut Request, own: &OwnStatements, limits: CallLimits) -> Resu
 }
 
 /// What a request that sent COMMIT (at index `commit`) and the reset came
-/// to. A failure after the COMMIT succeeded leaves the writes committed
-/// and the reset half-done: the reset is sent again. A failure before it (in the
-/// statement at `statement`, or the COMMIT itself) is the call's error,
+/// to. A failure after the COMMIT succeeded leaves the writes committed and
+/// the reset half-done: the reset is sent again. A failure before it (in
+/// the statement at `statement`, or the COMMIT itself) is the call's error,
 /// its transaction rolled back. After a lost connection the outcome is
 /// unknown.
 async fn settle(
