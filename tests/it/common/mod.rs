@@ -246,8 +246,17 @@ pub type Authed = InterceptedService<Channel, Credential>;
 
 /// Connects to `endpoint`; every call carries `credential`, or nothing.
 async fn channel_with(endpoint: &str, credential: Option<&str>) -> Authed {
+    channel_windowed(endpoint, credential, None).await
+}
+
+/// As [`channel_with`], the connection taking in at most `window` bytes of
+/// a stream the client does not read (HTTP/2 flow control; the client's
+/// default is 2 MiB a stream).
+async fn channel_windowed(endpoint: &str, credential: Option<&str>, window: Option<u32>) -> Authed {
     let channel = Channel::from_shared(endpoint.to_owned())
         .expect("endpoint")
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(window)
         .connect()
         .await
         .expect("connect to tenantd");
@@ -340,6 +349,13 @@ impl Clients {
 /// Clients of every service at `endpoint` with `credential`.
 pub async fn clients_with(endpoint: &str, credential: &str) -> Clients {
     Clients::on(authed_channel(endpoint, credential).await)
+}
+
+/// Clients with the admin key whose connection takes in at most `window`
+/// bytes of a stream they do not read: how a watcher that stops reading
+/// looks to the server once its window is full.
+pub async fn clients_with_window(endpoint: &str, window: u32) -> Clients {
+    Clients::on(channel_windowed(endpoint, Some(admin_key()), Some(window)).await)
 }
 
 /// Clients of every service at `endpoint` with the admin key.

@@ -11,7 +11,7 @@ use tonic::Code;
 use super::{next, role_flips};
 use crate::common::fleet::Replica;
 use crate::common::identity::{add_member, log_in, new_user, tenant_owned_by};
-use crate::common::{TestDb, bad_fields, clients_at, config_for};
+use crate::common::{TestDb, bad_fields, clients_at, clients_with_window, config_for};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -122,7 +122,12 @@ async fn a_watcher_that_does_not_read_is_cut_off_with_its_cursor_and_resumes_fro
     let mut c = clients_at(&a.endpoint()).await;
     let tenant = c.tenant("slow").await;
     let start = head(&mut c).await;
-    let mut slow = c
+    // Its own connection with a 64 KiB window: the server's sends stop
+    // after that much (a few hundred events) rather than after the
+    // client's default 2 MiB, which would hold all 3,000 events and let
+    // the watcher keep up whenever the writers are slow.
+    let mut slow_client = clients_with_window(&a.endpoint(), 64 * 1024).await;
+    let mut slow = slow_client
         .events
         .watch_events(watch_from(start))
         .await
