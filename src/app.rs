@@ -81,7 +81,10 @@ pub struct AppConfig {
     /// The operator console's HTTP listener; `None`: no console.
     pub console_addr: Option<SocketAddr>,
     /// How the gRPC listener guards its connections.
-    pub connections: crate::grpc::incoming::ConnectionLimits,
+    pub connections: crate::listener::ConnectionLimits,
+    /// How the console's and the metrics' listeners guard theirs (each
+    /// listener counts its own).
+    pub http_connections: crate::listener::ConnectionLimits,
 }
 
 /// How often pools of tenants that left ACTIVE through another replica are
@@ -193,7 +196,9 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
             loopback_only: console_addr.is_some_and(|a| a.ip().is_loopback()),
         });
         tracing::info!(addr = ?console_addr, "serving the operator console");
-        background.tasks.spawn(console.serve(listener));
+        background
+            .tasks
+            .spawn(console.serve(listener, config.http_connections.clone()));
     }
     let (health, router) = router(services, grpc_tls, &metrics, &background).await?;
     // Metrics stay up while requests drain, and stop before the pool closes.
@@ -203,6 +208,7 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
         let collector = CatalogCollector::new(metrics, catalog.pool.clone());
         tokio::spawn(crate::metrics::http::serve(
             listener,
+            config.http_connections.clone(),
             collector,
             metrics_stop.clone(),
         ))
@@ -645,7 +651,7 @@ struct Stopping {
 /// listener closes, then the tenant pools and the catalog pool.
 async fn serve(
     router: Router<Stack>,
-    (listener, connections): (TcpListener, crate::grpc::incoming::ConnectionLimits),
+    (listener, connections): (TcpListener, crate::listener::ConnectionLimits),
     stopping: Stopping,
 ) -> anyhow::Result<()> {
     let Stopping {
@@ -668,7 +674,7 @@ async fn serve(
         }
     };
     // Small request/response frames must not wait for Nagle's algorithm.
-    let incoming = crate::grpc::incoming::incoming(listener, connections);
+    let incoming = crate::listener::incoming(listener, connections, crate::listener::Served::Grpc);
     let serve = router.serve_with_incoming_shutdown(incoming, signal);
     // A client that keeps a connection or a stream open must not hold
     // shutdown up for ever: past the deadline the connections are dropped.

@@ -23,6 +23,7 @@ pub mod files;
 pub mod fleet;
 pub mod grpc;
 pub mod identity;
+pub mod listener;
 pub mod local_pg;
 pub mod log_bursts;
 pub mod metrics;

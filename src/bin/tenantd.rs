@@ -249,11 +249,12 @@ async fn run(
             ..Default::default()
         },
         console_addr: args.console_addr()?,
-        connections: tenantd::grpc::incoming::ConnectionLimits {
+        connections: tenantd::listener::ConnectionLimits {
             max: args.max_connections as usize,
             per_address: args.max_connections_per_address as usize,
             handshake_timeout: args.handshake_timeout,
         },
+        http_connections: tenantd::listener::ConnectionLimits::http(),
     };
     let running = app::start(config, listener).await?;
     tracing::info!(addr = %running.local_addr(), "tenantd listening");

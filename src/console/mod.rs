@@ -11,7 +11,6 @@
 //! elsewhere and no inline script.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use askama::Template;
@@ -32,6 +31,7 @@ use crate::domain::upgrade::Run;
 use crate::events::Events;
 use crate::fleet::Upgrades;
 use crate::identity::Identity;
+use crate::listener::{ConnectionLimits, Served};
 use crate::usage::{Order, Usage};
 
 /// The cookie that carries the service key.
@@ -81,19 +81,12 @@ impl Console {
         }
     }
 
-    /// Serves until the parts' `shutdown`.
-    pub async fn serve(self, listener: TcpListener) {
-        let shutdown = self.parts.shutdown.clone();
-        let app = self.router();
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-        if let Err(e) = served {
-            tracing::warn!(error = %e, "the console's listener failed");
-        }
+    /// Serves until the parts' `shutdown`, its connections guarded as
+    /// every listener's are ([`crate::listener`]).
+    pub async fn serve(self, listener: TcpListener, limits: ConnectionLimits) {
+        let stop = self.parts.shutdown.clone();
+        let service = hyper_util::service::TowerToHyperService::new(self.router());
+        crate::listener::serve_http1(listener, limits, Served::Console, service, stop).await;
     }
 
     pub fn router(self) -> Router {

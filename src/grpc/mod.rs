@@ -9,7 +9,6 @@ mod convert;
 pub(crate) mod data;
 pub(crate) mod events;
 pub(crate) mod identity;
-pub mod incoming;
 pub(crate) mod metrics;
 mod migrations;
 pub(crate) mod request_id;

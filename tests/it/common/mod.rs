@@ -506,6 +506,7 @@ pub fn config_for(database: PgConnectOptions) -> AppConfig {
         usage: Default::default(),
         console_addr: None,
         connections: Default::default(),
+        http_connections: tenantd::listener::ConnectionLimits::http(),
     }
 }
 

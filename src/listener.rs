@@ -1,8 +1,9 @@
-//! The gRPC listener's connections, guarded: at most so many at once, at
-//! most so many from one address, and a connection that sends nothing
-//! within the handshake timeout is closed. Without these, idle TCP
-//! connections that never speak — no credential needed — could take every
-//! file descriptor the process has, and with them every caller's service.
+//! Every listener's connections, guarded (gRPC, the console, metrics): at
+//! most so many at once, at most so many from one address, and a
+//! connection that sends nothing within the handshake timeout is closed.
+//! Without these, idle TCP connections that never speak — no credential
+//! needed — could take every file descriptor the process has, and with
+//! them every caller's service.
 
 use std::collections::HashMap;
 use std::io;
@@ -13,23 +14,58 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::log_bursts::LogBursts;
 
+/// What a listener serves, for its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    Grpc,
+    Console,
+    Metrics,
+}
+
+impl Served {
+    fn name(self) -> &'static str {
+        match self {
+            Served::Grpc => "gRPC",
+            Served::Console => "console",
+            Served::Metrics => "metrics",
+        }
+    }
+
+    /// A limit as the operator sets it: its flag for gRPC's, the
+    /// configuration's number for the others'.
+    fn limit(self, flag: &str, n: usize) -> String {
+        match self {
+            Served::Grpc => format!("--{flag} {n}"),
+            Served::Console | Served::Metrics => format!("{n} at once"),
+        }
+    }
+}
+
+/// How long the listener pauses after a failed accept (out of file
+/// descriptors and the like), rather than spinning.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
 /// A refused connection is logged once per burst of its kind; the rest
 /// are counted and summed up (the tenant pools' failures log the same way).
-fn refused(bursts: &LogBursts, kind: &str, message: &str) {
+fn refused(bursts: &LogBursts, served: Served, kind: &str, message: &str) {
     let now = Instant::now();
     for s in bursts.due(now) {
         tracing::warn!(
             more = s.more,
-            "{} more gRPC connections refused like this in the last {}s: {}",
+            "{} more {} connections refused like this in the last {}s: {}",
             s.more,
+            served.name(),
             s.over.as_secs(),
             s.sample
         );
@@ -55,6 +91,18 @@ impl Default for ConnectionLimits {
         Self {
             max: 4096,
             per_address: 512,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// For the plain HTTP listeners (metrics, the console): scrapers and
+    /// operators' browsers are few.
+    pub fn http() -> Self {
+        Self {
+            max: 64,
+            per_address: 16,
             handshake_timeout: Duration::from_secs(10),
         }
     }
@@ -143,6 +191,7 @@ impl AsyncWrite for Guarded {
 pub fn incoming(
     listener: TcpListener,
     limits: ConnectionLimits,
+    served: Served,
 ) -> impl Stream<Item = io::Result<Guarded>> {
     let places = Arc::new(Semaphore::new(limits.max));
     let by_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
@@ -150,18 +199,23 @@ pub fn incoming(
     let timeout = limits.handshake_timeout;
     TcpListenerStream::new(listener)
         .filter_map(move |accepted| {
-            let admitted = match accepted {
-                Ok(stream) => admit(stream, &places, &by_address, &limits, &bursts),
+            let (admitted, pause) = match accepted {
+                Ok(stream) => (
+                    admit(stream, &places, &by_address, &limits, &bursts, served),
+                    false,
+                ),
                 Err(e) => {
-                    refused(
-                        &bursts,
-                        "accept",
-                        &format!("cannot accept a gRPC connection: {e}"),
-                    );
-                    None
+                    let message = format!("cannot accept a {} connection: {e}", served.name());
+                    refused(&bursts, served, "accept", &message);
+                    (None, true)
                 }
             };
-            std::future::ready(admitted)
+            async move {
+                if pause {
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                }
+                admitted
+            }
         })
         .map(move |guarded| async move {
             // Silent until the timeout (or closed): dropped here. A peek,
@@ -182,15 +236,18 @@ fn admit(
     by_address: &Arc<Mutex<HashMap<IpAddr, usize>>>,
     limits: &ConnectionLimits,
     bursts: &LogBursts,
+    served: Served,
 ) -> Option<Guarded> {
     let ip = stream.peer_addr().ok()?.ip();
     let Ok(place) = Arc::clone(places).try_acquire_owned() else {
         refused(
             bursts,
+            served,
             "max",
             &format!(
-                "gRPC connections at their limit (--max-connections {}): closing new ones",
-                limits.max
+                "{} connections at their limit ({}): closing new ones",
+                served.name(),
+                served.limit("max-connections", limits.max)
             ),
         );
         return None;
@@ -201,11 +258,12 @@ fn admit(
         if *n >= limits.per_address {
             refused(
                 bursts,
+                served,
                 "per_address",
                 &format!(
-                    "gRPC connections from {ip} at their limit \
-                     (--max-connections-per-address {}): closing new ones",
-                    limits.per_address
+                    "{} connections from {ip} at their limit ({}): closing new ones",
+                    served.name(),
+                    served.limit("max-connections-per-address", limits.per_address)
                 ),
             );
             return None;
@@ -222,4 +280,70 @@ fn admit(
         _place: place,
         _address: address,
     })
+}
+
+/// How long a listener's open HTTP/1 connections get, once it stops, to
+/// finish the responses they are sending; then they are cut.
+const HTTP_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves `service` over HTTP/1.1 on `listener` (the plain HTTP
+/// listeners: metrics and the console) until `stop`, its connections
+/// guarded by `limits`; a request's headers, too, must arrive within the
+/// handshake timeout. At `stop` no new connection is taken, idle ones
+/// close, and responses being sent get [`HTTP_GRACE`] to end (the
+/// console's event streams end on the same signal).
+pub async fn serve_http1<S, B>(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    served: Served,
+    service: S,
+    stop: CancellationToken,
+) where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let header_timeout = limits.handshake_timeout;
+    let mut incoming = std::pin::pin!(incoming(listener, limits, served));
+    let mut connections = JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            next = incoming.next() => match next {
+                Some(Ok(stream)) => stream,
+                Some(Err(_)) => continue,
+                None => break,
+            },
+        };
+        let service = service.clone();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "a {} connection ended with an error", served.name());
+            }
+        });
+    }
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(HTTP_GRACE, drained).await.is_err() {
+        connections.shutdown().await;
+    }
 }
