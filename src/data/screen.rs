@@ -414,6 +414,11 @@ fn forbidden_function(name: &str) -> Option<&'static str> {
              consumer share"
         }
         "setseed" => "the seed of random() would outlive the call on the connection",
+        "txid_current" | "pg_current_xact_id" => {
+            "it takes a transaction id from the cluster's shared supply, so that even a read-only \
+             call would write its commit; txid_current_if_assigned() and \
+             pg_current_xact_id_if_assigned() read one without taking it"
+        }
         "pg_prepared_statement" | "pg_stat_get_activity" | "pg_stat_statements" => SHOWS_OTHERS,
         // pg_stat_activity's parts one by one: the running query's text,
         // wait event and times of every backend.
@@ -623,6 +628,8 @@ mod tests {
             "select $$COMMIT$$",
             "select 'lo_import'",
             "select \"lo_get\" from t",
+            "select txid_current_if_assigned(), pg_current_xact_id_if_assigned()",
+            "select txid_current_snapshot()",
         ] {
             assert_eq!(judge(sql), Ok(()), "{sql}");
         }
@@ -756,6 +763,11 @@ mod tests {
                 "calling query_to_xml()",
             ),
             ("select pg_notify('c', 'x')", "calling pg_notify()"),
+            ("select txid_current()", "calling txid_current()"),
+            (
+                "select 1 where pg_current_xact_id() is not null",
+                "calling pg_current_xact_id()",
+            ),
             (
                 "with x as (select lo_creat(-1)) select 1",
                 "calling lo_creat()",
