@@ -75,7 +75,30 @@ async fn rows_past_max_rows_are_cut_and_timeouts_always_hold() {
     assert!(r.truncated);
     assert!(r.rows.len() < 4, "{} rows of 1 MB", r.rows.len());
 
-    // statement_timeout is always set…
+    // statement_timeout is always set, just under the call's deadline…
+    let r = c
+        .data
+        .execute(pb::ExecuteRequest {
+            timeout_ms: 2000,
+            ..read(&t.id, "SELECT current_setting('statement_timeout')")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let setting = match r.rows[0].values[0].kind.as_ref() {
+        Some(pb::value::Kind::Text(s)) => s.clone(),
+        other => panic!("{other:?}"),
+    };
+    // PostgreSQL shows it in its largest exact unit.
+    let ms: u64 = match setting.strip_suffix("ms") {
+        Some(n) => n.parse().ok(),
+        None => setting
+            .strip_suffix('s')
+            .and_then(|n| n.parse::<u64>().ok())
+            .map(|s| s * 1000),
+    }
+    .unwrap_or_else(|| panic!("statement_timeout {setting:?}"));
+    assert!((1000..2000).contains(&ms), "statement_timeout {setting:?}");
     let started = std::time::Instant::now();
     let err = c
         .data
@@ -86,7 +109,12 @@ async fn rows_past_max_rows_are_cut_and_timeouts_always_hold() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
-    assert_eq!(sqlstate(&err).as_deref(), Some("57014"));
+    // PostgreSQL's timeout (57014) fires 25 ms before the deadline; on a
+    // loaded machine tenantd's cancel at the deadline may come first.
+    assert!(
+        matches!(sqlstate(&err).as_deref(), Some("57014") | None),
+        "{err:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(3));
     // …and a statement that lifts it still cannot run past the call's
     // deadline: the query is cancelled and the connection closed.
