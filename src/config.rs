@@ -79,7 +79,9 @@ pub struct ServeArgs {
     pub metrics_addr: std::option::Option<SocketAddr>,
 
     /// gRPC connections open at once; new ones past this are closed at
-    /// once (keep it under the process's open-file limit, `ulimit -n`).
+    /// once. At start the open-file limit is raised to its hard limit; if
+    /// this many still do not fit beside the database connections and the
+    /// HTTP listeners', it is lowered to what fits, with a warning.
     #[arg(long, env = "TENANTD_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 

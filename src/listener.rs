@@ -347,3 +347,92 @@ pub async fn serve_http1<S, B>(
         connections.shutdown().await;
     }
 }
+
+/// File descriptors kept beyond the counted ones: the log, the private
+/// cluster's pipes, cancel requests to PostgreSQL, TLS and key files,
+/// moves' and placement's connections, DNS.
+const FD_RESERVE: usize = 256;
+
+/// What the process's open-file limit must hold besides the gRPC
+/// listener's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenFiles {
+    /// Connections to PostgreSQL at most: catalog pool, tenant connection
+    /// budget, upgrade workers.
+    pub database: usize,
+    /// The plain HTTP listeners' connections at most.
+    pub http: usize,
+}
+
+impl OpenFiles {
+    fn others(self) -> usize {
+        self.database + self.http + FD_RESERVE
+    }
+}
+
+/// The gRPC connection cap that fits under an open-file limit of `limit`
+/// beside `others`; `None` when `max` already fits. Never below 16, so a
+/// tight limit still serves.
+fn fitted_max(max: usize, others: usize, limit: u64) -> Option<usize> {
+    let room = usize::try_from(limit)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(others);
+    (max > room).then_some(room.max(16))
+}
+
+/// Raises the process's soft open-file limit to its hard limit (where it
+/// is lower, as under systemd's default 1024 soft limit), then lowers the
+/// gRPC listener's cap if the rest would still not fit: past the limit a
+/// flood of connections would leave no descriptor for PostgreSQL, and
+/// every call would fail rather than only the flood's. Says so in a
+/// warning, with what to raise.
+pub fn fit_open_files(grpc: &mut ConnectionLimits, needs: OpenFiles) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let limit = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+            return;
+        }
+    };
+    let others = needs.others();
+    if let Some(max) = fitted_max(grpc.max, others, limit) {
+        tracing::warn!(
+            "the open-file limit ({limit}) leaves room for {max} gRPC connections beside \
+             {} to PostgreSQL, {} to the HTTP listeners and {FD_RESERVE} kept: \
+             --max-connections lowered from {} to {max}; raise the limit \
+             (ulimit -n, LimitNOFILE= in a systemd unit) to keep it",
+            needs.database,
+            needs.http,
+            grpc.max
+        );
+        grpc.max = max;
+        grpc.per_address = grpc.per_address.min(max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fitted_max;
+
+    #[test]
+    fn the_grpc_cap_is_lowered_only_when_the_limit_cannot_hold_it() {
+        // Fits: unchanged.
+        assert_eq!(fitted_max(4096, 900, 1_048_576), None);
+        assert_eq!(fitted_max(4096, 900, 4996), None);
+        // One short: lowered to what fits.
+        assert_eq!(fitted_max(4096, 900, 4995), Some(4095));
+        // systemd's default soft limit.
+        assert_eq!(fitted_max(4096, 900, 1024), Some(124));
+        // Nothing left: a floor, so the service still answers.
+        assert_eq!(fitted_max(4096, 900, 256), Some(16));
+        assert_eq!(fitted_max(4096, 900, u64::MAX), None);
+    }
+}

@@ -198,6 +198,22 @@ async fn run(
     let listener = TcpListener::bind(args.listen_addr)
         .await
         .with_context(|| format!("listen on {}", args.listen_addr))?;
+    let mut connections = tenantd::listener::ConnectionLimits {
+        max: args.max_connections as usize,
+        per_address: args.max_connections_per_address as usize,
+        handshake_timeout: args.handshake_timeout,
+    };
+    let http_connections = tenantd::listener::ConnectionLimits::http();
+    tenantd::listener::fit_open_files(
+        &mut connections,
+        tenantd::listener::OpenFiles {
+            // An upgrade worker holds a catalog and a tenant connection.
+            database: args.catalog_pool_size as usize
+                + args.tenant_connection_budget
+                + 2 * args.upgrade_workers,
+            http: 2 * http_connections.max,
+        },
+    );
     let config = AppConfig {
         database,
         database_tls,
@@ -249,12 +265,8 @@ async fn run(
             ..Default::default()
         },
         console_addr: args.console_addr()?,
-        connections: tenantd::listener::ConnectionLimits {
-            max: args.max_connections as usize,
-            per_address: args.max_connections_per_address as usize,
-            handshake_timeout: args.handshake_timeout,
-        },
-        http_connections: tenantd::listener::ConnectionLimits::http(),
+        connections,
+        http_connections,
     };
     let running = app::start(config, listener).await?;
     tracing::info!(addr = %running.local_addr(), "tenantd listening");

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+use crate::common::binary::Tenantd;
 use crate::common::{TestServer, lifecycle};
 
 /// Waits until the server closes `s` (EOF or reset); how long it took.
@@ -158,4 +159,86 @@ async fn the_console_and_metrics_listeners_cap_silent_and_slow_connections() {
             assert_eq!(line, "HTTP/1.1 200 OK");
         }
     }
+}
+
+/// Sets the open-file limit (soft, hard) of the process `command` starts.
+fn open_files(command: &mut std::process::Command, soft: u64, hard: u64) {
+    use nix::sys::resource::{Resource, setrlimit};
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only setrlimit runs, which is
+    // async-signal-safe, and nothing is allocated.
+    unsafe {
+        command.pre_exec(move || {
+            setrlimit(Resource::RLIMIT_NOFILE, soft, hard).map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// The process's (soft, hard) open-file limit from /proc.
+fn open_file_limit(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("an open-files line");
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (n[0], n[1])
+}
+
+#[tokio::test]
+async fn the_open_file_limit_is_raised_or_the_grpc_cap_is_fitted_under_it() {
+    let db = crate::common::TestDb::create().await;
+    let url = crate::common::database_url(&db);
+    let lowered = |log: &[String]| {
+        log.iter()
+            .find(|l| l.contains("--max-connections lowered"))
+            .cloned()
+    };
+    // A soft limit under a higher hard one (systemd's 1024 soft limit): raised.
+    let mut raised = Tenantd::start_adjusted(&url, &[], &[], |c| open_files(c, 1024, 8192));
+    assert_eq!(open_file_limit(raised.pid()), (8192, 8192));
+    assert_eq!(lowered(&raised.log.lock().unwrap()), None);
+    assert!(raised.terminate(Duration::from_secs(30)).await.success());
+
+    // A hard limit too low for 4,096 connections beside the database's and
+    // the HTTP listeners': the cap is lowered to what fits, and said.
+    let mut tight = Tenantd::start_adjusted(
+        &url,
+        &[
+            "--max-connections-per-address",
+            "4096",
+            "--handshake-timeout",
+            "2s",
+        ],
+        &[],
+        |c| open_files(c, 600, 600),
+    );
+    let line = lowered(&tight.log.lock().unwrap()).expect("a warning that the cap was lowered");
+    let cap: usize = line
+        .split("lowered from 4096 to ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!((16..600).contains(&cap), "{line}");
+    // The cap holds: its connections are taken, the next is closed at once…
+    let mut silent = Vec::new();
+    for _ in 0..cap {
+        silent.push(TcpStream::connect(&tight.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut extra = TcpStream::connect(&tight.addr).await.unwrap();
+    let took = closed_within(&mut extra, Duration::from_secs(3)).await;
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // …and once the silent ones are gone the process serves: it never ran
+    // out of descriptors for PostgreSQL.
+    for s in &mut silent {
+        closed_within(s, Duration::from_secs(8)).await;
+    }
+    let mut c = crate::common::clients_at(&tight.endpoint()).await;
+    c.tenant("fitted").await;
+    assert!(tight.terminate(Duration::from_secs(30)).await.success());
 }

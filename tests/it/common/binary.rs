@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub struct Tenantd {
     child: Child,
     pub addr: String,
+    /// Its log so far (growing).
+    pub log: Arc<Mutex<Vec<String>>>,
     /// Holds the admin key the binary is started with.
     _key_file: tempfile::NamedTempFile,
 }
@@ -23,25 +25,36 @@ impl Tenantd {
 
     /// [`Tenantd::start`] with environment variables set for it.
     pub fn start_with_env(database_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Tenantd {
+        Self::start_adjusted(database_url, extra, env, |_| {})
+    }
+
+    /// [`Tenantd::start_with_env`] with the command adjusted last.
+    pub fn start_adjusted(
+        database_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Tenantd {
         let key = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(key.path(), super::admin_key()).unwrap();
-        let child = serve()
+        let mut command = serve();
+        command
             .arg("--database-url")
             .arg(database_url)
             .arg("--admin-key-file")
             .arg(key.path())
             .args(extra)
             .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("run tenantd");
-        let mut server = Tenantd {
+            .stdout(Stdio::null());
+        adjust(&mut command);
+        let mut child = command.spawn().expect("run tenantd");
+        let (addr, log) = follow_log(&mut child, Duration::from_secs(60));
+        Tenantd {
             child,
-            addr: String::new(),
+            addr,
+            log,
             _key_file: key,
-        };
-        (server.addr, _) = follow_log(&mut server.child, Duration::from_secs(60));
-        server
+        }
     }
 
     pub fn pid(&self) -> u32 {
