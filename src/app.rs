@@ -26,6 +26,7 @@ use crate::config::Secret;
 use crate::data::{CallSettings, PoolSettings as TenantPoolSettings, TenantData, TenantPools};
 use crate::domain::identity::Scope;
 use crate::fleet::{self, RunnerSettings, Upgrades};
+use crate::grpc::arrival::ArrivalLayer;
 use crate::grpc::auth::Authenticator;
 use crate::grpc::metrics::GrpcMetricsLayer;
 use crate::grpc::request_id;
@@ -85,6 +86,8 @@ pub struct AppConfig {
     /// How the console's and the metrics' listeners guard theirs (each
     /// listener counts its own).
     pub http_connections: crate::listener::ConnectionLimits,
+    /// HTTP/2 streams (calls) in flight at once on one gRPC connection.
+    pub max_streams_per_connection: u32,
 }
 
 /// How often pools of tenants that left ACTIVE through another replica are
@@ -200,7 +203,7 @@ pub async fn start(config: AppConfig, listener: TcpListener) -> anyhow::Result<R
             .tasks
             .spawn(console.serve(listener, config.http_connections.clone()));
     }
-    let (health, router) = router(services, grpc_tls, &metrics, &background).await?;
+    let (health, router) = router(services, grpc_tls, &config, &metrics, &background).await?;
     // Metrics stay up while requests drain, and stop before the pool closes.
     let metrics_stop = CancellationToken::new();
     let metrics_server = metrics_listener.map(|(listener, addr)| {
@@ -507,6 +510,7 @@ async fn router(
     services: Services,
     // The listener's TLS, loaded, and whether it is mutual.
     tls: Option<(ServerTlsConfig, bool)>,
+    config: &AppConfig,
     metrics: &Metrics,
     background: &Background,
 ) -> anyhow::Result<(HealthReporter, Router<Stack>)> {
@@ -575,7 +579,13 @@ async fn router(
         .build_v1()
         .context("build the reflection service")?;
 
-    let mut server = Server::builder();
+    // Streams in flight per connection are bounded, and so is how long a
+    // request may take to arrive (ArrivalLayer): held-open streams cannot
+    // pile up. Pings find peers that went away without a FIN.
+    let mut server = Server::builder()
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     if let Some((tls, mutual)) = tls {
         server = server
             .tls_config(tls)
@@ -591,7 +601,7 @@ async fn router(
         );
     }
     let router = server
-        .layer(stack(metrics))
+        .layer(stack(metrics, config.connections.handshake_timeout))
         // One span per call: method and request id, and the caller and
         // tenant once the handler knows them.
         .trace_fn(|req| {
@@ -621,16 +631,25 @@ async fn router(
     Ok((health, router))
 }
 
-/// The layers around every call: metrics outermost, then request ids.
-type Layers =
-    layer::Stack<request_id::RequestIdLayer, layer::Stack<GrpcMetricsLayer, layer::Identity>>;
+/// How often an idle gRPC connection is pinged, and how long the answer
+/// may take before the connection is closed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The layers around every call: metrics outermost, then request ids, then
+/// the request's arrival deadline.
+type Layers = layer::Stack<
+    ArrivalLayer,
+    layer::Stack<request_id::RequestIdLayer, layer::Stack<GrpcMetricsLayer, layer::Identity>>,
+>;
 /// [`Layers`] as the server builder holds them.
 type Stack = layer::Stack<Layers, layer::Identity>;
 
-fn stack(metrics: &Metrics) -> Layers {
+fn stack(metrics: &Metrics, arrival: Duration) -> Layers {
     tower::ServiceBuilder::new()
         .layer(GrpcMetricsLayer::new(metrics.clone()))
         .layer(request_id::RequestIdLayer)
+        .layer(ArrivalLayer { within: arrival })
         .into_inner()
 }
 

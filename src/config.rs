@@ -91,9 +91,16 @@ pub struct ServeArgs {
     pub max_connections_per_address: u32,
 
     /// How long a new gRPC connection may stay silent (no TLS or HTTP/2
-    /// handshake) before it is closed.
+    /// handshake) before it is closed, and how long a request may take to
+    /// arrive whole after its headers (its call then ends
+    /// DEADLINE_EXCEEDED).
     #[arg(long, env = "TENANTD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
+
+    /// Calls (HTTP/2 streams) in flight at once on one gRPC connection; a
+    /// client opens more only as earlier ones end.
+    #[arg(long, env = "TENANTD_MAX_STREAMS_PER_CONNECTION", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_streams_per_connection: u32,
 
     /// Address of the operator console (plain HTTP: a page showing the
     /// fleet, live), or `off` (the default). It must be a loopback address

@@ -267,6 +267,7 @@ async fn run(
         console_addr: args.console_addr()?,
         connections,
         http_connections,
+        max_streams_per_connection: args.max_streams_per_connection,
     };
     let running = app::start(config, listener).await?;
     tracing::info!(addr = %running.local_addr(), "tenantd listening");

@@ -242,3 +242,99 @@ async fn the_open_file_limit_is_raised_or_the_grpc_cap_is_fitted_under_it() {
     c.tenant("fitted").await;
     assert!(tight.terminate(Duration::from_secs(30)).await.success());
 }
+
+/// The grpc-status of an h2 response: in its headers (trailers-only) or
+/// its trailers.
+async fn grpc_status(response: http::Response<h2::RecvStream>) -> String {
+    if let Some(s) = response.headers().get("grpc-status") {
+        return s.to_str().unwrap().to_owned();
+    }
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        chunk.unwrap();
+    }
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    trailers["grpc-status"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn streams_per_connection_are_capped_and_a_request_that_never_arrives_ends() {
+    let server = TestServer::start_with(|c| {
+        c.connections.handshake_timeout = Duration::from_secs(2);
+        c.max_streams_per_connection = 8;
+    })
+    .await;
+    // A raw HTTP/2 client, no credential: the health service is open.
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut send = send.ready().await.unwrap();
+    // The server's SETTINGS advertise the cap.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while send.current_max_send_streams() != 8 {
+        assert!(
+            Instant::now() < deadline,
+            "max concurrent streams: {}",
+            send.current_max_send_streams()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Calls that announce a 1,000-byte message and never send it: the
+    // health check and an API method end DEADLINE_EXCEEDED; reflection's
+    // stream of requests ends when its request stream fails (OK, by
+    // tonic-reflection).
+    let paths = [
+        ("/grpc.health.v1.Health/Check", "4"),
+        (
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "0",
+        ),
+        ("/tenantd.v1.TenantService/ListTenants", "4"),
+    ];
+    let started = Instant::now();
+    let mut held = Vec::new();
+    for i in 0..8 {
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "http://{}{}",
+                server.addr,
+                paths[i % paths.len()].0
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header(
+                "authorization",
+                format!("Bearer {}", crate::common::admin_key()),
+            )
+            .body(())
+            .unwrap();
+        send = send.ready().await.unwrap();
+        let (response, mut body) = send.send_request(request, false).unwrap();
+        body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 3, 232, 1, 2]), false)
+            .unwrap();
+        held.push((response, body, paths[i % paths.len()]));
+    }
+    // Each ends DEADLINE_EXCEEDED once the timeout has passed; nothing
+    // keeps them, or what their handlers hold, open.
+    for (response, _body, (path, status)) in held {
+        let response = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("an answer to a request that never arrived")
+            .unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(10), grpc_status(response))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: the stream stayed open"));
+        assert_eq!(ended, status, "{path}");
+    }
+    let took = started.elapsed();
+    assert!(
+        (Duration::from_millis(1500)..Duration::from_secs(8)).contains(&took),
+        "{took:?}"
+    );
+    // Whole requests are served as before.
+    let mut c = server.clients().await;
+    c.tenant("arrival").await;
+}

@@ -507,6 +507,7 @@ pub fn config_for(database: PgConnectOptions) -> AppConfig {
         console_addr: None,
         connections: Default::default(),
         http_connections: tenantd::listener::ConnectionLimits::http(),
+        max_streams_per_connection: 128,
     }
 }
 
