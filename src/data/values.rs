@@ -181,9 +181,145 @@ impl Value {
             (Value::Array(_), ty) if !matches!(ty.kind(), Kind::Array(_)) && !is_text(ty) => Err(
                 format!("an array given for a parameter of type {}", ty.name()),
             ),
-            _ => Ok(()),
+            _ if self.holds_nul() => {
+                Err("text cannot hold the character U+0000 (NUL) in PostgreSQL".to_owned())
+            }
+            _ => self.fits(ty),
         }
     }
+
+    /// Whether the text this value is sent as holds a NUL, which no
+    /// PostgreSQL text can.
+    fn holds_nul(&self) -> bool {
+        match self {
+            Value::Text(s) | Value::Json(s) | Value::Numeric(s) | Value::Date(s) => {
+                s.contains('\0')
+            }
+            Value::Array(values) => values.iter().any(Value::holds_nul),
+            _ => false,
+        }
+    }
+
+    /// Whether this value's kind can be a value of `ty`, for the types the
+    /// API names (text is PostgreSQL's to parse, and so is any value for a
+    /// type the API does not name); arrays must be rectangular.
+    fn fits(&self, ty: &Type) -> Result<(), String> {
+        if matches!(self, Value::Null | Value::Text(_)) {
+            return Ok(());
+        }
+        if let Kind::Array(member) = ty.kind() {
+            let Value::Array(values) = self else {
+                return Err(format!(
+                    "{} given for a parameter of type {}: send an array",
+                    self.kind_name(),
+                    ty.name()
+                ));
+            };
+            dimensions(values)?;
+            return values.iter().try_for_each(|v| match v {
+                Value::Array(_) => v.fits(ty),
+                _ => v.fits(member),
+            });
+        }
+        let fits = match *ty {
+            Type::BOOL => matches!(self, Value::Bool(_)),
+            Type::INT2 | Type::INT4 | Type::INT8 => matches!(self, Value::Int64(_)),
+            Type::FLOAT4 | Type::FLOAT8 | Type::NUMERIC => {
+                matches!(
+                    self,
+                    Value::Float64(_) | Value::Int64(_) | Value::Numeric(_)
+                )
+            }
+            Type::UUID => matches!(self, Value::Uuid(_)),
+            Type::DATE | Type::TIMESTAMP | Type::TIMESTAMPTZ => {
+                matches!(self, Value::Date(_) | Value::Timestamptz(_))
+            }
+            Type::JSON | Type::JSONB => match self {
+                Value::Json(_) | Value::Int64(_) | Value::Numeric(_) => true,
+                Value::Float64(f) => f.is_finite(),
+                _ => false,
+            },
+            _ => true,
+        };
+        if fits {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} given for a parameter of type {}",
+                self.kind_name(),
+                ty.name()
+            ))
+        }
+    }
+
+    /// The API's name for this value's kind, for messages.
+    fn kind_name(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "a bool",
+            Value::Int64(_) => "an int64",
+            Value::Float64(f) if f.is_nan() => "a float64 NaN",
+            Value::Float64(f) if f.is_infinite() => "an infinite float64",
+            Value::Float64(_) => "a float64",
+            Value::Numeric(_) => "a numeric",
+            Value::Text(_) => "text",
+            Value::Bytea(_) => "bytes",
+            Value::Uuid(_) => "a uuid",
+            Value::Date(_) => "a date",
+            Value::Timestamptz(_) => "a timestamp",
+            Value::Json(_) => "json",
+            Value::Array(_) => "an array",
+        }
+    }
+}
+
+/// The dimensions of an array value: PostgreSQL's arrays are rectangular,
+/// so at each level either every member is an array, all of one shape, or
+/// none is.
+fn dimensions(values: &[Value]) -> Result<Vec<usize>, String> {
+    let arrays = values
+        .iter()
+        .filter(|v| matches!(v, Value::Array(_)))
+        .count();
+    if arrays == 0 {
+        return Ok(vec![values.len()]);
+    }
+    if values
+        .iter()
+        .any(|v| matches!(v, Value::Array(m) if m.is_empty()))
+    {
+        return Err(
+            "an array holds an empty sub-array: only a whole array can be empty in PostgreSQL"
+                .to_owned(),
+        );
+    }
+    if arrays != values.len() {
+        return Err(
+            "an array mixes arrays and other values at one level: PostgreSQL's arrays are \
+             rectangular"
+                .to_owned(),
+        );
+    }
+    let mut inner: Option<Vec<usize>> = None;
+    for v in values {
+        let Value::Array(members) = v else {
+            continue;
+        };
+        let shape = dimensions(members)?;
+        match &inner {
+            Some(first) if *first != shape => {
+                return Err(
+                    "an array's sub-arrays differ in shape: PostgreSQL's arrays are rectangular"
+                        .to_owned(),
+                );
+            }
+            Some(_) => {}
+            None => inner = Some(shape),
+        }
+    }
+    let mut shape = vec![values.len()];
+    shape.extend(inner.unwrap_or_default());
+    Ok(shape)
 }
 
 fn is_text(ty: &Type) -> bool {
@@ -584,6 +720,76 @@ mod tests {
             (i32::MIN, "-infinity"),
         ] {
             assert_eq!(date_text(days), text, "{days}");
+        }
+    }
+
+    #[test]
+    fn parameters_of_the_wrong_kind_or_shape_are_refused_before_postgresql() {
+        use Value as V;
+        let array = |values: Vec<Value>| V::Array(values);
+        let int_array = Type::INT4_ARRAY;
+        for (value, ty, ok) in [
+            // Text is PostgreSQL's to parse, null fits anything.
+            (V::Text("twelve".into()), Type::INT4, true),
+            (V::Null, Type::UUID, true),
+            (V::Bool(true), Type::BOOL, true),
+            (V::Bool(true), Type::UUID, false),
+            (V::Int64(1), Type::BOOL, false),
+            (V::Float64(f64::NAN), Type::INT4, false),
+            (V::Float64(1.0), Type::INT8, false),
+            (V::Float64(f64::NAN), Type::FLOAT8, true),
+            (V::Float64(f64::NAN), Type::NUMERIC, true),
+            (V::Int64(5), Type::NUMERIC, true),
+            (V::Int64(5), Type::JSONB, true),
+            (V::Float64(1.5), Type::JSONB, true),
+            (V::Float64(f64::INFINITY), Type::JSONB, false),
+            (V::Bool(true), Type::JSON, false),
+            (V::Timestamptz(0), Type::DATE, true),
+            (V::Date("2026-01-01".into()), Type::TIMESTAMPTZ, true),
+            (V::Uuid(uuid::Uuid::nil()), Type::TEXT, true),
+            (V::Int64(1), Type::INTERVAL, true),
+            (V::Text("a\0b".into()), Type::TEXT, false),
+            (V::Json("\"\0\"".into()), Type::JSONB, false),
+            (array(vec![V::Text("a\0".into())]), Type::TEXT_ARRAY, false),
+            (V::Int64(1), int_array.clone(), false),
+            (array(vec![V::Int64(1), V::Null]), int_array.clone(), true),
+            (array(vec![V::Bool(true)]), int_array.clone(), false),
+            (array(vec![]), int_array.clone(), true),
+            (
+                array(vec![array(vec![V::Int64(1)]), array(vec![V::Int64(2)])]),
+                int_array.clone(),
+                true,
+            ),
+            (
+                array(vec![array(vec![V::Int64(1)]), V::Int64(2)]),
+                int_array.clone(),
+                false,
+            ),
+            (
+                array(vec![
+                    array(vec![V::Int64(1), V::Int64(2)]),
+                    array(vec![V::Int64(3)]),
+                ]),
+                int_array.clone(),
+                false,
+            ),
+            (
+                array(vec![array(vec![]), array(vec![])]),
+                int_array.clone(),
+                false,
+            ),
+            (
+                array(vec![array(vec![V::Float64(0.5)])]),
+                int_array.clone(),
+                false,
+            ),
+        ] {
+            assert_eq!(
+                value.check_param(&ty).is_ok(),
+                ok,
+                "{value:?} for {ty}: {:?}",
+                value.check_param(&ty)
+            );
         }
     }
 

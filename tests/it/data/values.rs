@@ -383,12 +383,58 @@ async fn malformed_values_are_invalid_arguments_never_internal() {
         Malformed {
             sql: "SELECT $1::int",
             value: v(Kind::Float64(f64::NAN)),
-            named: false,
+            named: true,
         },
         Malformed {
             sql: "SELECT $1::text",
             value: v(Kind::Text("nul\0byte".into())),
-            named: false,
+            named: true,
+        },
+        Malformed {
+            sql: "SELECT $1::text[]",
+            value: v(Kind::Array(pb::Array {
+                values: vec![v(Kind::Text("ok".into())), v(Kind::Text("\0".into()))],
+            })),
+            named: true,
+        },
+        Malformed {
+            sql: "SELECT $1::jsonb",
+            value: v(Kind::Json("\"a\0\"".into())),
+            named: true,
+        },
+        Malformed {
+            sql: "SELECT $1::uuid",
+            value: v(Kind::Bool(true)),
+            named: true,
+        },
+        Malformed {
+            sql: "SELECT $1::bool",
+            value: v(Kind::Int64(1)),
+            named: true,
+        },
+        Malformed {
+            sql: "SELECT $1::jsonb",
+            value: v(Kind::Float64(f64::NAN)),
+            named: true,
+        },
+        Malformed {
+            sql: "SELECT $1::int[]",
+            value: v(Kind::Int64(1)),
+            named: true,
+        },
+        Malformed {
+            sql: "SELECT $1::int[]",
+            value: v(Kind::Array(pb::Array {
+                values: vec![
+                    v(Kind::Array(pb::Array {
+                        values: vec![v(Kind::Int64(1)), v(Kind::Int64(2))],
+                    })),
+                    v(Kind::Array(pb::Array {
+                        values: vec![v(Kind::Int64(3))],
+                    })),
+                ],
+            })),
+            named: true,
         },
         Malformed {
             sql: "SELECT $1::numeric",
@@ -400,7 +446,7 @@ async fn malformed_values_are_invalid_arguments_never_internal() {
             value: v(Kind::Array(pb::Array {
                 values: vec![nested(1), v(Kind::Int64(1))],
             })),
-            named: false,
+            named: true,
         },
         Malformed {
             sql: "SELECT $1::int[]",
