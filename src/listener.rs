@@ -3,7 +3,9 @@
 //! connection that sends nothing within the handshake timeout is closed.
 //! Without these, idle TCP connections that never speak — no credential
 //! needed — could take every file descriptor the process has, and with
-//! them every caller's service.
+//! them every caller's service. Also: the open-file limit fitted at start,
+//! and HTTP/1 serving for the plain listeners. No tonic here (metrics stay
+//! a leaf); gRPC's use of [`Guarded`] is in `grpc`.
 
 use std::collections::HashMap;
 use std::io;
@@ -21,7 +23,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::log_bursts::LogBursts;
 
@@ -138,11 +139,10 @@ impl Drop for AddressPlace {
     }
 }
 
-impl Connected for Guarded {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
+impl Guarded {
+    /// The TCP connection underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.stream
     }
 }
 

@@ -26,6 +26,18 @@ pub use migrations::MigrationApi;
 pub use tenants::TenantApi;
 pub use usage::UsageApi;
 
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// The listener's guarded connections carry their TCP addresses to the
+/// calls, as plain TCP connections do.
+impl Connected for crate::listener::Guarded {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.tcp().connect_info()
+    }
+}
+
 /// The canonical name of a status code ("OK", "NOT_FOUND", …), as
 /// metrics label it and tenantctl prints it.
 pub const fn code_name(code: tonic::Code) -> &'static str {
