@@ -26,6 +26,7 @@ use crate::config::Secret;
 use crate::data::{CallSettings, PoolSettings as TenantPoolSettings, TenantData, TenantPools};
 use crate::domain::identity::Scope;
 use crate::fleet::{self, RunnerSettings, Upgrades};
+use crate::grpc::admission::{AdmissionLayer, CallLimits};
 use crate::grpc::arrival::ArrivalLayer;
 use crate::grpc::auth::Authenticator;
 use crate::grpc::metrics::GrpcMetricsLayer;
@@ -88,6 +89,8 @@ pub struct AppConfig {
     pub http_connections: crate::listener::ConnectionLimits,
     /// HTTP/2 streams (calls) in flight at once on one gRPC connection.
     pub max_streams_per_connection: u32,
+    /// gRPC calls in flight at once, in all and from one address.
+    pub calls: CallLimits,
 }
 
 /// How often pools of tenants that left ACTIVE through another replica are
@@ -601,7 +604,11 @@ async fn router(
         );
     }
     let router = server
-        .layer(stack(metrics, config.connections.handshake_timeout))
+        .layer(stack(
+            metrics,
+            config.calls,
+            config.connections.handshake_timeout,
+        ))
         // One span per call: method and request id, and the caller and
         // tenant once the handler knows them.
         .trace_fn(|req| {
@@ -636,19 +643,23 @@ async fn router(
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The layers around every call: metrics outermost, then request ids, then
-/// the request's arrival deadline.
+/// The layers around every call: metrics outermost, then request ids, the
+/// calls-in-flight admission, and the request's arrival deadline.
 type Layers = layer::Stack<
     ArrivalLayer,
-    layer::Stack<request_id::RequestIdLayer, layer::Stack<GrpcMetricsLayer, layer::Identity>>,
+    layer::Stack<
+        AdmissionLayer,
+        layer::Stack<request_id::RequestIdLayer, layer::Stack<GrpcMetricsLayer, layer::Identity>>,
+    >,
 >;
 /// [`Layers`] as the server builder holds them.
 type Stack = layer::Stack<Layers, layer::Identity>;
 
-fn stack(metrics: &Metrics, arrival: Duration) -> Layers {
+fn stack(metrics: &Metrics, calls: CallLimits, arrival: Duration) -> Layers {
     tower::ServiceBuilder::new()
         .layer(GrpcMetricsLayer::new(metrics.clone()))
         .layer(request_id::RequestIdLayer)
+        .layer(AdmissionLayer::new(calls))
         .layer(ArrivalLayer { within: arrival })
         .into_inner()
 }

@@ -102,6 +102,17 @@ pub struct ServeArgs {
     #[arg(long, env = "TENANTD_MAX_STREAMS_PER_CONNECTION", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_streams_per_connection: u32,
 
+    /// gRPC calls in flight at once; past this a call is answered
+    /// RESOURCE_EXHAUSTED at once (a call counts until its response
+    /// starts, so open watches do not).
+    #[arg(long, env = "TENANTD_MAX_CALLS", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub max_calls: u32,
+
+    /// gRPC calls in flight at once from one client address; past this a
+    /// call is answered RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "TENANTD_MAX_CALLS_PER_ADDRESS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub max_calls_per_address: u32,
+
     /// Address of the operator console (plain HTTP: a page showing the
     /// fleet, live), or `off` (the default). It must be a loopback address
     /// unless --console-allow-remote is given; put a TLS proxy in front to

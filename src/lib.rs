@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod clusters;
 pub mod config;
 pub mod console;
+pub mod counts;
 pub mod crash;
 pub mod data;
 pub mod domain;

@@ -128,13 +128,8 @@ struct AddressPlace {
 
 impl Drop for AddressPlace {
     fn drop(&mut self) {
-        if let Ok(mut open) = self.open.lock()
-            && let Some(n) = open.get_mut(&self.ip)
-        {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.ip);
-            }
+        if let Ok(mut open) = self.open.lock() {
+            crate::counts::release(&mut open, &self.ip);
         }
     }
 }

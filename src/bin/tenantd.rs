@@ -268,6 +268,10 @@ async fn run(
         connections,
         http_connections,
         max_streams_per_connection: args.max_streams_per_connection,
+        calls: tenantd::grpc::admission::CallLimits {
+            max: args.max_calls as usize,
+            per_address: args.max_calls_per_address as usize,
+        },
     };
     let running = app::start(config, listener).await?;
     tracing::info!(addr = %running.local_addr(), "tenantd listening");

@@ -77,22 +77,12 @@ pub struct WatchSlot {
     tenant: Option<Uuid>,
 }
 
-/// Takes one from a count of a map, forgetting the key at zero.
-fn release<K: std::hash::Hash + Eq>(counts: &mut std::collections::HashMap<K, usize>, key: &K) {
-    if let Some(n) = counts.get_mut(key) {
-        *n -= 1;
-        if *n == 0 {
-            counts.remove(key);
-        }
-    }
-}
-
 impl Drop for WatchSlot {
     fn drop(&mut self) {
         if let Ok(mut open) = self.inner.open.lock() {
-            release(&mut open.by_caller, &self.caller);
+            crate::counts::release(&mut open.by_caller, &self.caller);
             if let Some(tenant) = self.tenant {
-                release(&mut open.by_tenant, &tenant);
+                crate::counts::release(&mut open.by_tenant, &tenant);
                 open.users -= 1;
             }
             open.total -= 1;

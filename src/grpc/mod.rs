@@ -2,6 +2,7 @@
 //! errors to statuses, and the service implementations. Nothing below this
 //! module sees a generated type or a `tonic::Status`.
 
+pub mod admission;
 pub(crate) mod arrival;
 pub mod auth;
 mod clusters;

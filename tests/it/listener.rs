@@ -338,3 +338,91 @@ async fn streams_per_connection_are_capped_and_a_request_that_never_arrives_ends
     let mut c = server.clients().await;
     c.tenant("arrival").await;
 }
+
+/// A raw HTTP/2 connection to `addr` from `source` (any 127.0.0.0/8
+/// address), driven in the background.
+async fn h2_from(
+    addr: std::net::SocketAddr,
+    source: [u8; 4],
+) -> h2::client::SendRequest<bytes::Bytes> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from((source, 0)))
+        .unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    send.ready().await.unwrap()
+}
+
+/// A health check (no credential needed) that announces a 1,000-byte
+/// message and never sends it; its response, when it comes.
+async fn stalled_call(
+    send: &mut h2::client::SendRequest<bytes::Bytes>,
+    addr: std::net::SocketAddr,
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    *send = send.clone().ready().await.unwrap();
+    let (response, mut body) = send.send_request(request, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 3, 232, 1, 2]), false)
+        .unwrap();
+    (response, body)
+}
+
+/// The grpc-status a call ends with, and how long from now it took.
+async fn ends_with(
+    call: (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>),
+) -> (String, Duration) {
+    let started = Instant::now();
+    let (response, _body) = call;
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("an answer")
+        .unwrap();
+    (grpc_status(response).await, started.elapsed())
+}
+
+#[tokio::test]
+async fn calls_in_flight_are_capped_per_address_and_in_all() {
+    let server = TestServer::start_with(|c| {
+        c.connections.handshake_timeout = Duration::from_secs(3);
+        c.calls = tenantd::grpc::admission::CallLimits {
+            max: 6,
+            per_address: 4,
+        };
+    })
+    .await;
+    let addr = server.addr;
+    let mut a = h2_from(addr, [127, 0, 0, 1]).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(stalled_call(&mut a, addr).await);
+    }
+    // The address's fifth is refused at once, not held.
+    let (status, took) = ends_with(stalled_call(&mut a, addr).await).await;
+    assert_eq!(status, "8", "RESOURCE_EXHAUSTED");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // Another address has its own count, under the total: two fill it,
+    // and the next call from anywhere is refused at once.
+    let mut b = h2_from(addr, [127, 0, 0, 2]).await;
+    for _ in 0..2 {
+        held.push(stalled_call(&mut b, addr).await);
+    }
+    let (status, took) = ends_with(stalled_call(&mut b, addr).await).await;
+    assert_eq!(status, "8", "RESOURCE_EXHAUSTED");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // The held calls end at the arrival deadline and give their places back.
+    for call in held {
+        assert_eq!(ends_with(call).await.0, "4");
+    }
+    let mut c = server.clients().await;
+    c.tenant("admitted").await;
+}

@@ -508,6 +508,7 @@ pub fn config_for(database: PgConnectOptions) -> AppConfig {
         connections: Default::default(),
         http_connections: tenantd::listener::ConnectionLimits::http(),
         max_streams_per_connection: 128,
+        calls: Default::default(),
     }
 }
 
