@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -60,20 +60,11 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// A refused connection is logged once per burst of its kind; the rest
 /// are counted and summed up (the tenant pools' failures log the same way).
 fn refused(bursts: &LogBursts, served: Served, kind: &str, message: &str) {
-    let now = Instant::now();
-    for s in bursts.due(now) {
-        tracing::warn!(
-            more = s.more,
-            "{} more {} connections refused like this in the last {}s: {}",
-            s.more,
-            served.name(),
-            s.over.as_secs(),
-            s.sample
-        );
-    }
-    if bursts.first(kind, message, now) {
-        tracing::warn!("{message}; repeats are counted and summed up");
-    }
+    bursts.warn(
+        &format!("{} connections refused", served.name()),
+        kind,
+        message,
+    );
 }
 
 /// How the listener guards its connections.

@@ -5,8 +5,9 @@
 //! is forgotten, so its next occurrence is logged in full again.
 //!
 //! A PostgreSQL restart fails every call the same way for its whole length:
-//! thousands of identical lines would bury what happened. The caller does
-//! the logging; this only decides, which keeps it testable with any clock.
+//! thousands of identical lines would bury what happened. [`LogBursts::first`]
+//! and [`LogBursts::due`] only decide, which keeps them testable with any
+//! clock; [`LogBursts::warn`] logs with them the way the listeners do.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -51,6 +52,25 @@ impl LogBursts {
         Self {
             window,
             bursts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Logs `message` (an occurrence of `key`) as a warning when it starts
+    /// a burst, and a summary of each burst whose window has passed: "N
+    /// more `what` like this in the last Xs: …".
+    pub fn warn(&self, what: &str, key: &str, message: &str) {
+        let now = Instant::now();
+        for s in self.due(now) {
+            tracing::warn!(
+                more = s.more,
+                "{} more {what} like this in the last {}s: {}",
+                s.more,
+                s.over.as_secs(),
+                s.sample
+            );
+        }
+        if self.first(key, message, now) {
+            tracing::warn!("{message}; repeats are counted and summed up");
         }
     }
 

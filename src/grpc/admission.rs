@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Request, Response};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -95,22 +95,6 @@ impl Counts {
             ip,
         })
     }
-
-    fn refused(&self, why: &str) {
-        let now = Instant::now();
-        for s in self.bursts.due(now) {
-            tracing::warn!(
-                more = s.more,
-                "{} more calls refused like this in the last {}s: {}",
-                s.more,
-                s.over.as_secs(),
-                s.sample
-            );
-        }
-        if self.bursts.first("calls", why, now) {
-            tracing::warn!("{why}; repeats are counted and summed up");
-        }
-    }
 }
 
 /// A call's place among those in flight, given back when dropped.
@@ -185,7 +169,7 @@ where
                 })
             }
             Err(why) => {
-                self.counts.refused(&why);
+                self.counts.bursts.warn("calls refused", "calls", &why);
                 let response = tonic::Status::resource_exhausted(why).into_http();
                 Box::pin(std::future::ready(Ok(response)))
             }

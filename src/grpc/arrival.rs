@@ -59,7 +59,8 @@ where
             } else {
                 Body::new(Arriving {
                     body,
-                    deadline: Some(Box::pin(tokio::time::sleep(within))),
+                    by: tokio::time::Instant::now() + within,
+                    timer: None,
                     within,
                 })
             }
@@ -67,11 +68,13 @@ where
     }
 }
 
-/// A request body that fails once `deadline` passes before its end.
+/// A request body that fails once `by` passes before its end. The timer
+/// is armed only when the body has to be waited for: a request that came
+/// with its headers (most do) costs no timer.
 struct Arriving {
     body: Body,
-    /// `None` once the body ended or failed.
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    by: tokio::time::Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     within: Duration,
 }
 
@@ -86,19 +89,18 @@ impl HttpBody for Arriving {
         let this = self.get_mut();
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(None) => {
-                this.deadline = None;
+                this.timer = None;
                 Poll::Ready(None)
             }
             Poll::Ready(Some(frame)) => Poll::Ready(Some(frame)),
             Poll::Pending => {
-                let passed = this
-                    .deadline
-                    .as_mut()
-                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
-                if !passed {
+                let by = this.by;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(by)));
+                if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                this.deadline = None;
                 Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(format!(
                     "the request did not arrive whole within {:?} of its headers \
                      (--handshake-timeout)",
